@@ -1,0 +1,105 @@
+"""Detection losses: focal loss on class probabilities and box regression on positives."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
+
+from .anchors import assign_batch
+from .boxes import BoxCoder
+
+BOX_LOSSES = ("smooth_l1", "l1", "giou")
+
+
+def check_annotations(annotations: Tensor, classes: int, batch: int | None = None) -> Tensor:
+    """Validate a padded batch of annotations ``(B, M, 5)`` and return it as float.
+
+    Rows with label -1 are padding. Real rows need finite coordinates with x2 >= x1, y2 >= y1
+    and an integer label in ``[0, classes)``.
+    """
+    if not isinstance(annotations, Tensor):
+        raise TypeError(f"annotations must be a tensor of shape (B, M, 5), got {type(annotations).__name__}")
+    if annotations.dim() != 3 or annotations.shape[-1] != 5:
+        raise ValueError(f"annotations must have shape (B, M, 5) as x1, y1, x2, y2, label; "
+                         f"got {tuple(annotations.shape)}")
+    if batch is not None and annotations.shape[0] != batch:
+        raise ValueError(f"annotations are for {annotations.shape[0]} images but the batch has {batch}")
+    annotations = annotations.float()
+    labels = annotations[..., 4]
+    real = labels != -1
+    if not torch.isfinite(annotations[real]).all():
+        raise ValueError("annotations contain NaN or infinite values")
+    bad_label = real & ((labels < 0) | (labels >= classes) | (labels != labels.round()))
+    if bad_label.any():
+        raise ValueError(f"annotation labels must be integers in [0, {classes}) or -1 for padding; "
+                         f"got {labels[bad_label].unique().tolist()}")
+    boxes = annotations[..., :4][real]
+    if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        raise ValueError("annotation boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1")
+    return annotations
+
+
+def focal_loss(probabilities: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0,
+               eps: float = 1e-6) -> Tensor:
+    """Element-wise focal loss (Lin et al. 2017) of probabilities against 0/1 targets, same shape."""
+    p = probabilities.float().clamp(eps, 1 - eps)
+    ce = -(targets * torch.log(p) + (1 - targets) * torch.log1p(-p))
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * (1 - p_t) ** gamma * ce
+
+
+def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor, annotations: Tensor, *,
+                   thresholds: Mapping[str, float] | None = None, box_coder: BoxCoder | None = None,
+                   alpha: float = 0.25, gamma: float = 2.0, box_loss: str = "smooth_l1",
+                   allow_low_quality_matches: bool = True) -> dict[str, Tensor]:
+    """RetinaNet losses for a batch.
+
+    Args:
+        anchors: ``(B, A, 4)`` or ``(A, 4)`` anchors, x1, y1, x2, y2 in pixels.
+        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.boxes.BoxCoder`).
+        classifications: ``(B, A, C)`` class probabilities.
+        annotations: ``(B, M, 5)`` x1, y1, x2, y2, label, padded with label -1.
+        thresholds: IoU thresholds ``{'object', 'background'}``; anchors in between are ignored.
+        box_coder: the delta parameterisation (default weights 1, 1, 1, 1).
+        alpha, gamma: focal-loss parameters.
+        box_loss: ``'smooth_l1'`` (beta 1/9) or ``'l1'`` on deltas, or ``'giou'`` on decoded boxes.
+        allow_low_quality_matches: each annotation's best anchor is a positive too.
+
+    Returns:
+        ``{'classification': focal loss over non-ignored anchors, 'bbox_regression': box loss over
+        positives}``, both summed and divided by the number of positive anchors (at least 1), so an
+        image without objects gives a zero box loss.
+    """
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"unknown box_loss {box_loss!r}; options: {', '.join(BOX_LOSSES)}")
+    box_coder = box_coder or BoxCoder()
+    batch, num_anchors, classes = classifications.shape
+    annotations = check_annotations(annotations, classes, batch)
+    if anchors.dim() == 3:
+        anchors = anchors[0]
+    with torch.no_grad():
+        assignment = assign_batch(anchors, annotations.to(anchors.device), thresholds,
+                                  allow_low_quality_matches=allow_low_quality_matches)
+    objects = assignment.objects_mask  # (B, A)
+    valid = objects | assignment.background_mask
+    labels = assignment.assigned_annotations[..., 4].long().clamp(min=0)
+    targets = F.one_hot(labels, classes).to(torch.float32) * objects[..., None]  # (B, A, C)
+    positives = objects.sum().clamp(min=1).to(torch.float32)
+    cls = (focal_loss(classifications, targets, alpha=alpha, gamma=gamma).sum(-1) * valid).sum() / positives
+
+    deltas = regressions[objects].float()  # (N, 4)
+    matched_anchors = anchors[None].expand(batch, -1, -1)[objects]
+    matched_boxes = assignment.assigned_annotations[..., :4][objects]
+    if box_loss == "giou":
+        box = generalized_box_iou_loss(box_coder.decode(matched_anchors, deltas), matched_boxes, reduction="sum")
+    else:
+        target_deltas = box_coder.encode(matched_anchors, matched_boxes)
+        if box_loss == "l1":
+            box = F.l1_loss(deltas, target_deltas, reduction="sum")
+        else:
+            box = F.smooth_l1_loss(deltas, target_deltas, beta=1 / 9, reduction="sum")
+    return {"classification": cls, "bbox_regression": box / positives}

@@ -1,0 +1,71 @@
+"""Tracked class means: one unit direction per class, updated from matched embeddings, never by gradient."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MEANS_UPDATES = ("batch", "manual")
+
+
+class TrackedMeans(nn.Module):
+    """Running von Mises-Fisher mean directions of ``classes`` classes in ``embedding_size`` dims.
+
+    Like BatchNorm's running statistics the state lives in buffers and changes only under
+    ``torch.no_grad()``:
+
+    * ``'batch'``: each call to :meth:`update` is one step per class present in the batch:
+      ``v = normalize(sum of the class's embeddings)``, then
+      ``mean <- normalize((1 - lr) * mean + lr * v)``. A class whose mean is still zero takes
+      ``v`` directly; absent classes keep their mean.
+    * ``'manual'``: :meth:`update` adds the per-class sums to ``embeddings_sums``;
+      :meth:`update_means` sets every class with a non-zero sum to its normalized sum, keeps the
+      previous mean of the others and resets the sums.
+
+    Args:
+        classes: number of classes.
+        embedding_size: dimension ``d`` of the embeddings.
+        mode: ``'batch'`` or ``'manual'``.
+        lr: step of the ``'batch'`` update, in (0, 1].
+    """
+
+    def __init__(self, classes: int, embedding_size: int, *, mode: str = "batch", lr: float = 0.1):
+        super().__init__()
+        if mode not in MEANS_UPDATES:
+            raise ValueError(f"unsupported means update {mode!r}; options: {', '.join(MEANS_UPDATES)}")
+        if not 0.0 < lr <= 1.0:
+            raise ValueError(f"means_lr must be in (0, 1], got {lr}")
+        self.mode = mode
+        self.lr = float(lr)
+        self.register_buffer("means", torch.zeros(classes, embedding_size))
+        self.register_buffer("embeddings_sums", torch.zeros(classes, embedding_size))
+
+    @property
+    def initialized(self) -> Tensor:
+        """``(C,)`` bool: classes whose mean has been set."""
+        return self.means.norm(dim=1) > 0
+
+    @torch.no_grad()
+    def update(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Track ``embeddings (N, d)`` of anchors matched to ``labels (N,)`` in ``[0, C)``."""
+        classes = self.means.shape[0]
+        labels = labels.long()
+        sums = torch.zeros_like(self.means).index_add_(0, labels, embeddings.detach().to(self.means.dtype))
+        if self.mode == "manual":
+            self.embeddings_sums += sums
+            return
+        present = torch.bincount(labels, minlength=classes)[:classes] > 0  # (C,)
+        step = (1 - self.lr) * self.means + self.lr * F.normalize(sums, dim=1)
+        norms = step.norm(dim=1, keepdim=True)
+        keep = (~present[:, None]) | (norms < 1e-12)
+        self.means.copy_(torch.where(keep, self.means, step / norms.clamp(min=1e-12)))
+
+    @torch.no_grad()
+    def update_means(self) -> None:
+        """``'manual'`` mode: move the means to the normalized accumulated sums and reset them."""
+        if self.mode != "manual":
+            return
+        norms = self.embeddings_sums.norm(dim=1, keepdim=True)
+        seen = norms > 0
+        self.means.copy_(torch.where(seen, self.embeddings_sums / norms.clamp(min=1e-12), self.means))
+        self.embeddings_sums.zero_()

@@ -1,0 +1,225 @@
+"""Tests for dlde.plotting: figure structure (axes, artists) and deterministic saving."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
+
+from dlde.plotting import (  # noqa: E402
+    class_colors,
+    detection_grid,
+    draw_detections,
+    plot_angular_drift,
+    plot_concentration,
+    plot_cosine_heatmaps,
+    plot_cosine_histograms,
+    plot_embedding_2d,
+    plot_sphere,
+    plot_training_curves,
+    save_figure,
+)
+
+NAMES = ["cat", "dog", "car"]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _rectangles(ax):
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+@pytest.mark.parametrize(
+    "num_classes, cmap", [(3, "tab10"), (10, "tab10"), (15, "tab20"), (25, None)]
+)
+def test_class_colors_are_distinct_and_categorical(num_classes, cmap):
+    colors = class_colors(num_classes)
+    assert colors.shape == (num_classes, 4)
+    assert len({tuple(c) for c in colors}) == num_classes
+    if cmap is not None:
+        assert_allclose(colors, matplotlib.colormaps[cmap](np.arange(num_classes)))
+
+
+def test_training_curves_skip_missing_values():
+    metrics = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": None, "AP": None},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "AP": None, "AP50": 0.4},
+        {"epoch": 3, "train_loss": 0.3, "AP": None, "AP50": 0.6},
+    ]
+    fig = plot_training_curves(metrics)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    ax_loss, ax_ap = fig.axes
+    lines = {line.get_label(): line for line in ax_loss.lines}
+    assert set(lines) == {"train_loss", "val_loss"}
+    assert_array_equal(lines["train_loss"].get_xdata(), [1, 2, 3])
+    assert_array_equal(lines["val_loss"].get_xdata(), [2])
+    assert [line.get_label() for line in ax_ap.lines] == ["AP50"]  # AP was always None
+    assert_array_equal(ax_ap.lines[0].get_ydata(), [0.4, 0.6])
+
+
+def test_training_curves_with_no_data_still_draw_two_panels():
+    fig = plot_training_curves([{"epoch": 0}])
+    assert len(fig.axes) == 2
+    assert all(not ax.lines for ax in fig.axes)
+
+
+def test_angular_drift_one_line_per_class():
+    steps = np.array([[5.0, np.nan, 1.0], [3.0, 2.0, 1.0]])  # (E=2, C=3)
+    to_final = np.array([[8.0, np.nan, 2.0], [3.0, 2.0, 1.0], [0.0, 0.0, 0.0]])
+    fig = plot_angular_drift(steps, to_final, NAMES)
+    ax_step, ax_final = fig.axes
+    assert len(ax_step.lines) == 3 and len(ax_final.lines) == 3
+    assert_array_equal(ax_step.lines[0].get_xdata(), [1, 2])
+    assert_array_equal(ax_final.lines[0].get_xdata(), [0, 1, 2])
+    assert_allclose(ax_step.lines[1].get_color(), class_colors(3)[1])
+
+
+@pytest.mark.parametrize("num_classes, annotated", [(3, True), (13, False)])
+def test_cosine_heatmaps_share_a_colorbar(num_classes, annotated):
+    first = np.eye(num_classes)
+    last = np.full((num_classes, num_classes), 0.2)
+    first[0, :] = first[:, 0] = np.nan  # a class unseen at the first epoch
+    fig = plot_cosine_heatmaps(first, last, [str(c) for c in range(num_classes)])
+    assert len(fig.axes) == 3  # two heatmaps + one colorbar
+    heat = fig.axes[:2]
+    assert all(len(ax.images) == 1 for ax in heat)
+    assert heat[0].images[0].get_clim() == heat[1].images[0].get_clim() == (-1.0, 1.0)
+    n_finite = np.isfinite(first).sum() + np.isfinite(last).sum()
+    assert len(heat[0].texts) + len(heat[1].texts) == (n_finite if annotated else 0)
+
+
+def test_concentration_log_axis():
+    kappa = np.array([[np.nan, 1.0, 0.0], [10.0, 5.0, 3.0], [100.0, 20.0, 9.0]])
+    fig = plot_concentration(torch.tensor(kappa), NAMES)
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log"
+    assert len(ax.lines) == 3
+
+
+def test_embedding_2d_scatter_per_class_and_means():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(30, 2))
+    labels = np.repeat([0, 2], 15)  # class 1 absent
+    mean_points = np.array([[0.0, 0.0], [np.nan, np.nan], [1.0, 1.0]])
+    fig = plot_embedding_2d(points, labels, mean_points, NAMES)
+    (ax,) = fig.axes
+    assert len(ax.collections) == 3  # classes 0 and 2, plus the means
+    assert len(ax.collections[-1].get_offsets()) == 2  # NaN mean skipped
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["cat", "car", "class mean"]
+
+
+@pytest.mark.parametrize("arrows", [True, False])
+def test_sphere_draws_wireframe_points_and_means(arrows):
+    rng = np.random.default_rng(1)
+    xyz = rng.normal(size=(40, 3))
+    xyz /= np.linalg.norm(xyz, axis=1, keepdims=True)
+    labels = rng.integers(0, 3, size=40)
+    means = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.5, 0.5]])  # zero mean skipped
+    fig = plot_sphere(xyz, labels, means, NAMES, arrows=arrows)
+    (ax,) = fig.axes
+    assert ax.name == "3d"
+    # wireframe + one scatter per class + means (quiver or star scatter)
+    assert len(ax.collections) == 1 + 3 + 1
+    if arrows:
+        # a 3-D quiver draws 3 segments (shaft and two head lines) per arrow
+        fig.canvas.draw()  # 3-D segments are projected at draw time
+        assert len(ax.collections[-1].get_segments()) == 3 * 2
+
+
+def test_cosine_histograms_overlay_in_unit_interval():
+    own = np.array([0.9, 0.8, np.nan, 0.1])
+    other = np.array([0.2, 0.85, 0.3, -0.5])
+    fig = plot_cosine_histograms(own, other, bins=20)
+    (ax,) = fig.axes
+    assert len(ax.patches) == 2 * 20
+    assert ax.get_xlim() == (-1.0, 1.0)
+    heights = [p.get_height() for p in ax.patches]
+    assert sum(heights[:20]) == 3 and sum(heights[20:]) == 4
+    assert "66.7%" in ax.get_title()  # 2 of the 3 finite pairs have own > other
+
+
+def _sample(rng, n_boxes=3, h=40, w=60):
+    x1 = rng.uniform(0, w / 2, n_boxes)
+    y1 = rng.uniform(0, h / 2, n_boxes)
+    boxes = np.stack([x1, y1, x1 + 10, y1 + 8], axis=1)
+    return {
+        "image": torch.rand(3, h, w),
+        "boxes": torch.tensor(boxes),
+        "labels": torch.tensor(rng.integers(0, 3, n_boxes)),
+        "scores": torch.tensor(np.linspace(0.9, 0.1, n_boxes)),
+    }
+
+
+def test_draw_detections_one_rectangle_per_kept_box():
+    s = _sample(np.random.default_rng(2), n_boxes=4)  # scores 0.9, 0.63, 0.37, 0.1
+    gt = np.array([[1.0, 1.0, 20.0, 20.0], [5.0, 5.0, 30.0, 25.0]])
+    fig = draw_detections(s["image"], s["boxes"], s["labels"], s["scores"], NAMES,
+                          gt_boxes=gt, score_thresh=0.5)
+    (ax,) = fig.axes
+    rects = _rectangles(ax)
+    assert len(rects) == 2 + 2  # two GT, two detections above 0.5
+    assert sum(r.get_linestyle() == "--" for r in rects) == 2
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == 2
+    assert texts[0] == f"{NAMES[int(s['labels'][0])]} 0.90"
+    first_det = rects[2]
+    assert_allclose(first_det.get_xy(), s["boxes"][0, :2].numpy())
+    assert_allclose([first_det.get_width(), first_det.get_height()], [10.0, 8.0])
+
+
+def test_draw_detections_chw_float_and_hwc_uint8_agree():
+    hwc = np.random.default_rng(3).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    chw = torch.tensor(hwc).permute(2, 0, 1).float() / 255.0
+    empty = np.zeros((0, 4))
+    imgs = []
+    for image in (hwc, chw):
+        fig = draw_detections(image, empty, np.zeros(0, int), np.zeros(0), NAMES)
+        (ax,) = fig.axes
+        assert not _rectangles(ax)
+        imgs.append(np.asarray(ax.images[0].get_array()))
+    assert imgs[0].shape == (12, 16, 3)
+    assert_allclose(imgs[0], imgs[1], atol=1e-6)
+
+
+def test_draw_detections_rejects_bad_image():
+    with pytest.raises(ValueError, match="image must be"):
+        draw_detections(np.zeros((4, 5, 6)), np.zeros((0, 4)), [], [], NAMES)
+
+
+def test_detection_grid_one_axis_per_sample():
+    rng = np.random.default_rng(4)
+    samples = [_sample(rng) for _ in range(5)]
+    samples[1]["gt_boxes"] = np.array([[0.0, 0.0, 5.0, 5.0]])
+    fig = detection_grid(samples, NAMES, cols=4)
+    assert len(fig.axes) == 5
+    assert [len(_rectangles(ax)) for ax in fig.axes] == [3, 4, 3, 3, 3]
+
+
+def _figure_for_saving():
+    fig = plot_cosine_heatmaps(np.eye(3), np.full((3, 3), 0.5), NAMES)
+    fig.axes[0].set_title("déjà vu κ̂")  # non-ASCII text exercises PDF font embedding
+    return fig
+
+
+def test_save_figure_writes_identical_bytes_on_rerun(tmp_path):
+    fig = _figure_for_saving()
+    paths = save_figure(fig, tmp_path / "a" / "nested", "heat")
+    assert paths == [tmp_path / "a" / "nested" / "heat.png", tmp_path / "a" / "nested" / "heat.pdf"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert not plt.fignum_exists(fig.number)  # closed
+    again = save_figure(_figure_for_saving(), tmp_path / "b", "heat")
+    for p, q in zip(paths, again):
+        assert p.read_bytes() == q.read_bytes()
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[1].read_bytes()[:5] == b"%PDF-"

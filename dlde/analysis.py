@@ -24,6 +24,7 @@ __all__ = [
     "cosine_matrix",
     "mean_resultant_length",
     "concentration",
+    "concentration_from_sums",
     "cosine_margins",
     "umap_2d",
     "umap_sphere",
@@ -189,7 +190,26 @@ def concentration(embeddings: Any, labels: Any, num_classes: int) -> np.ndarray:
     """
     x = _to_numpy(embeddings)
     r_bar, counts = mean_resultant_length(x, labels, num_classes)
-    d = x.shape[1]
+    return _kappa(r_bar, counts, x.shape[1])
+
+
+def concentration_from_sums(sums: Any, counts: Any) -> np.ndarray:
+    """κ̂ per class from accumulated resultants, as tracked during training.
+
+    Args:
+        sums: (C, d) per-class sums of unit embeddings.
+        counts: (C,) number of embeddings summed per class.
+
+    Returns:
+        (C,) κ̂ as :func:`concentration`; NaN for classes with fewer than 2 samples.
+    """
+    sums, counts = _to_numpy(sums), _to_numpy(counts).astype(np.int64)
+    r_bar = np.full(len(counts), np.nan)
+    np.divide(np.linalg.norm(sums, axis=1), counts, out=r_bar, where=counts > 0)
+    return _kappa(np.minimum(r_bar, 1.0), counts, sums.shape[1])
+
+
+def _kappa(r_bar: np.ndarray, counts: np.ndarray, d: int) -> np.ndarray:
     r = np.clip(r_bar, 0.0, _MAX_RESULTANT)
     kappa = r * (d - r**2) / (1.0 - r**2)
     kappa[counts < 2] = np.nan

@@ -39,6 +39,10 @@ class TrackedMeans(nn.Module):
         self.lr = float(lr)
         self.register_buffer("means", torch.zeros(classes, embedding_size))
         self.register_buffer("embeddings_sums", torch.zeros(classes, embedding_size))
+        # Diagnostics (not saved): resultant and count of every tracked embedding since the last
+        # reset_statistics(), from which the trainer estimates each class's vMF concentration.
+        self.register_buffer("stat_sums", torch.zeros(classes, embedding_size), persistent=False)
+        self.register_buffer("stat_counts", torch.zeros(classes, dtype=torch.long), persistent=False)
 
     @property
     def initialized(self) -> Tensor:
@@ -51,14 +55,23 @@ class TrackedMeans(nn.Module):
         classes = self.means.shape[0]
         labels = labels.long()
         sums = torch.zeros_like(self.means).index_add_(0, labels, embeddings.detach().to(self.means.dtype))
+        counts = torch.bincount(labels, minlength=classes)[:classes]  # (C,)
+        self.stat_sums += sums
+        self.stat_counts += counts
         if self.mode == "manual":
             self.embeddings_sums += sums
             return
-        present = torch.bincount(labels, minlength=classes)[:classes] > 0  # (C,)
+        present = counts > 0
         step = (1 - self.lr) * self.means + self.lr * F.normalize(sums, dim=1)
         norms = step.norm(dim=1, keepdim=True)
         keep = (~present[:, None]) | (norms < 1e-12)
         self.means.copy_(torch.where(keep, self.means, step / norms.clamp(min=1e-12)))
+
+    @torch.no_grad()
+    def reset_statistics(self) -> None:
+        """Clear the diagnostic resultants ``stat_sums`` / ``stat_counts``."""
+        self.stat_sums.zero_()
+        self.stat_counts.zero_()
 
     @torch.no_grad()
     def update_means(self) -> None:

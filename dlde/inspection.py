@@ -1,0 +1,122 @@
+"""Looking inside a trained detector: matched embeddings, sample detections, your own images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .anchors import assign_batch
+from .transforms import DetectionTransform, collate
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def matched_embeddings(model: nn.Module, dataset, *, max_images: int | None = 200, batch_size: int = 16,
+                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings of the anchors matched to ground-truth objects (the ones the means track).
+
+    Args:
+        model: a :class:`dlde.DLDENetWithTrackedMeans`.
+        dataset: a :class:`dlde.CocoDetection` (first ``max_images`` items are used).
+        max_images: how many images to embed (None: all).
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(embeddings (N, d) float32, labels (N,) int64)``.
+    """
+    if not hasattr(model, "embeddings"):
+        raise TypeError(f"{type(model).__name__} has no embeddings: use a DLDENetWithTrackedMeans")
+    if max_images is not None:
+        dataset = Subset(dataset, range(min(max_images, len(dataset))))
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    if progress:
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc="embeddings", leave=False)
+    collected, labels = [], []
+    try:
+        for images, annotations in loader:
+            anchors, embeddings = model.embeddings(images.to(device))
+            assignment = assign_batch(anchors[0], annotations.to(device), model.assignation_thresholds,
+                                      allow_low_quality_matches=model.allow_low_quality_matches)
+            objects = assignment.objects_mask
+            collected.append(embeddings[objects].cpu())
+            labels.append(assignment.assigned_annotations[..., 4][objects].long().cpu())
+    finally:
+        model.train(was_training)
+    d = model.embedding_size
+    embeddings = torch.cat(collected) if collected else torch.zeros(0, d)
+    return embeddings.numpy().astype(np.float32), (torch.cat(labels) if labels else torch.zeros(0)).numpy().astype(np.int64)
+
+
+def _display_image(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTransform,
+            score_threshold: float) -> list[dict]:
+    """Run the model on RGB uint8 images ``(H, W, 3)``; boxes come back in their pixels."""
+    device = _device_of(model)
+    results = []
+    for rgb in images:  # one image at a time: user images may differ in size
+        tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+        batch, _ = transform(tensor, torch.zeros(0, 5))
+        prediction = model.predict(batch[None].to(device))[0]
+        scale = transform.scale(rgb.shape[0], rgb.shape[1])
+        keep = prediction["scores"] >= score_threshold
+        boxes = (prediction["boxes"][keep] / scale).cpu()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, rgb.shape[1])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, rgb.shape[0])
+        results.append({"image": rgb, "boxes": boxes.numpy(), "scores": prediction["scores"][keep].cpu().numpy(),
+                        "labels": prediction["labels"][keep].cpu().numpy()})
+    return results
+
+
+def detection_samples(model: nn.Module, dataset, indices: Sequence[int], *, score_threshold: float = 0.3) -> list[dict]:
+    """Detections on dataset items, in original pixels, with their ground truth, for
+    :func:`dlde.plotting.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
+    images = [_display_image(dataset._files[i]) for i in indices]
+    samples = _detect(model, images, dataset.transform, score_threshold)
+    for sample, index in zip(samples, indices):
+        sample["gt_boxes"] = dataset.targets(index)[:, :4].numpy()
+    return samples
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def detect_folder(model: nn.Module, folder: str | Path, *, min_size: int, max_size: int,
+                  score_threshold: float = 0.3, size_divisor: int = 32) -> list[dict]:
+    """Detect objects in every image of a folder.
+
+    Returns one dict per image: ``path``, ``image (H, W, 3) uint8``, ``boxes (N, 4)`` x1, y1, x2, y2 in
+    the image's pixels, ``scores (N,)``, ``labels (N,)``.
+    """
+    files = image_files(folder)
+    transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisor=size_divisor)
+    results = _detect(model, [_display_image(path) for path in files], transform, score_threshold)
+    for result, path in zip(results, files):
+        result["path"] = str(path)
+    return results

@@ -1,0 +1,514 @@
+"""Training: one entry point for notebooks (:func:`train`) and the shell (``python -m dlde.train``).
+
+A run folder holds everything a run produces, written as it goes so nothing is lost on a crash:
+
+* ``config.json``: the :class:`TrainConfig` and the dataset's class names and category ids;
+* ``metrics.jsonl``: one JSON object per epoch (losses, learning rate, COCO AP, time);
+* ``means_history.npy``: ``(epochs + 1, C, d)`` class means, epoch 0 = before training (DLDENet);
+* ``kappa_history.npy``: ``(epochs + 1, C)`` vMF concentration of the tracked embeddings (DLDENet);
+* ``checkpoint.pt``: model, optimizer, schedule and RNG state after the last finished epoch,
+  written atomically; loads with ``torch.load(..., weights_only=True)`` and with
+  ``DLDENetWithTrackedMeans.from_checkpoint`` / ``RetinaNet.from_checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .analysis import concentration_from_sums
+from .coco import CocoDetection
+from .detector import DLDENetWithTrackedMeans, RetinaNet, atomic_save
+from .digits import make_digits_dataset
+from .evaluation import evaluate
+from .transforms import DetectionTransform, collate
+
+MODELS = {"dlde": DLDENetWithTrackedMeans, "retinanet": RetinaNet}
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Unknown keys fail loudly (:meth:`from_dict`).
+
+    Data: ``dataset='digits'`` generates the embedded digits dataset under ``data_root`` (see
+    :func:`dlde.make_digits_dataset`, parameters ``digits_*``); ``dataset='coco'`` reads
+    ``train_images``/``train_annotations`` and ``val_images``/``val_annotations``.
+    """
+
+    run_dir: str = "runs/default"
+    # data
+    dataset: str = "digits"
+    data_root: str = "data/digits"
+    train_images: str | None = None
+    train_annotations: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
+    digits_seed: int = 0
+    digits_canvas_size: int = 128
+    digits_size: tuple[int, int] = (20, 40)
+    digits_per_image: tuple[int, int] = (1, 3)
+    digits_train_images: int = 2000
+    digits_val_images: int = 400
+    digits_classes: tuple[int, ...] | None = None
+    min_size: int = 128
+    max_size: int = 128
+    flip_prob: float = 0.0
+    # model
+    model: str = "dlde"
+    resnet: int = 18
+    pretrained: bool = False
+    fpn_levels: tuple[int, ...] = (3, 4, 5, 6, 7)
+    pyramid_channels: int = 256
+    head_channels: int = 256
+    head_convs: int = 4
+    group_norm: bool = False
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_scales: tuple[float, ...] | None = None
+    anchor_ratios: tuple[float, ...] | None = None
+    embedding_size: int = 256
+    means_update: str = "batch"
+    means_lr: float = 0.1
+    init_means: bool = True
+    init_batches: int | None = 25
+    object_iou: float = 0.5
+    background_iou: float = 0.4
+    box_loss: str = "smooth_l1"
+    # optimisation
+    epochs: int = 8
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1
+    schedule: str = "cosine"
+    step_milestones: tuple[float, ...] = (0.67, 0.89)
+    grad_clip: float | None = 10.0
+    amp: bool = False
+    # bookkeeping
+    seed: int = 0
+    device: str | None = None
+    num_workers: int = 0
+    eval_every: int = 1
+    eval_batch_size: int = 32
+    resume: bool = False
+    progress: bool = True
+    max_train_batches: int | None = None
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.dataset not in ("digits", "coco"):
+            raise ValueError(f"dataset must be 'digits' or 'coco', got {self.dataset!r}")
+        if self.dataset == "coco" and not all((self.train_images, self.train_annotations,
+                                               self.val_images, self.val_annotations)):
+            raise ValueError("dataset='coco' needs train_images, train_annotations, val_images and val_annotations")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, preset: str | None = None) -> "TrainConfig":
+        """A config from a preset (default: the dataclass defaults) overridden by ``values``."""
+        base = PRESETS[preset] if preset is not None else cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}")
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+        return dataclasses.replace(base, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
+#: Named presets. ``digits`` is the default of the paper figures: tuned to reach a high AP on
+#: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
+PRESETS: dict[str, TrainConfig] = {
+    "digits": TrainConfig(
+        run_dir="runs/digits", fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2,
+        group_norm=True, anchor_sizes=(16.0, 32.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+        anchor_ratios=(1.0,), embedding_size=32, epochs=8, batch_size=16, lr=2e-3, weight_decay=1e-4,
+        box_loss="giou"),
+    "tiny": TrainConfig(
+        run_dir="runs/tiny", digits_canvas_size=64, digits_size=(16, 24), digits_per_image=(1, 2),
+        digits_train_images=32, digits_val_images=16, min_size=64, max_size=64, fpn_levels=(3, 4),
+        digits_classes=(0, 1, 2), pyramid_channels=16, head_channels=16, head_convs=1, group_norm=True,
+        anchor_sizes=(16.0, 32.0),
+        anchor_scales=(1.0,), anchor_ratios=(1.0,), embedding_size=8, epochs=2, batch_size=8, lr=2e-3,
+        progress=False),
+}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run folder, the per-epoch metrics and the trained model."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    model: nn.Module
+    class_names: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------- builders
+def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
+    """Training and validation datasets of a config (generating the digits if needed)."""
+    if config.dataset == "digits":
+        paths = make_digits_dataset(
+            config.data_root, seed=config.digits_seed, canvas_size=config.digits_canvas_size,
+            digit_size=config.digits_size, digits_per_image=config.digits_per_image,
+            train_images=config.digits_train_images, val_images=config.digits_val_images,
+            classes=config.digits_classes)
+        train_images, train_annotations = paths.train_images_dir, paths.train_annotations
+        val_images, val_annotations = paths.val_images_dir, paths.val_annotations
+    else:
+        train_images, train_annotations = config.train_images, config.train_annotations
+        val_images, val_annotations = config.val_images, config.val_annotations
+    divisor = 2 ** max(config.fpn_levels)
+    train_tf = DetectionTransform(min_size=config.min_size, max_size=config.max_size,
+                                  flip_prob=config.flip_prob, size_divisor=divisor)
+    val_tf = DetectionTransform(min_size=config.min_size, max_size=config.max_size, size_divisor=divisor)
+    train = CocoDetection(train_images, train_annotations, transform=train_tf)
+    val = CocoDetection(val_images, val_annotations, transform=val_tf)
+    if train.category_ids != val.category_ids:
+        raise ValueError(f"train and val categories differ: {train.category_ids} vs {val.category_ids}")
+    return train, val
+
+
+def build_model(config: TrainConfig, classes: int) -> nn.Module:
+    """The detector of a config (DLDENet or the sigmoid baseline)."""
+    anchors = {key: list(value) for key, value in (("sizes", config.anchor_sizes), ("scales", config.anchor_scales),
+                                                   ("ratios", config.anchor_ratios)) if value is not None}
+    common = dict(resnet=config.resnet, pretrained=config.pretrained, fpn_levels=list(config.fpn_levels),
+                  anchors=anchors or None,
+                  features={"pyramid": config.pyramid_channels, "regression": config.head_channels,
+                            "classification": config.head_channels},
+                  head_convs=config.head_convs, group_norm=config.group_norm, box_loss=config.box_loss,
+                  assignation_thresholds={"object": config.object_iou, "background": config.background_iou})
+    if config.model == "dlde":
+        return DLDENetWithTrackedMeans(classes, embedding_size=config.embedding_size,
+                                       means_update=config.means_update, means_lr=config.means_lr, **common)
+    return RetinaNet(classes, **common)
+
+
+def lr_lambda(step: int, total: int, config: TrainConfig) -> float:
+    """Learning-rate factor at optimizer step ``step`` of ``total``: linear warm-up, then the schedule."""
+    warmup = int(config.warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if config.schedule == "step":
+        return 0.1 ** sum(progress >= m for m in config.step_milestones)
+    return 1.0
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _loader(dataset, config: TrainConfig, *, shuffle: bool, epoch: int = 0, batch_size: int | None = None):
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # order depends on epoch only
+    return DataLoader(dataset, batch_size=batch_size or config.batch_size, shuffle=shuffle, collate_fn=collate,
+                      num_workers=config.num_workers, generator=generator,
+                      persistent_workers=False)
+
+
+def _progress(iterable, config: TrainConfig, **kwargs):
+    if not config.progress:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- training
+def initialize_means(model: DLDENetWithTrackedMeans, dataset, config: TrainConfig, device) -> None:
+    """A pass over ``dataset`` (``config.init_batches`` shuffled batches, or all) in eval mode that
+    tracks the means without training, so no class starts without a mean.
+
+    In ``'manual'`` mode the accumulated sums then become the means.
+    """
+    was_training = model.training
+    model.eval()
+    loader = _loader(dataset, config, shuffle=True, epoch=0)
+    total = len(loader) if config.init_batches is None else min(len(loader), config.init_batches)
+    for index, (images, annotations) in enumerate(_progress(loader, config, desc="init means", total=total,
+                                                            leave=False)):
+        if index >= total:
+            break
+        model(images.to(device), annotations.to(device), initializing=True)
+    model.update_means()
+    model.train(was_training)
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, dataset, config: TrainConfig, device) -> float:
+    """Mean total loss over ``dataset`` in eval mode (no tracking, no gradient)."""
+    was_training = model.training
+    model.eval()
+    model.evaluate_loss = True
+    total, batches = 0.0, 0
+    try:
+        for images, annotations in _loader(dataset, config, shuffle=False, batch_size=config.eval_batch_size):
+            images, annotations = images.to(device), annotations.to(device)
+            losses = model.loss(*model(images), annotations)
+            total += float(sum(losses.values()))
+            batches += 1
+    finally:
+        model.evaluate_loss = False
+        model.train(was_training)
+    return total / max(1, batches)
+
+
+def _means_snapshot(model) -> tuple[np.ndarray, np.ndarray] | None:
+    if not isinstance(model, DLDENetWithTrackedMeans):
+        return None
+    tracker = model.classification.tracker
+    kappa = concentration_from_sums(tracker.stat_sums.cpu(), tracker.stat_counts.cpu())
+    return tracker.means.detach().cpu().numpy().copy(), kappa
+
+
+def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
+    """Train a detector as described by ``config`` (plus keyword overrides) and return the result.
+
+    With ``resume=True`` the run continues after the last epoch saved in ``run_dir``; on the
+    CPU with a fixed seed it reproduces the losses of an uninterrupted run.
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(config)
+    _seed_everything(config.seed)
+    train_set, val_set = build_datasets(config)
+    model = build_model(config, train_set.num_classes).to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    if config.max_train_batches is not None:
+        batches_per_epoch = min(batches_per_epoch, config.max_train_batches)
+    total_steps = batches_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_lambda(step, total_steps, config))
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    metrics: list[dict[str, Any]] = []
+    means_history: list[np.ndarray] = []
+    kappa_history: list[np.ndarray] = []
+    start_epoch = 1
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if config.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        metrics = [dict(row) for row in state["metrics"]]
+        means_history = [m.numpy() for m in state.get("means_history", [])]
+        kappa_history = [k.numpy() for k in state.get("kappa_history", [])]
+        start_epoch = int(state["epoch"]) + 1
+    else:
+        config_record = {"config": config.to_dict(), "class_names": train_set.class_names,
+                         "category_ids": train_set.category_ids}
+        (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
+        is_dlde = isinstance(model, DLDENetWithTrackedMeans)
+        if is_dlde and (config.init_means or config.means_update == "manual"):
+            model.classification.tracker.reset_statistics()
+            initialize_means(model, train_set, config, device)
+        snapshot = _means_snapshot(model)
+        if snapshot is not None:
+            means_history.append(snapshot[0])
+            kappa_history.append(snapshot[1])
+    _write_metrics(run_dir, metrics)
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        if isinstance(model, DLDENetWithTrackedMeans):
+            model.classification.tracker.reset_statistics()
+        sums = {"loss": 0.0, "classification": 0.0, "bbox_regression": 0.0}
+        batches = 0
+        loader = _loader(train_set, config, shuffle=True, epoch=epoch)
+        bar = _progress(loader, config, desc=f"epoch {epoch}/{config.epochs}", total=batches_per_epoch, leave=False)
+        for images, annotations in bar:
+            if batches >= batches_per_epoch:
+                break
+            images, annotations = images.to(device), annotations.to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                losses = model.loss(*model(images, annotations), annotations)
+            loss = losses["classification"] + losses["bbox_regression"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, batch {batches}; "
+                                         f"the last good state is in {checkpoint_path}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            batches += 1
+            sums["loss"] += loss.item()
+            sums["classification"] += losses["classification"].item()
+            sums["bbox_regression"] += losses["bbox_regression"].item()
+            if config.progress:
+                bar.set_postfix(loss=f"{sums['loss'] / batches:.3f}")
+        if isinstance(model, DLDENetWithTrackedMeans):
+            model.update_means()  # 'manual' mode: one update per epoch; no-op in 'batch' mode
+        row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                               "train_loss": sums["loss"] / max(1, batches),
+                               "train_cls_loss": sums["classification"] / max(1, batches),
+                               "train_box_loss": sums["bbox_regression"] / max(1, batches)}
+        row["train_time_s"] = time.perf_counter() - started
+        row["val_loss"] = validation_loss(model, val_set, config, device)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            coco = evaluate(model, val_set, batch_size=config.eval_batch_size, device=device, progress=False)
+            row.update({key: value for key, value in coco.items() if key != "per_class"})
+            row["per_class_AP"] = coco["per_class"]
+        row["time_s"] = time.perf_counter() - started
+        metrics.append(_finite(row))
+        snapshot = _means_snapshot(model)
+        if snapshot is not None:
+            means_history.append(snapshot[0])
+            kappa_history.append(snapshot[1])
+        _save_training_state(checkpoint_path, model, optimizer, scheduler, scaler, epoch, metrics,
+                             means_history, kappa_history)
+        _write_metrics(run_dir, metrics)
+        if means_history:
+            _save_array(run_dir / "means_history.npy", np.stack(means_history))
+            _save_array(run_dir / "kappa_history.npy", np.stack(kappa_history))
+        if config.progress:
+            ap = f", AP {row['AP']:.3f}, AP50 {row['AP50']:.3f}" if "AP" in row else ""
+            print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, "
+                  f"val loss {row['val_loss']:.4f}{ap} ({row['time_s']:.0f} s)", flush=True)
+    if means_history:  # also when resuming a finished run
+        _save_array(run_dir / "means_history.npy", np.stack(means_history))
+        _save_array(run_dir / "kappa_history.npy", np.stack(kappa_history))
+    return TrainResult(run_dir, metrics, model, list(train_set.class_names))
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN metrics (e.g. AP_large without large objects) become None so the JSON stays valid."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+    return {key: clean(value) for key, value in row.items()}
+
+
+def _save_training_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, means_history,
+                         kappa_history) -> None:
+    atomic_save({
+        "model": model.state_dict(),
+        "hyperparameters": {"model": model.constructor_arguments()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "rng": _rng_state(),
+        "metrics": metrics,
+        "means_history": [torch.from_numpy(m) for m in means_history],
+        "kappa_history": [torch.from_numpy(k) for k in kappa_history],
+    }, path)
+
+
+def _write_metrics(run_dir: Path, metrics: Sequence[Mapping[str, Any]]) -> None:
+    temporary = run_dir / ".metrics.jsonl.tmp"
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+    temporary.replace(run_dir / "metrics.jsonl")
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    temporary = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(temporary, array)
+    temporary.replace(path)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dlde.train", description="Train DLDENet or the sigmoid baseline.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="starting configuration")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(PRESETS["digits"], f.name)
+        if f.type in ("bool",):
+            parser.add_argument(flag, dest=f.name, type=_bool, default=None, metavar="BOOL",
+                                help=f"(preset digits: {default})")
+        elif isinstance(default, tuple) or "tuple" in str(f.type):
+            parser.add_argument(flag, dest=f.name, type=float if "float" in str(f.type) else int, nargs="+",
+                                default=None, help=f"(preset digits: {default})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(preset digits: {default})")
+    return parser
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    args = vars(_parser().parse_args(argv))
+    preset = args.pop("preset")
+    overrides = {key: value for key, value in args.items() if value is not None}
+    config = TrainConfig.from_dict(overrides, preset=preset)
+    result = train(config)
+    print(json.dumps({key: value for key, value in result.metrics[-1].items() if key != "per_class_AP"}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

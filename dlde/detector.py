@@ -293,6 +293,7 @@ class DLDENetWithTrackedMeans(RetinaNet):
         means_update: ``'batch'`` (one update per training batch) or ``'manual'`` (accumulate,
             then call :meth:`update_means`, e.g. once per epoch).
         means_lr: step of the ``'batch'`` update.
+        means_init: starting class means: ``'zeros'`` (the original), ``'orthogonal'`` or ``'random'``.
         **kwargs: the keyword-only options of :class:`RetinaNet`.
 
     ``forward(images, annotations=None, initializing=False)``: as :class:`RetinaNet`, except
@@ -304,23 +305,25 @@ class DLDENetWithTrackedMeans(RetinaNet):
                  anchors: Mapping[str, Sequence[float]] | None = None, fpn_levels: Sequence[int] | None = None,
                  embedding_size: int = 512, assignation_thresholds: Mapping[str, float] | None = None,
                  means_update: str = "batch", means_lr: float = 0.1, pretrained: bool = True,
-                 device: str | torch.device | None = None, **kwargs: Any):
+                 device: str | torch.device | None = None, *, means_init: str = "zeros", **kwargs: Any):
         if int(embedding_size) < 2:
             raise ValueError(f"embedding_size must be at least 2, got {embedding_size}")
         self.embedding_size = int(embedding_size)
         self.means_update = means_update
         self.means_lr = float(means_lr)
+        self.means_init = means_init
         super().__init__(classes, resnet, features, anchors, fpn_levels, pretrained, device,
                          assignation_thresholds=assignation_thresholds, **kwargs)
         self.hyperparameters.update(embedding_size=self.embedding_size, means_update=means_update,
-                                    means_lr=self.means_lr)
+                                    means_lr=self.means_lr, means_init=means_init)
 
     def get_classification_module(self, in_channels: int, classes: int, anchors: int,
                                   features: int) -> DirectionalClassification:
         return DirectionalClassification(in_channels, self.embedding_size, anchors, features, classes,
                                          self.assignation_thresholds, self.means_update, self.means_lr,
                                          convs=self.head_convs, group_norm=self.group_norm,
-                                         allow_low_quality_matches=self.allow_low_quality_matches)
+                                         allow_low_quality_matches=self.allow_low_quality_matches,
+                                         means_init=self.means_init)
 
     def forward(self, images: Tensor, annotations: Tensor | None = None, initializing: bool = False):
         self._check_images(images)

@@ -42,18 +42,22 @@ class DirectionalClassification(nn.Module):
         allow_low_quality_matches: track each annotation's best anchor even below the threshold.
         init_weight: initial ``w`` (7 gives p(cos=0) ~ 0.03 with the initial bias).
         init_bias: initial ``b``.
+        means_init: starting means, ``'zeros'`` (the original: a class has no mean until first
+            tracked), ``'orthogonal'`` or ``'random'`` (see :meth:`dlde.means.TrackedMeans.initialize`).
     """
 
     def __init__(self, in_channels: int, embedding_size: int, anchors: int, features: int, classes: int,
                  assignation_thresholds: Mapping[str, float] | None = None, means_update: str = "batch",
                  means_lr: float = 0.1, *, convs: int = 4, group_norm: bool = False,
-                 allow_low_quality_matches: bool = True, init_weight: float = 7.0, init_bias: float = -0.5):
+                 allow_low_quality_matches: bool = True, init_weight: float = 7.0, init_bias: float = -0.5,
+                 means_init: str = "zeros"):
         super().__init__()
         self.embedding_size = embedding_size
         self.classes = classes
         self.assignation_thresholds = check_thresholds(assignation_thresholds)
         self.allow_low_quality_matches = allow_low_quality_matches
         self.tracker = TrackedMeans(classes, embedding_size, mode=means_update, lr=means_lr)
+        self.tracker.initialize(means_init)
         self.weight = nn.Parameter(torch.full((classes,), float(init_weight)))
         self.bias = nn.Parameter(torch.full((classes,), float(init_bias)))
         self.encoder = SubModule(in_channels, embedding_size, anchors, features, convs=convs,

@@ -44,8 +44,13 @@ def check_annotations(annotations: Tensor, classes: int, batch: int | None = Non
 
 def focal_loss(probabilities: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0,
                eps: float = 1e-6) -> Tensor:
-    """Element-wise focal loss (Lin et al. 2017) of probabilities against 0/1 targets, same shape."""
-    p = probabilities.float().clamp(eps, 1 - eps)
+    """Element-wise focal loss (Lin et al. 2017) of probabilities against 0/1 targets, same shape.
+
+    Probabilities are squashed affinely into ``[eps, 1 - eps]`` rather than clamped: a clamp
+    would give zero gradient to a background anchor scored exactly 1 (a DLDENet embedding lying
+    on a class mean), and such anchors could then never be pushed away.
+    """
+    p = eps + (1 - 2 * eps) * probabilities.float()
     ce = -(targets * torch.log(p) + (1 - targets) * torch.log1p(-p))
     p_t = p * targets + (1 - p) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 MEANS_UPDATES = ("batch", "manual")
+MEANS_INITS = ("zeros", "orthogonal", "random")
 
 
 class TrackedMeans(nn.Module):
@@ -66,6 +67,27 @@ class TrackedMeans(nn.Module):
         norms = step.norm(dim=1, keepdim=True)
         keep = (~present[:, None]) | (norms < 1e-12)
         self.means.copy_(torch.where(keep, self.means, step / norms.clamp(min=1e-12)))
+
+    @torch.no_grad()
+    def initialize(self, kind: str = "zeros", *, generator: torch.Generator | None = None) -> None:
+        """Set the means before any tracking.
+
+        ``'zeros'`` (the original behaviour): no class has a mean until it is first tracked.
+        ``'orthogonal'``: random orthonormal directions (random unit vectors when ``C > d``).
+        ``'random'``: independent random unit vectors. Spread-out starting means break the
+        symmetry of a freshly initialised encoder, whose embeddings all point the same way:
+        means copied from them would start (and tend to stay) nearly parallel.
+        """
+        if kind not in MEANS_INITS:
+            raise ValueError(f"unknown means init {kind!r}; options: {', '.join(MEANS_INITS)}")
+        classes, d = self.means.shape
+        if kind == "zeros":
+            self.means.zero_()
+            return
+        draws = torch.randn(d, classes, generator=generator, dtype=torch.float64)
+        if kind == "orthogonal" and classes <= d:
+            draws = torch.linalg.qr(draws).Q  # (d, C) orthonormal columns
+        self.means.copy_(F.normalize(draws.t(), dim=1).to(self.means.dtype))
 
     @torch.no_grad()
     def reset_statistics(self) -> None:

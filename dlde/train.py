@@ -80,7 +80,8 @@ class TrainConfig:
     embedding_size: int = 256
     means_update: str = "batch"
     means_lr: float = 0.1
-    init_means: bool = True
+    means_init: str = "orthogonal"
+    init_means: bool = False
     init_batches: int | None = 25
     object_iou: float = 0.5
     background_iou: float = 0.4
@@ -204,7 +205,8 @@ def build_model(config: TrainConfig, classes: int) -> nn.Module:
                   assignation_thresholds={"object": config.object_iou, "background": config.background_iou})
     if config.model == "dlde":
         return DLDENetWithTrackedMeans(classes, embedding_size=config.embedding_size,
-                                       means_update=config.means_update, means_lr=config.means_lr, **common)
+                                       means_update=config.means_update, means_lr=config.means_lr,
+                                       means_init=config.means_init, **common)
     return RetinaNet(classes, **common)
 
 
@@ -358,7 +360,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                          "category_ids": train_set.category_ids}
         (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
         is_dlde = isinstance(model, DLDENetWithTrackedMeans)
-        if is_dlde and (config.init_means or config.means_update == "manual"):
+        if is_dlde and (config.init_means or (config.means_update == "manual" and config.means_init == "zeros")):
             model.classification.tracker.reset_statistics()
             initialize_means(model, train_set, config, device)
         snapshot = _means_snapshot(model)

@@ -231,3 +231,14 @@ def test_tiny_model_overfits_two_images(cls):
         assert prediction["labels"][0] == target[0, 4]
         assert prediction["scores"][0] > 0.5
         assert box_iou(prediction["boxes"][:1], target[:, :4])[0, 0] > 0.7
+
+
+def test_focal_loss_keeps_a_gradient_for_saturated_probabilities():
+    from dlde import focal_loss
+    p = torch.tensor([1.0, 0.0, 1.0], requires_grad=True)
+    targets = torch.tensor([0.0, 1.0, 1.0])
+    loss = focal_loss(p, targets)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all()
+    assert p.grad[0] > 0 and p.grad[1] < 0  # a wrong certain answer is still pushed back
+    assert loss[2] < 1e-9

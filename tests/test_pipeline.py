@@ -1,0 +1,156 @@
+"""The figure pipeline: planning from figures.yaml (fast), and --tiny end to end (slow)."""
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlde import pipeline
+from dlde.pipeline import demo_images, make_plan, mean_drift_results, write_results
+from dlde.train import PRESETS, TrainConfig, build_datasets
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES_YAML = REPO / "figures.yaml"
+
+
+def write_yaml(tmp_path, text):
+    path = tmp_path / "figures.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------- planning
+def test_default_plan_trains_every_run_first_and_prefixes_all_but_the_first(tmp_path):
+    plan = make_plan(FIGURES_YAML, runs_dir=tmp_path / "runs", figures_dir=tmp_path / "figures")
+    order = [(s.run, s.notebook) for s in plan.steps]
+    assert order[:2] == [("dlde", "01_train.ipynb"), ("sigmoid", "01_train.ipynb")]
+    assert {notebook for _, notebook in order} == {"01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb",
+                                                   "04_inference.ipynb"}
+    assert {s.run: s.prefix for s in plan.steps} == {"dlde": "", "sigmoid": "sigmoid_"}
+    train = plan.parameters(plan.steps[0])
+    assert train["PRESET"] == "digits" and train["MODEL"] == "dlde"
+    assert train["RUN_DIR"] == str(tmp_path / "runs" / "dlde")
+    assert train["OUT_DIR"] == str(tmp_path / "runs" / "dlde" / "01_train")
+    assert train["DATA_ROOT"] == str(REPO / "data" / "digits")  # relative to figures.yaml
+    assert train["FIGURES_DIR"] == str(tmp_path / "figures")
+    assert plan.executed(plan.steps[1]) == tmp_path / "runs" / "sigmoid" / "01_train.ipynb"
+
+
+def test_tiny_plan_uses_tiny_parameters_and_its_own_folders(tmp_path):
+    plan = make_plan(FIGURES_YAML, tiny=True, runs_dir=tmp_path)
+    assert plan.runs_dir == tmp_path / "tiny" and plan.figures_dir == tmp_path / "tiny" / "figures"
+    for step in plan.steps:
+        values = plan.parameters(step)
+        if step.notebook == "01_train.ipynb":
+            assert values["PRESET"] == "tiny" and values["EPOCHS"] == 1
+            assert values["DATA_ROOT"] == str(tmp_path / "tiny" / "data")
+        if step.notebook == "03_embeddings.ipynb":
+            assert values["MAX_IMAGES"] == pipeline.TINY_NOTEBOOK["MAX_IMAGES"]
+
+
+def test_only_selects_runs_or_notebooks(tmp_path):
+    steps = make_plan(FIGURES_YAML, only=["sigmoid"], runs_dir=tmp_path).steps
+    assert {s.run for s in steps} == {"sigmoid"} and len(steps) == 2
+    steps = make_plan(FIGURES_YAML, only=["03"], runs_dir=tmp_path).steps
+    assert [(s.run, s.notebook) for s in steps] == [("dlde", "03_embeddings.ipynb")]
+    with pytest.raises(ValueError, match="matches no run"):
+        make_plan(FIGURES_YAML, only=["nope"], runs_dir=tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("runs: {a: {EPOCHS: 1, EPOCH: 2}}", r"has no parameters \['EPOCH'\]"),
+    ("runs: {a: {RUN_DIR: x}}", "set by the pipeline"),
+    ("runs: {a: {}}\nnotebooks: [{notebook: 02_mean_drift.ipynb, run: b}]", "not in runs"),
+    ("runs: {a: {}}\nnotebooks: [{notebook: 02_mean_drift.ipynb, run: a, parameter: {}}]", "needs 'notebook'"),
+    ("runs: {a: {}}\nnotebooks: [{notebook: 09_nope.ipynb, run: a}]", "does not exist"),
+    ("runs: {a: {}}\nnotebooks: [{notebook: 01_train.ipynb, run: a}]", "appears twice"),
+    ("runs: {a: {}}\nfigure_dir: x", "unknown keys"),
+    ("notebooks: []", "'runs' must map"),
+])
+def test_a_bad_figures_yaml_fails_before_anything_runs(tmp_path, text, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        make_plan(write_yaml(tmp_path, text))
+
+
+def test_main_reports_a_bad_config_with_exit_status_2(tmp_path, capsys):
+    assert pipeline.main(["--config", str(write_yaml(tmp_path, "runs: {a: {EPOCH: 1}}"))]) == 2
+    assert "EPOCH" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- helpers
+def test_write_results_makes_valid_json(tmp_path):
+    path = write_results(tmp_path / "out", {"a": np.float32(0.5), "b": float("nan"), "c": np.arange(2),
+                                            "d": {"e": np.int64(3), "f": np.inf}, "g": True})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": None, "c": [0, 1], "d": {"e": 3, "f": None}, "g": True}
+
+
+def test_mean_drift_results_by_hand():
+    steps = np.array([[10.0, 20.0], [5.0, np.nan]])  # (E, C)
+    first = np.array([[1.0, 0.3], [0.3, 1.0]])
+    last = np.array([[1.0, -0.2], [-0.2, 1.0]])
+    kappa = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    results = mean_drift_results(steps, first, last, kappa, ["a", "b"])
+    assert results["total_drift_deg"] == {"a": 15.0, "b": 20.0}
+    assert results["mean_last_step_deg"] == 5.0
+    assert results["max_off_diagonal_cosine_first"] == pytest.approx(0.3)
+    assert results["max_off_diagonal_cosine_last"] == pytest.approx(-0.2)
+    assert results["last_kappa"] == {"a": 5.0, "b": 6.0}
+
+
+def test_demo_images_are_new_canvases_in_the_runs_format(tmp_path):
+    config = PRESETS["tiny"].to_dict() | {"data_root": str(tmp_path / "data"), "digits_train_images": 4,
+                                          "digits_val_images": 3}
+    build_datasets(TrainConfig.from_dict(config))  # the run's own validation canvases
+    folder = demo_images(tmp_path / "demo", 2, config)
+    files = sorted(folder.glob("*.png"))
+    assert [f.name for f in files] == ["demo_000.png", "demo_001.png"]
+    val_pixels = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "data" / "val").glob("*.png"))]
+    for file in files:
+        pixels = np.asarray(Image.open(file))
+        assert pixels.shape == (64, 64, 3)
+        assert not any(np.array_equal(pixels, v) for v in val_pixels)
+    assert len(sorted(demo_images(tmp_path / "demo", 1, config).glob("*.png"))) == 1  # old ones replaced
+    with pytest.raises(ValueError, match="IMAGES_DIR"):
+        demo_images(tmp_path / "x", 1, config | {"dataset": "coco"})
+
+
+# ---------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
+    # 03_embeddings (UMAP) is covered by test_notebooks; everything else of figures.yaml runs here.
+    args = ["--config", str(FIGURES_YAML), "--tiny", "--runs-dir", str(tmp_path), "--only", "01", "--only", "02",
+            "--only", "04", "--threads", "1"]  # one thread per kernel: see test_notebooks
+    assert pipeline.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[1/5] dlde: 01_train.ipynb ..." in out and "total wall time" in out
+    assert re.search(r"\[5/5\] sigmoid: 04_inference.ipynb done in [\d.]+ s", out)
+
+    figures = tmp_path / "tiny" / "figures"
+    index = (figures / "index.md").read_text()
+    listed = re.findall(r"\| \[(\w+)\]\(\1\.png\)", index)
+    assert listed == ["train_curves", "val_detections", "sigmoid_train_curves", "sigmoid_val_detections",
+                      "mean_drift", "mean_cosines", "concentration", "inference", "sigmoid_inference"]
+    for name in listed:
+        assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists()
+    assert "`notebooks/02_mean_drift.ipynb`" in index and 'PRESET=`"tiny"`' in index
+    metrics = (figures / "metrics.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in metrics[2:]] == ["dlde", "sigmoid"]
+    assert (tmp_path / "tiny" / "sigmoid" / "04_inference.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy(tmp_path, capsys):
+    config = write_yaml(tmp_path, "runs:\n  bad:\n    OVERRIDES_JSON: '{\"no_such_key\": 1}'\n"
+                                  "notebooks:\n  - {notebook: 02_mean_drift.ipynb, run: bad}\n")
+    assert pipeline.main(["--config", str(config), "--tiny", "--threads", "1"]) == 1
+    captured = capsys.readouterr()
+    executed = tmp_path / "runs" / "tiny" / "bad" / "01_train.ipynb"
+    assert str(executed) in captured.err and "no_such_key" in captured.err
+    assert "02_mean_drift" not in captured.out  # stopped at the first failure
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors and errors[0].ename == "ValueError"
+    assert not (tmp_path / "runs" / "tiny" / "bad" / "01_train" / "results.json").exists()

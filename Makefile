@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: figures test test-fast lab bench clean
+.PHONY: figures figures-tiny test test-fast lab bench clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test-fast: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
+
+figures-tiny: $(STAMP)
+	$(PY) -m dlde.pipeline --config figures.yaml --tiny
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

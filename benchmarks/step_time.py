@@ -3,7 +3,9 @@
 Both detectors get a ResNet-18 (weights=None, trainable BatchNorm) with an FPN of the same width
 on the same pyramid levels, head towers of 4 convolutions without GroupNorm at the FPN width, the
 same anchors per location (sizes x scales per level, ratios = height / width), the same random
-images and the same random annotations (2-5 boxes per image).
+images and the same random annotations (2-5 boxes per image). Anchor counts and feature-map sizes
+match exactly; torchvision rounds its base anchors to whole pixels and centres them at k * stride
+instead of (k + 0.5) * stride, which changes which anchors match, not the amount of work.
 
 Label convention: torchvision's RetinaNet has no background logit (sigmoid focal loss, one output
 per class) and uses label ids as given, as indices of its ``num_classes`` outputs. Its COCO

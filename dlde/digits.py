@@ -34,6 +34,7 @@ _FORMAT_VERSION = 1
 _VAL_FRACTION = 0.2
 _BACKGROUND_LEVEL = 16.0  # mean gray level of the dark background, out of 255
 _MAX_PLACEMENT_TRIES = 1000  # rejection-sampling attempts per digit
+_MAX_RESTARTS = 50  # redraws of a whole canvas whose first digits block the later ones
 
 
 @dataclass(frozen=True)
@@ -254,9 +255,25 @@ def _split_sources(targets: np.ndarray, config: DigitsConfig) -> tuple[np.ndarra
 def _place(rng: np.random.Generator, sides: np.ndarray, canvas_size: int) -> np.ndarray:
     """Rejection-samples top-left corners for squares of the given sides without overlap.
 
+    Squares are placed one after the other; when an early square blocks every position of a
+    later one (a large square in the middle of a small canvas), the whole canvas is redrawn,
+    up to ``_MAX_RESTARTS`` times.
+
     Returns:
         Corners (K, 2) as x, y in pixels.
     """
+    for _ in range(_MAX_RESTARTS):
+        corners = _place_once(rng, sides, canvas_size)
+        if corners is not None:
+            return corners
+    raise ValueError(
+        f"could not place {len(sides)} digits of sides {sides.tolist()} without overlap "
+        f"on a {canvas_size}x{canvas_size} canvas after {_MAX_RESTARTS} restarts; "
+        "use a larger canvas_size or smaller digit_size / digits_per_image"
+    )
+
+
+def _place_once(rng: np.random.Generator, sides: np.ndarray, canvas_size: int) -> np.ndarray | None:
     corners = np.zeros((len(sides), 2), dtype=np.int64)
     for k, side in enumerate(sides):  # at most a handful of digits per canvas
         # Vectorized over the tries: draw them all, keep the first that overlaps nothing.
@@ -271,11 +288,7 @@ def _place(rng: np.random.Generator, sides: np.ndarray, canvas_size: int) -> np.
         )
         ok = np.flatnonzero((sep_x | sep_y).all(axis=1))
         if len(ok) == 0:
-            raise ValueError(
-                f"could not place {len(sides)} digits of sides {sides.tolist()} without overlap "
-                f"on a {canvas_size}x{canvas_size} canvas after {_MAX_PLACEMENT_TRIES} tries; "
-                "use a larger canvas_size or smaller digit_size / digits_per_image"
-            )
+            return None
         corners[k] = cand[ok[0]]
     return corners
 

@@ -121,13 +121,17 @@ class DirectionalClassification(nn.Module):
 
     def classify(self, embeddings: Tensor) -> Tensor:
         """Class probabilities ``(..., C)`` of unit embeddings ``(..., d)``."""
-        means = self.means
-        cosine = (embeddings @ F.normalize(means, dim=1).t()).clamp(-1.0, 1.0)  # (..., C)
+        initialized = self.tracker.initialized  # (C,)
         weight = self.weight.abs()
-        # log p = log sigmoid(w (s + b)) - log sigmoid(w (1 + b)) <= 0 because s <= 1 and w >= 0.
-        log_p = F.logsigmoid(weight * (cosine + self.bias)) - F.logsigmoid(weight * (1 + self.bias))
-        probabilities = log_p.clamp(max=0.0).exp()
-        return probabilities * self.tracker.initialized.to(probabilities.dtype)
+        # z_c = |w_c| (cos_c + b_c) in one matrix product; classes without a mean get z = -1e4 (p = 0).
+        scale = torch.where(initialized, weight, torch.zeros_like(weight))
+        shift = torch.where(initialized, weight * self.bias, torch.full_like(weight, -1e4))
+        directions = F.normalize(self.means, dim=1) * scale[:, None]  # (C, d)
+        flat = embeddings.reshape(-1, embeddings.shape[-1]).to(directions.dtype)
+        z = torch.addmm(shift, flat, directions.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
+        # log p = log sigmoid(z) - log sigmoid(|w| (1 + b)) <= 0 because cos <= 1 and |w| >= 0.
+        log_p = F.logsigmoid(z) - F.logsigmoid(weight * (1 + self.bias))
+        return log_p.clamp(max=0.0).exp()
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, classify: bool = True) -> Tensor | None:

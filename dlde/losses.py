@@ -91,10 +91,17 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
                                   allow_low_quality_matches=allow_low_quality_matches)
     objects = assignment.objects_mask  # (B, A)
     valid = objects | assignment.background_mask
-    labels = assignment.assigned_annotations[..., 4].long().clamp(min=0)
-    targets = F.one_hot(labels, classes).to(torch.float32) * objects[..., None]  # (B, A, C)
+    labels = assignment.assigned_annotations[..., 4][objects].long()  # (N,)
     positives = objects.sum().clamp(min=1).to(torch.float32)
-    cls = (focal_loss(classifications, targets, alpha=alpha, gamma=gamma).sum(-1) * valid).sum() / positives
+    # Every (anchor, class) is scored as a negative, then the N positive pairs are corrected:
+    # a handful of passes over the (B, A, C) tensor instead of a dense one-hot target.
+    eps = 1e-6
+    p = eps + (1 - 2 * eps) * classifications.float()
+    negative = (1 - alpha) * p.pow(gamma) * -torch.log1p(-p)  # (B, A, C)
+    p_pos = p[objects, labels]  # (N,)
+    correction = (alpha * (1 - p_pos).pow(gamma) * -torch.log(p_pos)
+                  - (1 - alpha) * p_pos.pow(gamma) * -torch.log1p(-p_pos))
+    cls = ((negative.sum(-1) * valid).sum() + correction.sum()) / positives
 
     deltas = regressions[objects].float()  # (N, 4)
     matched_anchors = anchors[None].expand(batch, -1, -1)[objects]

@@ -144,10 +144,12 @@ class TrainConfig:
 #: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(
-        run_dir="runs/digits", fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2,
-        group_norm=True, anchor_sizes=(16.0, 32.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
-        anchor_ratios=(1.0,), embedding_size=32, epochs=8, batch_size=16, lr=2e-3, weight_decay=1e-4,
-        box_loss="giou"),
+        run_dir="runs/digits", data_root="data/digits", digits_canvas_size=64, digits_size=(12, 24),
+        digits_per_image=(1, 3), digits_train_images=2000, digits_val_images=400, min_size=64, max_size=64,
+        fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2, group_norm=True,
+        anchor_sizes=(12.0, 24.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), anchor_ratios=(1.0,),
+        embedding_size=32, means_init="orthogonal", means_lr=0.003, epochs=16, batch_size=16, lr=2e-3,
+        weight_decay=1e-4, box_loss="giou", eval_every=4),
     "tiny": TrainConfig(
         run_dir="runs/tiny", digits_canvas_size=64, digits_size=(16, 24), digits_per_image=(1, 2),
         digits_train_images=32, digits_val_images=16, min_size=64, max_size=64, fpn_levels=(3, 4),

@@ -242,3 +242,20 @@ def test_focal_loss_keeps_a_gradient_for_saturated_probabilities():
     assert torch.isfinite(loss).all()
     assert p.grad[0] > 0 and p.grad[1] < 0  # a wrong certain answer is still pushed back
     assert loss[2] < 1e-9
+
+
+def test_sparse_focal_loss_matches_the_dense_definition():
+    from dlde import focal_loss
+    from dlde.anchors import assign_batch
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [40.0, 40.0, 50.0, 50.0],
+                            [0.0, 0.0, 10.0, 14.0]])
+    annotations = torch.tensor([[[0.0, 0.0, 10.0, 10.0, 2.0], [20.0, 20.0, 30.0, 31.0, 0.0]],
+                                [[40.0, 40.0, 49.0, 50.0, 1.0], [-1.0, -1.0, -1.0, -1.0, -1.0]]])
+    p = torch.rand(2, 4, 3)
+    loss = detection_loss(anchors, torch.zeros(2, 4, 4), p, annotations)["classification"]
+    assignment = assign_batch(anchors, annotations)
+    targets = torch.nn.functional.one_hot(assignment.assigned_annotations[..., 4].long().clamp(min=0), 3).float()
+    targets = targets * assignment.objects_mask[..., None]
+    valid = assignment.objects_mask | assignment.background_mask
+    dense = (focal_loss(p, targets).sum(-1) * valid).sum() / assignment.objects_mask.sum()
+    assert_close(loss, dense)

@@ -129,9 +129,9 @@ class DirectionalClassification(nn.Module):
         directions = F.normalize(self.means, dim=1) * scale[:, None]  # (C, d)
         flat = embeddings.reshape(-1, embeddings.shape[-1]).to(directions.dtype)
         z = torch.addmm(shift, flat, directions.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
-        # log p = log sigmoid(z) - log sigmoid(|w| (1 + b)) <= 0 because cos <= 1 and |w| >= 0.
-        log_p = F.logsigmoid(z) - F.logsigmoid(weight * (1 + self.bias))
-        return log_p.clamp(max=0.0).exp()
+        # p = sigmoid(z) / sigmoid(|w| (1 + b)) <= 1 because cos <= 1 and |w| >= 0; the clamp only
+        # removes rounding above 1. Three passes over (..., C), which dominates this head's cost.
+        return (torch.sigmoid(z) / torch.sigmoid(weight * (1 + self.bias))).clamp(max=1.0)
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, classify: bool = True) -> Tensor | None:

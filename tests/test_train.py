@@ -33,7 +33,9 @@ def test_training_writes_metrics_means_history_and_checkpoint(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(history, axis=2), 1.0, rtol=1e-5)
     assert not np.allclose(history[0], history[-1])  # the means moved
     kappa = np.load(run_dir / "kappa_history.npy")
-    assert kappa.shape == (3, 3) and np.isfinite(kappa).all() and (kappa > 0).all()
+    assert kappa.shape == (3, 3)
+    assert np.isnan(kappa[0]).all()  # orthonormal starting means: nothing tracked before training
+    assert np.isfinite(kappa[1:]).all() and (kappa[1:] > 0).all()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["class_names"] == ["0", "1", "2"] and config["config"]["epochs"] == 2
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -80,6 +82,11 @@ def test_baseline_and_manual_means_train_from_the_command_line(tmp_path, capsys)
     history = np.load(result.run_dir / "means_history.npy")
     assert history.shape == (2, 3, 8)
     np.testing.assert_allclose(np.linalg.norm(history, axis=2), 1.0, rtol=1e-5)
+    # The original set-up: zero means filled by an initialising pass before training.
+    result = train(tiny(tmp_path, "zeros", means_update="manual", means_init="zeros", epochs=1))
+    history = np.load(result.run_dir / "means_history.npy")
+    np.testing.assert_allclose(np.linalg.norm(history[0], axis=1), 1.0, rtol=1e-5)
+    assert np.isfinite(np.load(result.run_dir / "kappa_history.npy")[0]).all()
 
 
 def test_config_rejects_unknown_and_invalid_values():

@@ -425,16 +425,13 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         _save_training_state(checkpoint_path, model, optimizer, scheduler, scaler, epoch, metrics,
                              means_history, kappa_history)
         _write_metrics(run_dir, metrics)
-        if means_history:
-            _save_array(run_dir / "means_history.npy", np.stack(means_history))
-            _save_array(run_dir / "kappa_history.npy", np.stack(kappa_history))
+        _write_histories(run_dir, means_history, kappa_history)
         if config.progress:
             ap = f", AP {row['AP']:.3f}, AP50 {row['AP50']:.3f}" if "AP" in row else ""
             print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, "
                   f"val loss {row['val_loss']:.4f}{ap} ({row['time_s']:.0f} s)", flush=True)
-    if means_history:  # also when resuming a finished run
-        _save_array(run_dir / "means_history.npy", np.stack(means_history))
-        _save_array(run_dir / "kappa_history.npy", np.stack(kappa_history))
+    if start_epoch > config.epochs:  # resuming a finished run: restore its files from the checkpoint
+        _write_histories(run_dir, means_history, kappa_history)
     return TrainResult(run_dir, metrics, model, list(train_set.class_names))
 
 
@@ -469,6 +466,13 @@ def _write_metrics(run_dir: Path, metrics: Sequence[Mapping[str, Any]]) -> None:
     temporary = run_dir / ".metrics.jsonl.tmp"
     temporary.write_text("".join(json.dumps(row) + "\n" for row in metrics))
     temporary.replace(run_dir / "metrics.jsonl")
+
+
+def _write_histories(run_dir: Path, means_history, kappa_history) -> None:
+    """``means_history.npy`` and ``kappa_history.npy`` (DLDENet runs only)."""
+    if means_history:
+        _save_array(run_dir / "means_history.npy", np.stack(means_history))
+        _save_array(run_dir / "kappa_history.npy", np.stack(kappa_history))
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:

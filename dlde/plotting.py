@@ -35,6 +35,11 @@ __all__ = [
     "draw_detections",
     "detection_grid",
     "save_figure",
+    "plot_reliability",
+    "plot_per_class_ap",
+    "plot_score_histograms",
+    "plot_roc",
+    "plot_retrieval_grid",
 ]
 
 # Metadata that would otherwise embed a timestamp or version string in the file.
@@ -469,3 +474,202 @@ def save_figure(
     finally:
         plt.close(fig)
     return paths
+
+
+# ------------------------------------------------------------------ calibration, open set, retrieval
+def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Reliability diagram: accuracy against confidence per score bin, one set per model.
+
+    Args:
+        curves: model name -> a :func:`dlde.calibration.reliability_curve` dict (``bin_edges,
+            confidence, accuracy, count``), or a :func:`dlde.calibration.detection_calibration`
+            result (its ``curve`` is used). All curves must share the same bins.
+
+    Returns:
+        Figure with one axis: the diagonal (perfect calibration), then per model one bar set
+        (accuracy per bin, side by side within the bin) and one line (accuracy against mean
+        confidence of the filled bins) labelled with its ECE.
+    """
+    from dlde.calibration import ece_of_curve
+
+    if not curves:
+        raise ValueError("curves is empty")
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="perfect calibration")
+    colors = class_colors(len(curves))
+    for k, (name, curve) in enumerate(curves.items()):
+        curve = curve.get("curve", curve)
+        edges = np.asarray(curve["bin_edges"], dtype=np.float64)
+        accuracy = np.asarray(curve["accuracy"], dtype=np.float64)
+        confidence = np.asarray(curve["confidence"], dtype=np.float64)
+        width = np.diff(edges) / len(curves)
+        ax.bar(edges[:-1] + k * width, np.nan_to_num(accuracy), width=width, align="edge",
+               color=colors[k], alpha=0.3, edgecolor=colors[k], label="_nolegend_")
+        filled = np.asarray(curve["count"]) > 0
+        ax.plot(confidence[filled], accuracy[filled], marker="o", color=colors[k],
+                label=f"{name} (ECE {ece_of_curve(curve):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (score)", ylabel="accuracy",
+           title="reliability of detection scores")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def plot_per_class_ap(
+    per_class_ap: Mapping[str, float] | Mapping[str, Mapping[str, float]],
+    title: str | None = None,
+) -> Figure:
+    """Bar chart of AP per class, for one model or side by side for several.
+
+    Args:
+        per_class_ap: class name -> AP (one model, e.g. ``evaluate(...)["per_class"]``), or
+            model name -> (class name -> AP). Classes are drawn in first-seen order; a class
+            missing for a model is left empty.
+        title: axis title (default "AP per class").
+
+    Returns:
+        Figure with one axis holding one bar container per model, one bar per class.
+    """
+    if not per_class_ap:
+        raise ValueError("per_class_ap is empty")
+    first = next(iter(per_class_ap.values()))
+    models = dict(per_class_ap) if isinstance(first, Mapping) else {"": per_class_ap}
+    classes = list(dict.fromkeys(name for ap in models.values() for name in ap))
+    colors = class_colors(len(models))
+    width = 0.8 / len(models)
+    x = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(classes) * len(models) + 2), 4),
+                           layout="constrained")
+    for k, (model, ap) in enumerate(models.items()):
+        values = np.array([ap.get(c, np.nan) for c in classes], dtype=np.float64)
+        ax.bar(x - 0.4 + (k + 0.5) * width, np.nan_to_num(values), width=width, color=colors[k],
+               label=model or "_nolegend_")
+    ax.set_xticks(x, classes)
+    ax.set(ylim=(0, 1), ylabel="AP", title=title or "AP per class")
+    if len(models) > 1:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_score_histograms(
+    known: Any,
+    unknown: Any,
+    *,
+    bins: int = 40,
+    xlabel: str = "unknown score",
+    title: str | None = None,
+) -> Figure:
+    """Overlaid density histograms of a score for known and unknown objects.
+
+    Args:
+        known: (N,) scores of detections of known classes; NaN skipped.
+        unknown: (M,) scores of detections of unknown objects; NaN skipped.
+        bins: number of shared bins over the range of both.
+        xlabel: name of the score.
+        title: axis title (default "known vs unknown").
+
+    Returns:
+        Figure with one axis holding two histograms (known first).
+    """
+    known, unknown = _to_numpy(known).ravel(), _to_numpy(unknown).ravel()
+    known, unknown = known[np.isfinite(known)], unknown[np.isfinite(unknown)]
+    both = np.concatenate([known, unknown])
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    ax.hist(known, bins=edges, density=bool(known.size), alpha=0.6,
+            label=f"known ({known.size})")
+    ax.hist(unknown, bins=edges, density=bool(unknown.size), alpha=0.6,
+            label=f"unknown ({unknown.size})")
+    ax.set(xlabel=xlabel, ylabel="density", title=title or "known vs unknown")
+    ax.legend()
+    return fig
+
+
+def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """ROC curves of unknown detection (unknown is the positive class).
+
+    Args:
+        curves: name -> :func:`dlde.openset.roc_curve` dict (``fpr``, ``tpr``, ``auroc``).
+
+    Returns:
+        Figure with one axis: the chance diagonal, then one line per curve labelled with its
+        AUROC.
+    """
+    if not curves:
+        raise ValueError("curves is empty")
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="chance")
+    colors = class_colors(len(curves))
+    for k, (name, curve) in enumerate(curves.items()):
+        ax.plot(_to_numpy(curve["fpr"]), _to_numpy(curve["tpr"]), color=colors[k],
+                label=f"{name} (AUROC {float(curve['auroc']):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (known flagged)",
+           ylabel="true positive rate (unknown flagged)", title="unknown-object ROC")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_retrieval_grid(
+    query_crops: Sequence[Any],
+    result_crops: Sequence[Sequence[Any]],
+    *,
+    query_labels: Any | None = None,
+    result_labels: Any | None = None,
+    result_scores: Any | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """Image crops of queries (first column) and their retrieved boxes (next columns).
+
+    Args:
+        query_crops: Q images (formats of :func:`draw_detections`, e.g. from
+            :func:`dlde.retrieval.crop_boxes`).
+        result_crops: Q rows of k images each, most similar first.
+        query_labels: optional (Q,) class ids; with ``result_labels`` a result's frame is
+            green when its label equals the query's and red otherwise.
+        result_labels: optional (Q, k) class ids of the results.
+        result_scores: optional (Q, k) similarities, written under each result.
+        class_names: names indexed by the labels (default: the ids).
+
+    Returns:
+        Figure with a Q x (k + 1) grid of axes.
+    """
+    rows = len(query_crops)
+    if rows == 0 or len(result_crops) != rows:
+        raise ValueError(f"need Q >= 1 query crops and Q rows of results, got {rows} and "
+                         f"{len(result_crops)}")
+    k = max(len(r) for r in result_crops)
+    name = (lambda c: class_names[c]) if class_names is not None else str
+    q_labels = None if query_labels is None else _labels(query_labels)
+    r_labels = None if result_labels is None else _labels(result_labels).reshape(rows, -1)
+    r_scores = None if result_scores is None else _to_numpy(result_scores).reshape(rows, -1)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.8 * rows), squeeze=False,
+                             layout="constrained")
+    for q in range(rows):  # a small grid of thumbnails
+        img = _image_hwc(query_crops[q])
+        axes[q, 0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0)
+        axes[q, 0].set_title("query" + ("" if q_labels is None else f" {name(q_labels[q])}"),
+                             fontsize=8)
+        for j in range(k):
+            ax = axes[q, j + 1]
+            if j >= len(result_crops[q]):
+                ax.set_axis_off()
+                continue
+            img = _image_hwc(result_crops[q][j])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0)
+            parts = []
+            if r_labels is not None:
+                parts.append(name(r_labels[q, j]))
+            if r_scores is not None:
+                parts.append(f"{r_scores[q, j]:.2f}")
+            ax.set_title(" ".join(parts), fontsize=8)
+            if q_labels is not None and r_labels is not None:
+                color = "tab:green" if r_labels[q, j] == q_labels[q] else "tab:red"
+                for spine in ax.spines.values():
+                    spine.set(edgecolor=color, linewidth=2.5)
+        for ax in axes[q]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[q, 0].set_ylabel(f"#{q}", fontsize=8)
+    return fig

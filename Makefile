@@ -4,20 +4,31 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: figures figures-tiny test test-fast lab bench clean venv
+.PHONY: figures ablations figures-tiny test test-fast test-browser lab bench clean venv chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m ipykernel install --user --name dlde --display-name "dlde (.venv)" >/dev/null
+	$(PY) -m pip install --quiet -e ".[test,retrieval]"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# Debian's Chromium for the browser test (tests/test_browser.py); Playwright's own browser
+# download is not used. Installed with apt-get only when /usr/bin/chromium is missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+chromium:
+	@[ -x $(CHROMIUM) ] || { echo "installing Debian's chromium (apt-get) for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+test-browser: $(STAMP) chromium
+	$(PY) -m pytest -q -m browser tests/test_browser.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -25,11 +36,22 @@ test-fast: $(STAMP)
 figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
 
+ablations: $(STAMP)
+	$(PY) -m dlde.pipeline --config figures.yaml --sweeps
+
 figures-tiny: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --tiny
 
+# JupyterLab at the repository root on this checkout's .venv (kernel "Python 3 (ipykernel)",
+# name python3, the venv's own; nothing is installed into your home folder). The committed
+# notebooks/*.ipynb are read-only there (dlde.notebook.refuse_committed_save): save your
+# edits with File > Save Notebook As... under runs/. LAB_ARGS adds options (e.g. --port 8899).
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  --FileContentsManager.pre_save_hook=dlde.notebook.refuse_committed_save \
+	  --KernelSpecManager.allowed_kernelspecs=python3 \
+	  $$([ "$$(id -u)" -eq 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py

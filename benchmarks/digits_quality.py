@@ -1,7 +1,11 @@
 """Train DLDENet and the sigmoid RetinaNet baseline with the default digits preset and identical
 schedules, then print validation AP, AP50 and wall time of each.
 
-    python benchmarks/digits_quality.py [--epochs N] [--means-update batch|manual] [--seeds 0 1 2] [--out runs/bench]
+    .venv/bin/python benchmarks/digits_quality.py [--epochs N] [--means-update batch|manual] [--seeds 0 1 2]
+                                                  [--out runs/bench] [--preset digits|tiny] [--data-root DIR]
+
+The runs are the same as those of ``python -m dlde.train`` and of ``notebooks/01_train.ipynb`` with the same
+preset and seed: progress display never changes a number (tests/test_reproducibility.py).
 
 Target on a 2-core CPU: DLDENet val AP50 >= 0.90 within 15 minutes, and DLDENet AP >= baseline AP.
 Run it on an otherwise idle machine: two processes sharing the cores slow each other by far more
@@ -24,13 +28,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--means-update", default="batch", choices=["batch", "manual"])
-    parser.add_argument("--out", default="runs/bench", help="parent folder of the two runs")
+    parser.add_argument("--out", default="runs/bench", help="parent folder of the runs")
+    parser.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="training preset")
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: the preset's)")
     parser.add_argument("--models", nargs="+", default=["dlde", "retinanet"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="training seeds (weights and batch order); several give mean and spread")
     args = parser.parse_args()
-    preset = PRESETS["digits"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; preset digits: "
+    preset = PRESETS[args.preset]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}: "
           f"{preset.digits_train_images} train / {preset.digits_val_images} val images of "
           f"{preset.digits_canvas_size} px, epochs {args.epochs or preset.epochs}, batch {preset.batch_size}",
           flush=True)
@@ -41,8 +47,10 @@ def main() -> None:
                          "means_update": args.means_update, "seed": seed}
             if args.epochs:
                 overrides["epochs"] = args.epochs
+            if args.data_root:
+                overrides["data_root"] = args.data_root
             started = time.perf_counter()
-            result = train(TrainConfig.from_dict(overrides, preset="digits"))
+            result = train(TrainConfig.from_dict(overrides, preset=args.preset))
             wall = time.perf_counter() - started
             last = result.metrics[-1]
             results[model].append({"seed": seed, "AP": last["AP"], "AP50": last["AP50"], "AP75": last["AP75"],

@@ -1,9 +1,10 @@
-"""The figure pipeline: train the runs of ``figures.yaml`` and execute the notebooks on them.
+"""The figure pipeline: train the runs of ``figures.yaml``, execute the notebooks on them, run sweeps.
 
 ::
 
     python -m dlde.pipeline --config figures.yaml [--only NAME ...] [--tiny] [--threads N]
                             [--runs-dir DIR] [--figures-dir DIR] [--log-output]
+    python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] [--force] [--fail-fast] [--tiny]
 
 ``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``) and
 ``notebooks`` (a list of ``{notebook, run, parameters}``). Each run is trained by executing
@@ -14,33 +15,50 @@ Figures of the first run keep their plain names; those of any other run are pref
 the run's name (``sigmoid_train_curves``). At the end ``figures/index.md`` lists every figure
 with its notebook and parameters, and ``figures/metrics.md`` tabulates the final metrics of
 each run. The first failing notebook stops the pipeline with exit status 1 and the path of
-the executed notebook holding the traceback.
+the executed notebook holding the traceback; ``index.md`` then lists that step as not current.
+
+``sweeps`` (run with ``--sweeps``, separately from the figures) declares ablations: per sweep a
+``base`` of parameters, its arms (``grid``: every combination of the listed values; or
+``arms``: named parameter sets) and ``seeds``. Upper-case keys are parameters of
+``01_train.ipynb``; lower-case keys are further :class:`dlde.train.TrainConfig` fields (passed
+through ``OVERRIDES_JSON``). Every resolved run trains into
+``<runs_dir>/sweeps/<preset>/<fields that differ from the preset>,seed=<seed>``, so arms with
+the same configuration (in one sweep or several) share one folder and train once. A run whose
+folder already holds the same configuration with its last epoch written is skipped
+(``--force`` retrains it); an interrupted one is resumed from its checkpoint; a failed one is
+reported with its executed notebook and the others go on (``--fail-fast`` stops). Then
+:mod:`dlde.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
+and 95 % t-interval over seeds) and ``index.md`` lists them.
+
+While a training notebook runs, one line per finished epoch reports its loss and the elapsed
+and remaining time; a summary table of every step and its time ends the output.
 
 ``--tiny`` swaps in tiny parameters (preset ``tiny``, one epoch, a few images) and writes
 everything under ``<runs_dir>/tiny/`` (figures in ``<runs_dir>/tiny/figures``), so it never
 touches the real figures; the tests use it.
 
-This module also holds the small helpers the notebooks share: :func:`project_path`,
-:class:`Figures`, :func:`write_results`, :func:`demo_images` and the ``*_results`` functions
-that define what each notebook's ``results.json`` contains.
+The helpers the notebooks themselves call live in :mod:`dlde.notebook`.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import itertools
 import json
-import math
 import os
+import re
 import shutil
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .notebook import RESULTS_FILE, _jsonable, read_results
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 TRAIN_NOTEBOOK = "01_train.ipynb"
@@ -59,196 +77,39 @@ PATH_PARAMETERS = ("RUN_DIR", "DATA_ROOT", "FIGURES_DIR", "OUT_DIR", "IMAGES_DIR
 #: ``--tiny``: parameters replaced in every training run / every notebook that declares them.
 TINY_RUN = {"PRESET": "tiny", "EPOCHS": 1, "RESUME": False, "DETECTION_IMAGES": 4}
 TINY_NOTEBOOK = {"MAX_IMAGES": 16, "DEMO_IMAGES": 4}
-RESULTS_FILE = "results.json"
 STEP_FILE = "pipeline_step.json"  # next to results.json: the parameters the pipeline injected
+#: Names of runs, sweeps and arms: they become folder names, so no separators and no leading dot.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
+
+#: How ``01_train.ipynb`` turns its parameters into a :class:`~dlde.train.TrainConfig`:
+#: parameter -> field, plus ``OVERRIDES_JSON`` on top and ``PRESET`` as the base (its first code cell).
+TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPDATE": "means_update",
+                "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
+#: TrainConfig fields that do not change a run's result: ignored when deciding whether a
+#: finished run is the one a sweep asks for, and left out of its folder name.
+NOT_IDENTITY = ("run_dir", "data_root", "resume", "progress")
+#: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
+SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
+SWEEP_KEYS = ("base", "grid", "arms", "seeds")
+SWEEPS_FOLDER = "sweeps"  # under runs_dir
+ABLATIONS_FOLDER = "ablations"  # under figures_dir
+POLL_SECONDS = 1.0  # how often the progress thread reads a training run's metrics.jsonl
 
 
-# ------------------------------------------------------------------------- notebook helpers
-def project_path(path: str | os.PathLike) -> Path:
-    """``path`` as an absolute path; a relative one is taken relative to the repository root.
-
-    Notebooks run with their own folder as working directory in Jupyter and with the
-    repository root under the pipeline; resolving against the root makes the default
-    parameters (``runs/dlde``, ``figures``) mean the same folder in both. Outside a source
-    checkout (no ``pyproject.toml`` next to the package) the working directory is used.
-    """
-    path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    root = Path(__file__).resolve().parents[1]
-    base = root if (root / "pyproject.toml").exists() else Path.cwd()
-    return (base / path).resolve()
+def _check_name(path: Path, kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{path}: {kind} name {name!r} must be letters, digits and . _ = , + - "
+                         "(not starting with a dot): it becomes a folder name under runs_dir")
+    return name
 
 
-@dataclass
-class Figures:
-    """Saves figures of one notebook under stable names and displays them.
-
-    Attributes:
-        directory: output folder (PNG + PDF per figure).
-        prefix: prepended to every name (e.g. ``"sigmoid_"``).
-        names: the names saved so far, in order (for ``results.json``).
-    """
-
-    directory: Path
-    prefix: str = ""
-    names: list[str] = field(default_factory=list)
-
-    def show(self, fig, name: str) -> None:
-        """Display ``fig`` (in a notebook), save it as ``<prefix><name>.png/.pdf`` and close it."""
-        from .plotting import save_figure
-
-        full = f"{self.prefix}{name}"
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-            if get_ipython() is not None:
-                display(fig)
-        except ImportError:  # plain Python without IPython: save only
-            pass
-        save_figure(fig, self.directory, full)
-        self.names.append(full)
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; non-finite floats -> None (JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return str(value)
-    return value
-
-
-def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> Path:
-    """Write ``results`` as ``out_dir/results.json`` (NaN becomes null) and return the path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS_FILE
-    path.write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+def confined(base: Path, name: str) -> Path:
+    """``base / name``, refused when it would resolve outside ``base`` (``..``, absolute paths)."""
+    base = Path(base).resolve()
+    path = (base / name).resolve()
+    if path == base or base not in path.parents:
+        raise ValueError(f"{name!r} would write outside {base}")
     return path
-
-
-def read_results(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``results.json`` a notebook wrote into ``out_dir``."""
-    return json.loads((Path(out_dir) / RESULTS_FILE).read_text())
-
-
-def training_results(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Numbers of ``01_train``: the last epoch's COCO AP and losses, and ``train_time_s``, the
-    wall time of all epochs (training and evaluation, without start-up).
-
-    Args:
-        metrics: one dict per epoch, as in ``metrics.jsonl``.
-    """
-    if not metrics:
-        raise ValueError("no finished epoch: nothing to report")
-    last = metrics[-1]
-    return {"epochs": int(last["epoch"]), "AP": last.get("AP"), "AP50": last.get("AP50"),
-            "AP75": last.get("AP75"), "val_loss": last["val_loss"], "train_loss": last["train_loss"],
-            "train_time_s": float(sum(row.get("time_s") or 0.0 for row in metrics)),
-            "per_class_AP": last.get("per_class_AP", {})}
-
-
-def _max_off_diagonal(cosines: np.ndarray) -> float:
-    off = cosines[~np.eye(len(cosines), dtype=bool)]
-    off = off[np.isfinite(off)]
-    return float(off.max()) if off.size else float("nan")
-
-
-def mean_drift_results(steps: np.ndarray, first_cosines: np.ndarray, last_cosines: np.ndarray,
-                       kappa_history: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Numbers of ``02_mean_drift``.
-
-    Args:
-        steps: (E, C) degrees each mean moved per epoch (``analysis.angular_steps``).
-        first_cosines: (C, C) cosines between the means before training.
-        last_cosines: (C, C) cosines between the final means.
-        kappa_history: (E+1, C) κ̂ per epoch.
-        class_names: C names.
-
-    Returns:
-        ``total_drift_deg`` (class -> summed steps), ``mean_last_step_deg``,
-        ``max_off_diagonal_cosine_first`` / ``_last`` and ``last_kappa`` (class -> κ̂).
-    """
-    steps, kappa = np.asarray(steps, dtype=np.float64), np.asarray(kappa_history, dtype=np.float64)
-    names = list(class_names)
-    return {"epochs": int(steps.shape[0]),
-            "total_drift_deg": dict(zip(names, np.nansum(steps, axis=0))),
-            "mean_last_step_deg": float(np.nanmean(steps[-1])) if np.isfinite(steps[-1]).any() else None,
-            "max_off_diagonal_cosine_first": _max_off_diagonal(np.asarray(first_cosines)),
-            "max_off_diagonal_cosine_last": _max_off_diagonal(np.asarray(last_cosines)),
-            "last_kappa": dict(zip(names, kappa[-1]))}
-
-
-def embedding_results(own: np.ndarray, nearest_other: np.ndarray, embedding_size: int) -> dict[str, Any]:
-    """Numbers of ``03_embeddings`` from ``analysis.cosine_margins``.
-
-    Returns:
-        ``N`` (embeddings), ``embedding_size``, ``fraction_own_above_other`` (the anchors the
-        means classify correctly), ``mean_own_cosine`` and ``mean_nearest_other_cosine``.
-    """
-    own, other = np.asarray(own, dtype=np.float64), np.asarray(nearest_other, dtype=np.float64)
-    both = np.isfinite(own) & np.isfinite(other)
-    return {"N": int(own.size), "embedding_size": int(embedding_size),
-            "fraction_own_above_other": float(np.mean(own[both] > other[both])) if both.any() else None,
-            "mean_own_cosine": float(np.nanmean(own)) if np.isfinite(own).any() else None,
-            "mean_nearest_other_cosine": float(np.nanmean(other)) if np.isfinite(other).any() else None}
-
-
-def inference_results(detections: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
-    """Numbers of ``04_inference``: images, detections per image (file -> count, by class)."""
-    per_image = {Path(d["path"]).name: int(len(d["scores"])) for d in detections}
-    labels = np.concatenate([np.asarray(d["labels"], dtype=np.int64) for d in detections]) if detections else []
-    counts = np.bincount(labels, minlength=len(class_names)) if len(labels) else np.zeros(len(class_names), int)
-    return {"images": len(detections), "detections": int(sum(per_image.values())),
-            "detections_per_image": per_image,
-            "mean_detections_per_image": float(np.mean(list(per_image.values()))) if per_image else 0.0,
-            "detections_per_class": dict(zip(class_names, counts))}
-
-
-def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]) -> Path:
-    """Write ``n`` digits canvases the run never saw into ``folder`` (its PNGs are replaced).
-
-    The canvases follow the run's digits settings (classes, sizes, canvas size) and use only
-    validation-pool digits; they are the canvases that come after the run's validation set,
-    so they are new images, not copies of validation images.
-
-    Args:
-        folder: output folder.
-        n: number of images.
-        run_config: the run's training configuration (``Run.config``).
-
-    Returns:
-        ``folder``.
-    """
-    from .digits import make_digits_dataset
-
-    if run_config.get("dataset", "digits") != "digits":
-        raise ValueError("demo images exist only for the digits dataset: set IMAGES_DIR to a folder of images")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("demo_*.png"):
-        old.unlink()
-    skip = int(run_config["digits_val_images"])
-    classes = run_config.get("digits_classes")
-    with tempfile.TemporaryDirectory() as scratch:
-        paths = make_digits_dataset(
-            scratch, seed=int(run_config["digits_seed"]), canvas_size=int(run_config["digits_canvas_size"]),
-            digit_size=tuple(run_config["digits_size"]), digits_per_image=tuple(run_config["digits_per_image"]),
-            train_images=0, val_images=skip + n, classes=None if classes is None else tuple(classes))
-        for index, source in enumerate(sorted(paths.val_images_dir.glob("*.png"))[skip:]):
-            shutil.copyfile(source, folder / f"demo_{index:03d}.png")
-    return folder
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -310,7 +171,7 @@ class Plan:
     all_steps: list[Step]  # of the whole file: index.md and metrics.md cover them all
 
     def run_dir(self, run: str) -> Path:
-        return self.runs_dir / run
+        return confined(self.runs_dir, run)
 
     def executed(self, step: Step) -> Path:
         return self.run_dir(step.run) / step.notebook
@@ -346,20 +207,74 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict[str, Any]
     return papermill.inspect_notebook(str(notebook))
 
 
+@lru_cache(maxsize=None)
+def _declared(notebook: str) -> dict[str, dict[str, Any]]:
+    return notebook_parameters(NOTEBOOKS_DIR / notebook)
+
+
+def notebook_defaults(notebook: str = TRAIN_NOTEBOOK) -> dict[str, Any]:
+    """The default values of a notebook's parameters cell (``{"EPOCHS": 16, ...}``)."""
+    return {name: ast.literal_eval(spec["default"]) for name, spec in _declared(notebook).items()}
+
+
+def train_config(parameters: Mapping[str, Any]):
+    """The :class:`~dlde.train.TrainConfig` ``01_train.ipynb`` trains with these parameters.
+
+    Parameters not given take the notebook's defaults; the mapping is :data:`TRAIN_FIELDS`
+    plus ``OVERRIDES_JSON`` over the preset ``PRESET``, as in the notebook's first code cell.
+
+    Raises:
+        ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid.
+    """
+    from .train import TrainConfig
+
+    values = notebook_defaults(TRAIN_NOTEBOOK) | dict(parameters)
+    fields = {name: values[parameter] for parameter, name in TRAIN_FIELDS.items()}
+    try:
+        overrides = json.loads(values["OVERRIDES_JSON"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"OVERRIDES_JSON is not JSON ({error.msg}): {values['OVERRIDES_JSON']!r}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"OVERRIDES_JSON must be a JSON object, got {values['OVERRIDES_JSON']!r}")
+    return TrainConfig.from_dict(fields | overrides, preset=values["PRESET"])
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read figures.yaml and check its shape (unknown keys fail loudly)."""
+    """Read figures.yaml and check its shape (unknown keys and unsafe names fail loudly).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not valid YAML or not of the expected shape (one line, naming the file).
+    """
     import yaml
 
     path = Path(path)
-    config = yaml.safe_load(path.read_text()) or {}
-    allowed = {"runs_dir", "figures_dir", "runs", "notebooks"}
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such pipeline file")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{path}: expected a mapping of runs_dir, figures_dir, runs, notebooks, sweeps; "
+                         f"got {type(config).__name__}")
+    allowed = {"runs_dir", "figures_dir", "runs", "notebooks", "sweeps"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed)}")
     runs = config.get("runs") or {}
-    if not isinstance(runs, Mapping) or not runs:
+    if not isinstance(runs, Mapping) or (not runs and not config.get("sweeps")):
         raise ValueError(f"{path}: 'runs' must map run names to training parameters")
+    for name, parameters in runs.items():
+        _check_name(path, "run", name)
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise ValueError(f"{path}: run {name!r} must map parameters to values, got {parameters!r}")
     for entry in config.get("notebooks") or []:
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{path}: each notebooks entry must be a mapping, got {entry!r}")
         extra = sorted(set(entry) - {"notebook", "run", "parameters"})
         if extra or "notebook" not in entry or "run" not in entry:
             raise ValueError(f"{path}: each notebooks entry needs 'notebook' and 'run' "
@@ -367,6 +282,23 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if entry["run"] not in runs:
             raise ValueError(f"{path}: notebook {entry['notebook']} uses run {entry['run']!r}, "
                              f"which is not in runs {sorted(runs)}")
+    sweeps = config.get("sweeps") or {}
+    if not isinstance(sweeps, Mapping):
+        raise ValueError(f"{path}: 'sweeps' must map sweep names to {{base, grid | arms, seeds}}")
+    for name, sweep in sweeps.items():
+        _check_name(path, "sweep", name)
+        if not isinstance(sweep, Mapping):
+            raise ValueError(f"{path}: sweep {name!r} must be a mapping with {list(SWEEP_KEYS)}")
+        extra = sorted(set(sweep) - set(SWEEP_KEYS))
+        if extra:
+            raise ValueError(f"{path}: sweep {name!r} has unknown keys {extra}; allowed: {list(SWEEP_KEYS)}")
+        if ("grid" in sweep) == ("arms" in sweep):
+            raise ValueError(f"{path}: sweep {name!r} needs exactly one of 'grid' (values to combine) "
+                             "or 'arms' (named parameter sets)")
+        seeds = sweep.get("seeds")
+        if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                  for s in seeds) or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"{path}: sweep {name!r} needs 'seeds', a list of distinct integers; got {seeds!r}")
     return config
 
 
@@ -385,19 +317,9 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
     """
     config_path = Path(config_path).resolve()
     config = load_config(config_path)
-    root = config_path.parent
+    root, runs_root, figures = _folders(config_path, config, tiny=tiny, runs_dir=runs_dir, figures_dir=figures_dir)
 
-    def absolute(path) -> Path:  # an absolute path stays as it is
-        return (root / Path(path).expanduser()).resolve()
-
-    runs_root = absolute(runs_dir if runs_dir is not None else config.get("runs_dir", "runs"))
-    if tiny:
-        runs_root = runs_root / "tiny"
-        figures = absolute(figures_dir) if figures_dir is not None else runs_root / "figures"
-    else:
-        figures = absolute(figures_dir if figures_dir is not None else config.get("figures_dir", "figures"))
-
-    run_names = list(config["runs"])
+    run_names = list(config.get("runs") or {})
     prefixes = {name: "" if index == 0 else f"{name}_" for index, name in enumerate(run_names)}
     entries = [(name, TRAIN_NOTEBOOK, dict(config["runs"][name] or {})) for name in run_names]
     entries += [(e["run"], e["notebook"], dict(e.get("parameters") or {})) for e in config.get("notebooks") or []]
@@ -408,10 +330,11 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
             raise ValueError(f"{config_path}: {notebook} appears twice for run {run!r}; "
                              "add another run to run it with other parameters")
         seen.add((run, notebook))
+        confined(runs_root, run)
         source = NOTEBOOKS_DIR / notebook
         if not source.exists():
             raise FileNotFoundError(f"{config_path}: notebook {source} does not exist")
-        declared = notebook_parameters(source)
+        declared = _declared(notebook)
         managed = sorted(set(parameters) & set(MANAGED_PARAMETERS))
         if managed:
             raise ValueError(f"{config_path}: {managed} of {notebook} (run {run!r}) are set by the pipeline; "
@@ -434,6 +357,23 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
         raise ValueError(f"--only {unmatched} matches no run or notebook; runs: {run_names}, "
                          f"notebooks: {sorted({step.stem for step in steps})}")
     return Plan(root, runs_root, figures, [step for step in steps if step.names & set(only)], steps)
+
+
+def _folders(config_path: Path, config: Mapping[str, Any], *, tiny: bool, runs_dir, figures_dir
+             ) -> tuple[Path, Path, Path]:
+    """``(root, runs_dir, figures_dir)``: absolute, from the file and the command line."""
+    root = config_path.parent
+
+    def absolute(path) -> Path:  # an absolute path stays as it is
+        return (root / Path(path).expanduser()).resolve()
+
+    runs_root = absolute(runs_dir if runs_dir is not None else config.get("runs_dir", "runs"))
+    if tiny:
+        runs_root = runs_root / "tiny"
+        figures = absolute(figures_dir) if figures_dir is not None else runs_root / "figures"
+    else:
+        figures = absolute(figures_dir if figures_dir is not None else config.get("figures_dir", "figures"))
+    return root, runs_root, figures
 
 
 class NotebookFailed(RuntimeError):
@@ -459,27 +399,155 @@ def _environment(values: Mapping[str, str]):
                 os.environ[key] = value
 
 
-def execute(plan: Plan, step: Step, *, log_output: bool = False) -> dict[str, Any]:
+# ------------------------------------------------------------------------------- progress
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a metrics.jsonl being written (a torn last line is ignored)."""
+    rows = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class EpochProgress:
+    """Prints one line per epoch a training run finishes, read from its ``metrics.jsonl``.
+
+    A background thread polls the file; a line reads
+    ``  dlde: epoch 3/16, train loss 0.4123, val loss 0.3011, AP 0.512; 41 s elapsed, about 3 min 38 s left``.
+    Only a file written after the watch started counts (an old run's file is not reported),
+    and epochs up to ``done_before`` (a resumed run's) are not reported again.
+
+    Use as a context manager around the notebook's execution.
+    """
+
+    def __init__(self, run_dir: Path, epochs: int, label: str, *, done_before: int = 0,
+                 interval: float = POLL_SECONDS, echo: Callable[[str], None] | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.epochs, self.label, self.done_before, self.interval = epochs, label, done_before, interval
+        self.echo = echo or (lambda line: print(line, flush=True))
+        self.reported = done_before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._started = 0.0
+        self._started_ns = 0
+
+    def __enter__(self) -> "EpochProgress":
+        self._started, self._started_ns = time.perf_counter(), time.time_ns()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # the last epoch, if it landed between two polls
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            if self.path.stat().st_mtime_ns < self._started_ns:
+                return
+        except OSError:
+            return
+        for row in _read_rows(self.path):
+            epoch = int(row.get("epoch", 0))
+            if epoch <= self.reported:
+                continue
+            self.reported = epoch
+            elapsed = time.perf_counter() - self._started
+            left = elapsed / max(1, epoch - self.done_before) * (self.epochs - epoch)
+            parts = [f"epoch {epoch}/{self.epochs}"]
+            for key, title, digits in (("train_loss", "train loss", 4), ("val_loss", "val loss", 4), ("AP", "AP", 3)):
+                if row.get(key) is not None:
+                    parts.append(f"{title} {row[key]:.{digits}f}")
+            self.echo(f"  {self.label}: {', '.join(parts)}; {_duration(elapsed)} elapsed, "
+                      f"about {_duration(left)} left")
+
+
+@dataclass
+class Summary:
+    """The steps of one pipeline invocation with their outcome and time, printed at the end."""
+
+    rows: list[tuple[str, str, float]] = field(default_factory=list)  # (step, status, seconds)
+
+    def add(self, step: str, status: str, seconds: float) -> None:
+        self.rows.append((step, status, seconds))
+
+    def table(self) -> str:
+        """An aligned plain-text table (one line per step, then the total)."""
+        if not self.rows:
+            return "no steps"
+        width = max(len("step"), *(len(r[0]) for r in self.rows))
+        status_width = max(len("status"), *(len(r[1]) for r in self.rows))
+        lines = [f"{'step':<{width}}  {'status':<{status_width}}  time",
+                 f"{'-' * width}  {'-' * status_width}  ----"]
+        lines += [f"{step:<{width}}  {status:<{status_width}}  {_duration(seconds)}" for step, status, seconds in self.rows]
+        lines.append(f"{'total':<{width}}  {'':<{status_width}}  {_duration(sum(r[2] for r in self.rows))}")
+        return "\n".join(lines)
+
+
+def _papermill(notebook: str, executed: Path, parameters: Mapping[str, Any], cwd: Path, log_output: bool) -> None:
+    """Execute ``notebooks/<notebook>`` into ``executed``; papermill's exceptions propagate."""
+    import papermill
+
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / notebook), str(executed), parameters=dict(parameters),
+                               cwd=str(cwd), log_output=log_output, **PAPERMILL_OPTIONS)
+
+
+def _failure_reason(error: Exception) -> str:
+    import papermill
+
+    if isinstance(error, papermill.PapermillExecutionError):
+        return f"{error.ename}: {error.evalue}"
+    return f"{type(error).__name__}: {error}"  # the kernel died (e.g. out of memory) or did not start
+
+
+def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[[str], None] | None = None
+            ) -> dict[str, Any]:
     """Execute one notebook with papermill and return its results.json.
+
+    A training notebook reports its epochs as they finish (:class:`EpochProgress`).
 
     Raises:
         NotebookFailed: the notebook raised, or wrote no results.json.
     """
-    import papermill
-
     executed = plan.executed(step)
-    executed.parent.mkdir(parents=True, exist_ok=True)
     out_dir = plan.out_dir(step)
     stale = out_dir / RESULTS_FILE
-    stale.unlink(missing_ok=True)  # a failure must not leave the previous numbers behind
+    for old in (stale, out_dir / STEP_FILE):  # a failure must not leave the previous numbers behind
+        old.unlink(missing_ok=True)
+    parameters = plan.parameters(step)
+    watch = None
+    if step.notebook == TRAIN_NOTEBOOK:
+        run_dir = plan.run_dir(step.run)
+        resumed = parameters.get("RESUME", notebook_defaults()["RESUME"])
+        done_before = len(_read_rows(run_dir / "metrics.jsonl")) if resumed else 0
+        watch = EpochProgress(run_dir, train_config(parameters).epochs, step.run, done_before=done_before, echo=echo)
     try:
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / step.notebook), str(executed), parameters=plan.parameters(step),
-            cwd=str(plan.root), log_output=log_output, **PAPERMILL_OPTIONS)
-    except papermill.PapermillExecutionError as error:
-        raise NotebookFailed(step, executed, f"{error.ename}: {error.evalue}") from None
-    except Exception as error:  # the kernel died (e.g. out of memory) or did not start
-        raise NotebookFailed(step, executed, f"{type(error).__name__}: {error}") from error
+        if watch is None:
+            _papermill(step.notebook, executed, parameters, plan.root, log_output)
+        else:
+            with watch:
+                _papermill(step.notebook, executed, parameters, plan.root, log_output)
+    except Exception as error:
+        raise NotebookFailed(step, executed, _failure_reason(error)) from None
     if not stale.exists():
         raise NotebookFailed(step, executed, f"it wrote no {stale}")
     record = {"run": step.run, "notebook": step.notebook, "parameters": _jsonable(step.parameters)}
@@ -495,7 +563,8 @@ def finished(plan: Plan) -> list[tuple[Step, dict[str, Any], dict[str, Any]]]:
     """``(step, results, record)`` of every step of the file that has finished (on disk).
 
     ``record`` holds the parameters the step ran with; with ``--only`` the other steps'
-    records come from earlier pipeline runs.
+    records come from earlier pipeline runs. A step that failed (or never ran) has neither
+    file: :func:`execute` removes both before it starts.
     """
     found = []
     for step in plan.all_steps:
@@ -505,20 +574,55 @@ def finished(plan: Plan) -> list[tuple[Step, dict[str, Any], dict[str, Any]]]:
     return found
 
 
+def _sweep_index_lines(plan: Plan) -> list[str]:
+    """The ``Sweeps`` section of index.md: every aggregated sweep in ``<figures_dir>/ablations``."""
+    from .aggregate import SWEEP_RECORD_SUFFIX
+
+    folder = plan.figures_dir / ABLATIONS_FOLDER
+    records = sorted(folder.glob(f"*{SWEEP_RECORD_SUFFIX}")) if folder.is_dir() else []
+    if not records:
+        return []
+    lines = ["", "## Sweeps (`python -m dlde.pipeline --sweeps`, `make ablations`)", "",
+             "Mean ± sd and 95 % t-interval over seeds; every arm's runs are listed in the `.json`.", "",
+             "| sweep | table | figure | base | arms | seeds |", "|---|---|---|---|---|---|"]
+    for path in records:
+        record = json.loads(path.read_text())
+        name, parameters = record["sweep"], record.get("parameters", {})
+        base = ", ".join(f"{k}={_markdown_value(v)}" for k, v in (parameters.get("base") or {}).items()) or "defaults"
+        arms = parameters.get("grid") or parameters.get("arms") or {}
+        arms_text = "; ".join(f"{k}: {_markdown_value(v)}" for k, v in arms.items())
+        seeds = ", ".join(str(s) for s in parameters.get("seeds", []))
+        lines.append(f"| {name} | [{name}.md]({ABLATIONS_FOLDER}/{name}.md) ([csv]({ABLATIONS_FOLDER}/{name}.csv)) "
+                     f"| [{name}.png]({ABLATIONS_FOLDER}/{name}.png) ([pdf]({ABLATIONS_FOLDER}/{name}.pdf)) "
+                     f"| {base} | {arms_text} | {seeds} |")
+    return lines
+
+
 def write_index(plan: Plan) -> Path:
-    """``figures/index.md``: every figure with its run, notebook and parameters."""
+    """``figures/index.md``: every current figure with its run, notebook and parameters, the
+    steps whose figures are not current (failed or not run), and the aggregated sweeps."""
     lines = ["# Figures", "",
              "Written by `python -m dlde.pipeline`; edit `figures.yaml` and rerun it rather than this file.",
              "Every figure exists as PNG and PDF. Parameters not listed keep the notebook's defaults; "
              "`RUN_DIR`, `FIGURES_DIR`, `FIGURE_PREFIX` and `OUT_DIR` are set by the pipeline.", "",
              "| figure | run | notebook | executed copy | parameters |", "|---|---|---|---|---|"]
-    for step, results, record in finished(plan):
+    done = finished(plan)
+    for step, results, record in done:
         parameters = ", ".join(
             f"{key}={_markdown_value(plan.display(value) if key in PATH_PARAMETERS and value else value)}"
             for key, value in record["parameters"].items()) or "defaults"
         for name in results.get("figures", []):
             lines.append(f"| [{name}]({name}.png) ([pdf]({name}.pdf)) | {step.run} | "
                          f"`notebooks/{step.notebook}` | `{plan.display(plan.executed(step))}` | {parameters} |")
+    missing = [step for step in plan.all_steps if step not in {s for s, _, _ in done}]
+    if missing:
+        lines += ["", "## Not current", "",
+                  "These steps failed or have not run: their figures (if any are left in this folder) are "
+                  "not listed above and are not current. An executed copy holds the traceback.", "",
+                  "| run | notebook | executed copy |", "|---|---|---|"]
+        lines += [f"| {step.run} | `notebooks/{step.notebook}` | `{plan.display(plan.executed(step))}` |"
+                  for step in missing]
+    lines += _sweep_index_lines(plan)
     plan.figures_dir.mkdir(parents=True, exist_ok=True)
     path = plan.figures_dir / "index.md"
     path.write_text("\n".join(lines) + "\n")
@@ -548,8 +652,8 @@ def write_metrics_table(plan: Plan) -> Path:
     return path
 
 
-def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = None
-                 ) -> list[tuple[Step, dict[str, Any]]]:
+def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = None,
+                 summary: Summary | None = None) -> list[tuple[Step, dict[str, Any]]]:
     """Execute the plan's steps in order; then (also after a failure) write index.md and metrics.md.
 
     Args:
@@ -558,6 +662,7 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
         threads: ``OMP_NUM_THREADS`` of the kernels (None: torch's default). On a shared
             machine one thread per kernel avoids oversubscribed cores, which can make
             training many times slower.
+        summary: collects each step's outcome and time (for the final table).
 
     Returns:
         ``(step, results)`` of each executed step.
@@ -566,6 +671,7 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
         NotebookFailed: at the first failing notebook.
     """
     kernel_argv()  # fail before any work if the kernel is not this interpreter
+    summary = summary if summary is not None else Summary()
     done: list[tuple[Step, dict[str, Any]]] = []
     environment = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
     try:
@@ -573,22 +679,331 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
             label = f"[{index}/{len(plan.steps)}] {step.run}: {step.notebook}"
             print(f"{label} ...", flush=True)
             started = time.perf_counter()
-            with _environment(environment):
-                results = execute(plan, step, log_output=log_output)
+            try:
+                with _environment(environment):
+                    results = execute(plan, step, log_output=log_output)
+            except NotebookFailed:
+                summary.add(f"{step.run}: {step.notebook}", "FAILED", time.perf_counter() - started)
+                raise
+            seconds = time.perf_counter() - started
+            summary.add(f"{step.run}: {step.notebook}", "done", seconds)
             done.append((step, results))
-            print(f"{label} done in {time.perf_counter() - started:.1f} s "
-                  f"({len(results.get('figures', []))} figures)", flush=True)
+            print(f"{label} done in {seconds:.1f} s ({len(results.get('figures', []))} figures)", flush=True)
     finally:
         write_index(plan)
         write_metrics_table(plan)
     return done
 
 
+# ---------------------------------------------------------------------------------- sweeps
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of a sweep (possibly shared by several arms and sweeps).
+
+    Attributes:
+        key: its folder relative to the sweeps folder, e.g. ``digits/epochs=8,means_lr=0.01,seed=1``.
+        parameters: notebook parameters of ``01_train.ipynb`` (without the managed ones).
+        config: the resolved :class:`~dlde.train.TrainConfig` as a dict (what decides the result).
+    """
+
+    key: str
+    parameters: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config["epochs"])
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep: its declaration (for the record) and, per arm, the keys of its runs (one per seed)."""
+
+    name: str
+    declaration: dict[str, Any]
+    arms: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The sweeps to run and the distinct runs they need, in first-use order."""
+
+    figures: Plan  # the figure pipeline of the same file (index.md lists both)
+    sweeps_dir: Path
+    sweeps: list[Sweep]
+    runs: dict[str, SweepRun]
+
+    @property
+    def ablations_dir(self) -> Path:
+        return self.figures.figures_dir / ABLATIONS_FOLDER
+
+    def run_dir(self, key: str) -> Path:
+        return confined(self.sweeps_dir, key)
+
+    def executed(self, key: str) -> Path:
+        return self.run_dir(key) / TRAIN_NOTEBOOK
+
+    def display(self, path: str | os.PathLike) -> str:
+        return self.figures.display(path)
+
+    def parameters(self, key: str, *, resume: bool) -> dict[str, Any]:
+        """What is injected into ``01_train.ipynb`` for run ``key``."""
+        run_dir = self.run_dir(key)
+        values = {k: (str(self.figures._absolute(v)) if k in PATH_PARAMETERS and v else v)
+                  for k, v in self.runs[key].parameters.items()}
+        values.update(RESUME=resume, RUN_DIR=str(run_dir), FIGURES_DIR=str(run_dir / "figures"),
+                      FIGURE_PREFIX="", OUT_DIR=str(run_dir / Path(TRAIN_NOTEBOOK).stem))
+        return values
+
+
+def _name_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "-".join(_name_value(v) for v in value)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+
+
+def run_key(config: Mapping[str, Any], preset: str) -> str:
+    """The folder of a resolved config under the sweeps folder: ``<preset>/<diffs>,seed=<seed>``.
+
+    ``<diffs>`` are the fields that differ from the preset (sorted, ``name=value``), without
+    those in :data:`NOT_IDENTITY`; equal configs get equal keys, whichever sweep asks.
+    """
+    from .train import PRESETS
+
+    base = PRESETS[preset].to_dict()
+    diffs = [f"{name}={_name_value(value)}" for name, value in sorted(config.items())
+             if name not in NOT_IDENTITY and name != "seed" and value != base.get(name)]
+    return f"{preset}/" + ",".join(diffs + [f"seed={config['seed']}"])
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in NOT_IDENTITY}
+
+
+def _split_parameters(path: Path, where: str, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Notebook parameters (upper case) and TrainConfig fields (lower case) of a sweep entry."""
+    from .train import TrainConfig
+
+    declared = _declared(TRAIN_NOTEBOOK)
+    fields = set(TrainConfig.__dataclass_fields__)
+    parameters, overrides = {}, {}
+    for key, value in values.items():
+        if key in SWEEP_MANAGED:
+            raise ValueError(f"{path}: {where} sets {key!r}, which the sweep sets itself "
+                             "(seeds come from 'seeds'; folders from runs_dir)")
+        if key in declared:
+            parameters[key] = value
+        elif key in fields:
+            overrides[key] = value
+        else:
+            raise ValueError(f"{path}: {where} has {key!r}, neither a parameter of {TRAIN_NOTEBOOK} "
+                             f"{sorted(declared)} nor a TrainConfig field")
+    return parameters, overrides
+
+
+def _arms(path: Path, name: str, sweep: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Arm name -> its parameters: the named ``arms``, or every combination of ``grid``."""
+    if "arms" in sweep:
+        arms = sweep["arms"]
+        if not isinstance(arms, Mapping) or not arms:
+            raise ValueError(f"{path}: sweep {name!r}: 'arms' must map arm names to parameters")
+        for arm, values in arms.items():
+            _check_name(path, f"sweep {name!r} arm", arm)
+            if not isinstance(values, Mapping):
+                raise ValueError(f"{path}: sweep {name!r} arm {arm!r} must map parameters to values")
+        return {arm: dict(values) for arm, values in arms.items()}
+    grid = sweep["grid"]
+    if not isinstance(grid, Mapping) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ValueError(f"{path}: sweep {name!r}: 'grid' must map parameters to non-empty lists of values")
+    keys = list(grid)
+    arms = {}
+    for combination in itertools.product(*(grid[k] for k in keys)):
+        arm = ",".join(f"{k.lower()}={_name_value(v)}" for k, v in zip(keys, combination))
+        arms[_check_name(path, f"sweep {name!r} arm", arm)] = dict(zip(keys, combination))
+    return arms
+
+
+def make_sweep_plan(config_path: str | os.PathLike, names: Sequence[str] = (), *, tiny: bool = False,
+                    runs_dir: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None
+                    ) -> SweepPlan:
+    """Resolve the ``sweeps`` of figures.yaml into distinct training runs.
+
+    Args:
+        config_path: figures.yaml.
+        names: the sweeps to run; empty runs all.
+        tiny: preset ``tiny``, one epoch, everything under ``<runs_dir>/tiny``.
+        runs_dir: overrides ``runs_dir`` of the file (runs go to ``<runs_dir>/sweeps``).
+        figures_dir: overrides ``figures_dir`` (tables and figures go to ``<figures_dir>/ablations``).
+
+    Raises:
+        ValueError: an unknown sweep, parameter or field, or an invalid resolved config.
+    """
+    config_path = Path(config_path).resolve()
+    config = load_config(config_path)
+    figures = make_plan(config_path, tiny=tiny, runs_dir=runs_dir, figures_dir=figures_dir)
+    declared = config.get("sweeps") or {}
+    if not declared:
+        raise ValueError(f"{config_path}: no 'sweeps' section")
+    unknown = sorted(set(names) - set(declared))
+    if unknown:
+        raise ValueError(f"--sweeps {unknown}: no such sweep in {config_path}; sweeps: {sorted(declared)}")
+    sweeps_dir = figures.runs_dir / SWEEPS_FOLDER
+    sweeps, runs = [], {}
+    for name in names or list(declared):
+        sweep = declared[name]
+        base_parameters, base_overrides = _split_parameters(config_path, f"sweep {name!r} base", sweep.get("base") or {})
+        arms = {}
+        for arm, values in _arms(config_path, name, sweep).items():
+            parameters, overrides = _split_parameters(config_path, f"sweep {name!r} arm {arm!r}", values)
+            parameters = base_parameters | parameters
+            keys = []
+            for seed in sweep["seeds"]:
+                values = dict(parameters, SEED=seed)
+                extra = json.loads(values.get("OVERRIDES_JSON", "{}")) | base_overrides | overrides
+                if tiny:
+                    values.update({k: v for k, v in TINY_RUN.items() if k != "RESUME"})
+                    values["DATA_ROOT"] = str(figures.runs_dir / "data")
+                if extra:
+                    values["OVERRIDES_JSON"] = json.dumps(extra, sort_keys=True)
+                try:
+                    resolved = train_config(values).to_dict()
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"{config_path}: sweep {name!r} arm {arm!r} seed {seed}: {error}") from None
+                key = run_key(resolved, values.get("PRESET", notebook_defaults()["PRESET"]))
+                confined(sweeps_dir, key)
+                if key in runs and _identity(runs[key].config) != _identity(resolved):
+                    raise ValueError(f"{config_path}: two different configs map to folder {key}")
+                runs.setdefault(key, SweepRun(key, values, resolved))
+                keys.append(key)
+            arms[arm] = keys
+        sweeps.append(Sweep(name, dict(sweep), arms))
+    return SweepPlan(figures, sweeps_dir, sweeps, runs)
+
+
+def run_state(run_dir: Path, config: Mapping[str, Any]) -> str:
+    """What a run folder holds for ``config``.
+
+    Returns:
+        ``"complete"`` (same config, last epoch written), ``"partial"`` (same config and a
+        checkpoint to resume from), ``"changed"`` (another config), or ``"new"``.
+    """
+    record = run_dir / "config.json"
+    if not record.exists():
+        return "new"
+    try:
+        stored = json.loads(record.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "changed"
+    if _identity(stored) != _identity(config):
+        return "changed"
+    rows = _read_rows(run_dir / "metrics.jsonl")
+    if rows and int(rows[-1].get("epoch", 0)) >= int(config["epochs"]):
+        return "complete"
+    return "partial" if (run_dir / "checkpoint.pt").exists() else "new"
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """A sweep run that failed: its folder, its executed notebook and why."""
+
+    key: str
+    executed: Path
+    reason: str
+
+
+def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False, log_output: bool = False,
+               threads: int | None = None, summary: Summary | None = None,
+               echo: Callable[[str], None] | None = None) -> list[RunFailure]:
+    """Train every run of the plan that is not already complete, then aggregate each sweep.
+
+    A complete run (same config, last epoch written) is skipped unless ``force``; a partial
+    one resumes from its checkpoint; a changed or unusable folder is cleared and retrained.
+    After all runs (also after failures) every sweep is aggregated over its finished runs
+    (:func:`dlde.aggregate.write_sweep`) and ``index.md`` is rewritten.
+
+    Args:
+        plan: from :func:`make_sweep_plan`.
+        force: retrain complete runs too.
+        fail_fast: stop at the first failed run.
+        log_output: stream the notebooks' outputs.
+        threads: ``OMP_NUM_THREADS`` of the kernels.
+        summary: collects each run's outcome and time.
+        echo: where progress lines go (default: print).
+
+    Returns:
+        The failed runs (empty when all succeeded).
+    """
+    from .aggregate import write_sweep
+
+    echo = echo or (lambda line: print(line, flush=True))
+    summary = summary if summary is not None else Summary()
+    environment = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    failures: list[RunFailure] = []
+    keys = list(plan.runs)
+    if keys:
+        kernel_argv()
+    try:
+        for index, key in enumerate(keys, 1):
+            run, run_dir = plan.runs[key], plan.run_dir(key)
+            label = f"[{index}/{len(keys)}] {plan.display(run_dir)}"
+            state = "changed" if force and run_dir.exists() else run_state(run_dir, run.config)
+            if state == "complete":
+                echo(f"{label}: complete, skipped")
+                summary.add(key, "skipped", 0.0)
+                continue
+            resume = state == "partial"
+            done_before = len(_read_rows(run_dir / "metrics.jsonl")) if resume else 0
+            if not resume and run_dir.exists():
+                shutil.rmtree(run_dir)  # a folder belongs to one run: no files of another config left
+            echo(f"{label}: {TRAIN_NOTEBOOK}, {'resuming after epoch ' + str(done_before) if resume else 'training'}"
+                 f" ({run.epochs} epochs) ...")
+            started = time.perf_counter()
+            try:
+                with _environment(environment), EpochProgress(run_dir, run.epochs, key, done_before=done_before,
+                                                              echo=echo):
+                    _papermill(TRAIN_NOTEBOOK, plan.executed(key), plan.parameters(key, resume=resume),
+                               plan.figures.root, log_output)
+                if run_state(run_dir, run.config) != "complete":
+                    raise RuntimeError(f"the notebook finished but {run_dir / 'metrics.jsonl'} lacks epoch {run.epochs}")
+            except Exception as error:
+                seconds = time.perf_counter() - started
+                failure = RunFailure(key, plan.executed(key), _failure_reason(error))
+                failures.append(failure)
+                summary.add(key, "FAILED", seconds)
+                echo(f"{label}: FAILED after {_duration(seconds)}: {failure.reason}\n"
+                     f"  the traceback is in {failure.executed}")
+                if fail_fast:
+                    break
+                continue
+            seconds = time.perf_counter() - started
+            summary.add(key, "resumed" if resume else "trained", seconds)
+            echo(f"{label}: done in {_duration(seconds)}")
+    finally:
+        for sweep in plan.sweeps:
+            arms = {arm: [plan.run_dir(k) for k in keys_] for arm, keys_ in sweep.arms.items()}
+            written = write_sweep(sweep.name, arms, plan.ablations_dir, parameters=sweep.declaration,
+                                  display_root=plan.figures.root)
+            echo(f"sweep {sweep.name}: {plan.display(written['md'])}, {plan.display(written['png'])}")
+        write_index(plan.figures)
+    return failures
+
+
+# ------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dlde.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="figures.yaml", help="pipeline file (default: figures.yaml)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="run only the steps of this run or notebook (e.g. sigmoid, 03_embeddings, 03); repeatable")
+    parser.add_argument("--sweeps", nargs="*", default=None, metavar="NAME",
+                        help="run the sweeps of the config (all, or those named) instead of the figures")
+    parser.add_argument("--force", action="store_true", help="with --sweeps: retrain runs that are already complete")
+    parser.add_argument("--fail-fast", action="store_true", help="with --sweeps: stop at the first failed run")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny parameters, outputs under <runs_dir>/tiny (about a minute; used by the tests)")
     parser.add_argument("--runs-dir", default=None, help="overrides runs_dir of the config file")
@@ -600,23 +1015,42 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad input)."""
     args = _parser().parse_args(argv)
     started = time.perf_counter()
+    summary = Summary()
+
+    def finish(status: int) -> int:
+        print(summary.table(), flush=True)
+        print(f"total wall time {time.perf_counter() - started:.1f} s", flush=True)
+        return status
+
     try:
-        plan = make_plan(args.config, tiny=args.tiny, only=args.only, runs_dir=args.runs_dir,
-                         figures_dir=args.figures_dir)
-        run_pipeline(plan, log_output=args.log_output, threads=args.threads)
+        if args.sweeps is not None:
+            if args.only:
+                raise ValueError("--only selects figure steps; with --sweeps name the sweeps instead")
+            plan = make_sweep_plan(args.config, args.sweeps, tiny=args.tiny, runs_dir=args.runs_dir,
+                                   figures_dir=args.figures_dir)
+            failures = run_sweeps(plan, force=args.force, fail_fast=args.fail_fast, log_output=args.log_output,
+                                  threads=args.threads, summary=summary)
+            for failure in failures:
+                print(f"FAILED {failure.key}: {failure.reason}\n  the traceback is in {failure.executed}",
+                      file=sys.stderr, flush=True)
+            print(f"tables and figures in {plan.ablations_dir}", flush=True)
+            return finish(1 if failures else 0)
+        if args.force or args.fail_fast:
+            raise ValueError("--force and --fail-fast apply to --sweeps only")
+        figure_plan = make_plan(args.config, tiny=args.tiny, only=args.only, runs_dir=args.runs_dir,
+                                figures_dir=args.figures_dir)
+        run_pipeline(figure_plan, log_output=args.log_output, threads=args.threads, summary=summary)
     except NotebookFailed as failure:
         print(f"FAILED {failure}\n  the traceback is in {failure.executed}", file=sys.stderr, flush=True)
-        print(f"total wall time {time.perf_counter() - started:.1f} s", flush=True)
-        return 1
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        return finish(1)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    print(f"figures in {plan.figures_dir} (index.md, metrics.md)")
-    print(f"total wall time {time.perf_counter() - started:.1f} s", flush=True)
-    return 0
+    print(f"figures in {figure_plan.figures_dir} (index.md, metrics.md)")
+    return finish(0)
 
 
 if __name__ == "__main__":

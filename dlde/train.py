@@ -99,6 +99,7 @@ class TrainConfig:
     amp: bool = False
     # bookkeeping
     seed: int = 0
+    threads: int | None = None  # intra-op CPU threads; None: torch's default on this machine (recorded)
     device: str | None = None
     num_workers: int = 0
     eval_every: int = 1
@@ -231,6 +232,21 @@ def _device(config: TrainConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def environment(device: torch.device) -> dict[str, Any]:
+    """What besides the config decides a run's numbers: recorded in ``config.json``.
+
+    On the CPU the intra-op thread count changes how reductions are split, hence the last bits
+    of a loss; the trainer sets it (``TrainConfig.threads``) and records the value used.
+    """
+    import platform
+
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "device": str(device),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -261,11 +277,28 @@ def _loader(dataset, config: TrainConfig, *, shuffle: bool, epoch: int = 0, batc
                       persistent_workers=False)
 
 
-def _progress(iterable, config: TrainConfig, **kwargs):
-    if not config.progress:
-        return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, **kwargs)
+class _Progress:
+    """A progress bar over a count of steps (never over a loader: a bar that iterates a loader
+    calls ``iter(loader)`` itself, draws from its seeded generator and changes the shuffle).
+
+    Does nothing when ``enabled`` is False, so progress on or off gives the same result.
+    """
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False)
+
+    def step(self, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix(**postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ------------------------------------------------------------------------------------- training
@@ -279,11 +312,13 @@ def initialize_means(model: DLDENetWithTrackedMeans, dataset, config: TrainConfi
     model.eval()
     loader = _loader(dataset, config, shuffle=True, epoch=0)
     total = len(loader) if config.init_batches is None else min(len(loader), config.init_batches)
-    for index, (images, annotations) in enumerate(_progress(loader, config, desc="init means", total=total,
-                                                            leave=False)):
+    progress = _Progress(config.progress, total, "init means")
+    for index, (images, annotations) in enumerate(loader):
         if index >= total:
             break
         model(images.to(device), annotations.to(device), initializing=True)
+        progress.step()
+    progress.close()
     model.update_means()
     model.train(was_training)
 
@@ -325,6 +360,10 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = _device(config)
+    if config.threads is not None:
+        if config.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {config.threads}")
+        torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     train_set, val_set = build_datasets(config)
     model = build_model(config, train_set.num_classes).to(device)
@@ -359,7 +398,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         start_epoch = int(state["epoch"]) + 1
     else:
         config_record = {"config": config.to_dict(), "class_names": train_set.class_names,
-                         "category_ids": train_set.category_ids}
+                         "category_ids": train_set.category_ids, "environment": environment(device)}
         (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
         is_dlde = isinstance(model, DLDENetWithTrackedMeans)
         if is_dlde and (config.init_means or (config.means_update == "manual" and config.means_init == "zeros")):
@@ -379,8 +418,8 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         sums = {"loss": 0.0, "classification": 0.0, "bbox_regression": 0.0}
         batches = 0
         loader = _loader(train_set, config, shuffle=True, epoch=epoch)
-        bar = _progress(loader, config, desc=f"epoch {epoch}/{config.epochs}", total=batches_per_epoch, leave=False)
-        for images, annotations in bar:
+        progress = _Progress(config.progress, batches_per_epoch, f"epoch {epoch}/{config.epochs}")
+        for images, annotations in loader:
             if batches >= batches_per_epoch:
                 break
             images, annotations = images.to(device), annotations.to(device)
@@ -402,8 +441,8 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
             sums["loss"] += loss.item()
             sums["classification"] += losses["classification"].item()
             sums["bbox_regression"] += losses["bbox_regression"].item()
-            if config.progress:
-                bar.set_postfix(loss=f"{sums['loss'] / batches:.3f}")
+            progress.step(loss=f"{sums['loss'] / batches:.3f}")
+        progress.close()
         if isinstance(model, DLDENetWithTrackedMeans):
             model.update_means()  # 'manual' mode: one update per epoch; no-op in 'batch' mode
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from dlde import pipeline
-from dlde.pipeline import demo_images, make_plan, mean_drift_results, write_results
+from dlde.notebook import demo_images, mean_drift_results, write_results
+from dlde.pipeline import make_plan
 from dlde.train import PRESETS, TrainConfig, build_datasets
 
 REPO = Path(__file__).resolve().parents[1]

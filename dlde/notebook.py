@@ -1,0 +1,409 @@
+"""What the notebooks call: paths, figure saving, and the numbers each notebook reports.
+
+Each notebook ends by writing a small ``results.json`` whose content is defined by one of the
+``*_results`` functions here, so tests and the pipeline can read the numbers back.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_FILE = "results.json"
+
+
+#: Files that mark the project root (the repository): ``project_root`` walks up to them.
+ROOT_MARKERS = ("figures.yaml", "pyproject.toml")
+#: Environment variable naming the project root explicitly (wins over the walk up).
+ROOT_ENV = "DLDE_PROJECT_ROOT"
+#: The committed record of every notebook's ``parameters`` cell, next to the notebooks.
+LOCK_FILE = "parameters.lock.json"
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder relative notebook paths are relative to.
+
+    In order: ``$DLDE_PROJECT_ROOT`` when set; else the nearest folder at or above ``start``
+    (default: the working directory) holding ``figures.yaml`` or ``pyproject.toml``; else
+    ``start`` itself. Never the location of the installed package: a notebook opened in
+    JupyterLab (whose kernel runs in the notebook's folder, e.g. ``notebooks/``) and the same
+    notebook run from the repository root resolve ``runs/dlde`` to the same folder, and a
+    copy of the notebooks in another project writes into that project.
+
+    Raises:
+        FileNotFoundError: ``$DLDE_PROJECT_ROOT`` names a folder that does not exist.
+    """
+    explicit = os.environ.get(ROOT_ENV)
+    if explicit:
+        root = Path(explicit).expanduser().resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"{ROOT_ENV}={explicit}: no such folder")
+        return root
+    start = Path.cwd() if start is None else Path(start).expanduser().resolve()
+    for folder in (start, *start.parents):
+        if any((folder / marker).is_file() for marker in ROOT_MARKERS):
+            return folder
+    return start
+
+
+def project_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """``path`` as an absolute path; a relative one is taken relative to the project root.
+
+    Args:
+        path: absolute, or relative to the project root.
+        root: the project root; None finds it with :func:`project_root` (working directory,
+            ``$DLDE_PROJECT_ROOT``), never from where the ``dlde`` package is installed.
+    """
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    base = Path(root).expanduser().resolve() if root is not None else project_root()
+    return (base / path).resolve()
+
+
+def output_dirs(run_dir: str | os.PathLike, figures_dir: str, out_dir: str, stem: str,
+                root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The figures folder and the ``results.json`` folder of one notebook.
+
+    Args:
+        run_dir: the run folder (``RUN_DIR``).
+        figures_dir: ``FIGURES_DIR``; ``""`` means ``RUN_DIR/figures``, so a notebook run by
+            hand writes inside its run folder and only the pipeline writes ``figures/``.
+        out_dir: ``OUT_DIR``; ``""`` means ``RUN_DIR/<stem>``.
+        stem: the notebook's name without ``.ipynb`` (e.g. ``"01_train"``).
+        root: see :func:`project_path`.
+
+    Returns:
+        ``(figures folder, results folder)``, absolute.
+    """
+    run = project_path(run_dir, root)
+    return (project_path(figures_dir, root) if figures_dir else run / "figures",
+            project_path(out_dir, root) if out_dir else run / stem)
+
+
+def environment_summary() -> str:
+    """One line naming the interpreter, where ``dlde`` is imported from and the project root,
+    so a notebook shows which environment its kernel runs in."""
+    import sys
+
+    package = Path(__file__).resolve().parent
+    return f"python: {sys.executable} (prefix {sys.prefix}) | dlde: {package} | project root: {project_root()}"
+
+
+# ----------------------------------------------------------------------- parameters lock
+def _notebooks_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def parameters_cell(notebook: str | os.PathLike) -> str:
+    """The source of the one cell tagged ``parameters`` of ``notebook``.
+
+    Raises:
+        ValueError: the notebook has no such cell, or more than one.
+    """
+    cells = [cell for cell in json.loads(Path(notebook).read_text())["cells"]
+             if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{notebook}: {len(cells)} cells tagged 'parameters', expected exactly one")
+    source = cells[0]["source"]
+    return "".join(source) if isinstance(source, list) else source
+
+
+def read_lock(notebooks_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """The committed parameters cells: notebook file name -> source (``parameters.lock.json``)."""
+    path = Path(notebooks_dir or _notebooks_dir()) / LOCK_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: write it with `.venv/bin/python -m dlde.notebook --lock`")
+    return {name: "".join(lines) for name, lines in json.loads(path.read_text()).items()}
+
+
+def write_lock(notebooks_dir: str | os.PathLike | None = None) -> Path:
+    """Record the parameters cell of every ``*.ipynb`` of ``notebooks_dir`` as the committed one.
+
+    Run it (``python -m dlde.notebook --lock``) after changing a notebook's parameters on
+    purpose, and commit the lock together with the notebook.
+    """
+    folder = Path(notebooks_dir or _notebooks_dir())
+    lock = {path.name: parameters_cell(path).splitlines(keepends=True) for path in sorted(folder.glob("*.ipynb"))}
+    path = folder / LOCK_FILE
+    path.write_text(json.dumps(lock, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def check_parameters_cell(notebook: str | os.PathLike) -> None:
+    """Fail unless ``notebook``'s parameters cell is the one recorded in the lock next to it.
+
+    The pipeline calls this before executing a notebook: a notebook edited and saved in
+    JupyterLab (a changed default, say ``EPOCHS = 2``) cannot silently change what
+    ``make figures`` computes.
+
+    Raises:
+        ValueError: the cell differs from the lock (the first differing line is named), or the
+            notebook is not in the lock.
+        FileNotFoundError: no lock file next to the notebook.
+    """
+    notebook = Path(notebook)
+    lock = read_lock(notebook.parent)
+    if notebook.name not in lock:
+        raise ValueError(f"{notebook}: not in {notebook.parent / LOCK_FILE}; add it with "
+                         "`.venv/bin/python -m dlde.notebook --lock`")
+    current, committed = parameters_cell(notebook), lock[notebook.name]
+    if current == committed:
+        return
+    now, then = current.splitlines(), committed.splitlines()
+    line = next((i for i, (a, b) in enumerate(zip(now, then)) if a != b), min(len(now), len(then)))
+    got = now[line] if line < len(now) else "<no line>"
+    want = then[line] if line < len(then) else "<no line>"
+    raise ValueError(f"{notebook}: parameters cell differs from {LOCK_FILE} at line {line + 1}: "
+                     f"{got!r} instead of {want!r}; set values in figures.yaml, or, to change a default "
+                     "on purpose, run `.venv/bin/python -m dlde.notebook --lock` and commit both files")
+
+
+def refuse_committed_save(model: Mapping[str, Any], path: str, contents_manager: Any, **kwargs: Any) -> None:
+    """Jupyter server ``pre_save_hook`` (set by ``make lab``): a notebook recorded in
+    ``notebooks/parameters.lock.json`` is never overwritten from JupyterLab.
+
+    Lab's save and autosave of such a notebook get HTTP 403 with a message telling the user to
+    use *File > Save Notebook As…* into ``runs/``; every other file saves normally.
+
+    Args:
+        model: the contents model being saved.
+        path: the API path, relative to the server's root (e.g. ``notebooks/01_train.ipynb``).
+        contents_manager: the server's contents manager (its ``root_dir`` locates the file).
+    """
+    from tornado.web import HTTPError
+
+    parts = Path(path.strip("/")).parts
+    if len(parts) != 2 or parts[0] != "notebooks" or not parts[1].endswith(".ipynb"):
+        return
+    folder = Path(contents_manager.root_dir) / "notebooks"
+    try:
+        locked = read_lock(folder)
+    except FileNotFoundError:
+        return
+    if parts[1] in locked:
+        raise HTTPError(403, f"{path} is a committed notebook (make figures runs it) and is read-only in "
+                             f"JupyterLab: use File > Save Notebook As… and save your copy under runs/")
+
+
+@dataclass
+class Figures:
+    """Saves figures of one notebook under stable names and displays them.
+
+    Attributes:
+        directory: output folder (PNG + PDF per figure).
+        prefix: prepended to every name (e.g. ``"sigmoid_"``).
+        interactive: display each figure as an ``ipympl`` widget (zoom, pan, 3-D rotation)
+            instead of a static image; see :func:`dlde.interactive.use_widgets`.
+        names: the names saved so far, in order (for ``results.json``).
+    """
+
+    directory: Path
+    prefix: str = ""
+    interactive: bool = False
+    names: list[str] = field(default_factory=list)
+
+    def show(self, fig, name: str) -> None:
+        """Display ``fig`` (in a notebook), save it as ``<prefix><name>.png/.pdf`` and close it.
+
+        Interactive figures stay open (their widget keeps drawing them) after being saved.
+        """
+        from .plotting import save_figure
+
+        full = f"{self.prefix}{name}"
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+            in_ipython = get_ipython() is not None
+        except ImportError:  # plain Python without IPython: save only
+            in_ipython = False
+        if in_ipython and self.interactive:
+            from .interactive import widget_canvas
+
+            save_figure(fig, self.directory, full)  # closes it in pyplot; the widget keeps it
+            display(widget_canvas(fig))
+        else:
+            if in_ipython:
+                display(fig)
+            save_figure(fig, self.directory, full)
+        self.names.append(full)
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python; non-finite floats -> None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return str(value)
+    return value
+
+
+def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> Path:
+    """Write ``results`` as ``out_dir/results.json`` (NaN becomes null) and return the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    path.write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+    return path
+
+
+def read_results(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``results.json`` a notebook wrote into ``out_dir``."""
+    return json.loads((Path(out_dir) / RESULTS_FILE).read_text())
+
+
+def training_results(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Numbers of ``01_train``: the last epoch's COCO AP and losses, and ``train_time_s``, the
+    wall time of all epochs (training and evaluation, without start-up).
+
+    Args:
+        metrics: one dict per epoch, as in ``metrics.jsonl``.
+    """
+    if not metrics:
+        raise ValueError("no finished epoch: nothing to report")
+    last = metrics[-1]
+    return {"epochs": int(last["epoch"]), "AP": last.get("AP"), "AP50": last.get("AP50"),
+            "AP75": last.get("AP75"), "val_loss": last["val_loss"], "train_loss": last["train_loss"],
+            "train_time_s": float(sum(row.get("time_s") or 0.0 for row in metrics)),
+            "per_class_AP": last.get("per_class_AP", {})}
+
+
+def _max_off_diagonal(cosines: np.ndarray) -> float:
+    off = cosines[~np.eye(len(cosines), dtype=bool)]
+    off = off[np.isfinite(off)]
+    return float(off.max()) if off.size else float("nan")
+
+
+def mean_drift_results(steps: np.ndarray, first_cosines: np.ndarray, last_cosines: np.ndarray,
+                       kappa_history: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Numbers of ``02_mean_drift``.
+
+    Args:
+        steps: (E, C) degrees each mean moved per epoch (``analysis.angular_steps``).
+        first_cosines: (C, C) cosines between the means before training.
+        last_cosines: (C, C) cosines between the final means.
+        kappa_history: (E+1, C) κ̂ per epoch.
+        class_names: C names.
+
+    Returns:
+        ``total_drift_deg`` (class -> summed steps), ``mean_last_step_deg``,
+        ``max_off_diagonal_cosine_first`` / ``_last`` and ``last_kappa`` (class -> κ̂).
+    """
+    steps, kappa = np.asarray(steps, dtype=np.float64), np.asarray(kappa_history, dtype=np.float64)
+    names = list(class_names)
+    return {"epochs": int(steps.shape[0]),
+            "total_drift_deg": dict(zip(names, np.nansum(steps, axis=0))),
+            "mean_last_step_deg": float(np.nanmean(steps[-1])) if np.isfinite(steps[-1]).any() else None,
+            "max_off_diagonal_cosine_first": _max_off_diagonal(np.asarray(first_cosines)),
+            "max_off_diagonal_cosine_last": _max_off_diagonal(np.asarray(last_cosines)),
+            "last_kappa": dict(zip(names, kappa[-1]))}
+
+
+def embedding_results(own: np.ndarray, nearest_other: np.ndarray, embedding_size: int) -> dict[str, Any]:
+    """Numbers of ``03_embeddings`` from ``analysis.cosine_margins``.
+
+    Returns:
+        ``N`` (embeddings), ``embedding_size``, ``fraction_own_above_other`` (the anchors the
+        means classify correctly), ``mean_own_cosine`` and ``mean_nearest_other_cosine``.
+    """
+    own, other = np.asarray(own, dtype=np.float64), np.asarray(nearest_other, dtype=np.float64)
+    both = np.isfinite(own) & np.isfinite(other)
+    return {"N": int(own.size), "embedding_size": int(embedding_size),
+            "fraction_own_above_other": float(np.mean(own[both] > other[both])) if both.any() else None,
+            "mean_own_cosine": float(np.nanmean(own)) if np.isfinite(own).any() else None,
+            "mean_nearest_other_cosine": float(np.nanmean(other)) if np.isfinite(other).any() else None}
+
+
+def inference_results(detections: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
+    """Numbers of ``04_inference``: images, detections per image (file -> count, by class)."""
+    per_image = {Path(d["path"]).name: int(len(d["scores"])) for d in detections}
+    labels = np.concatenate([np.asarray(d["labels"], dtype=np.int64) for d in detections]) if detections else []
+    counts = np.bincount(labels, minlength=len(class_names)) if len(labels) else np.zeros(len(class_names), int)
+    return {"images": len(detections), "detections": int(sum(per_image.values())),
+            "detections_per_image": per_image,
+            "mean_detections_per_image": float(np.mean(list(per_image.values()))) if per_image else 0.0,
+            "detections_per_class": dict(zip(class_names, counts))}
+
+
+def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]) -> Path:
+    """Write ``n`` digits canvases the run never saw into ``folder`` (its PNGs are replaced).
+
+    The canvases follow the run's digits settings (classes, sizes, canvas size) and use only
+    validation-pool digits; they are the canvases that come after the run's validation set,
+    so they are new images, not copies of validation images.
+
+    Args:
+        folder: output folder.
+        n: number of images.
+        run_config: the run's training configuration (``Run.config``).
+
+    Returns:
+        ``folder``.
+    """
+    from .digits import make_digits_dataset
+
+    if run_config.get("dataset", "digits") != "digits":
+        raise ValueError("demo images exist only for the digits dataset: set IMAGES_DIR to a folder of images")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("demo_*.png"):
+        old.unlink()
+    skip = int(run_config["digits_val_images"])
+    classes = run_config.get("digits_classes")
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = make_digits_dataset(
+            scratch, seed=int(run_config["digits_seed"]), canvas_size=int(run_config["digits_canvas_size"]),
+            digit_size=tuple(run_config["digits_size"]), digits_per_image=tuple(run_config["digits_per_image"]),
+            train_images=0, val_images=skip + n, classes=None if classes is None else tuple(classes))
+        for index, source in enumerate(sorted(paths.val_images_dir.glob("*.png"))[skip:]):
+            shutil.copyfile(source, folder / f"demo_{index:03d}.png")
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dlde.notebook --lock | --check``: write or check ``notebooks/parameters.lock.json``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m dlde.notebook",
+                                     description="The committed parameters cells of the notebooks.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--lock", action="store_true", help="record the current parameters cells as committed")
+    action.add_argument("--check", action="store_true", help="fail when a parameters cell differs from the lock")
+    parser.add_argument("--notebooks", default=None, help="notebooks folder (default: the repository's notebooks/)")
+    args = parser.parse_args(argv)
+    if args.lock:
+        print(f"wrote {write_lock(args.notebooks)}")
+        return 0
+    folder = Path(args.notebooks or _notebooks_dir())
+    failures = []
+    for path in sorted(folder.glob("*.ipynb")):
+        try:
+            check_parameters_cell(path)
+        except (ValueError, FileNotFoundError) as error:
+            failures.append(str(error))
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

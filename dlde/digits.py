@@ -10,27 +10,36 @@ pool and a val pool, so the validation canvases only use digit images never seen
 
 Layout written under ``root``::
 
-    dataset.json                  # generation arguments + source indices of each split
+    dlde_digits.json              # manifest: generation arguments + source indices of each split
     train/000001.png ...
     val/000001.png ...
     annotations/instances_train.json
     annotations/instances_val.json
+
+The manifest proves that the folder belongs to the generator: :func:`make_digits_dataset`
+writes only into an empty folder or into one holding its manifest, never deletes a file, and
+refuses a folder generated with different arguments. :func:`default_digits_root` derives a
+folder name from the arguments, so differently-parameterized datasets never share a folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import shutil
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["DigitsConfig", "DigitsPaths", "make_digits_dataset"]
+__all__ = ["DigitsConfig", "DigitsPaths", "default_digits_root", "make_digits_dataset"]
 
-_FORMAT_VERSION = 1
+MANIFEST_NAME = "dlde_digits.json"  # written first (incomplete) and last (complete) under root
+_LEGACY_MANIFEST_NAME = "dataset.json"  # the manifest of format version 1
+_FORMAT_VERSION = 2
+_GENERATOR = "dlde.digits"
 _VAL_FRACTION = 0.2
 _BACKGROUND_LEVEL = 16.0  # mean gray level of the dark background, out of 255
 _MAX_PLACEMENT_TRIES = 1000  # rejection-sampling attempts per digit
@@ -69,7 +78,8 @@ class DigitsConfig:
         set_("canvas_size", int(self.canvas_size))
         set_("digit_size", _int_range("digit_size", self.digit_size, minimum=1))
         set_("digits_per_image", _int_range("digits_per_image", self.digits_per_image, minimum=1))
-        set_("classes", tuple(sorted(int(c) for c in self.classes)))
+        classes = tuple(range(10)) if self.classes is None else self.classes
+        set_("classes", tuple(sorted(int(c) for c in classes)))
         set_("noise", float(self.noise))
         if self.canvas_size < 1:
             raise ValueError(f"canvas_size must be positive, got {self.canvas_size}")
@@ -92,6 +102,12 @@ class DigitsConfig:
         """Returns the arguments as a JSON-ready dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def key(self) -> str:
+        """Returns a short hash of the arguments (and of the file format): equal arguments
+        give equal keys, different arguments different ones."""
+        text = json.dumps({"format_version": _FORMAT_VERSION, "args": self.to_json()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
 
 @dataclass(frozen=True)
 class DigitsPaths:
@@ -102,6 +118,29 @@ class DigitsPaths:
     val_images_dir: Path
     train_annotations: Path
     val_annotations: Path
+
+
+def default_digits_root(base: str | Path, **params) -> Path:
+    """Returns the folder under ``base`` that holds the digits dataset of ``params``.
+
+    The name is ``digits-<key>`` with ``key`` a short hash of the arguments (see
+    :meth:`DigitsConfig.key`), so two differently-parameterized datasets never share a
+    folder, while equal arguments (omitted ones taking their defaults) find the same one.
+    Nothing is read or written.
+
+    Args:
+        base: Parent folder, e.g. ``"data"``.
+        **params: Keyword arguments of :func:`make_digits_dataset` other than ``root``
+            (``seed``, ``canvas_size``, ``digit_size``, ``digits_per_image``,
+            ``train_images``, ``val_images``, ``classes``, ``noise``).
+
+    Returns:
+        ``Path(base) / f"digits-{key}"``.
+
+    Raises:
+        ValueError: On an unknown parameter name or an invalid value.
+    """
+    return Path(base) / f"digits-{_config(params, 'default_digits_root').key()}"
 
 
 def make_digits_dataset(
@@ -123,10 +162,17 @@ def make_digits_dataset(
     square box keeps the geometry simple and exact). ``area`` is ``side ** 2``, ``iscrowd``
     is 0, and an extra ``digit_index`` field names the sklearn source image.
 
-    The output is byte-for-byte deterministic for given arguments. If ``root`` already holds
-    a dataset written with identical arguments, nothing is rewritten; otherwise the dataset
-    files under ``root`` (``train/``, ``val/``, ``annotations/``, ``dataset.json``) are
-    replaced.
+    The output is byte-for-byte deterministic for given arguments. ``root`` must be missing,
+    empty, or a folder this function wrote (it holds the manifest ``dlde_digits.json``):
+
+    - written with identical arguments and complete: reused, nothing is rewritten;
+    - written with identical arguments but incomplete (an interrupted generation): its files
+      are written again;
+    - written with different arguments: refused (use another ``root``, e.g. the one
+      :func:`default_digits_root` derives from the arguments);
+    - anything else (a non-empty folder without the manifest): refused.
+
+    No file is ever deleted.
 
     Args:
         root: Output folder.
@@ -144,8 +190,10 @@ def make_digits_dataset(
         The paths of the image folders and annotation files.
 
     Raises:
-        ValueError: On invalid arguments, or when the digits cannot be placed without
-            overlap (canvas too small for the requested sizes and counts).
+        ValueError: On invalid arguments; when the digits cannot be placed without overlap
+            (canvas too small for the requested sizes and counts); when ``root`` is not a
+            folder, is a non-empty folder without the manifest, or holds a dataset of other
+            arguments or an unreadable manifest.
     """
     config = DigitsConfig(
         seed=seed,
@@ -154,7 +202,7 @@ def make_digits_dataset(
         digits_per_image=tuple(digits_per_image),
         train_images=train_images,
         val_images=val_images,
-        classes=tuple(range(10)) if classes is None else tuple(classes),
+        classes=classes,
         noise=noise,
     )
     root = Path(root)
@@ -165,18 +213,26 @@ def make_digits_dataset(
         train_annotations=root / "annotations" / "instances_train.json",
         val_annotations=root / "annotations" / "instances_val.json",
     )
-    if _is_complete(paths, config):
+    stored = _claimed(root, config)
+    if stored is not None and stored.get("complete") and _files_present(paths, config):
         return paths
 
     images, targets = _load_source_digits()
     train_pool, val_pool = _split_sources(targets, config)
-
+    manifest = {
+        "generator": _GENERATOR,
+        "format_version": _FORMAT_VERSION,
+        "complete": False,
+        "args": config.to_json(),
+        "train_source_indices": train_pool.tolist(),
+        "val_source_indices": val_pool.tolist(),
+    }
+    # Claim the folder before writing into it: an interrupted run leaves a folder that is
+    # provably ours, so the next call with the same arguments may write it again.
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1))
     for folder in (paths.train_images_dir, paths.val_images_dir, paths.train_annotations.parent):
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-    manifest = root / "dataset.json"
-    manifest.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
 
     for split, pool, count, images_dir, annotation_file in (
         ("train", train_pool, config.train_images, paths.train_images_dir, paths.train_annotations),
@@ -184,21 +240,120 @@ def make_digits_dataset(
     ):
         rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])
         coco = _write_split(rng, images, targets, pool, count, images_dir, config)
-        annotation_file.write_text(json.dumps(coco))
+        _write_atomic(annotation_file, json.dumps(coco))
 
-    # Written last: its presence marks a complete dataset.
-    manifest.write_text(
-        json.dumps(
-            {
-                "format_version": _FORMAT_VERSION,
-                "args": config.to_json(),
-                "train_source_indices": train_pool.tolist(),
-                "val_source_indices": val_pool.tolist(),
-            },
-            indent=1,
-        )
-    )
+    # Marked complete last: a complete manifest means every file is in place.
+    _write_atomic(root / MANIFEST_NAME, json.dumps({**manifest, "complete": True}, indent=1))
     return paths
+
+
+def _config(params: dict, caller: str) -> DigitsConfig:
+    """The config of ``make_digits_dataset`` keyword arguments (omitted ones: defaults)."""
+    names = {f.name for f in dataclasses.fields(DigitsConfig)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(f"{caller}: unknown digits parameter(s) {unknown}; known: {sorted(names)}")
+    return DigitsConfig(**params)
+
+
+def _claimed(root: Path, config: DigitsConfig) -> dict | None:
+    """Checks that the generator may write ``config``'s dataset into ``root``.
+
+    Returns:
+        The stored manifest when ``root`` holds one with the same arguments, ``None`` when
+        ``root`` is missing or empty.
+
+    Raises:
+        ValueError: When ``root`` is not a folder, is not empty and holds no manifest, holds
+            an unreadable manifest, or holds a dataset of other arguments.
+    """
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        raise ValueError(f"digits data_root {root} exists and is not a folder")
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.exists():
+        stored = _read_manifest(manifest_path)
+    else:
+        stored = _read_legacy_manifest(root / _LEGACY_MANIFEST_NAME)
+        if stored is None:
+            # A claim interrupted mid-write leaves only our temporary manifest: still empty.
+            if any(entry.name != MANIFEST_NAME + ".tmp" for entry in root.iterdir()):
+                raise ValueError(
+                    f"digits data_root {root} is not empty and holds no {MANIFEST_NAME}: "
+                    "refusing to write generated data into a folder it did not create; "
+                    "pick an empty or new data_root"
+                )
+            return None
+    wanted = config.to_json()
+    if stored["args"] != wanted:
+        have = stored["args"]
+        changed = ", ".join(
+            f"{name}={have.get(name)!r} (wanted {wanted.get(name)!r})"
+            for name in sorted(set(have) | set(wanted))
+            if have.get(name) != wanted.get(name)
+        )
+        what = "a dataset" if stored.get("complete") else "an incomplete dataset"
+        raise ValueError(
+            f"digits data_root {root} holds {what} generated with other arguments: {changed}; "
+            "pick another data_root (e.g. dlde.digits.default_digits_root) instead of "
+            "regenerating over it"
+        )
+    return stored
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable digits manifest ({err}); pick another data_root") from None
+    if (
+        not isinstance(stored, dict)
+        or stored.get("generator") != _GENERATOR
+        or not isinstance(stored.get("args"), dict)
+    ):
+        raise ValueError(f"{path}: not a digits manifest; pick another data_root")
+    if stored.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: digits format version {stored.get('format_version')!r}, this dlde writes "
+            f"{_FORMAT_VERSION}; pick another data_root"
+        )
+    return stored
+
+
+def _read_legacy_manifest(path: Path) -> dict | None:
+    """A format-1 ``dataset.json`` (complete by construction: it was written last), as a
+    manifest of the current format; ``None`` when ``path`` is no such file."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = {"format_version", "args", "train_source_indices", "val_source_indices"}
+    if not isinstance(stored, dict) or set(stored) != keys or stored["format_version"] != 1:
+        return None
+    if not isinstance(stored["args"], dict):
+        return None
+    return {**stored, "generator": _GENERATOR, "format_version": _FORMAT_VERSION, "complete": True}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file, so ``path`` is never half written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _files_present(paths: DigitsPaths, config: DigitsConfig) -> bool:
+    if not (paths.train_annotations.is_file() and paths.val_annotations.is_file()):
+        return False
+    return all(
+        (folder / f"{image_id:06d}.png").is_file()
+        for folder, count in (
+            (paths.train_images_dir, config.train_images),
+            (paths.val_images_dir, config.val_images),
+        )
+        for image_id in range(1, count + 1)
+    )
 
 
 def _int_range(name: str, value, *, minimum: int) -> tuple[int, int]:
@@ -209,21 +364,6 @@ def _int_range(name: str, value, *, minimum: int) -> tuple[int, int]:
     if not minimum <= lo <= hi:
         raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
     return lo, hi
-
-
-def _is_complete(paths: DigitsPaths, config: DigitsConfig) -> bool:
-    manifest = paths.root / "dataset.json"
-    try:
-        stored = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False
-    if stored.get("format_version") != _FORMAT_VERSION or stored.get("args") != config.to_json():
-        return False
-    if not (paths.train_annotations.is_file() and paths.val_annotations.is_file()):
-        return False
-    n_train = sum(1 for _ in paths.train_images_dir.glob("*.png"))
-    n_val = sum(1 for _ in paths.val_images_dir.glob("*.png"))
-    return n_train == config.train_images and n_val == config.val_images
 
 
 def _load_source_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -91,19 +91,36 @@ class DetectionTransform:
         """Transforms one image and its annotations.
 
         Args:
-            image: (3, H, W) float in [0, 1].
-            annotations: (M, 5) as x1, y1, x2, y2, label in pixels of ``image``.
+            image: (3, H, W) floating point (any float dtype) in [0, 1], all finite.
+            annotations: (M, 5) as x1, y1, x2, y2, label in pixels of ``image``, all finite.
 
         Returns:
-            image: (3, H', W') normalized, with H' and W' multiples of ``size_divisor``.
-            annotations: (M, 5) new tensor, boxes in pixels of the resized image.
+            image: (3, H', W') float32 normalized, with H' and W' multiples of
+                ``size_divisor``.
+            annotations: (M, 5) new float32 tensor, boxes in pixels of the resized image.
+
+        Raises:
+            ValueError: On a wrong shape, an integer image (e.g. uint8 0..255), or a
+                non-finite pixel or annotation value.
         """
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(
+                f"expected a floating point image in [0, 1], got dtype {image.dtype} "
+                "(divide 8-bit images by 255)"
+            )
         if annotations.ndim != 2 or annotations.shape[1] != 5:
             raise ValueError(
                 f"expected annotations of shape (M, 5), got {tuple(annotations.shape)}"
             )
+        bad = int((~torch.isfinite(image)).sum())
+        if bad:
+            raise ValueError(f"image holds {bad} non-finite (NaN or inf) values")
+        if not torch.isfinite(annotations).all():
+            raise ValueError(f"annotations hold non-finite values: {annotations.tolist()}")
+        image = image.float()  # float64 or float16 in, float32 out: what the detector expects
+        annotations = annotations.float()
         h, w = image.shape[-2:]
         factor = self.scale(h, w)
         new_h, new_w = self.resized_size(h, w)
@@ -114,7 +131,7 @@ class DetectionTransform:
             align_corners=False,
             antialias=factor < 1.0,
         )[0]
-        annotations = annotations.clone()
+        annotations = annotations.clone()  # .float() may have returned the input itself
         annotations[:, :4] *= factor
 
         if self.flip_prob > 0 and torch.rand((), generator=self._generator) < self.flip_prob:
@@ -151,6 +168,12 @@ def collate(
         raise ValueError("cannot collate an empty batch")
     images = [item[0] for item in batch]
     targets = [item[1] for item in batch]
+    kinds = {(img.ndim, img.shape[0] if img.ndim else None, img.dtype) for img in images}
+    if len(kinds) != 1 or next(iter(kinds))[0] != 3:
+        raise ValueError(
+            "collate needs images of one shape (C, H, W) and one dtype, got "
+            f"{[(tuple(img.shape), str(img.dtype)) for img in images]}"
+        )
     h_max = max(img.shape[-2] for img in images)
     w_max = max(img.shape[-1] for img in images)
     out_images = images[0].new_zeros((len(images), images[0].shape[0], h_max, w_max))

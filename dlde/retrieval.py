@@ -17,11 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from dlde.anchors import assign_batch
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_CHUNK_ELEMENTS",
     "EmbeddingIndex",
+    "box_embeddings",
     "crop_boxes",
     "map_at_r",
     "per_class",
@@ -283,3 +287,45 @@ def crop_boxes(image: Any, boxes: Any, *, pad: int = 0) -> list[np.ndarray]:
     x2 = np.maximum(np.clip(np.ceil(boxes[:, 2]) + pad, 0, w).astype(int), x1 + 1)
     y2 = np.maximum(np.clip(np.ceil(boxes[:, 3]) + pad, 0, h).astype(int), y1 + 1)
     return [image[b:d, a:c] for a, b, c, d in zip(x1, y1, x2, y2)]  # slicing views per box
+
+
+@torch.no_grad()
+def box_embeddings(model: nn.Module, images: torch.Tensor, boxes: list[Any]) -> list[torch.Tensor]:
+    """One unit embedding per box: the normalized sum of the embeddings of its matched anchors.
+
+    Anchors are matched to the boxes as in training (:func:`dlde.anchors.assign_batch` with
+    the model's ``assignation_thresholds`` and ``allow_low_quality_matches``, each anchor
+    going to its best box), so a box gets the anchors its class mean would be tracked from.
+    Works for detected boxes (``model.predict``) and ground-truth boxes alike.
+
+    Args:
+        model: a detector with ``embeddings(images) -> (anchors (B, A, 4), unit embeddings
+            (B, A, d))`` (:class:`dlde.DLDENetWithTrackedMeans`).
+        images: (B, 3, H, W) network input.
+        boxes: B tensors (N_i, 4) as x1, y1, x2, y2 in network-input pixels.
+
+    Returns:
+        B float32 tensors (N_i, d) on the images' device; a box that no anchor matches
+        (only possible without low-quality matches) gets a zero row.
+    """
+    if not hasattr(model, "embeddings"):
+        raise TypeError(f"{type(model).__name__} has no embeddings(): use a DLDENetWithTrackedMeans")
+    if len(boxes) != len(images):
+        raise ValueError(f"got {len(boxes)} box tensors for {len(images)} images")
+    boxes = [torch.as_tensor(b, dtype=torch.float32, device=images.device).reshape(-1, 4)
+             for b in boxes]
+    batch, most = len(images), max([len(b) for b in boxes] + [1])
+    annotations = images.new_full((batch, most, 5), -1.0)  # label = the box's index in its image
+    for i, b in enumerate(boxes):  # loop over images
+        annotations[i, :len(b), :4] = b
+        annotations[i, :len(b), 4] = torch.arange(len(b), device=images.device)
+    anchors, embeddings = model.embeddings(images)  # (B, A, 4), (B, A, d)
+    assignment = assign_batch(anchors[0], annotations, model.assignation_thresholds,
+                              allow_low_quality_matches=model.allow_low_quality_matches)
+    objects = assignment.objects_mask  # (B, A)
+    box_index = assignment.assigned_annotations[..., 4].long()  # (B, A)
+    group = (torch.arange(batch, device=images.device)[:, None] * most + box_index)[objects]
+    sums = embeddings.new_zeros((batch * most, embeddings.shape[-1]))
+    sums.index_add_(0, group, embeddings[objects].float())
+    unit = F.normalize(sums, dim=1).reshape(batch, most, -1)  # zero rows stay zero
+    return [unit[i, :len(b)] for i, b in enumerate(boxes)]

@@ -159,3 +159,25 @@ def test_plot_per_class_ap_bars():
     ax = fig.axes[0]
     assert len(ax.containers) == 2 and sum(len(c) for c in ax.containers) == 4
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+
+
+def test_detection_calibration_runs_a_real_detector():
+    from helpers import tiny_model
+
+    from dlde import DLDENetWithTrackedMeans
+
+    model = tiny_model(DLDENetWithTrackedMeans, classes=3, fpn_levels=[3],
+                       anchors={"sizes": [16], "scales": [1.0], "ratios": [1.0]},
+                       means_init="orthogonal", score_threshold=0.0)  # random but detecting
+    model.train()
+    dataset = [(torch.rand(3, 64, 64), torch.tensor([[8.0, 8.0, 30.0, 30.0, 1.0]]))
+               for _ in range(3)]
+    result = detection_calibration(model, dataset, batch_size=2)
+    assert model.training  # mode restored
+    n = len(result["scores"])
+    assert n > 0
+    assert result["correct"].shape == (n,) and result["correct"].dtype == bool
+    assert ((result["scores"] >= 0) & (result["scores"] <= 1)).all()
+    assert result["curve"]["count"].sum() == n
+    assert result["ece"] == pytest.approx(
+        expected_calibration_error(result["scores"], result["correct"]))

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from dlde.plotting import plot_retrieval_grid
-from dlde.retrieval import EmbeddingIndex, crop_boxes, map_at_r, per_class, recall_at_k
+from dlde.retrieval import (
+    EmbeddingIndex,
+    box_embeddings,
+    crop_boxes,
+    map_at_r,
+    per_class,
+    recall_at_k,
+)
 
 
 def _brute_force(gallery, queries, k):
@@ -133,3 +140,25 @@ def test_crop_boxes_and_retrieval_grid():
                               class_names=["a", "b"])
     assert len(fig.axes) == 2 * 3
     assert fig.axes[1].get_title() == "a 0.90"
+
+
+def test_box_embeddings_are_normalized_sums_of_matched_anchors():
+    from helpers import tiny_model
+    from torchvision.ops import box_iou
+
+    from dlde import DLDENetWithTrackedMeans
+
+    model = tiny_model(DLDENetWithTrackedMeans, classes=3, fpn_levels=[3],
+                       anchors={"sizes": [16], "scales": [1.0], "ratios": [1.0]}).eval()
+    images = torch.rand(2, 3, 64, 64)
+    boxes = [torch.tensor([[8.0, 8.0, 24.0, 24.0], [30.0, 30.0, 62.0, 50.0]]), torch.zeros(0, 4)]
+    out = box_embeddings(model, images, boxes)
+    assert [tuple(o.shape) for o in out] == [(2, 8), (0, 8)]
+    torch.testing.assert_close(out[0].norm(dim=1), torch.ones(2))
+    anchors, embeddings = model.embeddings(images[:1])
+    iou = box_iou(anchors[0], boxes[0])  # (A, 2)
+    best = iou.argmax(dim=1)
+    for j in range(2):  # independent reference: IoU >= 0.5 or the box's best anchor
+        matched = ((iou[:, j] >= 0.5) | (iou[:, j] == iou[:, j].max())) & (best == j)
+        reference = torch.nn.functional.normalize(embeddings[0, matched].sum(0), dim=0)
+        torch.testing.assert_close(out[0][j], reference)

@@ -2,13 +2,16 @@
 from .anchors import Anchors, Assignment, assign_batch
 from .backbone import ResNetFPN
 from .boxes import BoxCoder
-from .detector import DLDENetWithTrackedMeans, RetinaNet, atomic_save
+from .checkpoints import atomic_save, load_checkpoint
+from .detector import DLDENetWithTrackedMeans, RetinaNet, TrainingOutput
 from .directional import DirectionalClassification
-from .heads import Regression, SigmoidClassification, SubModule
+from .heads import ClassificationHead, Regression, SigmoidClassification, SubModule
+from .prototypes import CosinePrototypeClassification
+from .models import HEADS, build_detector, load_detector
 from .losses import detection_loss, focal_loss
 from .means import TrackedMeans
-from .digits import DigitsConfig, DigitsPaths, make_digits_dataset
-from .coco import CocoDetection
+from .digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
+from .coco import CocoDetection, read_image
 from .transforms import DetectionTransform, collate
 from .evaluation import coco_metrics, evaluate
 
@@ -17,4 +20,6 @@ __all__ = [
     "RetinaNet", "atomic_save", "DirectionalClassification", "Regression", "SigmoidClassification",
     "SubModule", "detection_loss", "focal_loss", "TrackedMeans", "DigitsConfig", "DigitsPaths",
     "make_digits_dataset", "CocoDetection", "DetectionTransform", "collate", "coco_metrics", "evaluate",
+    "load_checkpoint", "TrainingOutput", "ClassificationHead", "CosinePrototypeClassification", "HEADS",
+    "build_detector", "load_detector", "default_digits_root", "read_image",
 ]

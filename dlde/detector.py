@@ -6,7 +6,6 @@ differ only in the classification head returned by :meth:`RetinaNet.get_classifi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,12 +13,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .anchors import DEFAULT_RATIOS, DEFAULT_SCALES, DEFAULT_SIZES, Anchors, check_thresholds
+from .anchors import DEFAULT_RATIOS, DEFAULT_SCALES, DEFAULT_SIZES, Anchors, Assignment, assign_batch, check_thresholds
 from .backbone import SUPPORTED_LEVELS, ResNetFPN, check_levels
 from .boxes import BoxCoder
+from .checkpoints import atomic_save, check_finite_state, load_checkpoint
 from .directional import DirectionalClassification
-from .heads import Regression, SigmoidClassification
+from .heads import ClassificationHead, Regression, SigmoidClassification
 from .losses import check_annotations, detection_loss
+from .modes import evaluating
 
 DEFAULT_FEATURES = {"pyramid": 256, "regression": 256, "classification": 256}
 
@@ -50,6 +51,20 @@ def _check_anchors(anchors: Mapping[str, Sequence[float]] | None, levels: list[i
             "ratios": [float(r) for r in anchors.get("ratios", DEFAULT_RATIOS)]}
 
 
+class TrainingOutput(tuple):
+    """``(anchors (B, A, 4), regressions (B, A, 4), classifications (B, A, C))`` of a training-mode
+    forward; unpacks like the plain tuple of the original, and carries the batch's
+    :class:`dlde.Assignment` (``.assignment``) so the loss reuses it instead of matching again."""
+
+    assignment: Assignment | None = None
+
+    def __new__(cls, anchors: Tensor, regressions: Tensor, classifications: Tensor,
+                assignment: Assignment | None = None):
+        out = super().__new__(cls, (anchors, regressions, classifications))
+        out.assignment = assignment
+        return out
+
+
 class RetinaNet(nn.Module):
     """RetinaNet with an ordinary sigmoid classification head (the baseline of DLDENet).
 
@@ -69,6 +84,10 @@ class RetinaNet(nn.Module):
         focal_alpha, focal_gamma: focal-loss parameters.
         prior: initial class probability of the sigmoid head.
         score_threshold, nms_threshold, topk_candidates, max_detections: post-processing.
+        classification_head: the classification head: None (the sigmoid head, or what
+            :meth:`get_classification_module` of a subclass returns), a model name with its
+            options ``("dlde", {"embedding_size": 64})`` (see :data:`dlde.models.HEADS`), or a
+            :class:`dlde.heads.ClassificationHead` built for these features.
 
     Input: ``images (B, 3, H, W)`` normalized floats, ``annotations (B, M, 5)`` as x1, y1, x2, y2
     in pixels and label, padded with label -1 rows.
@@ -81,15 +100,20 @@ class RetinaNet(nn.Module):
     :meth:`loss`.
     """
 
+    #: The head name this class builds (``from_checkpoint`` of a subclass checks it).
+    head_name = "retinanet"
+
     def __init__(self, classes: int, resnet: int = 18, features: Mapping[str, int] | None = None,
                  anchors: Mapping[str, Sequence[float]] | None = None, fpn_levels: Sequence[int] | None = None,
                  pretrained: bool = True, device: str | torch.device | None = None, *,
                  head_convs: int = 4, group_norm: bool = False,
                  assignation_thresholds: Mapping[str, float] | None = None,
                  allow_low_quality_matches: bool = True, box_loss: str = "smooth_l1",
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, prior: float = 0.01,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 prior: float = SigmoidClassification.Options.prior,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5, topk_candidates: int = 1000,
-                 max_detections: int = 300):
+                 max_detections: int = 300,
+                 classification_head: ClassificationHead | tuple[str, Mapping[str, Any]] | None = None):
         super().__init__()
         if int(classes) < 1:
             raise ValueError(f"classes must be a positive integer, got {classes}")
@@ -124,8 +148,22 @@ class RetinaNet(nn.Module):
         num_anchors = self.anchors.num_anchors
         self.regression = Regression(self.features["pyramid"], num_anchors, self.features["regression"],
                                      convs=head_convs, group_norm=group_norm)
-        self.classification = self.get_classification_module(self.features["pyramid"], self.classes, num_anchors,
-                                                             self.features["classification"])
+        if classification_head is None:
+            head = self.get_classification_module(self.features["pyramid"], self.classes, num_anchors,
+                                                  self.features["classification"])
+        elif isinstance(classification_head, ClassificationHead):
+            head = classification_head
+        else:
+            from .models import head_class
+
+            name, options = classification_head
+            head = head_class(name).build(
+                self.features["pyramid"], num_anchors, self.features["classification"], self.classes,
+                convs=head_convs, group_norm=group_norm, assignation_thresholds=self.assignation_thresholds,
+                allow_low_quality_matches=allow_low_quality_matches, **options)
+        if not isinstance(head, ClassificationHead):
+            raise TypeError(f"the classification head must be a dlde.heads.ClassificationHead, got {type(head).__name__}")
+        self.classification = head
         if device is not None:
             self.to(device)
 
@@ -142,28 +180,61 @@ class RetinaNet(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point (normalized), got {images.dtype}")
 
-    def forward(self, images: Tensor, annotations: Tensor | None = None):
+    def forward(self, images: Tensor, annotations: Tensor | None = None, initializing: bool = False):
+        """See the class docstring. ``initializing=True`` only tracks the batch (heads with tracked
+        means; no gradient) and returns None."""
         self._check_images(images)
+        assignment = None
+        if annotations is not None:
+            annotations = check_annotations(annotations, self.classes, images.shape[0]).to(images.device)
+        if initializing:
+            if not self.classification.has_tracked_means:
+                raise TypeError(f"initializing=True tracks class means; the {self.classification.name!r} head has none")
+            if annotations is None:
+                raise ValueError("initializing=True tracks the means and needs the annotations")
+            with torch.no_grad():
+                embeddings = self.classification.embed(self.fpn(images))
+                self.classification.track(embeddings, self.assign(self.anchors(images), annotations))
+            return None
+        if self.training and self.classification.has_tracked_means and annotations is None:
+            raise ValueError(f"the {self.classification.name!r} head needs the annotations in training mode "
+                             "to track the class means")
         feature_maps = self.fpn(images)
         anchors = self.anchors(images)
-        classifications = self.classification(feature_maps, anchors, annotations)
-        return self._finish(images, feature_maps, anchors, classifications)
+        if annotations is not None and self.training:
+            assignment = self.assign(anchors, annotations)  # once per step: tracking and the loss share it
+        classifications = self.classification(feature_maps, assignment=assignment)
+        return self._finish(images, feature_maps, anchors, classifications, assignment)
 
-    def _finish(self, images: Tensor, feature_maps: list[Tensor], anchors: Tensor, classifications: Tensor):
+    def assign(self, anchors: Tensor, annotations: Tensor) -> Assignment:
+        """Match ``anchors (B, A, 4)`` (or ``(A, 4)``) to ``annotations (B, M, 5)`` with this model's thresholds."""
+        if anchors.dim() == 3:
+            anchors = anchors[0]
+        with torch.no_grad():
+            return assign_batch(anchors, annotations.to(anchors.device), self.assignation_thresholds,
+                                allow_low_quality_matches=self.allow_low_quality_matches)
+
+    def _finish(self, images: Tensor, feature_maps: list[Tensor], anchors: Tensor, classifications: Tensor,
+                assignment: Assignment | None = None):
         regressions = self.regression(feature_maps).float()
         if regressions.shape[1] != anchors.shape[1]:
             raise RuntimeError(f"heads produced {regressions.shape[1]} anchors but the generator made "
                                f"{anchors.shape[1]}: feature-map sizes do not match the strides")
         if self.training:
-            return anchors, regressions, classifications
+            return TrainingOutput(anchors, regressions, classifications, assignment)
         if self.evaluate_loss:
             return anchors.detach(), regressions.detach(), classifications.detach()
         return self.postprocess(images, anchors, regressions, classifications)
 
-    def loss(self, anchors: Tensor, regressions: Tensor, classifications: Tensor,
-             annotations: Tensor) -> dict[str, Tensor]:
-        """Focal and box losses of a training-mode output (see :func:`dlde.losses.detection_loss`)."""
-        return detection_loss(anchors, regressions, classifications, annotations,
+    def loss(self, anchors: Tensor, regressions: Tensor, classifications: Tensor, annotations: Tensor, *,
+             assignment: Assignment | None = None, positives_reducer=None) -> dict[str, Tensor]:
+        """Focal and box losses of a training-mode output (see :func:`dlde.losses.detection_loss`).
+
+        Pass ``assignment=output.assignment`` of the forward's :class:`TrainingOutput` to reuse
+        its anchor matching (the trainer does); without it the anchors are matched here.
+        """
+        return detection_loss(anchors, regressions, classifications, annotations, assignment=assignment,
+                              positives_reducer=positives_reducer,
                               thresholds=self.assignation_thresholds, box_coder=self.box_coder,
                               alpha=self.focal_alpha, gamma=self.focal_gamma, box_loss=self.box_loss,
                               allow_low_quality_matches=self.allow_low_quality_matches)
@@ -211,19 +282,41 @@ class RetinaNet(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor) -> list[dict[str, Tensor]]:
         """Eval-mode detections as torchvision-style dicts ``{'boxes', 'scores', 'labels'}`` per image."""
-        was_training, was_evaluate_loss = self.training, self.evaluate_loss
-        self.eval()
-        self.evaluate_loss = False
-        try:
+        with evaluating(self):
             outputs = self(images)
-        finally:
-            self.train(was_training)
-            self.evaluate_loss = was_evaluate_loss
         results = []
         for boxes, probabilities in outputs:
             scores, labels = probabilities.max(dim=1) if len(boxes) else (boxes.new_zeros(0), boxes.new_zeros(0, dtype=torch.long))
             results.append({"boxes": boxes, "scores": scores, "labels": labels})
         return results
+
+    # ------------------------------------------------------------------------ head protocol
+    @property
+    def has_tracked_means(self) -> bool:
+        """Whether the classification head keeps tracked class means."""
+        return self.classification.has_tracked_means
+
+    def update_means(self) -> None:
+        """Apply accumulated mean updates (``'manual'`` means); a no-op for other heads."""
+        self.classification.update_means()
+
+    def reset_statistics(self) -> None:
+        """Clear the head's per-epoch statistics (κ̂ of the tracked embeddings)."""
+        self.classification.reset_statistics()
+
+    def means_snapshot(self) -> tuple[Tensor, Tensor] | None:
+        """``(means (C, d), κ̂ (C,))`` on the CPU for heads with tracked means, else None."""
+        return self.classification.means_snapshot()
+
+    def class_directions(self) -> Tensor | None:
+        """``(C, d)`` unit class directions of heads with an embedding space (means or prototypes)."""
+        return self.classification.class_directions()
+
+    def embeddings(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(anchors (B, A, 4), unit embeddings (B, A, d))`` without tracking, for analysis."""
+        self._check_images(images)
+        with torch.no_grad():
+            return self.anchors(images), self.classification.embed(self.fpn(images))
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:
@@ -232,13 +325,17 @@ class RetinaNet(nn.Module):
         ``extra`` must hold plain data (tensors, numbers, strings, lists, dicts) so the file loads
         with ``torch.load(..., weights_only=True)``.
         """
-        checkpoint = {"model": self.state_dict(), "hyperparameters": {"model": self.constructor_arguments()}}
+        state = self.state_dict()
+        check_finite_state(state, f"model to be saved to {path}")
+        checkpoint = {"model": state, "hyperparameters": {"model": self.constructor_arguments()}}
         checkpoint.update(extra)
         return atomic_save(checkpoint, path)
 
     def constructor_arguments(self) -> dict[str, Any]:
-        """Every constructor argument as plain Python values (``device`` is chosen at load time)."""
-        return {**self.hyperparameters, "device": None}
+        """Every constructor argument as plain Python values (``device`` is chosen at load time),
+        with the head as ``{"name", "options"}``."""
+        return {**self.hyperparameters, "device": None,
+                "head": {"name": self.classification.name, "options": self.classification.options()}}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | Mapping[str, Any],
@@ -249,42 +346,55 @@ class RetinaNet(nn.Module):
         weights come from the checkpoint, so no pretrained cache is needed. ``device`` defaults
         to the CPU.
         """
+        source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
         if not isinstance(checkpoint, Mapping):
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            checkpoint = load_checkpoint(checkpoint)
         try:
             params = dict(checkpoint["hyperparameters"]["model"])
             state = checkpoint["model"]
         except (KeyError, TypeError) as error:
-            raise ValueError("not a dlde checkpoint: expected keys 'model' and "
+            raise ValueError(f"{source}: not a dlde checkpoint: expected keys 'model' and "
                              "'hyperparameters' -> 'model'") from error
+        check_finite_state(state, source)
         params.pop("device", None)
         pretrained = params.pop("pretrained", False)
-        model = cls(**params, pretrained=False)
+        name, options = _head_of(params)
+        if cls is not RetinaNet and name != cls.head_name:
+            raise ValueError(f"{source} holds a {name!r} model, not a {cls.__name__}; load it with "
+                             "dlde.RetinaNet.from_checkpoint or dlde.models.load_detector")
+        if cls is RetinaNet:
+            model = RetinaNet(**params, pretrained=False, classification_head=(name, options))
+        else:
+            model = cls(**params, **options, pretrained=False)
         model.hyperparameters["pretrained"] = pretrained
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"{source}: the weights do not fit the saved hyperparameters: "
+                             f"{str(error).splitlines()[0]}") from None
         return model.to(device) if device is not None else model
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+#: Head options stored flat in checkpoints written before heads were injectable.
+_LEGACY_DLDE_KEYS = ("embedding_size", "means_update", "means_lr", "means_init")
+
+
+def _head_of(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Pop the head ``(name, options)`` out of saved constructor arguments (old layouts too)."""
+    head = params.pop("head", None)
+    if head is not None:
+        return head["name"], dict(head["options"])
+    if "embedding_size" in params:  # an old DLDENet checkpoint
+        return "dlde", {key: params.pop(key) for key in _LEGACY_DLDE_KEYS if key in params}
+    return "retinanet", {}
 
 
 class DLDENetWithTrackedMeans(RetinaNet):
     """Deep Local Directional Embeddings Net: RetinaNet whose classifier is
     :class:`dlde.DirectionalClassification` (cosine to tracked class means).
+
+    The seed's entry point, with its positional arguments. Equivalent to
+    ``RetinaNet(classes, ..., classification_head=("dlde", {...}))``.
 
     Args:
         classes, resnet, features, anchors, fpn_levels, pretrained, device: as :class:`RetinaNet`.
@@ -292,62 +402,56 @@ class DLDENetWithTrackedMeans(RetinaNet):
         assignation_thresholds: IoU thresholds for the loss and for picking tracked anchors.
         means_update: ``'batch'`` (one update per training batch) or ``'manual'`` (accumulate,
             then call :meth:`update_means`, e.g. once per epoch).
-        means_lr: step of the ``'batch'`` update.
-        means_init: starting class means: ``'zeros'`` (the original), ``'orthogonal'`` or ``'random'``.
+        means_lr: step of the ``'batch'`` update (``model.means_lr = x`` changes it).
+        means_init: starting class means: ``'orthogonal'``, ``'random'`` or ``'zeros'`` (the original).
+        init_weight, init_bias: initial ``w`` and ``b`` of :meth:`DirectionalClassification.classify`.
         **kwargs: the keyword-only options of :class:`RetinaNet`.
 
-    ``forward(images, annotations=None, initializing=False)``: as :class:`RetinaNet`, except
-    that training needs ``annotations`` (the means are tracked after the batch is scored), and
+    Defaults differ from the original's (512, lr 0.1, 'zeros'): see
+    :class:`dlde.DirectionalClassification.Options`.
+
+    ``forward(images, annotations=None, initializing=False)``: as :class:`RetinaNet`; training
+    needs ``annotations`` (the means are tracked after the batch is scored), and
     ``initializing=True`` only tracks the batch (train or eval mode, no gradients) and returns None.
     """
 
+    head_name = "dlde"
+    _Options = DirectionalClassification.Options
+
     def __init__(self, classes: int, resnet: int = 18, features: Mapping[str, int] | None = None,
                  anchors: Mapping[str, Sequence[float]] | None = None, fpn_levels: Sequence[int] | None = None,
-                 embedding_size: int = 512, assignation_thresholds: Mapping[str, float] | None = None,
-                 means_update: str = "batch", means_lr: float = 0.1, pretrained: bool = True,
-                 device: str | torch.device | None = None, *, means_init: str = "zeros", **kwargs: Any):
+                 embedding_size: int = _Options.embedding_size,
+                 assignation_thresholds: Mapping[str, float] | None = None,
+                 means_update: str = _Options.means_update, means_lr: float = _Options.means_lr,
+                 pretrained: bool = True, device: str | torch.device | None = None, *,
+                 means_init: str = _Options.means_init, init_weight: float = _Options.init_weight,
+                 init_bias: float = _Options.init_bias, **kwargs: Any):
         if int(embedding_size) < 2:
             raise ValueError(f"embedding_size must be at least 2, got {embedding_size}")
-        self.embedding_size = int(embedding_size)
-        self.means_update = means_update
-        self.means_lr = float(means_lr)
-        self.means_init = means_init
+        kwargs.pop("classification_head", None)
+        options = {"embedding_size": int(embedding_size), "means_update": means_update,
+                   "means_lr": float(means_lr), "means_init": means_init, "init_weight": init_weight,
+                   "init_bias": init_bias}
         super().__init__(classes, resnet, features, anchors, fpn_levels, pretrained, device,
-                         assignation_thresholds=assignation_thresholds, **kwargs)
-        self.hyperparameters.update(embedding_size=self.embedding_size, means_update=means_update,
-                                    means_lr=self.means_lr, means_init=means_init)
+                         assignation_thresholds=assignation_thresholds, classification_head=("dlde", options),
+                         **kwargs)
 
-    def get_classification_module(self, in_channels: int, classes: int, anchors: int,
-                                  features: int) -> DirectionalClassification:
-        return DirectionalClassification(in_channels, self.embedding_size, anchors, features, classes,
-                                         self.assignation_thresholds, self.means_update, self.means_lr,
-                                         convs=self.head_convs, group_norm=self.group_norm,
-                                         allow_low_quality_matches=self.allow_low_quality_matches,
-                                         means_init=self.means_init)
+    @property
+    def embedding_size(self) -> int:
+        return self.classification.embedding_size
 
-    def forward(self, images: Tensor, annotations: Tensor | None = None, initializing: bool = False):
-        self._check_images(images)
-        if annotations is not None:
-            annotations = check_annotations(annotations, self.classes, images.shape[0]).to(images.device)
-        if initializing:
-            if annotations is None:
-                raise ValueError("initializing=True tracks the means and needs the annotations")
-            with torch.no_grad():
-                embeddings = self.classification.embed(self.fpn(images))
-                self.classification.track(embeddings, self.anchors(images), annotations)
-            return None
-        if self.training and annotations is None:
-            raise ValueError("DLDENet needs the annotations in training mode to track the class means")
-        feature_maps = self.fpn(images)
-        anchors = self.anchors(images)
-        classifications = self.classification(feature_maps, anchors, annotations)
-        return self._finish(images, feature_maps, anchors, classifications)
+    @property
+    def means_update(self) -> str:
+        return self.classification.means_update
 
-    def update_means(self) -> None:
-        """``'manual'`` mode: move the class means to the normalized accumulated sums."""
-        self.classification.update_means()
+    @property
+    def means_lr(self) -> float:
+        return self.classification.means_lr
 
-    def embeddings(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(anchors (B, A, 4), unit embeddings (B, A, d))`` without tracking, for analysis."""
-        with torch.no_grad():
-            return self.anchors(images), self.classification.embed(self.fpn(images))
+    @means_lr.setter
+    def means_lr(self, value: float) -> None:
+        self.classification.means_lr = value
+
+    @property
+    def means_init(self) -> str:
+        return self.classification.means_init

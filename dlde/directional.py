@@ -1,18 +1,22 @@
 """The directional classification head of DLDENet."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .anchors import assign_batch, check_thresholds
-from .heads import SubModule
-from .means import TrackedMeans
+from .anchors import Assignment, assign_batch, check_thresholds
+from .heads import ClassificationHead, SubModule
+from .means import MeansConfig, TrackedMeans
+
+#: Smallest ``|w|`` of :meth:`DirectionalClassification.classify` (see there).
+MIN_WEIGHT = 0.1
 
 
-class DirectionalClassification(nn.Module):
+class DirectionalClassification(ClassificationHead):
     """Scores anchors by the cosine between a unit embedding and tracked class means.
 
     Each anchor of each pyramid level gets an embedding on the unit sphere (:meth:`encode`).
@@ -46,11 +50,39 @@ class DirectionalClassification(nn.Module):
             tracked), ``'orthogonal'`` or ``'random'`` (see :meth:`dlde.means.TrackedMeans.initialize`).
     """
 
+    name = "dlde"
+    has_tracked_means = True
+
+    @dataclass(frozen=True)
+    class Options:
+        """Defaults of this head (the trainer's flat fields of the same names take these).
+
+        ``embedding_size`` 128 and the means defaults (:class:`dlde.means.MeansConfig`) differ
+        from the original's 512 / lr 0.1 / 'zeros': those are values that train here.
+        """
+
+        embedding_size: int = 128
+        means_update: str = MeansConfig.update
+        means_lr: float = MeansConfig.lr
+        means_init: str = MeansConfig.init
+        init_weight: float = 7.0
+        init_bias: float = -0.5
+
+    @classmethod
+    def build(cls, in_channels: int, anchors: int, features: int, classes: int, *, convs: int = 4,
+              group_norm: bool = False, assignation_thresholds: Mapping[str, float] | None = None,
+              allow_low_quality_matches: bool = True, **options) -> "DirectionalClassification":
+        options = cls.check_options(options)
+        embedding_size = options.pop("embedding_size", cls.Options.embedding_size)
+        return cls(in_channels, embedding_size, anchors, features, classes, assignation_thresholds, convs=convs,
+                   group_norm=group_norm, allow_low_quality_matches=allow_low_quality_matches, **options)
+
     def __init__(self, in_channels: int, embedding_size: int, anchors: int, features: int, classes: int,
-                 assignation_thresholds: Mapping[str, float] | None = None, means_update: str = "batch",
-                 means_lr: float = 0.1, *, convs: int = 4, group_norm: bool = False,
-                 allow_low_quality_matches: bool = True, init_weight: float = 7.0, init_bias: float = -0.5,
-                 means_init: str = "zeros"):
+                 assignation_thresholds: Mapping[str, float] | None = None,
+                 means_update: str = Options.means_update, means_lr: float = Options.means_lr, *,
+                 convs: int = 4, group_norm: bool = False, allow_low_quality_matches: bool = True,
+                 init_weight: float = Options.init_weight, init_bias: float = Options.init_bias,
+                 means_init: str = Options.means_init):
         super().__init__()
         self.embedding_size = embedding_size
         self.classes = classes
@@ -58,6 +90,8 @@ class DirectionalClassification(nn.Module):
         self.allow_low_quality_matches = allow_low_quality_matches
         self.tracker = TrackedMeans(classes, embedding_size, mode=means_update, lr=means_lr)
         self.tracker.initialize(means_init)
+        self.means_init = means_init
+        self.init_weight, self.init_bias = float(init_weight), float(init_bias)
         self.weight = nn.Parameter(torch.full((classes,), float(init_weight)))
         self.bias = nn.Parameter(torch.full((classes,), float(init_bias)))
         self.encoder = SubModule(in_channels, embedding_size, anchors, features, convs=convs,
@@ -87,6 +121,29 @@ class DirectionalClassification(nn.Module):
     def means_lr(self) -> float:
         return self.tracker.lr
 
+    @means_lr.setter
+    def means_lr(self, value: float) -> None:
+        if not 0.0 < float(value) <= 1.0:
+            raise ValueError(f"means_lr must be in (0, 1], got {value}")
+        self.tracker.lr = float(value)
+
+    def options(self) -> dict:
+        return {"embedding_size": self.embedding_size, "means_update": self.tracker.mode,
+                "means_lr": self.tracker.lr, "means_init": self.means_init,
+                "init_weight": self.init_weight, "init_bias": self.init_bias}
+
+    def class_directions(self) -> Tensor:
+        return F.normalize(self.means, dim=1)
+
+    def reset_statistics(self) -> None:
+        self.tracker.reset_statistics()
+
+    def means_snapshot(self) -> tuple[Tensor, Tensor]:
+        from .analysis import concentration_from_sums
+
+        kappa = concentration_from_sums(self.tracker.stat_sums.cpu(), self.tracker.stat_counts.cpu())
+        return self.tracker.means.detach().cpu().clone(), torch.as_tensor(kappa)
+
     def encode(self, feature_map: Tensor) -> Tensor:
         """Unit embeddings of one level.
 
@@ -102,39 +159,55 @@ class DirectionalClassification(nn.Module):
         """Unit embeddings of all levels concatenated: ``(B, A, d)``."""
         return torch.cat([self.encode(x) for x in feature_maps], dim=1)
 
-    def track(self, embeddings: Tensor, anchors: Tensor, annotations: Tensor) -> None:
+    def assign(self, anchors: Tensor, annotations: Tensor) -> Assignment:
+        """The anchor assignment used for tracking: ``anchors (B, A, 4)`` or ``(A, 4)``."""
+        if anchors.dim() == 3:
+            anchors = anchors[0]
+        return assign_batch(anchors, annotations, self.assignation_thresholds,
+                            allow_low_quality_matches=self.allow_low_quality_matches)
+
+    def track(self, embeddings: Tensor, anchors_or_assignment, annotations: Tensor | None = None) -> None:
         """Update the means with the embeddings of anchors matched to an object.
 
         Args:
             embeddings: ``(B, A, d)`` unit embeddings.
-            anchors: ``(B, A, 4)`` or ``(A, 4)`` anchors, x1, y1, x2, y2 (the same for every image).
-            annotations: ``(B, M, 5)`` x1, y1, x2, y2, label; rows with label -1 are padding.
+            anchors_or_assignment: an :class:`dlde.Assignment` of the batch (the detector's,
+                computed once per step), or the seed's ``anchors (B, A, 4)`` / ``(A, 4)``, in
+                which case ``annotations (B, M, 5)`` (x1, y1, x2, y2, label; -1 rows are padding)
+                are assigned here.
         """
         with torch.no_grad():
-            if anchors.dim() == 3:
-                anchors = anchors[0]
-            assignment = assign_batch(anchors, annotations, self.assignation_thresholds,
-                                      allow_low_quality_matches=self.allow_low_quality_matches)
+            if isinstance(anchors_or_assignment, Assignment):
+                assignment = anchors_or_assignment
+            else:
+                if annotations is None:
+                    raise ValueError("track(embeddings, anchors, annotations) needs the annotations")
+                assignment = self.assign(anchors_or_assignment, annotations)
             objects = assignment.objects_mask  # (B, A)
             labels = assignment.assigned_annotations[..., 4][objects]  # (N,)
             self.tracker.update(embeddings[objects], labels)
 
     def classify(self, embeddings: Tensor) -> Tensor:
-        """Class probabilities ``(..., C)`` of unit embeddings ``(..., d)``."""
+        """Class probabilities ``(..., C)`` of unit embeddings ``(..., d)``.
+
+        Computed in log space, ``p = exp(logsigmoid(z) - logsigmoid(|w| (1 + b)))``, which is
+        finite for every finite ``w`` and ``b`` (the ratio of sigmoids is 0/0 for ``b < -1`` and
+        large ``|w|``). ``|w|`` is bounded below by :data:`MIN_WEIGHT`: at ``|w| = 0`` the ratio
+        is 1 for every class and cosine, which would score everything as every class.
+        """
         initialized = self.tracker.initialized  # (C,)
-        weight = self.weight.abs()
+        weight = self.weight.abs().clamp(min=MIN_WEIGHT)
         # z_c = |w_c| (cos_c + b_c) in one matrix product; classes without a mean get z = -1e4 (p = 0).
         scale = torch.where(initialized, weight, torch.zeros_like(weight))
         shift = torch.where(initialized, weight * self.bias, torch.full_like(weight, -1e4))
         directions = F.normalize(self.means, dim=1) * scale[:, None]  # (C, d)
         flat = embeddings.reshape(-1, embeddings.shape[-1]).to(directions.dtype)
         z = torch.addmm(shift, flat, directions.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
-        # p = sigmoid(z) / sigmoid(|w| (1 + b)) <= 1 because cos <= 1 and |w| >= 0; the clamp only
-        # removes rounding above 1. Three passes over (..., C), which dominates this head's cost.
-        return (torch.sigmoid(z) / torch.sigmoid(weight * (1 + self.bias))).clamp(max=1.0)
+        # log p <= 0 because cos <= 1; the clamp only removes rounding above 0.
+        return (F.logsigmoid(z) - F.logsigmoid(weight * (1 + self.bias))).clamp(max=0.0).exp()
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
-                annotations: Tensor | None = None, classify: bool = True) -> Tensor | None:
+                annotations: Tensor | None = None, *, assignment: Assignment | None = None) -> Tensor:
         """Score the anchors, then (in training) track the batch.
 
         Scores use the means as they were before this batch: the labels of the batch never leak
@@ -142,22 +215,26 @@ class DirectionalClassification(nn.Module):
 
         Args:
             feature_maps: one ``(B, in_channels, H_l, W_l)`` map per level.
-            anchors: ``(B, A, 4)``; required in training.
-            annotations: ``(B, M, 5)``; required in training.
-            classify: return the probabilities; False only tracks (training) or does nothing.
+            anchors, annotations: ``(B, A, 4)`` and ``(B, M, 5)``: the seed's way to track in
+                training; not needed when ``assignment`` is given.
+            assignment: the batch's anchor assignment (the detector computes it once per step).
 
         Returns:
-            ``(B, A, C)`` probabilities, or None when ``classify`` is False.
+            ``(B, A, C)`` probabilities.
         """
         embeddings = self.embed(feature_maps)
-        probabilities = self.classify(embeddings) if classify else None
+        probabilities = self.classify(embeddings)
         if self.training:
-            if anchors is None:
-                raise ValueError("DirectionalClassification needs the anchors in training mode to track the means")
-            if annotations is None:
-                raise ValueError("DirectionalClassification needs the annotations in training mode to track the means")
-            self.track(embeddings, anchors, annotations)
+            if assignment is None:
+                if anchors is None or annotations is None:
+                    raise ValueError("DirectionalClassification needs the assignment (or anchors and annotations) "
+                                     "in training mode to track the means")
+                assignment = self.assign(anchors, annotations)
+            self.track(embeddings, assignment)
         return probabilities
+
+    def tracked_sums(self) -> list[Tensor]:
+        return [self.tracker.embeddings_sums]
 
     def update_means(self) -> None:
         """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums."""

@@ -12,11 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dlde.modes import evaluating
 from dlde.transforms import collate
 
 __all__ = ["coco_metrics", "evaluate"]
 
 # Metric name -> (IoU threshold or None for the mean over .50:.95, area range label).
+#: How boxes become detections in :func:`evaluate`.
+LABEL_MODES = ("all", "argmax")
+DEFAULT_PAIR_THRESHOLD = 0.05
+
 _METRICS = {
     "AP": (None, "all"),
     "AP50": (0.5, "all"),
@@ -111,13 +116,17 @@ def evaluate(
     progress: bool = True,
     max_detections: int = 100,
     num_workers: int = 0,
+    labels: str = "all",
+    score_threshold: float | None = None,
 ) -> dict:
     """Runs ``model`` over ``dataset`` and returns its COCO metrics (see :func:`coco_metrics`).
 
     In eval mode the model must map images (B, 3, H, W) to a list of B pairs
     ``(boxes (N, 4) as x1, y1, x2, y2 in network-input pixels, classifications (N, C) class
-    probabilities)``. Each detection's label is the argmax class and its score the max
-    probability; the ``max_detections`` best per image are kept. Boxes are divided by
+    probabilities)``. With ``labels="all"`` (the default, the convention of torchvision's and
+    detectron2's RetinaNet) every (box, class) pair whose probability exceeds the score threshold
+    is a detection; with ``labels="argmax"`` each box is one detection with the argmax class and
+    the max probability. The ``max_detections`` best per image are kept. Boxes are divided by
     ``dataset.meta(i)["scale"]`` and clipped to the original image.
 
     Args:
@@ -129,10 +138,17 @@ def evaluate(
         progress: Show a tqdm progress bar.
         max_detections: Detections kept per image.
         num_workers: DataLoader worker processes.
+        labels: ``"all"`` (every (box, class) pair above ``score_threshold``) or ``"argmax"``.
+        score_threshold: smallest pair probability kept with ``labels="all"`` (default: the
+            model's ``score_threshold``, else 0.05).
 
     Returns:
         The dict of :func:`coco_metrics`.
     """
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
+    if score_threshold is None:
+        score_threshold = float(getattr(model, "score_threshold", DEFAULT_PAIR_THRESHOLD))
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -145,28 +161,21 @@ def evaluate(
         loader = tqdm(loader, desc="evaluate", unit="batch")
 
     detections: list[dict] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for images, _ in loader:
-                outputs = model(images.to(device))
-                if len(outputs) != images.shape[0]:
-                    raise ValueError(
-                        f"model returned {len(outputs)} outputs for a batch of {images.shape[0]}"
-                    )
-                for boxes, classifications in outputs:  # loop over images
-                    meta = dataset.meta(len(detections))
-                    detections.append(
-                        _to_original(boxes, classifications, meta, max_detections)
-                    )
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        for images, _ in loader:
+            outputs = model(images.to(device))
+            if len(outputs) != images.shape[0]:
+                raise ValueError(f"model returned {len(outputs)} outputs for a batch of {images.shape[0]}")
+            for boxes, classifications in outputs:  # loop over images
+                meta = dataset.meta(len(detections))
+                detections.append(_to_original(boxes, classifications, meta, max_detections,
+                                               labels=labels, score_threshold=score_threshold))
     return coco_metrics(dataset, detections, max_detections=max_detections)
 
 
 def _to_original(
-    boxes: torch.Tensor, classifications: torch.Tensor, meta: dict, max_detections: int
+    boxes: torch.Tensor, classifications: torch.Tensor, meta: dict, max_detections: int, *,
+    labels: str = "argmax", score_threshold: float = 0.0,
 ) -> dict:
     """Turns one image's network output into a detection dict in original pixels."""
     if boxes.ndim != 2 or boxes.shape[1] != 4 or classifications.ndim != 2 or (
@@ -181,9 +190,12 @@ def _to_original(
         scores = classifications.new_zeros((0,))
         labels = torch.zeros((0,), dtype=torch.int64)
         boxes = boxes[:0]
+    elif labels == "all":
+        box_index, labels = (classifications > score_threshold).nonzero(as_tuple=True)  # (K,), (K,)
+        scores, boxes = classifications[box_index, labels], boxes[box_index]
     else:
         scores, labels = classifications.max(dim=1)  # (N,), (N,)
-    keep = scores.argsort(descending=True)[:max_detections]
+    keep = scores.argsort(descending=True, stable=True)[:max_detections]
     h, w = meta["orig_size"]
     boxes = boxes[keep] / meta["scale"]
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)

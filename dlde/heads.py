@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,29 +61,108 @@ class Regression(nn.Module):
         return torch.cat([self.head(x) for x in feature_maps], dim=1)
 
 
-class SigmoidClassification(nn.Module):
+class ClassificationHead(nn.Module):
+    """The protocol every classification head of :class:`dlde.RetinaNet` follows.
+
+    A head is built by the detector from ``(in_channels, anchors, features, classes)`` plus its
+    own options (a frozen dataclass ``Options`` next to the head; see :mod:`dlde.models` for the
+    name -> head map). It must provide:
+
+    * ``forward(feature_maps, anchors=None, annotations=None, *, assignment=None)`` -> class
+      probabilities ``(B, A, C)`` in [0, 1], in the anchor order of :class:`dlde.Anchors`. In
+      training mode the detector passes the batch's :class:`dlde.Assignment` (computed once per
+      step and shared with the loss); a head with tracked state tracks it *after* scoring.
+    * ``options()`` -> the JSON-able options that rebuild it (stored in checkpoints).
+
+    Heads with tracked state (``has_tracked_means = True``) also implement the hooks below; the
+    defaults do nothing, so the trainer calls them on every head without asking which it is.
+    Heads with an embedding space implement :meth:`embed` and :meth:`class_directions`.
+    """
+
+    name: ClassVar[str] = ""
+    has_tracked_means: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Options:
+        """The head's own options and their defaults (subclasses define theirs)."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` validated against :class:`Options` (a misspelt key fails loudly)."""
+        names = {f.name for f in fields(cls.Options)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ValueError(f"unknown options {unknown} for the {cls.name!r} head; valid: {sorted(names)}")
+        return dict(options)
+
+    @classmethod
+    def build(cls, in_channels: int, anchors: int, features: int, classes: int, *, convs: int = 4,
+              group_norm: bool = False, assignation_thresholds: Mapping[str, float] | None = None,
+              allow_low_quality_matches: bool = True, **options: Any) -> "ClassificationHead":
+        """The head for a detector: what :class:`dlde.RetinaNet` calls with its own settings."""
+        return cls(in_channels, anchors, features, classes, convs=convs, group_norm=group_norm,
+                   **cls.check_options(options))
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options that rebuild this head (JSON-able)."""
+        raise NotImplementedError
+
+    def embed(self, feature_maps: Sequence[Tensor]) -> Tensor:
+        """Unit embeddings ``(B, A, d)`` of all levels (heads with an embedding space)."""
+        raise TypeError(f"the {self.name or type(self).__name__!r} head has no embedding space")
+
+    def class_directions(self) -> Tensor | None:
+        """``(C, d)`` unit direction of each class in the embedding space (None: no such space)."""
+        return None
+
+    def track(self, embeddings: Tensor, assignment) -> None:
+        """Tracked-state heads: update from the embeddings of anchors matched in ``assignment``."""
+        raise TypeError(f"the {self.name or type(self).__name__!r} head has no tracked state")
+
+    def reset_statistics(self) -> None:
+        """Clear per-epoch diagnostics of the tracked state."""
+
+    def update_means(self) -> None:
+        """Apply updates accumulated since the last call (e.g. 'manual' means, once per epoch)."""
+
+    def means_snapshot(self) -> tuple[Tensor, Tensor] | None:
+        """``(means (C, d), concentration (C,))`` of the tracked state, or None."""
+        return None
+
+    def tracked_sums(self) -> list[Tensor]:
+        """Tensors summed over processes before an update in distributed training (empty: none)."""
+        return []
+
+
+class SigmoidClassification(ClassificationHead):
     """The ordinary RetinaNet classifier: one sigmoid per class and anchor.
 
     The output bias starts at ``-log((1 - prior) / prior)`` so every class begins with probability
-    ``prior``. ``forward(feature_maps, anchors=None, annotations=None, classify=True)`` has the
-    signature of :class:`dlde.DirectionalClassification` so the two heads are interchangeable;
-    it returns probabilities ``(B, A, C)`` (or None when ``classify`` is False) and ignores the
-    anchors and annotations.
+    ``prior``. ``forward`` returns probabilities ``(B, A, C)`` and ignores anchors, annotations and
+    the assignment.
     """
 
+    name = "retinanet"
+
+    @dataclass(frozen=True)
+    class Options:
+        prior: float = 0.01
+
     def __init__(self, in_channels: int, anchors: int, features: int, classes: int, *,
-                 prior: float = 0.01, convs: int = 4, group_norm: bool = False):
+                 prior: float = Options.prior, convs: int = 4, group_norm: bool = False):
         super().__init__()
         self.classes = classes
+        self.prior = float(prior)
         self.head = SubModule(in_channels, classes, anchors, features, convs=convs, group_norm=group_norm)
         nn.init.constant_(self.head.last.bias, -math.log((1 - prior) / prior))
+
+    def options(self) -> dict[str, Any]:
+        return {"prior": self.prior}
 
     def logits(self, feature_maps: Sequence[Tensor]) -> Tensor:
         """Class logits ``(B, A, C)``."""
         return torch.cat([self.head(x) for x in feature_maps], dim=1)
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
-                annotations: Tensor | None = None, classify: bool = True) -> Tensor | None:
-        if not classify:
-            return None
+                annotations: Tensor | None = None, *, assignment=None) -> Tensor:
         return torch.sigmoid(self.logits(feature_maps).float())

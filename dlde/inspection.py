@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .anchors import assign_batch
+from .modes import evaluating
 from .transforms import DetectionTransform, collate
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -27,37 +27,28 @@ def matched_embeddings(model: nn.Module, dataset, *, max_images: int | None = 20
     """Unit embeddings of the anchors matched to ground-truth objects (the ones the means track).
 
     Args:
-        model: a :class:`dlde.DLDENetWithTrackedMeans`.
+        model: a detector whose head has an embedding space (DLDENet, learned prototypes).
         dataset: a :class:`dlde.CocoDetection` (first ``max_images`` items are used).
         max_images: how many images to embed (None: all).
         batch_size: images per forward pass.
+        progress: unused (kept for compatibility; the pass is short).
 
     Returns:
         ``(embeddings (N, d) float32, labels (N,) int64)``.
     """
-    if not hasattr(model, "embeddings"):
-        raise TypeError(f"{type(model).__name__} has no embeddings: use a DLDENetWithTrackedMeans")
     if max_images is not None:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))
     device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    if progress:
-        from tqdm.auto import tqdm
-        loader = tqdm(loader, desc="embeddings", leave=False)
     collected, labels = [], []
-    try:
-        for images, annotations in loader:
-            anchors, embeddings = model.embeddings(images.to(device))
-            assignment = assign_batch(anchors[0], annotations.to(device), model.assignation_thresholds,
-                                      allow_low_quality_matches=model.allow_low_quality_matches)
+    d = 0
+    with evaluating(model):
+        for images, annotations in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+            anchors, embeddings = model.embeddings(images.to(device))  # TypeError for heads without embeddings
+            assignment = model.assign(anchors, annotations.to(device))
             objects = assignment.objects_mask
             collected.append(embeddings[objects].cpu())
             labels.append(assignment.assigned_annotations[..., 4][objects].long().cpu())
-    finally:
-        model.train(was_training)
-    d = model.embedding_size
+            d = embeddings.shape[-1]
     embeddings = torch.cat(collected) if collected else torch.zeros(0, d)
     return embeddings.numpy().astype(np.float32), (torch.cat(labels) if labels else torch.zeros(0)).numpy().astype(np.int64)
 

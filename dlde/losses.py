@@ -1,14 +1,14 @@
 """Detection losses: focal loss on class probabilities and box regression on positives."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
-from .anchors import assign_batch
+from .anchors import Assignment, assign_batch
 from .boxes import BoxCoder
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
@@ -60,7 +60,8 @@ def focal_loss(probabilities: Tensor, targets: Tensor, *, alpha: float = 0.25, g
 def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor, annotations: Tensor, *,
                    thresholds: Mapping[str, float] | None = None, box_coder: BoxCoder | None = None,
                    alpha: float = 0.25, gamma: float = 2.0, box_loss: str = "smooth_l1",
-                   allow_low_quality_matches: bool = True) -> dict[str, Tensor]:
+                   allow_low_quality_matches: bool = True, assignment: Assignment | None = None,
+                   positives_reducer: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """RetinaNet losses for a batch.
 
     Args:
@@ -73,6 +74,11 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
         alpha, gamma: focal-loss parameters.
         box_loss: ``'smooth_l1'`` (beta 1/9) or ``'l1'`` on deltas, or ``'giou'`` on decoded boxes.
         allow_low_quality_matches: each annotation's best anchor is a positive too.
+        assignment: the batch's anchor assignment when already computed (the detector's forward
+            computes it once per step); otherwise the anchors are matched here.
+        positives_reducer: maps this process's number of positive anchors to the normalizer, e.g.
+            the mean over processes in distributed training (detectron2's convention), so N
+            processes of batch B give the gradient of one process of batch N * B.
 
     Returns:
         ``{'classification': focal loss over non-ignored anchors, 'bbox_regression': box loss over
@@ -86,13 +92,17 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     annotations = check_annotations(annotations, classes, batch)
     if anchors.dim() == 3:
         anchors = anchors[0]
-    with torch.no_grad():
-        assignment = assign_batch(anchors, annotations.to(anchors.device), thresholds,
-                                  allow_low_quality_matches=allow_low_quality_matches)
+    if assignment is None:
+        with torch.no_grad():
+            assignment = assign_batch(anchors, annotations.to(anchors.device), thresholds,
+                                      allow_low_quality_matches=allow_low_quality_matches)
     objects = assignment.objects_mask  # (B, A)
     valid = objects | assignment.background_mask
     labels = assignment.assigned_annotations[..., 4][objects].long()  # (N,)
-    positives = objects.sum().clamp(min=1).to(torch.float32)
+    positives = objects.sum().to(torch.float32)
+    if positives_reducer is not None:
+        positives = positives_reducer(positives)
+    positives = positives.clamp(min=1)
     # Every (anchor, class) is scored as a negative, then the N positive pairs are corrected:
     # a handful of passes over the (B, A, C) tensor instead of a dense one-hot target.
     eps = 1e-6

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .detector import DLDENetWithTrackedMeans, RetinaNet
+from .models import load_detector
 
 
 @dataclass
@@ -42,8 +42,7 @@ class Run:
         """The model of the last saved epoch, in eval mode."""
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint} does not exist: the run has not finished an epoch")
-        cls = DLDENetWithTrackedMeans if self.config.get("model", "dlde") == "dlde" else RetinaNet
-        return cls.from_checkpoint(self.checkpoint, device=device).eval()
+        return load_detector(self.checkpoint, device=device).eval()
 
     def datasets(self):
         """``(train, val)`` datasets of the run's configuration."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import random
@@ -27,15 +28,34 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .analysis import concentration_from_sums
+from .anchors import DEFAULT_THRESHOLDS
+from .checkpoints import atomic_save, check_finite_state, load_checkpoint
 from .coco import CocoDetection
-from .detector import DLDENetWithTrackedMeans, RetinaNet, atomic_save
-from .digits import make_digits_dataset
+from .detector import DEFAULT_FEATURES, RetinaNet
+from .digits import default_digits_root, make_digits_dataset
+from .directional import DirectionalClassification
 from .evaluation import evaluate
+from .losses import BOX_LOSSES
+from .means import MEANS_INITS, MEANS_UPDATES
+from .models import HEADS, build_detector, head_option_names
+from .modes import evaluating
+from .prototypes import CosinePrototypeClassification
 from .transforms import DetectionTransform, collate
 
-MODELS = {"dlde": DLDENetWithTrackedMeans, "retinanet": RetinaNet}
 SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+DATASETS = ("digits", "coco")
+NONFINITE = ("raise", "skip")
+#: Fields whose allowed values are listed by ``--help`` and checked by the config.
+CHOICES = {"model": tuple(sorted(HEADS)), "dataset": DATASETS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
+           "means_update": MEANS_UPDATES, "means_init": MEANS_INITS, "box_loss": BOX_LOSSES,
+           "nonfinite": NONFINITE}
+#: Fields that change how a run is shown or stored, never its numbers: free to differ on resume.
+BOOKKEEPING = ("run_dir", "resume", "overwrite", "progress", "allow_changed", "device", "num_workers",
+               "eval_batch_size")
+_DETECTOR = inspect.signature(RetinaNet.__init__).parameters
+_DIRECTIONAL = DirectionalClassification.Options
+_PROTOTYPES = CosinePrototypeClassification.Options
 
 
 @dataclass(frozen=True)
@@ -50,7 +70,7 @@ class TrainConfig:
     run_dir: str = "runs/default"
     # data
     dataset: str = "digits"
-    data_root: str = "data/digits"
+    data_root: str | None = None  # digits: None derives data/digits-<hash of the digits_* settings>
     train_images: str | None = None
     train_annotations: str | None = None
     val_images: str | None = None
@@ -65,27 +85,29 @@ class TrainConfig:
     min_size: int = 128
     max_size: int = 128
     flip_prob: float = 0.0
-    # model
+    # model: defaults come from the components (written once there)
     model: str = "dlde"
-    resnet: int = 18
-    pretrained: bool = False
+    resnet: int = _DETECTOR["resnet"].default
+    pretrained: bool = False  # the detector's default loads ImageNet weights; the trainer starts from scratch
     fpn_levels: tuple[int, ...] = (3, 4, 5, 6, 7)
-    pyramid_channels: int = 256
-    head_channels: int = 256
-    head_convs: int = 4
-    group_norm: bool = False
+    pyramid_channels: int = DEFAULT_FEATURES["pyramid"]
+    head_channels: int = DEFAULT_FEATURES["classification"]
+    head_convs: int = _DETECTOR["head_convs"].default
+    group_norm: bool = _DETECTOR["group_norm"].default
     anchor_sizes: tuple[float, ...] | None = None
     anchor_scales: tuple[float, ...] | None = None
     anchor_ratios: tuple[float, ...] | None = None
-    embedding_size: int = 256
-    means_update: str = "batch"
-    means_lr: float = 0.1
-    means_init: str = "orthogonal"
+    embedding_size: int = _DIRECTIONAL.embedding_size
+    means_update: str = _DIRECTIONAL.means_update
+    means_lr: float = _DIRECTIONAL.means_lr
+    means_init: str = _DIRECTIONAL.means_init
+    cosine_scale: float = _PROTOTYPES.cosine_scale
+    learn_scale: bool = _PROTOTYPES.learn_scale
     init_means: bool = False
     init_batches: int | None = 25
-    object_iou: float = 0.5
-    background_iou: float = 0.4
-    box_loss: str = "smooth_l1"
+    object_iou: float = DEFAULT_THRESHOLDS["object"]
+    background_iou: float = DEFAULT_THRESHOLDS["background"]
+    box_loss: str = _DETECTOR["box_loss"].default
     # optimisation
     epochs: int = 8
     batch_size: int = 16
@@ -97,6 +119,7 @@ class TrainConfig:
     step_milestones: tuple[float, ...] = (0.67, 0.89)
     grad_clip: float | None = 10.0
     amp: bool = False
+    nonfinite: str = "raise"  # a NaN/Inf input or loss: "raise" (stop, state intact) or "skip" the step (counted)
     # bookkeeping
     seed: int = 0
     threads: int | None = None  # intra-op CPU threads; None: torch's default on this machine (recorded)
@@ -105,25 +128,33 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int = 32
     resume: bool = False
+    overwrite: bool = False  # start afresh in a run folder that holds another run (its run files are replaced)
+    allow_changed: tuple[str, ...] = ()  # with resume: config fields allowed to differ from the saved run
     progress: bool = True
     max_train_batches: int | None = None
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.dataset not in ("digits", "coco"):
-            raise ValueError(f"dataset must be 'digits' or 'coco', got {self.dataset!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {getattr(self, name)!r}")
         if self.dataset == "coco" and not all((self.train_images, self.train_annotations,
                                                self.val_images, self.val_annotations)):
             raise ValueError("dataset='coco' needs train_images, train_annotations, val_images and val_annotations")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 < self.means_lr <= 1:
+            raise ValueError(f"means_lr must be in (0, 1], got {self.means_lr}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        unknown = sorted(set(self.allow_changed) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"allow_changed names unknown fields {unknown}")
+
+    def head_options(self) -> dict[str, Any]:
+        """The options of this config's head (:data:`dlde.models.HEADS`) that the config sets."""
+        return {name: getattr(self, name) for name in head_option_names(self.model) if hasattr(self, name)}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, preset: str | None = None) -> "TrainConfig":
@@ -145,7 +176,7 @@ class TrainConfig:
 #: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(
-        run_dir="runs/digits", data_root="data/digits", digits_canvas_size=64, digits_size=(12, 24),
+        run_dir="runs/digits", digits_canvas_size=64, digits_size=(12, 24),
         digits_per_image=(1, 3), digits_train_images=2000, digits_val_images=400, min_size=64, max_size=64,
         fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2, group_norm=True,
         anchor_sizes=(12.0, 24.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), anchor_ratios=(1.0,),
@@ -175,11 +206,11 @@ class TrainResult:
 def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
     """Training and validation datasets of a config (generating the digits if needed)."""
     if config.dataset == "digits":
-        paths = make_digits_dataset(
-            config.data_root, seed=config.digits_seed, canvas_size=config.digits_canvas_size,
-            digit_size=config.digits_size, digits_per_image=config.digits_per_image,
-            train_images=config.digits_train_images, val_images=config.digits_val_images,
-            classes=config.digits_classes)
+        params = dict(seed=config.digits_seed, canvas_size=config.digits_canvas_size,
+                      digit_size=config.digits_size, digits_per_image=config.digits_per_image,
+                      train_images=config.digits_train_images, val_images=config.digits_val_images,
+                      classes=config.digits_classes)
+        paths = make_digits_dataset(config.data_root or default_digits_root("data", **params), **params)
         train_images, train_annotations = paths.train_images_dir, paths.train_annotations
         val_images, val_annotations = paths.val_images_dir, paths.val_annotations
     else:
@@ -196,21 +227,17 @@ def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
     return train, val
 
 
-def build_model(config: TrainConfig, classes: int) -> nn.Module:
-    """The detector of a config (DLDENet or the sigmoid baseline)."""
+def build_model(config: TrainConfig, classes: int) -> RetinaNet:
+    """The detector of a config: the head registered as ``config.model`` (:data:`dlde.models.HEADS`)."""
     anchors = {key: list(value) for key, value in (("sizes", config.anchor_sizes), ("scales", config.anchor_scales),
                                                    ("ratios", config.anchor_ratios)) if value is not None}
-    common = dict(resnet=config.resnet, pretrained=config.pretrained, fpn_levels=list(config.fpn_levels),
-                  anchors=anchors or None,
-                  features={"pyramid": config.pyramid_channels, "regression": config.head_channels,
-                            "classification": config.head_channels},
-                  head_convs=config.head_convs, group_norm=config.group_norm, box_loss=config.box_loss,
-                  assignation_thresholds={"object": config.object_iou, "background": config.background_iou})
-    if config.model == "dlde":
-        return DLDENetWithTrackedMeans(classes, embedding_size=config.embedding_size,
-                                       means_update=config.means_update, means_lr=config.means_lr,
-                                       means_init=config.means_init, **common)
-    return RetinaNet(classes, **common)
+    return build_detector(
+        config.model, classes, head_options=config.head_options(), resnet=config.resnet,
+        pretrained=config.pretrained, fpn_levels=list(config.fpn_levels), anchors=anchors or None,
+        features={"pyramid": config.pyramid_channels, "regression": config.head_channels,
+                  "classification": config.head_channels},
+        head_convs=config.head_convs, group_norm=config.group_norm, box_loss=config.box_loss,
+        assignation_thresholds={"object": config.object_iou, "background": config.background_iou})
 
 
 def lr_lambda(step: int, total: int, config: TrainConfig) -> float:
@@ -302,52 +329,98 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------- training
-def initialize_means(model: DLDENetWithTrackedMeans, dataset, config: TrainConfig, device) -> None:
+def initialize_means(model: RetinaNet, dataset, config: TrainConfig, device) -> None:
     """A pass over ``dataset`` (``config.init_batches`` shuffled batches, or all) in eval mode that
     tracks the means without training, so no class starts without a mean.
 
     In ``'manual'`` mode the accumulated sums then become the means.
     """
-    was_training = model.training
-    model.eval()
     loader = _loader(dataset, config, shuffle=True, epoch=0)
     total = len(loader) if config.init_batches is None else min(len(loader), config.init_batches)
     progress = _Progress(config.progress, total, "init means")
-    for index, (images, annotations) in enumerate(loader):
-        if index >= total:
-            break
-        model(images.to(device), annotations.to(device), initializing=True)
-        progress.step()
+    with evaluating(model):
+        for index, (images, annotations) in enumerate(loader):
+            if index >= total:
+                break
+            model(images.to(device), annotations.to(device), initializing=True)
+            progress.step()
     progress.close()
     model.update_means()
-    model.train(was_training)
 
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, dataset, config: TrainConfig, device) -> float:
     """Mean total loss over ``dataset`` in eval mode (no tracking, no gradient)."""
-    was_training = model.training
-    model.eval()
-    model.evaluate_loss = True
     total, batches = 0.0, 0
-    try:
+    with evaluating(model, evaluate_loss=True):
         for images, annotations in _loader(dataset, config, shuffle=False, batch_size=config.eval_batch_size):
             images, annotations = images.to(device), annotations.to(device)
             losses = model.loss(*model(images), annotations)
             total += float(sum(losses.values()))
             batches += 1
-    finally:
-        model.evaluate_loss = False
-        model.train(was_training)
     return total / max(1, batches)
 
 
-def _means_snapshot(model) -> tuple[np.ndarray, np.ndarray] | None:
-    if not isinstance(model, DLDENetWithTrackedMeans):
+def _means_snapshot(model: RetinaNet) -> tuple[np.ndarray, np.ndarray] | None:
+    snapshot = model.means_snapshot()
+    if snapshot is None:
         return None
-    tracker = model.classification.tracker
-    kappa = concentration_from_sums(tracker.stat_sums.cpu(), tracker.stat_counts.cpu())
-    return tracker.means.detach().cpu().numpy().copy(), kappa
+    means, kappa = snapshot
+    return means.numpy(), np.asarray(kappa, dtype=np.float64)
+
+
+#: The files a run writes into its folder; their presence means the folder holds a run.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "means_history.npy", "kappa_history.npy")
+
+
+def _claim_run_dir(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """Make sure ``run_dir`` belongs to this run; return the saved record when resuming.
+
+    A folder holding another run's files is refused unless ``resume`` (same config; fields in
+    ``allow_changed`` may differ and are recorded) or ``overwrite`` (its run files are removed;
+    other files are left alone).
+    """
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return None
+    if config.overwrite:
+        for name in present:
+            (run_dir / name).unlink()
+        return None
+    if not config.resume:
+        raise FileExistsError(f"run folder {run_dir} already holds a run ({', '.join(present)}): pass "
+                              "resume=True (--resume true) to continue it, overwrite=True (--overwrite true) "
+                              "to replace it, or choose another run_dir")
+    record_file = run_dir / "config.json"
+    if not record_file.exists():
+        raise FileExistsError(f"cannot resume {run_dir}: it has no config.json, so its run is unknown; "
+                              "pass overwrite=True to start afresh")
+    try:
+        record = json.loads(record_file.read_text())
+        saved = record["config"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{record_file}: not a dlde run record ({error})") from None
+    current = config.to_dict()
+    changed = {key: (saved.get(key), current[key]) for key in current
+               if key not in BOOKKEEPING and saved.get(key, current[key]) != current[key]}
+    refused = sorted(set(changed) - set(config.allow_changed))
+    if refused:
+        shown = ", ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused)
+        raise ValueError(f"cannot resume {run_dir} with a different config ({shown}); resume with the saved "
+                         f"values, or allow the change explicitly with allow_changed={refused}")
+    if changed:
+        record.setdefault("resumed_with_changes", []).append(
+            {"changed": {key: {"from": old, "to": new} for key, (old, new) in changed.items()},
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        record["config"] = current
+        _write_json(record_file, record)
+    return record
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2))
+    temporary.replace(path)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
@@ -359,6 +432,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved_record = _claim_run_dir(run_dir, config)
     device = _device(config)
     if config.threads is not None:
         if config.threads < 1:
@@ -386,7 +460,8 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     start_epoch = 1
     checkpoint_path = run_dir / "checkpoint.pt"
     if config.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint_path)
+        check_finite_state(state["model"], str(checkpoint_path))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -397,12 +472,13 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         kappa_history = [k.numpy() for k in state.get("kappa_history", [])]
         start_epoch = int(state["epoch"]) + 1
     else:
-        config_record = {"config": config.to_dict(), "class_names": train_set.class_names,
-                         "category_ids": train_set.category_ids, "environment": environment(device)}
-        (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
-        is_dlde = isinstance(model, DLDENetWithTrackedMeans)
-        if is_dlde and (config.init_means or (config.means_update == "manual" and config.means_init == "zeros")):
-            model.classification.tracker.reset_statistics()
+        if saved_record is None:
+            config_record = {"config": config.to_dict(), "class_names": train_set.class_names,
+                             "category_ids": train_set.category_ids, "environment": environment(device)}
+            _write_json(run_dir / "config.json", config_record)
+        zero_manual = config.means_update == "manual" and config.means_init == "zeros"
+        if model.has_tracked_means and (config.init_means or zero_manual):
+            model.reset_statistics()
             initialize_means(model, train_set, config, device)
         snapshot = _means_snapshot(model)
         if snapshot is not None:
@@ -413,22 +489,32 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         model.train()
-        if isinstance(model, DLDENetWithTrackedMeans):
-            model.classification.tracker.reset_statistics()
+        model.reset_statistics()
         sums = {"loss": 0.0, "classification": 0.0, "bbox_regression": 0.0}
-        batches = 0
+        batches = skipped = 0
         loader = _loader(train_set, config, shuffle=True, epoch=epoch)
         progress = _Progress(config.progress, batches_per_epoch, f"epoch {epoch}/{config.epochs}")
         for images, annotations in loader:
-            if batches >= batches_per_epoch:
+            if batches + skipped >= batches_per_epoch:
                 break
             images, annotations = images.to(device), annotations.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                losses = model.loss(*model(images, annotations), annotations)
-            loss = losses["classification"] + losses["bbox_regression"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, batch {batches}; "
-                                         f"the last good state is in {checkpoint_path}")
+            where = f"epoch {epoch}, batch {batches + skipped}"
+            problem = None if torch.isfinite(images).all() else "non-finite (NaN/Inf) pixels in the input images"
+            if problem is None:
+                with torch.autocast(device.type, enabled=use_amp):
+                    output = model(images, annotations)
+                    losses = model.loss(*output, annotations, assignment=output.assignment)
+                loss = losses["classification"] + losses["bbox_regression"]
+                if not torch.isfinite(loss):
+                    problem = f"non-finite loss {loss.item()}"
+            if problem is not None:
+                if config.nonfinite == "raise":
+                    raise FloatingPointError(f"{problem} at {where}; the step was refused before it reached the "
+                                             f"means or the optimizer. The last good state is in {checkpoint_path}; "
+                                             "nonfinite='skip' skips such steps instead")
+                skipped += 1
+                progress.step()
+                continue
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip is not None:
@@ -443,12 +529,13 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
             sums["bbox_regression"] += losses["bbox_regression"].item()
             progress.step(loss=f"{sums['loss'] / batches:.3f}")
         progress.close()
-        if isinstance(model, DLDENetWithTrackedMeans):
-            model.update_means()  # 'manual' mode: one update per epoch; no-op in 'batch' mode
+        model.update_means()  # 'manual' means: one update per epoch; a no-op otherwise
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                "train_loss": sums["loss"] / max(1, batches),
                                "train_cls_loss": sums["classification"] / max(1, batches),
                                "train_box_loss": sums["bbox_regression"] / max(1, batches)}
+        if skipped:
+            row["skipped_steps"] = skipped
         row["train_time_s"] = time.perf_counter() - started
         row["val_loss"] = validation_loss(model, val_set, config, device)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -487,8 +574,10 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
 
 def _save_training_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, metrics, means_history,
                          kappa_history) -> None:
+    state = model.state_dict()
+    check_finite_state(state, f"model of epoch {epoch} (not saved to {path})")
     atomic_save({
-        "model": model.state_dict(),
+        "model": state,
         "hyperparameters": {"model": model.constructor_arguments()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -521,21 +610,28 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dlde.train", description="Train DLDENet or the sigmoid baseline.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="starting configuration")
+def _parser(preset: str = "digits") -> argparse.ArgumentParser:
+    """The CLI: every :class:`TrainConfig` field is a flag; ``--help`` shows the defaults of ``preset``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dlde.train", description="Train a detector (DLDENet, the sigmoid baseline or learned "
+        "cosine prototypes). Every flag overrides the preset; --help shows the defaults of the preset given "
+        "with --preset.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=preset, help="starting configuration")
+    base = PRESETS[preset]
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(PRESETS["digits"], f.name)
-        if f.type in ("bool",):
-            parser.add_argument(flag, dest=f.name, type=_bool, default=None, metavar="BOOL",
-                                help=f"(preset digits: {default})")
-        elif isinstance(default, tuple) or "tuple" in str(f.type):
-            parser.add_argument(flag, dest=f.name, type=float if "float" in str(f.type) else int, nargs="+",
-                                default=None, help=f"(preset digits: {default})")
+        default = getattr(base, f.name)
+        shown = f"preset {preset}: {default}"
+        type_name = str(f.type)
+        if type_name == "bool":
+            parser.add_argument(flag, dest=f.name, type=_bool, default=None, metavar="BOOL", help=shown)
+        elif "tuple" in type_name:
+            kind = float if "float" in type_name else str if "str" in type_name else int
+            parser.add_argument(flag, dest=f.name, type=kind, nargs="+", default=None, help=shown)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(preset digits: {default})")
+            kind = {"int": int, "float": float}.get(type_name.split(" |")[0], str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name),
+                                help=shown)
     return parser
 
 
@@ -548,11 +644,19 @@ def _bool(text: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    args = vars(_parser().parse_args(argv))
+    """``python -m dlde.train``: bad values and refused runs end with a one-line error (exit 2)."""
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument("--preset", choices=sorted(PRESETS), default="digits")
+    preset_args, _ = preset_parser.parse_known_args(argv)
+    parser = _parser(preset_args.preset)
+    args = vars(parser.parse_args(argv))
     preset = args.pop("preset")
     overrides = {key: value for key, value in args.items() if value is not None}
-    config = TrainConfig.from_dict(overrides, preset=preset)
-    result = train(config)
+    try:
+        config = TrainConfig.from_dict(overrides, preset=preset)
+        result = train(config)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(json.dumps({key: value for key, value in result.metrics[-1].items() if key != "per_class_AP"}, indent=1))
     return result
 

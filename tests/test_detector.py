@@ -175,8 +175,9 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     path = model.save(tmp_path / "ckpt" / "model.pt", epoch=3)
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left behind
     raw = torch.load(path, weights_only=True)
-    params = raw["hyperparameters"]["model"]
-    assert params["means_update"] == "manual" and params["means_lr"] == 0.3 and raw["epoch"] == 3
+    head = raw["hyperparameters"]["model"]["head"]
+    assert head["name"] == "dlde" and raw["epoch"] == 3
+    assert head["options"]["means_update"] == "manual" and head["options"]["means_lr"] == 0.3
     restored = DLDENetWithTrackedMeans.from_checkpoint(str(path))
     assert restored.hyperparameters == model.hyperparameters
     assert restored.classification.means_update == "manual" and restored.classification.means_lr == 0.3

@@ -9,9 +9,10 @@ from dlde import DirectionalClassification, TrackedMeans
 
 
 
-def make_head(classes=3, d=4, mode="batch", lr=0.1):
+def make_head(classes=3, d=4, mode="batch", lr=0.1, init="zeros"):
+    """The seed's set-up: zero means until first tracked (closed forms below assume it)."""
     return DirectionalClassification(8, d, 1, 8, classes, {"object": 0.5, "background": 0.4},
-                                     means_update=mode, means_lr=lr)
+                                     means_update=mode, means_lr=lr, means_init=init)
 
 
 def test_initial_values_and_buffers():

@@ -21,7 +21,7 @@ def test_load_run_reads_the_record(run):
     assert [row["epoch"] for row in run.metrics] == [1] and run.last["epoch"] == 1
     assert run.means_history.shape == (2, 3, 8) and run.kappa_history.shape == (2, 3)
     model = run.load_model()
-    assert not model.training and model.embedding_size == 8
+    assert not model.training and model.classification.embedding_size == 8
 
 
 def test_load_run_explains_a_missing_folder(tmp_path):

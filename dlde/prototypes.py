@@ -1,0 +1,93 @@
+"""Learned cosine prototypes (TFA-style): the cosine classifier without tracked means.
+
+It isolates what the tracked means add from what the cosine classifier adds: the same unit
+embedding as DLDENet's head, but one *learned* prototype per class, trained by gradient.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .heads import ClassificationHead, SubModule
+
+
+class CosinePrototypeClassification(ClassificationHead):
+    """Scores ``p_c = sigmoid(s * cos(e, w_c) + b_c)`` with a learned prototype ``w_c`` per class.
+
+    Every anchor gets a unit embedding ``e`` (as in :class:`dlde.DirectionalClassification`);
+    ``w_c`` is renormalised at every forward (Wang et al., TFA, ICML 2020), ``s`` is a fixed or
+    learned scale and ``b_c`` starts at ``-log((1 - prior) / prior)``, so every class begins near
+    probability ``prior``. Trained with the sigmoid focal loss like the baseline.
+
+    Args:
+        in_channels: channels of each pyramid level.
+        anchors: anchors per location.
+        features: channels inside the encoder tower.
+        classes: number of classes ``C``.
+        embedding_size: dimension ``d`` of the embeddings.
+        scale: the cosine scale ``s`` (TFA uses 20).
+        learn_scale: learn ``s`` (through its logarithm) instead of keeping it fixed.
+        prior: initial class probability.
+        convs, group_norm: the encoder tower.
+    """
+
+    name = "prototypes"
+
+    @dataclass(frozen=True)
+    class Options:
+        embedding_size: int = 128
+        cosine_scale: float = 20.0
+        learn_scale: bool = False
+        prior: float = 0.01
+
+    def __init__(self, in_channels: int, anchors: int, features: int, classes: int, *,
+                 embedding_size: int = Options.embedding_size, cosine_scale: float = Options.cosine_scale,
+                 learn_scale: bool = Options.learn_scale, prior: float = Options.prior, convs: int = 4,
+                 group_norm: bool = False):
+        super().__init__()
+        if int(embedding_size) < 2:
+            raise ValueError(f"embedding_size must be at least 2, got {embedding_size}")
+        if not cosine_scale > 0:
+            raise ValueError(f"cosine_scale must be positive, got {cosine_scale}")
+        self.classes, self.embedding_size = int(classes), int(embedding_size)
+        self.learn_scale, self.prior = bool(learn_scale), float(prior)
+        self.encoder = SubModule(in_channels, self.embedding_size, anchors, features, convs=convs,
+                                 group_norm=group_norm)
+        self.prototypes = nn.Parameter(F.normalize(torch.randn(self.classes, self.embedding_size), dim=1))
+        self.bias = nn.Parameter(torch.full((self.classes,), -math.log((1 - prior) / prior)))
+        log_scale = torch.tensor(math.log(cosine_scale))
+        if self.learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp()
+
+    def options(self) -> dict:
+        return {"embedding_size": self.embedding_size, "cosine_scale": float(self.scale.detach()),
+                "learn_scale": self.learn_scale, "prior": self.prior}
+
+    def embed(self, feature_maps: Sequence[Tensor]) -> Tensor:
+        """Unit embeddings ``(B, A, d)`` of all levels."""
+        return torch.cat([F.normalize(self.encoder(x).float(), dim=-1, eps=1e-12) for x in feature_maps], dim=1)
+
+    def class_directions(self) -> Tensor:
+        return F.normalize(self.prototypes.detach(), dim=1)
+
+    def classify(self, embeddings: Tensor) -> Tensor:
+        """Probabilities ``(..., C)`` of unit embeddings ``(..., d)``."""
+        weights = F.normalize(self.prototypes, dim=1) * self.scale  # (C, d)
+        flat = embeddings.reshape(-1, embeddings.shape[-1])
+        logits = torch.addmm(self.bias, flat, weights.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
+        return torch.sigmoid(logits)
+
+    def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
+                annotations: Tensor | None = None, *, assignment=None) -> Tensor:
+        return self.classify(self.embed(feature_maps))

@@ -173,17 +173,30 @@ class RetinaNet(nn.Module):
                                      convs=self.head_convs, group_norm=self.group_norm)
 
     # ----------------------------------------------------------------------------------- forward
-    def _check_images(self, images: Tensor) -> None:
+    def _check_images(self, images: Tensor) -> Tensor:
+        """Validate a batch ``(B, 3, H, W)`` and return it in the dtype of the weights (a float64
+        batch is cast; AMP's autocast still applies inside)."""
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be a float tensor (B, 3, H, W), got {shape}")
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point (normalized), got {images.dtype}")
+        if images.shape[-1] < 1 or images.shape[-2] < 1:
+            raise ValueError(f"images must have a positive height and width, got {tuple(images.shape)}")
+        parameter = next(self.parameters(), None)
+        if parameter is not None and images.dtype != parameter.dtype:
+            images = images.to(parameter.dtype)
+        return images
 
     def forward(self, images: Tensor, annotations: Tensor | None = None, initializing: bool = False):
         """See the class docstring. ``initializing=True`` only tracks the batch (heads with tracked
-        means; no gradient) and returns None."""
-        self._check_images(images)
+        means; no gradient) and returns None. An empty batch ``(0, 3, H, W)`` gives ``[]`` in eval
+        mode and a clear error in training."""
+        images = self._check_images(images)
+        if images.shape[0] == 0:
+            if self.training or self.evaluate_loss or initializing:
+                raise ValueError("an empty batch (0 images) cannot be trained on, tracked or scored for a loss")
+            return []
         assignment = None
         if annotations is not None:
             annotations = check_annotations(annotations, self.classes, images.shape[0]).to(images.device)
@@ -314,7 +327,7 @@ class RetinaNet(nn.Module):
 
     def embeddings(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``(anchors (B, A, 4), unit embeddings (B, A, d))`` without tracking, for analysis."""
-        self._check_images(images)
+        images = self._check_images(images)
         with torch.no_grad():
             return self.anchors(images), self.classification.embed(self.fpn(images))
 

@@ -612,10 +612,10 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------ CLI
 def _parser(preset: str = "digits") -> argparse.ArgumentParser:
     """The CLI: every :class:`TrainConfig` field is a flag; ``--help`` shows the defaults of ``preset``."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="python -m dlde.train", description="Train a detector (DLDENet, the sigmoid baseline or learned "
         "cosine prototypes). Every flag overrides the preset; --help shows the defaults of the preset given "
-        "with --preset.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "with --preset.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=preset, help="starting configuration")
     base = PRESETS[preset]
     for f in dataclasses.fields(TrainConfig):
@@ -633,6 +633,13 @@ def _parser(preset: str = "digits") -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name),
                                 help=shown)
     return parser
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block, no traceback)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag with its choices)\n")
 
 
 def _bool(text: str) -> bool:

@@ -334,7 +334,7 @@ def embedding_results(own: np.ndarray, nearest_other: np.ndarray, embedding_size
 
 def inference_results(detections: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """Numbers of ``04_inference``: images, detections per image (file -> count, by class)."""
-    per_image = {Path(d["path"]).name: int(len(d["scores"])) for d in detections}
+    per_image = {Path(d["path"]).name: len(d["scores"]) for d in detections}
     labels = np.concatenate([np.asarray(d["labels"], dtype=np.int64) for d in detections]) if detections else []
     counts = np.bincount(labels, minlength=len(class_names)) if len(labels) else np.zeros(len(class_names), int)
     return {"images": len(detections), "detections": int(sum(per_image.values())),

@@ -9,9 +9,18 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
-from dlde.pipeline import KERNEL_NAME, NOTEBOOKS_DIR, PAPERMILL_OPTIONS, kernel_argv, read_results
+from dlde import interactive
+from dlde import notebook as nbhelpers
+from dlde.pipeline import (
+    KERNEL_NAME,
+    NOTEBOOKS_DIR,
+    PAPERMILL_OPTIONS,
+    kernel_argv,
+    read_results,
+)
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED = ["01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb", "04_inference.ipynb"]
@@ -111,7 +120,8 @@ def test_01_train(tiny_run):
     assert results["AP"] <= results["AP50"]
     assert finite(results["val_loss"], 0.0) and finite(results["train_time_s"], 0.0)
     assert set(results["per_class_AP"]) <= {"0", "1", "2"}
-    assert_figures(figures_dir, results, ["t_train_curves", "t_val_detections"])
+    assert "ECE" in results and (results["ECE"] is None or finite(results["ECE"], 0.0, 1.0))  # None: no detections
+    assert_figures(figures_dir, results, ["t_train_curves", "t_per_class_ap", "t_reliability", "t_val_detections"])
 
 
 @pytest.mark.slow
@@ -138,7 +148,8 @@ def test_03_embeddings(tiny_run, tmp_path):
     assert finite(results["mean_own_cosine"], -1.0, 1.0)
     assert finite(results["mean_nearest_other_cosine"], -1.0, 1.0)
     assert_figures(tmp_path / "figures", results,
-                   ["embeddings_umap", "embeddings_sphere", "embeddings_raw_sphere", "cosine_margins"])
+                   ["embeddings_umap", "embeddings_sphere", "embeddings_raw_sphere", "means_through_training",
+                    "cosine_margins"])
 
 
 @pytest.mark.slow
@@ -158,3 +169,159 @@ def test_04_inference_on_a_folder_of_images(tiny_run, tmp_path):
     assert results["detections"] == sum(counts) == sum(results["detections_per_class"].values())
     assert finite(results["mean_detections_per_image"], 0.0)
     assert_figures(tmp_path / "figures", results, ["inference"])
+
+
+# ------------------------------------------------------- paths, parameters lock, saving in Lab
+def test_project_path_resolves_against_the_project_root_found_from_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(nbhelpers.ROOT_ENV, raising=False)
+    (tmp_path / "figures.yaml").write_text("runs: {}\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # where JupyterLab starts the kernel
+    assert nbhelpers.project_root() == tmp_path.resolve()
+    assert nbhelpers.project_path("runs/dlde") == tmp_path.resolve() / "runs" / "dlde"
+    assert nbhelpers.project_path("/abs/x") == Path("/abs/x")
+    assert nbhelpers.project_path("runs/x", root=tmp_path / "other") == (tmp_path / "other" / "runs" / "x").resolve()
+
+
+def test_project_path_never_uses_the_package_location(tmp_path, monkeypatch):
+    monkeypatch.delenv(nbhelpers.ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no marker above a pytest tmp folder: the working directory itself
+    assert nbhelpers.project_path("runs/dlde") == tmp_path.resolve() / "runs" / "dlde"
+    explicit = tmp_path / "project"
+    explicit.mkdir()
+    monkeypatch.setenv(nbhelpers.ROOT_ENV, str(explicit))
+    assert nbhelpers.project_path("runs/dlde") == explicit.resolve() / "runs" / "dlde"
+    monkeypatch.setenv(nbhelpers.ROOT_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="DLDE_PROJECT_ROOT"):
+        nbhelpers.project_root()
+
+
+def test_notebook_defaults_write_into_the_run_folder_only(tmp_path):
+    figures, out = nbhelpers.output_dirs("runs/dlde", "", "", "03_embeddings", root=tmp_path)
+    assert figures == tmp_path.resolve() / "runs/dlde/figures" and out == tmp_path.resolve() / "runs/dlde/03_embeddings"
+    import papermill
+
+    for path in NOTEBOOKS:
+        parameters = papermill.inspect_notebook(str(path))
+        assert parameters["FIGURES_DIR"]["default"] == '""', f"{path.name}: FIGURES_DIR must default to RUN_DIR/figures"
+        assert parameters["RUN_DIR"]["default"].strip('"').startswith("runs/"), path.name
+
+
+def test_committed_parameters_cells_match_the_lock():
+    for path in NOTEBOOKS:
+        nbhelpers.check_parameters_cell(path)
+    assert set(nbhelpers.read_lock()) == {p.name for p in NOTEBOOKS}
+
+
+def test_an_edited_parameters_cell_is_refused_with_the_line_named(tmp_path):
+    folder = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS_DIR, folder)
+    path = folder / "01_train.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace("EPOCHS: int = 16", "EPOCHS: int = 2")
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match=r"01_train.ipynb: parameters cell differs .* line 3: 'EPOCHS: int = 2"):
+        nbhelpers.check_parameters_cell(path)
+    assert nbhelpers.main(["--check", "--notebooks", str(folder)]) == 1
+    nbhelpers.write_lock(folder)  # a deliberate change: relock
+    nbhelpers.check_parameters_cell(path)
+    (folder / "new.ipynb").write_text((folder / "02_mean_drift.ipynb").read_text())
+    with pytest.raises(ValueError, match="new.ipynb: not in"):
+        nbhelpers.check_parameters_cell(folder / "new.ipynb")
+
+
+def test_the_lab_save_hook_refuses_only_committed_notebooks(tmp_path):
+    from tornado.web import HTTPError
+
+    shutil.copytree(NOTEBOOKS_DIR, tmp_path / "notebooks")
+    manager = type("Manager", (), {"root_dir": str(tmp_path)})()
+    with pytest.raises(HTTPError, match="Save Notebook As") as refused:
+        nbhelpers.refuse_committed_save({}, "notebooks/01_train.ipynb", manager)
+    assert refused.value.status_code == 403
+    for allowed in ("runs/mine/01_train.ipynb", "notebooks/Untitled.ipynb", "01_train.ipynb", "notebooks/x/01_train.ipynb"):
+        nbhelpers.refuse_committed_save({}, allowed, manager)
+
+
+def test_makefile_lab_uses_the_save_hook_and_installs_no_user_kernel():
+    makefile = (NOTEBOOKS_DIR.parent / "Makefile").read_text()
+    assert "--FileContentsManager.pre_save_hook=dlde.notebook.refuse_committed_save" in makefile
+    assert "--allow-root" in makefile and "ipykernel install" not in makefile
+
+
+# ------------------------------------------------------------------------ interactive figures
+def _history(epochs=3, classes=3, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(epochs + 1, classes, dim))
+
+
+def test_use_widgets_follows_the_jupyter_server_and_the_override(monkeypatch):
+    monkeypatch.delenv(interactive.WIDGETS_ENV, raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert interactive.use_widgets() is False  # papermill, terminal
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/03_embeddings.ipynb")
+    assert interactive.use_widgets() is True  # a kernel started by JupyterLab
+    monkeypatch.setenv(interactive.WIDGETS_ENV, "0")
+    assert interactive.use_widgets() is False
+    assert interactive.use_widgets(True) is True
+
+
+def test_means_explorer_steps_through_epochs_and_highlights_a_class():
+    history = _history()
+    rng = np.random.default_rng(1)
+    embeddings, labels = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    explorer = interactive.MeansExplorer(history, ["a", "b", "c"], embeddings, labels)
+    assert explorer.epochs == 3 and explorer.epoch == 3 and explorer.points.shape == (4, 3, 2)
+    np.testing.assert_allclose(explorer._stars.get_offsets(), explorer.points[3])
+    explorer.update(0)
+    np.testing.assert_allclose(explorer._stars.get_offsets(), explorer.points[0])
+    assert len(explorer._paths[1].get_xdata()) == 1 and "before training" in explorer.axes.get_title()
+    explorer.update(highlight=1)
+    assert explorer.epoch == 0 and list(explorer._stars.get_alpha()) == [0.15, 1.0, 0.15]
+    assert "class b" in explorer.axes.get_title()
+    explorer.update(2, None)
+    assert explorer._stars.get_alpha() is None or np.all(np.asarray(explorer._stars.get_alpha()) == 1.0)
+    with pytest.raises(ValueError, match="epoch 4 outside 0..3"):
+        explorer.update(4)
+    with pytest.raises(ValueError, match="highlight 3"):
+        explorer.update(highlight=3)
+
+
+def test_means_explorer_projection_is_the_same_for_every_epoch():
+    """Unit means at a fixed PCA plane: a mean that does not move does not move in the figure."""
+    history = _history(epochs=2)
+    history[:, 0] = history[0, 0]
+    explorer = interactive.MeansExplorer(history, ["a", "b", "c"])
+    np.testing.assert_allclose(explorer.points[0, 0], explorer.points[2, 0])
+    assert not np.allclose(explorer.points[0, 1], explorer.points[2, 1])
+
+
+def test_means_explorer_controls_drive_the_figure():
+    explorer = interactive.MeansExplorer(_history(), ["a", "b", "c"])
+    slider, selector = explorer.controls().children
+    assert (slider.min, slider.max, slider.value) == (0, 3, 3)
+    slider.value = 1
+    assert explorer.epoch == 1
+    np.testing.assert_allclose(explorer._stars.get_offsets(), explorer.points[1])
+    selector.value = 2
+    assert explorer.highlight == 2
+    selector.value = None
+    assert explorer.highlight is None
+
+
+def test_means_explorer_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"means_history must be \(epochs \+ 1, C, d\)"):
+        interactive.MeansExplorer(np.zeros((3, 4)), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="class_names has 2 names for 3 classes"):
+        interactive.MeansExplorer(_history(), ["a", "b"])
+    with pytest.raises(ValueError, match="embeddings must be"):
+        interactive.MeansExplorer(_history(), ["a", "b", "c"], np.zeros((5, 3)), np.zeros(5, int))
+
+
+def test_interactive_figures_display_as_widgets_with_a_png_fallback(tmp_path):
+    explorer = interactive.MeansExplorer(_history(), ["a", "b", "c"])
+    canvas = interactive.widget_canvas(explorer.figure)
+    bundle = canvas._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"]
+    before = bundle["image/png"]
+    explorer.update(0)
+    assert canvas._repr_mimebundle_()["image/png"] != before

@@ -84,6 +84,9 @@ def execute(notebook, output_dir, **parameters):
                                **PAPERMILL_OPTIONS)
     executed = nbformat.read(output_dir / notebook, as_version=4)
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    streams = "".join(o.text for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                      if o.output_type == "stream")
+    assert "TqdmWarning" not in streams and "IProgress not found" not in streams
     return read_results(out_dir)
 
 

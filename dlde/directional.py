@@ -192,19 +192,22 @@ class DirectionalClassification(ClassificationHead):
 
         Computed in log space, ``p = exp(logsigmoid(z) - logsigmoid(|w| (1 + b)))``, which is
         finite for every finite ``w`` and ``b`` (the ratio of sigmoids is 0/0 for ``b < -1`` and
-        large ``|w|``). ``|w|`` is bounded below by :data:`MIN_WEIGHT`: at ``|w| = 0`` the ratio
-        is 1 for every class and cosine, which would score everything as every class.
+        large ``|w|``). Two bounds keep it meaningful: ``|w| >= MIN_WEIGHT`` (at ``|w| = 0`` the
+        ratio is 1 for every class and cosine) and ``b`` in ``[-1, 1]``, so the cosine ``-b`` where
+        the logit changes sign stays inside the cosine's range (a ``b`` far above 1 also scores
+        every embedding near 1).
         """
         initialized = self.tracker.initialized  # (C,)
         weight = self.weight.abs().clamp(min=MIN_WEIGHT)
+        bias = self.bias.clamp(-1.0, 1.0)
         # z_c = |w_c| (cos_c + b_c) in one matrix product; classes without a mean get z = -1e4 (p = 0).
         scale = torch.where(initialized, weight, torch.zeros_like(weight))
-        shift = torch.where(initialized, weight * self.bias, torch.full_like(weight, -1e4))
+        shift = torch.where(initialized, weight * bias, torch.full_like(weight, -1e4))
         directions = F.normalize(self.means, dim=1) * scale[:, None]  # (C, d)
         flat = embeddings.reshape(-1, embeddings.shape[-1]).to(directions.dtype)
         z = torch.addmm(shift, flat, directions.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
         # log p <= 0 because cos <= 1; the clamp only removes rounding above 0.
-        return (F.logsigmoid(z) - F.logsigmoid(weight * (1 + self.bias))).clamp(max=0.0).exp()
+        return (F.logsigmoid(z) - F.logsigmoid(weight * (1 + bias))).clamp(max=0.0).exp()
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, *, assignment: Assignment | None = None) -> Tensor:

@@ -54,11 +54,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .notebook import RESULTS_FILE, _jsonable, read_results
+from .notebook import RESULTS_FILE, _jsonable, check_parameters_cell, read_results
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 TRAIN_NOTEBOOK = "01_train.ipynb"
@@ -87,7 +87,7 @@ TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPD
                 "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
 #: TrainConfig fields that do not change a run's result: ignored when deciding whether a
 #: finished run is the one a sweep asks for, and left out of its folder name.
-NOT_IDENTITY = ("run_dir", "data_root", "resume", "progress")
+NOT_IDENTITY = ("run_dir", "data_root", "resume", "overwrite", "progress")
 #: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
 SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
 SWEEP_KEYS = ("base", "grid", "arms", "seeds")
@@ -207,7 +207,7 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict[str, Any]
     return papermill.inspect_notebook(str(notebook))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _declared(notebook: str) -> dict[str, dict[str, Any]]:
     return notebook_parameters(NOTEBOOKS_DIR / notebook)
 
@@ -334,6 +334,7 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
         source = NOTEBOOKS_DIR / notebook
         if not source.exists():
             raise FileNotFoundError(f"{config_path}: notebook {source} does not exist")
+        check_parameters_cell(source)  # a notebook edited in Lab cannot change what the pipeline computes
         declared = _declared(notebook)
         managed = sorted(set(parameters) & set(MANAGED_PARAMETERS))
         if managed:
@@ -445,7 +446,7 @@ class EpochProgress:
         self._started = 0.0
         self._started_ns = 0
 
-    def __enter__(self) -> "EpochProgress":
+    def __enter__(self) -> EpochProgress:
         self._started, self._started_ns = time.perf_counter(), time.time_ns()
         self._thread.start()
         return self
@@ -497,7 +498,8 @@ class Summary:
         status_width = max(len("status"), *(len(r[1]) for r in self.rows))
         lines = [f"{'step':<{width}}  {'status':<{status_width}}  time",
                  f"{'-' * width}  {'-' * status_width}  ----"]
-        lines += [f"{step:<{width}}  {status:<{status_width}}  {_duration(seconds)}" for step, status, seconds in self.rows]
+        lines += [f"{step:<{width}}  {status:<{status_width}}  {_duration(seconds)}"
+                  for step, status, seconds in self.rows]
         lines.append(f"{'total':<{width}}  {'':<{status_width}}  {_duration(sum(r[2] for r in self.rows))}")
         return "\n".join(lines)
 
@@ -539,7 +541,12 @@ def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[
         run_dir = plan.run_dir(step.run)
         resumed = parameters.get("RESUME", notebook_defaults()["RESUME"])
         done_before = len(_read_rows(run_dir / "metrics.jsonl")) if resumed else 0
-        watch = EpochProgress(run_dir, train_config(parameters).epochs, step.run, done_before=done_before, echo=echo)
+        try:
+            epochs = train_config(parameters).epochs
+        except (ValueError, TypeError):  # a bad config: the notebook itself fails with the traceback
+            epochs = None
+        if epochs is not None:
+            watch = EpochProgress(run_dir, epochs, step.run, done_before=done_before, echo=echo)
     try:
         if watch is None:
             _papermill(step.notebook, executed, parameters, plan.root, log_output)
@@ -614,7 +621,8 @@ def write_index(plan: Plan) -> Path:
         for name in results.get("figures", []):
             lines.append(f"| [{name}]({name}.png) ([pdf]({name}.pdf)) | {step.run} | "
                          f"`notebooks/{step.notebook}` | `{plan.display(plan.executed(step))}` | {parameters} |")
-    missing = [step for step in plan.all_steps if step not in {s for s, _, _ in done}]
+    current = {(step.run, step.notebook) for step, _, _ in done}
+    missing = [step for step in plan.all_steps if (step.run, step.notebook) not in current]
     if missing:
         lines += ["", "## Not current", "",
                   "These steps failed or have not run: their figures (if any are left in this folder) are "
@@ -853,11 +861,13 @@ def make_sweep_plan(config_path: str | os.PathLike, names: Sequence[str] = (), *
     unknown = sorted(set(names) - set(declared))
     if unknown:
         raise ValueError(f"--sweeps {unknown}: no such sweep in {config_path}; sweeps: {sorted(declared)}")
+    check_parameters_cell(NOTEBOOKS_DIR / TRAIN_NOTEBOOK)  # its defaults decide every sweep run's config
     sweeps_dir = figures.runs_dir / SWEEPS_FOLDER
     sweeps, runs = [], {}
     for name in names or list(declared):
         sweep = declared[name]
-        base_parameters, base_overrides = _split_parameters(config_path, f"sweep {name!r} base", sweep.get("base") or {})
+        base_parameters, base_overrides = _split_parameters(config_path, f"sweep {name!r} base",
+                                                            sweep.get("base") or {})
         arms = {}
         for arm, values in _arms(config_path, name, sweep).items():
             parameters, overrides = _split_parameters(config_path, f"sweep {name!r} arm {arm!r}", values)
@@ -970,7 +980,8 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
                     _papermill(TRAIN_NOTEBOOK, plan.executed(key), plan.parameters(key, resume=resume),
                                plan.figures.root, log_output)
                 if run_state(run_dir, run.config) != "complete":
-                    raise RuntimeError(f"the notebook finished but {run_dir / 'metrics.jsonl'} lacks epoch {run.epochs}")
+                    raise RuntimeError(f"the notebook finished but {run_dir / 'metrics.jsonl'} "
+                                       f"lacks epoch {run.epochs}")
             except Exception as error:
                 seconds = time.perf_counter() - started
                 failure = RunFailure(key, plan.executed(key), _failure_reason(error))

@@ -81,6 +81,22 @@ def test_main_reports_a_bad_config_with_exit_status_2(tmp_path, capsys):
     assert "EPOCH" in capsys.readouterr().err
 
 
+def test_a_notebook_edited_in_lab_cannot_change_what_the_pipeline_runs(tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "notebooks"
+    shutil.copytree(REPO / "notebooks", folder)
+    nb = nbformat.read(folder / "01_train.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = re.sub(r"EPOCHS: int = \d+", "EPOCHS: int = 2", cell.source)
+    nbformat.write(nb, folder / "01_train.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
+    with pytest.raises(ValueError, match="differs from parameters.lock.json"):
+        make_plan(FIGURES_YAML, runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="differs from parameters.lock.json"):
+        pipeline.make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path)
+
+
 # ------------------------------------------------------------------------------- helpers
 def test_write_results_makes_valid_json(tmp_path):
     path = write_results(tmp_path / "out", {"a": np.float32(0.5), "b": float("nan"), "c": np.arange(2),
@@ -128,12 +144,17 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[1/5] dlde: 01_train.ipynb ..." in out and "total wall time" in out
     assert re.search(r"\[5/5\] sigmoid: 04_inference.ipynb done in [\d.]+ s", out)
+    assert re.search(r"^  dlde: epoch 1/1, train loss [\d.]+, val loss [\d.]+, AP [\d.]+; .+ elapsed, about 0 s left$",
+                     out, re.MULTILINE)  # progress while the notebook trains, one line per epoch
+    assert "\r" not in out and re.search(r"^sigmoid: 04_inference.ipynb +done +(\d+ min )?\d+ s$", out, re.MULTILINE)
+    assert re.search(r"^total +(\d+ min )?\d+ s$", out, re.MULTILINE)  # the summary table
 
     figures = tmp_path / "tiny" / "figures"
     index = (figures / "index.md").read_text()
     listed = re.findall(r"\| \[(\w+)\]\(\1\.png\)", index)
-    assert listed == ["train_curves", "val_detections", "sigmoid_train_curves", "sigmoid_val_detections",
-                      "mean_drift", "mean_cosines", "concentration", "inference", "sigmoid_inference"]
+    expected = ["train_curves", "val_detections", "sigmoid_train_curves", "sigmoid_val_detections",
+                "mean_drift", "mean_cosines", "concentration", "inference", "sigmoid_inference"]
+    assert [name for name in listed if name in expected] == expected  # in pipeline order (notebooks may add more)
     for name in listed:
         assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists()
     assert "`notebooks/02_mean_drift.ipynb`" in index and 'PRESET=`"tiny"`' in index
@@ -155,3 +176,6 @@ def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors and errors[0].ename == "ValueError"
     assert not (tmp_path / "runs" / "tiny" / "bad" / "01_train" / "results.json").exists()
+    index = (tmp_path / "runs" / "tiny" / "figures" / "index.md").read_text()
+    assert "## Not current" in index and "| bad | `notebooks/01_train.ipynb` |" in index
+    assert re.search(r"^bad: 01_train.ipynb +FAILED +(\d+ min )?\d+ s$", captured.out, re.MULTILINE)

@@ -1,0 +1,301 @@
+"""Aggregate the runs of a sweep over seeds: tables and figures with confidence intervals.
+
+A sweep (``figures.yaml``, section ``sweeps``) trains every arm once per seed. For each run
+:func:`run_summary` reads the final numbers from its folder; :func:`summarize_arms` gives,
+per arm, the number of seeds, the mean, the sample standard deviation and a 95 % confidence
+interval of the mean from the t-distribution over seeds; :func:`write_sweep` writes
+``<out_dir>/<sweep>.md``, ``.csv``, ``.json`` (what made it, for ``figures/index.md``) and a
+figure with error bars (``.png`` + ``.pdf``).
+
+Everything here is a pure function of run folders or metric dicts, so it is tested on
+hand-made inputs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The numbers tabulated per arm, in order, with their column titles.
+METRICS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "AP75": "AP75",
+                           "min_angle_deg": "min. angle between means (°)", "kappa": "final κ̂"}
+CONFIDENCE = 0.95
+SWEEP_RECORD_SUFFIX = ".json"  # <out_dir>/<sweep>.json: what made the table (read by figures/index.md)
+
+
+# ------------------------------------------------------------------------------ statistics
+def t_quantile(probability: float, dof: int) -> float:
+    """The ``probability`` quantile of Student's t-distribution with ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    if dof < 1:
+        raise ValueError(f"t quantile needs dof >= 1, got {dof}")
+    return float(t.ppf(probability, dof))
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float]:
+    """Mean, sample standard deviation and the two-sided t confidence interval of the mean.
+
+    Non-finite values (a metric a run did not produce) are left out.
+
+    Args:
+        values: (n,) one value per seed.
+        confidence: coverage of the interval, e.g. 0.95.
+
+    Returns:
+        ``n``, ``mean``, ``sd`` (ddof 1), ``low``, ``high``; ``sd``/``low``/``high`` are NaN
+        for fewer than two values and everything but ``n`` is NaN for none.
+    """
+    x = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    nan = float("nan")
+    if n == 0:
+        return {"n": 0, "mean": nan, "sd": nan, "low": nan, "high": nan}
+    mean = float(x.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": nan, "low": nan, "high": nan}
+    sd = float(x.std(ddof=1))
+    half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+
+
+def min_angle_deg(means: Any) -> float:
+    """Smallest angle between two class means, in degrees.
+
+    Args:
+        means: (C, d) class mean directions (need not be unit length). A zero mean (a class
+            never tracked) has no direction and is left out.
+
+    Returns:
+        min over pairs ``i != j`` of ``arccos(cos(μ_i, μ_j))`` in degrees; NaN with fewer than
+        two usable means.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim != 2:
+        raise ValueError(f"means must be (C, d), got shape {means.shape}")
+    norms = np.linalg.norm(means, axis=1)
+    usable = np.isfinite(norms) & (norms > 0)
+    if usable.sum() < 2:
+        return float("nan")
+    unit = means[usable] / norms[usable, None]  # (C', d)
+    cosines = unit @ unit.T  # (C', C')
+    np.fill_diagonal(cosines, -np.inf)
+    return float(np.degrees(np.arccos(np.clip(cosines.max(), -1.0, 1.0))))
+
+
+def final_kappa(kappa_history: Any) -> float:
+    """Mean over classes of the last row of ``kappa_history`` (E+1, C); NaN entries are skipped."""
+    last = np.asarray(kappa_history, dtype=np.float64)[-1]
+    return float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
+
+
+# ------------------------------------------------------------------------------- run folders
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/metrics.jsonl`` (a missing file gives none).
+
+    Raises:
+        ValueError: a line is not JSON (the file and line are named).
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
+    return rows
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The final numbers of one finished run folder.
+
+    Returns:
+        ``AP``, ``AP50``, ``AP75`` of the last epoch of ``metrics.jsonl``; ``min_angle_deg``
+        from the last row of ``means_history.npy`` and ``kappa`` from ``kappa_history.npy``
+        (NaN for heads without tracked means).
+
+    Raises:
+        ValueError: the folder holds no finished epoch.
+    """
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise ValueError(f"{run_dir}: no finished epoch in metrics.jsonl")
+    last = rows[-1]
+    nan = float("nan")
+    summary = {key: (nan if last.get(key) is None else float(last[key])) for key in ("AP", "AP50", "AP75")}
+    means, kappa = run_dir / "means_history.npy", run_dir / "kappa_history.npy"
+    summary["min_angle_deg"] = min_angle_deg(np.load(means, allow_pickle=False)[-1]) if means.exists() else nan
+    summary["kappa"] = final_kappa(np.load(kappa, allow_pickle=False)) if kappa.exists() else nan
+    return summary
+
+
+def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
+                   confidence: float = CONFIDENCE) -> list[dict[str, Any]]:
+    """Per arm, :func:`t_interval` of every metric of :data:`METRICS` over its seeds.
+
+    Args:
+        arms: arm name -> one summary per seed (as from :func:`run_summary`).
+        confidence: coverage of the intervals.
+
+    Returns:
+        One row per arm, in the order given: ``arm``, ``n`` (seeds) and, per metric ``m``,
+        ``m_mean``, ``m_sd``, ``m_low``, ``m_high``.
+    """
+    rows = []
+    for arm, summaries in arms.items():
+        row: dict[str, Any] = {"arm": arm, "n": len(summaries)}
+        for metric in METRICS:
+            stats = t_interval([s.get(metric) for s in summaries], confidence)
+            row.update({f"{metric}_{key}": stats[key] for key in ("mean", "sd", "low", "high")})
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------- output
+def _fmt(value: float, digits: int) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return 1 if metric in ("min_angle_deg", "kappa") else 3
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], confidence: float = CONFIDENCE) -> str:
+    """The rows of :func:`summarize_arms` as a markdown table: ``mean ± sd [low, high]`` per cell.
+
+    A metric an arm does not have (e.g. the angle for the sigmoid head) is left blank.
+    """
+    percent = f"{100 * confidence:g} %"
+    header = ["arm", "seeds"] + [f"{title} mean ± sd [{percent} CI]" for title in METRICS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["arm"]), str(row["n"])]
+        for metric in METRICS:
+            d = _digits(metric)
+            mean, sd = _fmt(row[f"{metric}_mean"], d), _fmt(row[f"{metric}_sd"], d)
+            low, high = _fmt(row[f"{metric}_low"], d), _fmt(row[f"{metric}_high"], d)
+            cell = mean
+            if mean and sd:
+                cell += f" ± {sd}"
+            if low and high:
+                cell += f" [{low}, {high}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """The rows of :func:`summarize_arms` as CSV (full precision; blank for NaN)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["arm", "n"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "low", "high")]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([("" if isinstance(row[c], float) and not math.isfinite(row[c]) else row[c])
+                             for c in columns])
+    return path
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], title: str = "",
+               seeds: Mapping[str, Sequence[Mapping[str, float]]] | None = None, columns: int = 3):
+    """Error-bar figure of a sweep: one panel per metric, per arm its mean and confidence interval.
+
+    Args:
+        rows: from :func:`summarize_arms`.
+        title: figure title (e.g. the sweep's name).
+        seeds: arm -> the per-seed summaries the rows were computed from; drawn as grey
+            points next to each mean when given.
+        columns: panels per row of the figure.
+
+    Returns:
+        A matplotlib figure; metrics no arm has (e.g. κ̂ in a sigmoid-only sweep) are omitted.
+    """
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in rows)] or ["AP"]
+    ncols = min(columns, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    x = np.arange(len(rows))
+    labels = [str(r["arm"]) for r in rows]
+    for ax, metric in zip(axes.flat, metrics):
+        mean = np.array([r[f"{metric}_mean"] for r in rows], dtype=np.float64)  # (arms,)
+        low = np.array([r[f"{metric}_low"] for r in rows], dtype=np.float64)
+        high = np.array([r[f"{metric}_high"] for r in rows], dtype=np.float64)
+        has_ci = np.isfinite(low) & np.isfinite(high)
+        errors = np.where(has_ci, np.stack([mean - low, high - mean]), 0.0)  # (2, arms)
+        if seeds is not None:
+            for position, row in zip(x, rows):
+                values = np.array([np.nan if s.get(metric) is None else s[metric] for s in seeds.get(row["arm"], [])],
+                                  dtype=np.float64)
+                ax.plot(np.full(values.shape, position + 0.15), values, ".", color="0.55", markersize=5)
+        ax.errorbar(x, mean, yerr=errors, fmt="o", capsize=4, color="tab:blue")
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+        ax.set_title(METRICS[metric], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(f"{title}: mean and {100 * CONFIDENCE:g} % t-interval over seeds (grey: single seeds)"
+                     if seeds is not None else f"{title}: mean and {100 * CONFIDENCE:g} % t-interval over seeds",
+                     fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_dir: str | os.PathLike, *,
+                parameters: Mapping[str, Any] | None = None, display_root: str | os.PathLike | None = None
+                ) -> dict[str, Path]:
+    """Aggregate one sweep's finished runs into ``out_dir/<name>.md/.csv/.json/.png/.pdf``.
+
+    Args:
+        name: the sweep's name.
+        arms: arm name -> the run folders of its seeds (unfinished folders are skipped; their
+            count shows in the ``seeds`` column).
+        out_dir: e.g. ``figures/ablations``.
+        parameters: what made the sweep (base parameters, arms, seeds), recorded in the
+            ``.json`` for ``figures/index.md``.
+        display_root: run folders are recorded relative to it when inside it.
+
+    Returns:
+        The paths written, by suffix (``md``, ``csv``, ``json``, ``png``, ``pdf``).
+    """
+    from .plotting import save_figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = {arm: [run_summary(d) for d in dirs if read_metrics(d)] for arm, dirs in arms.items()}
+    rows = summarize_arms(summaries)
+    md = out_dir / f"{name}.md"
+    md.write_text(f"# Sweep `{name}`\n\n" + markdown_table(rows))
+    csv_path = write_csv(rows, out_dir / f"{name}.csv")
+
+    def shown(path) -> str:
+        path = Path(path).resolve()
+        if display_root is not None:
+            try:
+                return path.relative_to(Path(display_root).resolve()).as_posix()
+            except ValueError:
+                pass
+        return str(path)
+
+    record = {"sweep": name, "parameters": dict(parameters or {}),
+              "runs": {arm: [shown(d) for d in dirs] for arm, dirs in arms.items()}}
+    json_path = out_dir / f"{name}{SWEEP_RECORD_SUFFIX}"
+    json_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    png, pdf = save_figure(plot_sweep(rows, name, summaries), out_dir, name)
+    return {"md": md, "csv": csv_path, "json": json_path, "png": png, "pdf": pdf}

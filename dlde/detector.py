@@ -5,6 +5,7 @@ differ only in the classification head returned by :meth:`RetinaNet.get_classifi
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -209,6 +210,10 @@ class RetinaNet(nn.Module):
                 embeddings = self.classification.embed(self.fpn(images))
                 self.classification.track(embeddings, self.assign(self.anchors(images), annotations))
             return None
+        if self.training and images.shape[0] == 1 and math.ceil(images.shape[-2] / 32) * math.ceil(images.shape[-1] / 32) == 1:
+            raise ValueError(f"a batch of one {images.shape[-2]}x{images.shape[-1]} image is too small to train: the "
+                             "backbone's BatchNorm sees a 1x1 map at stride 32; use images larger than 32 px or "
+                             "batches of two or more")
         if self.training and self.classification.has_tracked_means and annotations is None:
             raise ValueError(f"the {self.classification.name!r} head needs the annotations in training mode "
                              "to track the class means")

@@ -193,3 +193,27 @@ def test_tiny_preset_is_stable_for_twenty_epochs(tmp_path):
     final = np.load(result.run_dir / "means_history.npy")[-1]
     cosines = final @ final.T
     assert cosines[~np.eye(len(final), dtype=bool)].max() < 0.9  # the means did not collapse together
+
+
+def test_a_too_small_training_batch_says_why():
+    model = small_dlde().train()
+    with pytest.raises(ValueError, match="too small to train"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([[[0.0, 0.0, 8.0, 8.0, 0.0]]]))
+    model.eval()
+    assert len(model(torch.randn(1, 3, 16, 16))) == 1  # eval has no such limit
+
+
+def test_presets_never_share_a_generated_dataset():
+    from dlde.train import PRESETS, build_datasets
+
+    assert PRESETS["tiny"].data_root is None and PRESETS["digits"].data_root is None
+    roots = set()
+    for name in ("tiny", "digits"):
+        config = PRESETS[name]
+        from dlde.digits import default_digits_root
+        roots.add(default_digits_root("data", seed=config.digits_seed, canvas_size=config.digits_canvas_size,
+                                      digit_size=config.digits_size, digits_per_image=config.digits_per_image,
+                                      train_images=config.digits_train_images,
+                                      val_images=config.digits_val_images, classes=config.digits_classes))
+    assert len(roots) == 2
+    assert callable(build_datasets)

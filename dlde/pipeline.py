@@ -539,12 +539,23 @@ def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[
     watch = None
     if step.notebook == TRAIN_NOTEBOOK:
         run_dir = plan.run_dir(step.run)
+        try:
+            config = train_config(parameters)
+            epochs = config.epochs
+        except (ValueError, TypeError):  # a bad config: the notebook itself fails with the traceback
+            config, epochs = None, None
+        if config is not None:
+            # The pipeline's run folder: an identical run is reused (resumed if unfinished; a finished
+            # one only reloads), a run of another config is replaced, as figures.yaml now asks.
+            state = run_state(run_dir, config.to_dict())
+            if state in ("complete", "partial"):
+                parameters["RESUME"] = True
+            elif state == "changed":
+                overrides = json.loads(parameters.get("OVERRIDES_JSON", notebook_defaults()["OVERRIDES_JSON"]))
+                parameters["OVERRIDES_JSON"] = json.dumps({**overrides, "overwrite": True, "resume": False})
+                parameters["RESUME"] = False
         resumed = parameters.get("RESUME", notebook_defaults()["RESUME"])
         done_before = len(_read_rows(run_dir / "metrics.jsonl")) if resumed else 0
-        try:
-            epochs = train_config(parameters).epochs
-        except (ValueError, TypeError):  # a bad config: the notebook itself fails with the traceback
-            epochs = None
         if epochs is not None:
             watch = EpochProgress(run_dir, epochs, step.run, done_before=done_before, echo=echo)
     try:

@@ -904,6 +904,8 @@ def make_sweep_plan(config_path: str | os.PathLike, names: Sequence[str] = (), *
                 keys.append(key)
             arms[arm] = keys
         sweeps.append(Sweep(name, dict(sweep), arms))
+    # Seed-major order: an interrupted sweep has every arm at about the same number of seeds.
+    runs = dict(sorted(runs.items(), key=lambda item: item[1].parameters["SEED"]))
     return SweepPlan(figures, sweeps_dir, sweeps, runs)
 
 

@@ -24,7 +24,10 @@ import numpy as np
 
 #: The numbers tabulated per arm, in order, with their column titles.
 METRICS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "AP75": "AP75",
-                           "min_angle_deg": "min. angle between means (°)", "kappa": "final κ̂"}
+                           "min_angle_deg": "min. angle between means (°)", "kappa": "final κ̂",
+                           "ECE": "ECE (IoU ≥ 0.5)"}
+#: Where 01_train writes its results.json inside a run folder (holds the calibration error).
+TRAIN_RESULTS = Path("01_train") / "results.json"
 CONFIDENCE = 0.95
 SWEEP_RECORD_SUFFIX = ".json"  # <out_dir>/<sweep>.json: what made the table (read by figures/index.md)
 
@@ -137,7 +140,53 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
     means, kappa = run_dir / "means_history.npy", run_dir / "kappa_history.npy"
     summary["min_angle_deg"] = min_angle_deg(np.load(means, allow_pickle=False)[-1]) if means.exists() else nan
     summary["kappa"] = final_kappa(np.load(kappa, allow_pickle=False)) if kappa.exists() else nan
+    results = run_dir / TRAIN_RESULTS
+    ece = json.loads(results.read_text()).get("ECE") if results.exists() else None
+    summary["ECE"] = nan if ece is None else float(ece)
     return summary
+
+
+def max_mean_cosine(means_history: Any) -> np.ndarray:
+    """``(E + 1,)`` largest cosine between two different class means at every epoch of a
+    ``(E + 1, C, d)`` history: 1 when two means have collapsed onto each other."""
+    history = np.asarray(means_history, dtype=np.float64)
+    norms = np.linalg.norm(history, axis=2, keepdims=True)
+    unit = np.divide(history, norms, out=np.zeros_like(history), where=norms > 0)
+    cosines = unit @ unit.transpose(0, 2, 1)  # (E + 1, C, C)
+    classes = history.shape[1]
+    off = cosines[:, ~np.eye(classes, dtype=bool)].reshape(len(history), -1)
+    valid = (norms[:, :, 0] > 0)[:, :, None] & (norms[:, :, 0] > 0)[:, None, :]
+    off = np.where(valid[:, ~np.eye(classes, dtype=bool)], off, -np.inf)
+    out = off.max(axis=1)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def plot_collapse(arms: Mapping[str, Sequence[str | os.PathLike]], title: str = ""):
+    """The collapse of class means, as a figure: per arm, the largest cosine between two class
+    means after every epoch (mean over seeds, band = min..max). Arms without means are skipped.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for arm, dirs in arms.items():
+        curves = [max_mean_cosine(np.load(Path(d) / "means_history.npy", allow_pickle=False))
+                  for d in dirs if (Path(d) / "means_history.npy").exists()]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        stacked = np.stack([c[:length] for c in curves])
+        epochs = np.arange(length)
+        line, = ax.plot(epochs, np.nanmean(stacked, axis=0), marker="o", ms=3, label=f"{arm} (n={len(curves)})")
+        ax.fill_between(epochs, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=line.get_color(),
+                        alpha=0.15)
+    ax.set_xlabel("epoch (0 = before training)")
+    ax.set_ylabel("max cosine between two class means")
+    ax.set_ylim(-0.1, 1.05)
+    ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+    ax.set_title(title or "collapse of the class means")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
@@ -298,4 +347,10 @@ def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_
     json_path = out_dir / f"{name}{SWEEP_RECORD_SUFFIX}"
     json_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     png, pdf = save_figure(plot_sweep(rows, name, summaries), out_dir, name)
-    return {"md": md, "csv": csv_path, "json": json_path, "png": png, "pdf": pdf}
+    written = {"md": md, "csv": csv_path, "json": json_path, "png": png, "pdf": pdf}
+    if any((Path(d) / "means_history.npy").exists() for dirs in arms.values() for d in dirs):
+        written["collapse_png"], written["collapse_pdf"] = save_figure(
+            plot_collapse(arms, f"{name}: largest cosine between two class means"), out_dir, f"{name}_collapse")
+        with md.open("a") as file:
+            file.write(f"\nCollapse of the class means per epoch: ![{name} collapse]({name}_collapse.png)\n")
+    return written

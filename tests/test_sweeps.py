@@ -96,6 +96,8 @@ def test_final_kappa_is_the_class_mean_of_the_last_row():
 def test_run_summary_reads_the_last_epoch_and_the_histories(tmp_path):
     means = np.array([[1.0, 0.0], [1.0, 1.0]])
     dlde = run_summary(make_run(tmp_path / "a", ap=0.8, means=means, kappa=[[1.0, 1.0], [10.0, 20.0], [30.0, 50.0]]))
+    ece = dlde.pop("ECE")
+    assert math.isnan(ece)  # no 01_train results.json in this folder
     assert dlde == pytest.approx({"AP": 0.8, "AP50": 0.9, "AP75": 0.7, "min_angle_deg": 45.0, "kappa": 40.0})
     sigmoid = run_summary(make_run(tmp_path / "b", ap=0.6))
     assert sigmoid["AP"] == pytest.approx(0.6) and math.isnan(sigmoid["min_angle_deg"]) and math.isnan(sigmoid["kappa"])
@@ -161,17 +163,17 @@ def test_the_repository_sweeps_share_the_default_arm_across_sweeps(tmp_path):
     by_name = {s.name: s for s in plan.sweeps}
     assert set(by_name) >= {"means_lr", "starting_means", "means_update", "embedding_size", "headline"}
     default = by_name["means_lr"].arms["means_lr=0.003"]  # the preset's value: the shared arm
-    assert default == [f"digits/epochs=8,seed={s}" for s in range(3)]
+    assert default == [f"digits/epochs=6,threads=1,seed={s}" for s in range(3)]
     assert default == by_name["embedding_size"].arms["embedding_size=32"]
     assert default == by_name["starting_means"].arms["orthogonal"]
     assert default == by_name["means_update"].arms["means_update=batch"]
-    assert by_name["headline"].arms["retinanet"] == [f"digits/model=retinanet,seed={s}" for s in range(5)]
+    assert by_name["headline"].arms["retinanet"] == [f"digits/model=retinanet,threads=1,seed={s}" for s in range(5)]
     assert len(plan.runs) == len({k for s in plan.sweeps for keys in s.arms.values() for k in keys})
-    run = plan.runs["digits/epochs=8,means_lr=0.01,seed=1"]
-    assert run.config["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 8
-    values = plan.parameters("digits/epochs=8,means_lr=0.01,seed=1", resume=False)
-    assert values["RUN_DIR"] == str(tmp_path / "sweeps" / "digits" / "epochs=8,means_lr=0.01,seed=1")
-    assert json.loads(values["OVERRIDES_JSON"]) == {"means_lr": 0.01} and values["SEED"] == 1
+    run = plan.runs["digits/epochs=6,means_lr=0.01,threads=1,seed=1"]
+    assert run.config["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 6
+    values = plan.parameters("digits/epochs=6,means_lr=0.01,threads=1,seed=1", resume=False)
+    assert values["RUN_DIR"] == str(tmp_path / "sweeps" / "digits" / "epochs=6,means_lr=0.01,threads=1,seed=1")
+    assert json.loads(values["OVERRIDES_JSON"]) == {"means_lr": 0.01, "threads": 1} and values["SEED"] == 1
     assert values["FIGURES_DIR"].startswith(values["RUN_DIR"])  # per-run figures never touch figures/
 
 
@@ -179,8 +181,8 @@ def test_tiny_sweeps_use_the_tiny_preset_under_runs_tiny(tmp_path):
     plan = make_sweep_plan(FIGURES_YAML, ["means_update"], tiny=True, runs_dir=tmp_path)
     assert plan.sweeps_dir == tmp_path / "tiny" / "sweeps"
     assert plan.ablations_dir == tmp_path / "tiny" / "figures" / "ablations"
-    assert sorted(plan.runs) == [f"tiny/epochs=1,means_update=manual,seed={s}" for s in range(3)] + \
-        [f"tiny/epochs=1,seed={s}" for s in range(3)]
+    assert sorted(plan.runs) == [f"tiny/epochs=1,means_update=manual,threads=1,seed={s}" for s in range(3)] + \
+        [f"tiny/epochs=1,threads=1,seed={s}" for s in range(3)]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -387,3 +389,23 @@ def test_an_interrupted_sweep_resumes_after_its_last_epoch(tmp_path):
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[:len(first)] == first  # the epochs before the kill were kept, not retrained
+
+
+def test_max_mean_cosine_shows_a_collapse_and_ece_is_tabulated(tmp_path):
+    from dlde.aggregate import max_mean_cosine, plot_collapse, run_summary
+
+    spread = np.eye(3, 4)
+    collapsed = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    half = np.array([[1.0, 0, 0, 0], [0.6, 0.8, 0, 0], [0, 0, 1.0, 0]])
+    zeros = np.zeros((3, 4))  # means never set: no cosine
+    curve = max_mean_cosine(np.stack([zeros, spread, half, collapsed]))
+    assert np.isnan(curve[0])
+    np.testing.assert_allclose(curve[1:], [0.0, 0.6, 1.0], atol=1e-12)
+    run = tmp_path / "run"
+    (run / "01_train").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "AP": 0.5, "AP50": 0.7, "AP75": 0.4}) + "\n")
+    np.save(run / "means_history.npy", np.stack([spread, collapsed]))
+    (run / "01_train" / "results.json").write_text(json.dumps({"ECE": 0.125}))
+    assert run_summary(run)["ECE"] == 0.125
+    fig = plot_collapse({"fast": [run], "empty": [tmp_path / "missing"]})
+    assert len(fig.axes[0].lines) == 2  # the arm's curve and the collapse line at 1; the empty arm skipped

@@ -163,16 +163,16 @@ def test_the_repository_sweeps_share_the_default_arm_across_sweeps(tmp_path):
     by_name = {s.name: s for s in plan.sweeps}
     assert set(by_name) >= {"means_lr", "starting_means", "means_update", "embedding_size", "headline"}
     default = by_name["means_lr"].arms["means_lr=0.003"]  # the preset's value: the shared arm
-    assert default == [f"digits/epochs=6,threads=1,seed={s}" for s in range(3)]
+    assert default == [f"digits/epochs=4,threads=1,seed={s}" for s in range(3)]
     assert default == by_name["embedding_size"].arms["embedding_size=32"]
     assert default == by_name["starting_means"].arms["orthogonal"]
     assert default == by_name["means_update"].arms["means_update=batch"]
-    assert by_name["headline"].arms["retinanet"] == [f"digits/model=retinanet,threads=1,seed={s}" for s in range(5)]
+    assert by_name["headline"].arms["retinanet"] == [f"digits/epochs=8,model=retinanet,threads=1,seed={s}" for s in range(5)]
     assert len(plan.runs) == len({k for s in plan.sweeps for keys in s.arms.values() for k in keys})
-    run = plan.runs["digits/epochs=6,means_lr=0.01,threads=1,seed=1"]
-    assert run.config["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 6
-    values = plan.parameters("digits/epochs=6,means_lr=0.01,threads=1,seed=1", resume=False)
-    assert values["RUN_DIR"] == str(tmp_path / "sweeps" / "digits" / "epochs=6,means_lr=0.01,threads=1,seed=1")
+    run = plan.runs["digits/epochs=4,means_lr=0.01,threads=1,seed=1"]
+    assert run.config["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 4
+    values = plan.parameters("digits/epochs=4,means_lr=0.01,threads=1,seed=1", resume=False)
+    assert values["RUN_DIR"] == str(tmp_path / "sweeps" / "digits" / "epochs=4,means_lr=0.01,threads=1,seed=1")
     assert json.loads(values["OVERRIDES_JSON"]) == {"means_lr": 0.01, "threads": 1} and values["SEED"] == 1
     assert values["FIGURES_DIR"].startswith(values["RUN_DIR"])  # per-run figures never touch figures/
 

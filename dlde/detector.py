@@ -85,6 +85,7 @@ class RetinaNet(nn.Module):
         focal_alpha, focal_gamma: focal-loss parameters.
         prior: initial class probability of the sigmoid head.
         score_threshold, nms_threshold, topk_candidates, max_detections: post-processing.
+        class_names: one name per class (default ``"0"``, ``"1"``, ...); kept in checkpoints.
         classification_head: the classification head: None (the sigmoid head, or what
             :meth:`get_classification_module` of a subclass returns), a model name with its
             options ``("dlde", {"embedding_size": 64})`` (see :data:`dlde.models.HEADS`), or a
@@ -113,11 +114,14 @@ class RetinaNet(nn.Module):
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  prior: float = SigmoidClassification.Options.prior,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5, topk_candidates: int = 1000,
-                 max_detections: int = 300,
+                 max_detections: int = 300, class_names: Sequence[str] | None = None,
                  classification_head: ClassificationHead | tuple[str, Mapping[str, Any]] | None = None):
         super().__init__()
         if int(classes) < 1:
             raise ValueError(f"classes must be a positive integer, got {classes}")
+        names = [str(c) for c in range(int(classes))] if class_names is None else [str(n) for n in class_names]
+        if len(names) != int(classes):
+            raise ValueError(f"class_names has {len(names)} names for {classes} classes")
         levels = check_levels(fpn_levels)
         self.classes = int(classes)
         self.fpn_levels = levels
@@ -141,7 +145,7 @@ class RetinaNet(nn.Module):
             "allow_low_quality_matches": allow_low_quality_matches, "box_loss": box_loss,
             "focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "prior": prior,
             "score_threshold": score_threshold, "nms_threshold": nms_threshold,
-            "topk_candidates": topk_candidates, "max_detections": max_detections}
+            "topk_candidates": topk_candidates, "max_detections": max_detections, "class_names": names}
 
         self.fpn = ResNetFPN(resnet, levels, self.features["pyramid"], pretrained=pretrained)
         self.anchors = Anchors(anchor_params["sizes"], anchor_params["scales"], anchor_params["ratios"],
@@ -335,6 +339,110 @@ class RetinaNet(nn.Module):
         images = self._check_images(images)
         with torch.no_grad():
             return self.anchors(images), self.classification.embed(self.fpn(images))
+
+    # ----------------------------------------------------------------- new classes (few-shot)
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class (label order); saved in checkpoints."""
+        return list(self.hyperparameters["class_names"])
+
+    def add_classes(self, k: int, names: Sequence[str] | None = None) -> list[int]:
+        """Grow the classifier by ``k`` classes (labels ``C .. C + k - 1``) without touching any
+        existing parameter or class mean (the head's ``grow``: see
+        :meth:`dlde.DirectionalClassification.grow`, :meth:`dlde.SigmoidClassification.grow`,
+        :meth:`dlde.CosinePrototypeClassification.grow` for how new classes start).
+
+        Updates ``classes``, ``class_names`` and the saved hyperparameters, so :meth:`save` and
+        :meth:`from_checkpoint` round-trip. Parameters of the head may be replaced: build the
+        optimizer after this call.
+
+        Args:
+            k: number of classes to add (>= 1).
+            names: their names (default: their labels as strings).
+
+        Returns:
+            The new labels.
+        """
+        from .heads import _check_growth
+
+        k = _check_growth(k)
+        new = list(range(self.classes, self.classes + k))
+        names = [str(label) for label in new] if names is None else [str(n) for n in names]
+        if len(names) != k:
+            raise ValueError(f"add_classes({k}) got {len(names)} names")
+        clash = sorted(set(names) & set(self.class_names))
+        if clash:
+            raise ValueError(f"add_classes: class names {clash} already exist")
+        self.classification.grow(k)
+        self.classes += k
+        self.hyperparameters["classes"] = self.classes
+        self.hyperparameters["class_names"] = self.class_names + names
+        return new
+
+    def label_of(self, label: int | str) -> int:
+        """A class given by label or by name, as its label."""
+        if isinstance(label, str):
+            if label not in self.class_names:
+                raise ValueError(f"no class named {label!r}; classes: {self.class_names}")
+            return self.class_names.index(label)
+        if isinstance(label, bool) or int(label) != label or not 0 <= int(label) < self.classes:
+            raise ValueError(f"label {label!r} is not a class of this model (0..{self.classes - 1})")
+        return int(label)
+
+    @torch.no_grad()
+    def matched_embeddings(self, images: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+        """Unit embeddings ``(N, d)`` of the anchors matched to ``boxes``, as they would be tracked.
+
+        Anchors are matched with this model's assignment (:meth:`assign`: its IoU thresholds and
+        low-quality matches), the boxes of one image competing for anchors as in training.
+
+        Args:
+            images: ``(B, 3, H, W)`` network input.
+            boxes: B tensors ``(N_i, 4)`` as x1, y1, x2, y2 in network-input pixels.
+        """
+        if len(boxes) != len(images):
+            raise ValueError(f"got {len(boxes)} box tensors for {len(images)} images")
+        boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
+        most = max([len(b) for b in boxes] + [1])
+        annotations = torch.full((len(images), most, 5), -1.0)  # (B, M, 5), label 0 marks a box
+        for i, b in enumerate(boxes):  # loop over images
+            annotations[i, :len(b), :4] = b
+            annotations[i, :len(b), 4] = 0.0
+        anchors, embeddings = self.embeddings(images)  # (B, A, 4), (B, A, d)
+        assignment = self.assign(anchors, annotations.to(anchors.device))
+        return embeddings[assignment.objects_mask]  # (N, d)
+
+    @torch.no_grad()
+    def imprint(self, label: int | str, images: Tensor, boxes: Sequence[Tensor]) -> int:
+        """Set class ``label`` from boxes of it, with no gradient step (weight imprinting).
+
+        The class's mean (DLDENet) or prototype (learned prototypes) becomes the normalized sum
+        of the embeddings of the anchors matched to the boxes (:meth:`matched_embeddings`), the
+        way a tracked mean is formed; its ``w``/``b`` follow the head's rule (the mean over the
+        other classes). The sigmoid head has no embedding space and raises NotImplementedError.
+        Run it in eval mode (BatchNorm statistics are not updated). Nothing else changes.
+
+        Args:
+            label: the class (label or name), e.g. one made by :meth:`add_classes`.
+            images: ``(B, 3, H, W)`` network input.
+            boxes: B tensors ``(N_i, 4)`` of objects of this class, x1, y1, x2, y2 in
+                network-input pixels (empty for images without one).
+
+        Returns:
+            The number of anchors the class was imprinted from.
+        """
+        label = self.label_of(label)
+        if type(self.classification).imprint is ClassificationHead.imprint:
+            self.classification.imprint(label, None)  # raises the head's own error
+        embeddings = self.matched_embeddings(images, boxes)
+        if len(embeddings) == 0:
+            raise ValueError(f"imprint: no anchor matches the boxes given for class {label}")
+        self.classification.imprint(label, embeddings)
+        return len(embeddings)
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The classifier layer's parameters (what TFA-style few-shot fine-tuning trains)."""
+        return self.classification.classifier_parameters()
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:

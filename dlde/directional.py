@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchors import Assignment, assign_batch, check_thresholds
-from .heads import ClassificationHead, SubModule
+from .heads import ClassificationHead, SubModule, _check_growth
 from .means import MeansConfig, TrackedMeans
 
 #: Smallest ``|w|`` of :meth:`DirectionalClassification.classify` (see there).
@@ -238,6 +238,50 @@ class DirectionalClassification(ClassificationHead):
 
     def tracked_sums(self) -> list[Tensor]:
         return [self.tracker.embeddings_sums]
+
+    # ------------------------------------------------------------------ class growth, imprinting
+    def _base_rule(self, exclude: Tensor) -> tuple[Tensor, Tensor]:
+        """``(w, b)`` of a new class: the mean ``w`` and ``b`` of the classes with a mean that are
+        not in ``exclude (C,) bool`` (all classes' when none has a mean; the defaults when none)."""
+        donors = self.tracker.initialized & ~exclude
+        if not donors.any():
+            donors = ~exclude
+        if not donors.any():
+            return self.weight.new_tensor(self.init_weight), self.bias.new_tensor(self.init_bias)
+        return self.weight.detach()[donors].mean(), self.bias.detach()[donors].mean()
+
+    @torch.no_grad()
+    def grow(self, k: int) -> None:
+        """Add ``k`` classes without touching the existing ones.
+
+        Rule for the new classes: a zero mean (the class scores 0 until :meth:`imprint` or
+        tracking sets it), and ``w``, ``b`` equal to the mean ``w`` and ``b`` of the existing
+        classes with a mean, so an imprinted class is scored on the scale of the base classes.
+        ``weight`` and ``bias`` become new Parameters: build the optimizer afterwards.
+        """
+        k = _check_growth(k)
+        weight, bias = self._base_rule(torch.zeros(self.classes, dtype=torch.bool, device=self.weight.device))
+        self.tracker.grow(k)
+        self.weight = nn.Parameter(torch.cat([self.weight.detach(), weight.expand(k)]))
+        self.bias = nn.Parameter(torch.cat([self.bias.detach(), bias.expand(k)]))
+        self.classes += k
+
+    @torch.no_grad()
+    def imprint(self, label: int, embeddings: Tensor) -> None:
+        """Weight imprinting: the mean of class ``label`` becomes the normalized sum of
+        ``embeddings (N, d)`` (the unit embeddings of the anchors matched to its boxes, as a
+        tracked mean is formed), and its ``w``, ``b`` the mean ``w``, ``b`` of the other classes
+        with a mean. No other class, parameter or buffer changes; no gradient step."""
+        self.tracker.set_mean(label, embeddings)
+        exclude = torch.zeros(self.classes, dtype=torch.bool, device=self.weight.device)
+        exclude[int(label)] = True
+        weight, bias = self._base_rule(exclude)
+        self.weight[int(label)] = weight
+        self.bias[int(label)] = bias
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """``w`` and ``b`` of every class (the means are tracked, never trained by gradient)."""
+        return [self.weight, self.bias]
 
     def update_means(self) -> None:
         """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums."""

@@ -48,6 +48,32 @@ class SubModule(nn.Module):
         x = self.last(self.tower(x))  # (B, K * outputs, H, W)
         return x.permute(0, 2, 3, 1).reshape(batch, -1, self.outputs)  # (B, H * W * K, outputs)
 
+    @torch.no_grad()
+    def grow_outputs(self, k: int, *, bias: float = 0.0) -> None:
+        """Add ``k`` outputs per anchor to the output convolution, keeping every existing one.
+
+        The output channels are laid out anchor-major (channel ``a * outputs + o`` is output ``o``
+        of anchor ``a``, see :meth:`forward`), so the old weights are copied to channel
+        ``a * (outputs + k) + o`` and the new outputs of every anchor get zero weights and
+        ``bias``: they start constant, and the old outputs are unchanged bit for bit.
+
+        Args:
+            k: outputs to add per anchor (>= 1).
+            bias: the bias of the new outputs.
+        """
+        old = self.last
+        anchors = old.out_channels // self.outputs
+        new = nn.Conv2d(old.in_channels, anchors * (self.outputs + k), old.kernel_size, padding=old.padding)
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        weight = new.weight.view(anchors, self.outputs + k, *old.weight.shape[1:])  # (K, outputs + k, in, 3, 3)
+        weight.zero_()
+        weight[:, :self.outputs] = old.weight.view(anchors, self.outputs, *old.weight.shape[1:])
+        grown_bias = new.bias.view(anchors, self.outputs + k)
+        grown_bias.fill_(float(bias))
+        grown_bias[:, :self.outputs] = old.bias.view(anchors, self.outputs)
+        self.last = new
+        self.outputs += k
+
 
 class Regression(nn.Module):
     """Box-regression head: ``forward(feature_maps)`` -> deltas ``(B, A, 4)`` over all levels."""
@@ -133,6 +159,21 @@ class ClassificationHead(nn.Module):
         """Tensors summed over processes before an update in distributed training (empty: none)."""
         return []
 
+    # Class growth (few-shot): see RetinaNet.add_classes / RetinaNet.imprint.
+    def grow(self, k: int) -> None:
+        """Add ``k`` classes after the existing ones without changing any existing parameter."""
+        raise NotImplementedError(f"the {self.name or type(self).__name__!r} head cannot add classes")
+
+    def imprint(self, label: int, embeddings: Tensor) -> None:
+        """Set class ``label`` from the unit embeddings ``(N, d)`` of anchors matched to its boxes,
+        without a gradient step (heads with an embedding space)."""
+        raise NotImplementedError(f"the {self.name or type(self).__name__!r} head has no embedding space to "
+                                  "imprint a class in: fine-tune its classifier_parameters() instead")
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The per-class parameters of the classifier layer (what TFA-style fine-tuning trains)."""
+        raise NotImplementedError(f"the {self.name or type(self).__name__!r} head names no classifier layer")
+
 
 class SigmoidClassification(ClassificationHead):
     """The ordinary RetinaNet classifier: one sigmoid per class and anchor.
@@ -166,3 +207,24 @@ class SigmoidClassification(ClassificationHead):
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, *, assignment=None) -> Tensor:
         return torch.sigmoid(self.logits(feature_maps).float())
+
+    def grow(self, k: int) -> None:
+        """Add ``k`` classes: ``k`` more output channels per anchor in the last convolution, with
+        zero weights and the prior's bias (every new class starts at probability ``prior``
+        everywhere); the old classes' outputs are unchanged (:meth:`SubModule.grow_outputs`).
+
+        This head has no embedding space, so a new class cannot be imprinted: fine-tune
+        :meth:`classifier_parameters` on its boxes."""
+        self.head.grow_outputs(_check_growth(k), bias=-math.log((1 - self.prior) / self.prior))
+        self.classes += k
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The last convolution (features -> class logits)."""
+        return [self.head.last.weight, self.head.last.bias]
+
+
+def _check_growth(k: int) -> int:
+    """``k`` as a positive int (one-line error otherwise)."""
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:
+        raise ValueError(f"the number of classes to add must be a positive integer, got {k!r}")
+    return int(k)

@@ -125,6 +125,32 @@ class TrackedMeans(nn.Module):
         self.means.copy_(F.normalize(draws.t(), dim=1).to(self.means.dtype))
 
     @torch.no_grad()
+    def grow(self, k: int) -> None:
+        """Add ``k`` classes after the existing ones, with zero means (not initialized: a class
+        scores 0 until it is imprinted or tracked) and zero sums; existing rows are unchanged."""
+        for name in ("means", "embeddings_sums", "stat_sums", "stat_counts"):
+            old = getattr(self, name)
+            setattr(self, name, torch.cat([old, old.new_zeros((k, *old.shape[1:]))]))  # (C + k, ...)
+
+    @torch.no_grad()
+    def set_mean(self, label: int, embeddings: Tensor) -> None:
+        """Set the mean of class ``label`` to the normalized sum of ``embeddings (N, d)`` (imprinting).
+
+        Raises:
+            ValueError: no embedding, a wrong shape, or a sum that is zero or not finite.
+        """
+        classes, d = self.means.shape
+        if not 0 <= int(label) < classes:
+            raise ValueError(f"label {label} is not a class of these means (0..{classes - 1})")
+        if embeddings.dim() != 2 or embeddings.shape[1] != d or embeddings.shape[0] == 0:
+            raise ValueError(f"imprinting needs embeddings (N >= 1, {d}), got {tuple(embeddings.shape)}")
+        total = embeddings.detach().to(self.means.dtype).sum(dim=0)  # (d,)
+        norm = total.norm()
+        if not torch.isfinite(norm) or norm <= 1e-12:
+            raise ValueError(f"the embeddings of class {label} sum to a zero or non-finite vector: no direction")
+        self.means[int(label)] = total / norm
+
+    @torch.no_grad()
     def reset_statistics(self) -> None:
         """Clear the diagnostic resultants ``stat_sums`` / ``stat_counts``."""
         self.stat_sums.zero_()

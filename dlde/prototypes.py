@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .heads import ClassificationHead, SubModule
+from .heads import ClassificationHead, SubModule, _check_growth
 
 
 class CosinePrototypeClassification(ClassificationHead):
@@ -91,3 +91,36 @@ class CosinePrototypeClassification(ClassificationHead):
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, *, assignment=None) -> Tensor:
         return self.classify(self.embed(feature_maps))
+
+    @torch.no_grad()
+    def grow(self, k: int, *, generator: torch.Generator | None = None) -> None:
+        """Add ``k`` classes: random unit prototypes (as at construction; a zero prototype has no
+        gradient direction) and biases at the prior, so every new class starts near probability
+        ``prior``. Existing rows are unchanged; ``prototypes`` and ``bias`` become new Parameters."""
+        k = _check_growth(k)
+        draws = F.normalize(torch.randn(k, self.embedding_size, generator=generator), dim=1)
+        self.prototypes = nn.Parameter(torch.cat([self.prototypes.detach(), draws.to(self.prototypes)]))
+        prior = self.bias.new_full((k,), -math.log((1 - self.prior) / self.prior))
+        self.bias = nn.Parameter(torch.cat([self.bias.detach(), prior]))
+        self.classes += k
+
+    @torch.no_grad()
+    def imprint(self, label: int, embeddings: Tensor) -> None:
+        """Weight imprinting (Qi et al., CVPR 2018): the prototype of ``label`` becomes the
+        normalized sum of ``embeddings (N, d)``, its bias the mean bias of the other classes."""
+        if not 0 <= int(label) < self.classes:
+            raise ValueError(f"label {label} is not a class of this head (0..{self.classes - 1})")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size or embeddings.shape[0] == 0:
+            raise ValueError(f"imprinting needs embeddings (N >= 1, {self.embedding_size}), got {tuple(embeddings.shape)}")
+        total = embeddings.detach().float().sum(dim=0)
+        if not torch.isfinite(total).all() or total.norm() <= 1e-12:
+            raise ValueError(f"the embeddings of class {label} sum to a zero or non-finite vector: no direction")
+        self.prototypes[int(label)] = F.normalize(total, dim=0).to(self.prototypes)
+        others = torch.ones(self.classes, dtype=torch.bool, device=self.bias.device)
+        others[int(label)] = False
+        if others.any():
+            self.bias[int(label)] = self.bias[others].mean()
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The prototypes and biases (and the learned scale, if any)."""
+        return [self.prototypes, self.bias] + ([self.log_scale] if self.learn_scale else [])

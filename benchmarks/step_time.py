@@ -87,12 +87,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="inference score threshold for both models (default: their own, 0.05); "
                              "1.0 gives no detections, i.e. times the forward without NMS load")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", type=int, default=None,
+                        help="number of classes (default: the preset's; e.g. 365 or 1203 for large vocabularies)")
+    parser.add_argument("--head", choices=["dlde", "prototypes"], default="dlde",
+                        help="dlde head against torchvision: tracked means (dlde) or learned cosine prototypes")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    for key in ("steps", "warmup", "batch", "size", "embedding_size"):
+    for key in ("steps", "warmup", "batch", "size", "embedding_size", "classes"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
-    for key in ("levels", "channels", "sizes", "scales", "ratios", "classes", "box_range"):
+    for key in ("levels", "channels", "sizes", "scales", "ratios", "box_range"):
         setattr(args, key, preset[key])
     if args.size % 2 ** max(args.levels):
         parser.error(f"--size must be a multiple of {2 ** max(args.levels)} so both models see the same maps")
@@ -102,14 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------ models
-def build_dlde(args) -> dlde.DLDENetWithTrackedMeans:
+def build_dlde(args) -> dlde.RetinaNet:
+    """DLDENet (``--head dlde``) or the learned-prototype head, through the head registry."""
     width = args.channels
-    return dlde.DLDENetWithTrackedMeans(
-        classes=args.classes, resnet=18,
+    return dlde.build_detector(
+        args.head, args.classes, head_options={"embedding_size": args.embedding_size}, resnet=18,
         features={"pyramid": width, "regression": width, "classification": width},
         anchors={"sizes": args.sizes, "scales": args.scales, "ratios": args.ratios},
-        fpn_levels=args.levels, embedding_size=args.embedding_size, pretrained=False,
-        head_convs=4, group_norm=False)
+        fpn_levels=args.levels, pretrained=False, head_convs=4, group_norm=False)
 
 
 def build_torchvision(args) -> TorchvisionRetinaNet:
@@ -225,12 +229,14 @@ def main(argv=None) -> None:
 
     # Like dlde.train: initialize the means with one tracking pass before training, so the first
     # step does not score every anchor against means taken from a near-constant random embedding.
-    dl(images, annotations, initializing=True)
+    if dl.has_tracked_means:
+        dl(images, annotations, initializing=True)
     losses = {"dlde": [], "torchvision": []}
 
     def train_dl():
         opt_dl.zero_grad(set_to_none=True)
-        loss = sum(dl.loss(*dl(images, annotations), annotations).values())
+        output = dl(images, annotations)
+        loss = sum(dl.loss(*output, annotations, assignment=output.assignment).values())
         loss.backward()
         clip(params_dl)
         opt_dl.step()
@@ -293,8 +299,9 @@ def main(argv=None) -> None:
           "post-processing cost grows with the detections)")
     print(f"train ratio (dlde/torchvision): {med(train_times['dlde']) / med(train_times['torchvision']):.2f}")
     print(f"infer ratio (dlde/torchvision): {med(infer_times['dlde']) / med(infer_times['torchvision']):.2f}")
-    print(f"tracking ms/step (dlde): {med(track_times):.2f}")
-    print(f"tracking share of dlde train step: {med(track_times) / med(train_times['dlde']):.1%}")
+    if track_times:
+        print(f"tracking ms/step (dlde): {med(track_times):.2f}")
+        print(f"tracking share of dlde train step: {med(track_times) / med(train_times['dlde']):.1%}")
 
 
 if __name__ == "__main__":

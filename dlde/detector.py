@@ -394,7 +394,8 @@ class RetinaNet(nn.Module):
         """Unit embeddings ``(N, d)`` of the anchors matched to ``boxes``, as they would be tracked.
 
         Anchors are matched with this model's assignment (:meth:`assign`: its IoU thresholds and
-        low-quality matches), the boxes of one image competing for anchors as in training.
+        low-quality matches), the boxes of one image competing for anchors as in training. The
+        images are embedded in eval mode (the previous mode is restored).
 
         Args:
             images: ``(B, 3, H, W)`` network input.
@@ -408,7 +409,8 @@ class RetinaNet(nn.Module):
         for i, b in enumerate(boxes):  # loop over images
             annotations[i, :len(b), :4] = b
             annotations[i, :len(b), 4] = 0.0
-        anchors, embeddings = self.embeddings(images)  # (B, A, 4), (B, A, d)
+        with evaluating(self):  # BatchNorm uses (and keeps) its running statistics
+            anchors, embeddings = self.embeddings(images)  # (B, A, 4), (B, A, d)
         assignment = self.assign(anchors, annotations.to(anchors.device))
         return embeddings[assignment.objects_mask]  # (N, d)
 
@@ -420,7 +422,7 @@ class RetinaNet(nn.Module):
         of the embeddings of the anchors matched to the boxes (:meth:`matched_embeddings`), the
         way a tracked mean is formed; its ``w``/``b`` follow the head's rule (the mean over the
         other classes). The sigmoid head has no embedding space and raises NotImplementedError.
-        Run it in eval mode (BatchNorm statistics are not updated). Nothing else changes.
+        The images are embedded in eval mode, so BatchNorm statistics do not move: nothing else changes.
 
         Args:
             label: the class (label or name), e.g. one made by :meth:`add_classes`.

@@ -404,7 +404,8 @@ def adapt(base_model: nn.Module, method: str, dataset: CocoDetection, shots: Sho
 
     Returns:
         ``(model, {"steps", "seconds"})``: the model has labels ``base_names`` then the novel
-        classes in the order of ``shots.boxes``; seconds cover imprinting and fine-tuning.
+        classes in the order of ``shots.boxes``; seconds run from growing the copy to the adapted
+        model (reading the shot images, imprinting, fine-tuning), without the copy itself.
     """
     if method not in METHODS:
         raise ValueError(f"unknown few-shot method {method!r}; options: {', '.join(METHODS)}")

@@ -61,6 +61,18 @@ def test_add_classes_then_imprint_changes_no_existing_parameter_or_mean(name):
         assert model.classification.tracker.initialized.tolist() == [True, True, True, False, True]
 
 
+def test_imprint_in_training_mode_leaves_batchnorm_statistics_and_the_mode_alone():
+    model = model_of("dlde").train()
+    images, annotations = images_and_boxes()
+    model.add_classes(1)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    assert before
+    model.imprint(3, images, boxes_of(annotations, 1))
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert model.training and model.fpn.training
+
+
 def test_imprinting_from_a_models_own_boxes_reproduces_the_tracked_mean():
     """Synthetic case: means tracked once from zeros equal the normalized sum of the matched
     embeddings, so a new class imprinted from the boxes of class c points along mean c."""

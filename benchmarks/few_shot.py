@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="copy the configuration of this run folder instead of a preset (e.g. runs/dlde)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the base runs (default: the preset's)")
     parser.add_argument("--base-seed", type=int, default=0, help="seed of the base runs")
-    parser.add_argument("--base-runs-dir", default="runs/fewshot_base", help="one base run per head, reused when present")
+    parser.add_argument("--base-runs-dir", default="runs/fewshot_benchmark", help="one base run per head, reused when present (not the notebooks' runs/fewshot_base, which may use another budget)")
     parser.add_argument("--data-dir", default="data", help="folder under which the digits datasets are generated")
     parser.add_argument("--heads", nargs="+", default=["dlde", "retinanet", "prototypes"], help="heads to compare")
     parser.add_argument("--methods", nargs="+", default=list(fewshot.METHODS), choices=list(fewshot.METHODS))

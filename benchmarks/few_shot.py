@@ -10,7 +10,7 @@ Examples::
 
     python benchmarks/few_shot.py                                  # full size: preset digits, k 1..30, 5 draws
     python benchmarks/few_shot.py --preset tiny --epochs 1 --shots 1 2 --draws 2 --steps 2 \\
-        --max-images 8 --base-runs-dir runs/tiny/fewshot_base      # a smoke test in about a minute
+        --max-images 8 --base-runs-dir runs/tiny/fewshot_benchmark # a smoke test in about a minute
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="copy the configuration of this run folder instead of a preset (e.g. runs/dlde)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the base runs (default: the preset's)")
     parser.add_argument("--base-seed", type=int, default=0, help="seed of the base runs")
-    parser.add_argument("--base-runs-dir", default="runs/fewshot_benchmark", help="one base run per head, reused when present (not the notebooks' runs/fewshot_base, which may use another budget)")
+    parser.add_argument("--base-runs-dir", default="runs/fewshot_benchmark",
+                        help="one base run per head, reused when present (apart from the notebooks' "
+                             "runs/fewshot_base, which may use another budget)")
     parser.add_argument("--data-dir", default="data", help="folder under which the digits datasets are generated")
     parser.add_argument("--heads", nargs="+", default=["dlde", "retinanet", "prototypes"], help="heads to compare")
     parser.add_argument("--methods", nargs="+", default=list(fewshot.METHODS), choices=list(fewshot.METHODS))

@@ -9,6 +9,12 @@ A run folder holds everything a run produces, written as it goes so nothing is l
 * ``checkpoint.pt``: model, optimizer, schedule and RNG state after the last finished epoch,
   written atomically; loads with ``torch.load(..., weights_only=True)`` and with
   ``DLDENetWithTrackedMeans.from_checkpoint`` / ``RetinaNet.from_checkpoint``.
+
+Under ``torchrun --nproc_per_node=N -m dlde.train ...`` the same entry point trains with
+``DistributedDataParallel`` (see :mod:`dlde.distributed`): ``batch_size`` is the batch of one
+process (the global batch is N times larger), global batch k holds the images of batch k of a
+one-process run with that global batch, the tracked means and the loss normalizer are reduced over
+processes, evaluation is sharded, and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -28,13 +34,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .anchors import DEFAULT_THRESHOLDS
 from .checkpoints import atomic_save, check_finite_state, load_checkpoint
 from .coco import CocoDetection
 from .detector import DEFAULT_FEATURES, RetinaNet
 from .digits import default_digits_root, make_digits_dataset
 from .directional import DirectionalClassification
-from .evaluation import evaluate
+from .evaluation import DEFAULT_PAIR_THRESHOLD, _to_original, coco_metrics, evaluate
 from .losses import BOX_LOSSES
 from .means import MEANS_INITS, MEANS_UPDATES
 from .models import HEADS, build_detector, head_option_names
@@ -46,16 +53,19 @@ SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 DATASETS = ("digits", "coco")
 NONFINITE = ("raise", "skip")
+#: Mixed precision: ``'bf16'`` (CPU or GPU) or ``'fp16'`` (CUDA, with a gradient scaler).
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Fields whose allowed values are listed by ``--help`` and checked by the config.
 CHOICES = {"model": tuple(sorted(HEADS)), "dataset": DATASETS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
            "means_update": MEANS_UPDATES, "means_init": MEANS_INITS, "box_loss": BOX_LOSSES,
-           "nonfinite": NONFINITE}
+           "nonfinite": NONFINITE, "amp": tuple(AMP_MODES)}
 #: Fields that change how a run is shown or stored, never its numbers: free to differ on resume.
 BOOKKEEPING = ("run_dir", "resume", "overwrite", "progress", "allow_changed", "device", "num_workers",
-               "eval_batch_size")
+               "eval_batch_size", "dist_timeout_s")
 _DETECTOR = inspect.signature(RetinaNet.__init__).parameters
 _DIRECTIONAL = DirectionalClassification.Options
 _PROTOTYPES = CosinePrototypeClassification.Options
+_EVALUATE = inspect.signature(evaluate).parameters
 
 
 @dataclass(frozen=True)
@@ -118,13 +128,16 @@ class TrainConfig:
     schedule: str = "cosine"
     step_milestones: tuple[float, ...] = (0.67, 0.89)
     grad_clip: float | None = 10.0
-    amp: bool = False
+    amp: str = "off"  # mixed precision: "bf16" (CPU/GPU) or "fp16" (CUDA); cosine and means stay float32
+    channels_last: bool = False  # model and images in channels-last memory format (faster convolutions on GPUs)
+    sync_batchnorm: bool = False  # BatchNorm over the global batch under torchrun; a no-op in one process
     nonfinite: str = "raise"  # a NaN/Inf input or loss: "raise" (stop, state intact) or "skip" the step (counted)
     # bookkeeping
     seed: int = 0
     threads: int | None = None  # intra-op CPU threads; None: torch's default on this machine (recorded)
     device: str | None = None
     num_workers: int = 0
+    dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S  # torchrun: how long a collective waits for a lost rank
     eval_every: int = 1
     eval_batch_size: int = 32
     resume: bool = False
@@ -134,6 +147,8 @@ class TrainConfig:
     max_train_batches: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.amp, bool):  # records written when amp was a bool (True meant CUDA float16)
+            object.__setattr__(self, "amp", "fp16" if self.amp else "off")
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {getattr(self, name)!r}")
@@ -253,22 +268,17 @@ def lr_lambda(step: int, total: int, config: TrainConfig) -> float:
     return 1.0
 
 
-def _device(config: TrainConfig) -> torch.device:
-    if config.device is not None:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     """What besides the config decides a run's numbers: recorded in ``config.json``.
 
     On the CPU the intra-op thread count changes how reductions are split, hence the last bits
     of a loss; the trainer sets it (``TrainConfig.threads``) and records the value used.
+    ``world_size`` is the number of processes (the global batch is ``world_size * batch_size``).
     """
     import platform
 
     return {"threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "device": str(device),
+            "python": platform.python_version(), "device": str(device), "world_size": world_size,
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
@@ -297,11 +307,57 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _loader(dataset, config: TrainConfig, *, shuffle: bool, epoch: int = 0, batch_size: int | None = None):
+def _loader(dataset, config: TrainConfig, *, shuffle: bool, epoch: int = 0, batch_size: int | None = None,
+            context: distributed.DistributedContext | None = None, pin_memory: bool = False):
+    """Batches of ``dataset``: one process reads whole batches of ``batch_size`` (default
+    ``config.batch_size``); with several processes ``batch_size`` is the global batch and each
+    process reads its shard of every global batch (:func:`dlde.distributed.shard_batches`)."""
+    batch_size = batch_size or config.batch_size
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # order depends on epoch only
-    return DataLoader(dataset, batch_size=batch_size or config.batch_size, shuffle=shuffle, collate_fn=collate,
-                      num_workers=config.num_workers, generator=generator,
-                      persistent_workers=False)
+    if context is None or not context.distributed:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                          num_workers=config.num_workers, generator=generator,
+                          persistent_workers=False, pin_memory=pin_memory)
+    shards = distributed.shard_batches(_global_batches(len(dataset), batch_size, shuffle, generator),
+                                       context.rank, context.world_size)
+    # Worker seeds come from a generator of this rank and epoch, never from the global RNG.
+    workers = torch.Generator().manual_seed((config.seed * 1000 + epoch) * 1009 + context.rank)
+    return DataLoader(dataset, batch_sampler=shards, collate_fn=collate, num_workers=config.num_workers,
+                      generator=workers, persistent_workers=False, pin_memory=pin_memory)
+
+
+def _global_batches(size: int, batch_size: int, shuffle: bool, generator: torch.Generator) -> list[list[int]]:
+    """The dataset indices of every batch of a one-process run, in its order.
+
+    Drawn by a DataLoader over the indices with the one-process loader's settings and seeded
+    generator, so the order is the one that loader would produce whatever torch does inside.
+    """
+    return list(DataLoader(range(size), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                           collate_fn=list))
+
+
+def _steps_per_epoch(size: int, batch_size: int, world_size: int) -> int:
+    """Global batches per epoch: ``ceil(size / (world_size * batch_size))``, less a last global
+    batch too small to give every process an image (:func:`dlde.distributed.shard_batches`)."""
+    global_batch = world_size * batch_size
+    full, rest = divmod(size, global_batch)
+    return full + (1 if rest >= world_size else 0)
+
+
+def _sharded_eval_batches(dataset, config: TrainConfig, context: distributed.DistributedContext,
+                          pin_memory: bool = False):
+    """``(indices, images, annotations)`` of this process's shard of every global evaluation batch
+    (``config.eval_batch_size`` images, as in one process); ``(indices, None, None)`` where the
+    shard is empty, so every process steps through the same number of global batches."""
+    batches = _global_batches(len(dataset), config.eval_batch_size, False, torch.Generator())
+    shards = [batch[context.rank::context.world_size] for batch in batches]
+    loader = iter(DataLoader(dataset, batch_sampler=[shard for shard in shards if shard], collate_fn=collate,
+                             num_workers=config.num_workers, pin_memory=pin_memory))
+    for shard in shards:
+        if shard:
+            yield (shard, *next(loader))
+        else:
+            yield shard, None, None
 
 
 class _Progress:
@@ -329,15 +385,19 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------- training
-def initialize_means(model: RetinaNet, dataset, config: TrainConfig, device) -> None:
+def initialize_means(model: RetinaNet, dataset, config: TrainConfig, device,
+                     context: distributed.DistributedContext | None = None) -> None:
     """A pass over ``dataset`` (``config.init_batches`` shuffled batches, or all) in eval mode that
     tracks the means without training, so no class starts without a mean.
 
-    In ``'manual'`` mode the accumulated sums then become the means.
+    In ``'manual'`` mode the accumulated sums then become the means. With several processes
+    (``context``) each tracks its shard of the global batches; the means' reducer merges them.
     """
-    loader = _loader(dataset, config, shuffle=True, epoch=0)
+    context = context or distributed.DistributedContext()
+    loader = _loader(dataset, config, shuffle=True, epoch=0, batch_size=config.batch_size * context.world_size,
+                     context=context)
     total = len(loader) if config.init_batches is None else min(len(loader), config.init_batches)
-    progress = _Progress(config.progress, total, "init means")
+    progress = _Progress(config.progress and context.is_main, total, "init means")
     with evaluating(model):
         for index, (images, annotations) in enumerate(loader):
             if index >= total:
@@ -349,8 +409,16 @@ def initialize_means(model: RetinaNet, dataset, config: TrainConfig, device) -> 
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, dataset, config: TrainConfig, device) -> float:
-    """Mean total loss over ``dataset`` in eval mode (no tracking, no gradient)."""
+def validation_loss(model: nn.Module, dataset, config: TrainConfig, device,
+                    context: distributed.DistributedContext | None = None) -> float:
+    """Mean total loss over ``dataset`` in eval mode (no tracking, no gradient).
+
+    With several processes each computes its shard of every global batch of
+    ``config.eval_batch_size`` images with the mean number of positives over processes as the
+    normalizer, so the mean over processes is the one-process value.
+    """
+    if context is not None and context.distributed:
+        return _sharded_validation_loss(model, dataset, config, device, context)
     total, batches = 0.0, 0
     with evaluating(model, evaluate_loss=True):
         for images, annotations in _loader(dataset, config, shuffle=False, batch_size=config.eval_batch_size):
@@ -359,6 +427,53 @@ def validation_loss(model: nn.Module, dataset, config: TrainConfig, device) -> f
             total += float(sum(losses.values()))
             batches += 1
     return total / max(1, batches)
+
+
+def _sharded_validation_loss(model: nn.Module, dataset, config: TrainConfig, device,
+                             context: distributed.DistributedContext) -> float:
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    batches = 0
+    with evaluating(model, evaluate_loss=True):
+        for _, images, annotations in _sharded_eval_batches(dataset, config, context):
+            batches += 1
+            if images is None:  # an empty shard still joins the normalizer's all-reduce
+                distributed.mean_over_processes(torch.zeros((), device=device))
+                continue
+            images, annotations = images.to(device), annotations.to(device)
+            losses = model.loss(*model(images), annotations, positives_reducer=distributed.mean_over_processes)
+            total += sum(losses.values()).double()
+    return float(distributed.mean_over_processes(total)) / max(1, batches)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, dataset, config: TrainConfig, device,
+                   context: distributed.DistributedContext | None = None) -> dict[str, Any]:
+    """COCO metrics of ``model`` on ``dataset`` (:func:`dlde.evaluation.evaluate`).
+
+    With several processes each predicts its shard of the images, rank 0 gathers the detections
+    and runs COCOeval once, and every process receives the metrics: the same numbers as one
+    process (images of one size; with mixed sizes the padding of a batch can differ).
+    """
+    if context is None or not context.distributed:
+        return evaluate(model, dataset, batch_size=config.eval_batch_size, device=device, progress=False)
+    max_detections = _EVALUATE["max_detections"].default
+    labels = _EVALUATE["labels"].default
+    threshold = float(getattr(model, "score_threshold", DEFAULT_PAIR_THRESHOLD))
+    local = []
+    with evaluating(model):
+        for indices, images, _ in _sharded_eval_batches(dataset, config, context):
+            if images is None:
+                continue
+            outputs = model(images.to(device))
+            for index, (boxes, classifications) in zip(indices, outputs):  # loop over images
+                local.append((index, _to_original(boxes, classifications, dataset.meta(index), max_detections,
+                                                  labels=labels, score_threshold=threshold)))
+    gathered = distributed.gather_to_main(local)
+    metrics = None
+    if context.is_main:
+        by_index = dict(item for part in gathered for item in part)
+        metrics = coco_metrics(dataset, [by_index[i] for i in range(len(dataset))], max_detections=max_detections)
+    return distributed.broadcast_from_main(metrics)
 
 
 def _means_snapshot(model: RetinaNet) -> tuple[np.ndarray, np.ndarray] | None:
@@ -400,6 +515,8 @@ def _claim_run_dir(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
         saved = record["config"]
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{record_file}: not a dlde run record ({error})") from None
+    if isinstance(saved.get("amp"), bool):  # recorded when amp was a bool
+        saved = {**saved, "amp": "fp16" if saved["amp"] else "off"}
     current = config.to_dict()
     changed = {key: (saved.get(key), current[key]) for key in current
                if key not in BOOKKEEPING and saved.get(key, current[key]) != current[key]}
@@ -427,39 +544,99 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     """Train a detector as described by ``config`` (plus keyword overrides) and return the result.
 
     With ``resume=True`` the run continues after the last epoch saved in ``run_dir``; on the
-    CPU with a fixed seed it reproduces the losses of an uninterrupted run.
+    CPU with a fixed seed it reproduces the losses of an uninterrupted run. Started by torchrun
+    (``WORLD_SIZE`` > 1 in the environment), every process calls this and trains its shard with
+    DDP; every process returns the same metrics and model.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
-    run_dir = Path(config.run_dir)
+    context = distributed.context_from_environment()
+    device = distributed.device_for(context, config.device)
+    distributed.initialize(context, device, timeout_s=config.dist_timeout_s)
+    try:
+        return _train(config, context, device)
+    finally:
+        distributed.shutdown()
+
+
+def _main_first(context: distributed.DistributedContext, work, *, then_others: bool = False):
+    """Run ``work()`` on rank 0 first; an error there is raised on every process (no rank waits
+    forever for a failed one). ``then_others``: the other ranks run ``work()`` afterwards (e.g. to
+    read what rank 0 wrote); otherwise they return None."""
+    if not context.distributed:
+        return work()
+    outcome, result = None, None
+    if context.is_main:
+        try:
+            result = work()
+        except Exception as error:  # noqa: BLE001 - shared with the other ranks, then re-raised here
+            outcome = error
+    shared = distributed.broadcast_from_main(outcome)
+    if shared is not None:
+        if context.is_main:
+            raise outcome
+        raise shared
+    if not context.is_main and then_others:
+        result = work()
+    return result
+
+
+def _claim_and_check(run_dir: Path, config: TrainConfig, context: distributed.DistributedContext):
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved_record = _claim_run_dir(run_dir, config)
-    device = _device(config)
+    record = _claim_run_dir(run_dir, config)
+    if record is not None and (run_dir / "checkpoint.pt").exists():
+        saved = int(record.get("environment", {}).get("world_size", 1))
+        if saved != context.world_size:
+            raise ValueError(f"cannot resume {run_dir} with {context.world_size} process(es): it was trained with "
+                             f"{saved} (global batch {saved} x batch_size); resume with --nproc_per_node={saved} "
+                             "(x nodes), or start a new run")
+    return record
+
+
+def _train(config: TrainConfig, context: distributed.DistributedContext, device: torch.device) -> TrainResult:
+    run_dir = Path(config.run_dir)
+    saved_record = _main_first(context, lambda: _claim_and_check(run_dir, config, context))
     if config.threads is not None:
         if config.threads < 1:
             raise ValueError(f"threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
-    train_set, val_set = build_datasets(config)
+    amp_dtype = AMP_MODES[config.amp]
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device (it scales the loss), got {device}; use amp='bf16' here")
+    _seed_everything(config.seed)  # every process: the same initial model
+    train_set, val_set = _main_first(context, lambda: build_datasets(config), then_others=True)
     model = build_model(config, train_set.num_classes).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    network: nn.Module = model
+    positives_reducer = None
+    if context.distributed:
+        if config.sync_batchnorm:
+            model = distributed.convert_sync_batchnorm(model, device)
+        distributed.attach_means_reducer(model)
+        positives_reducer = distributed.mean_over_processes
+        # The means are kept equal by their reducer: DDP must not overwrite them with rank 0's.
+        network = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    pin_memory = device.type == "cuda"
     parameters = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    batches_per_epoch = _steps_per_epoch(len(train_set), config.batch_size, context.world_size)
     if config.max_train_batches is not None:
         batches_per_epoch = min(batches_per_epoch, config.max_train_batches)
     total_steps = batches_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_lambda(step, total_steps, config))
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
     metrics: list[dict[str, Any]] = []
     means_history: list[np.ndarray] = []
     kappa_history: list[np.ndarray] = []
     start_epoch = 1
     checkpoint_path = run_dir / "checkpoint.pt"
-    if config.resume and checkpoint_path.exists():
+    writes = context.is_main  # rank 0 alone writes the run folder
+    if config.resume and checkpoint_path.exists():  # every process loads the same checkpoint
         state = load_checkpoint(checkpoint_path)
         check_finite_state(state["model"], str(checkpoint_path))
         model.load_state_dict(state["model"])
@@ -472,41 +649,54 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         kappa_history = [k.numpy() for k in state.get("kappa_history", [])]
         start_epoch = int(state["epoch"]) + 1
     else:
-        if saved_record is None:
+        if saved_record is None and writes:
             config_record = {"config": config.to_dict(), "class_names": train_set.class_names,
-                             "category_ids": train_set.category_ids, "environment": environment(device)}
+                             "category_ids": train_set.category_ids,
+                             "environment": environment(device, context.world_size)}
             _write_json(run_dir / "config.json", config_record)
         zero_manual = config.means_update == "manual" and config.means_init == "zeros"
         if model.has_tracked_means and (config.init_means or zero_manual):
             model.reset_statistics()
-            initialize_means(model, train_set, config, device)
+            initialize_means(model, train_set, config, device, context)
         snapshot = _means_snapshot(model)
         if snapshot is not None:
             means_history.append(snapshot[0])
             kappa_history.append(snapshot[1])
-    _write_metrics(run_dir, metrics)
+    if writes:
+        _write_metrics(run_dir, metrics)
 
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
+        if context.distributed:  # augmentation draws: seeded per process and epoch (resume-safe)
+            _seed_everything(config.seed * 1_000_003 + epoch * 1009 + context.rank)
         model.train()
         model.reset_statistics()
         sums = {"loss": 0.0, "classification": 0.0, "bbox_regression": 0.0}
         batches = skipped = 0
-        loader = _loader(train_set, config, shuffle=True, epoch=epoch)
-        progress = _Progress(config.progress, batches_per_epoch, f"epoch {epoch}/{config.epochs}")
+        loader = _loader(train_set, config, shuffle=True, epoch=epoch,
+                         batch_size=config.batch_size * context.world_size, context=context, pin_memory=pin_memory)
+        progress = _Progress(config.progress and writes, batches_per_epoch, f"epoch {epoch}/{config.epochs}")
         for images, annotations in loader:
             if batches + skipped >= batches_per_epoch:
                 break
-            images, annotations = images.to(device), annotations.to(device)
+            images = images.to(device, non_blocking=pin_memory)
+            annotations = annotations.to(device, non_blocking=pin_memory)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             where = f"epoch {epoch}, batch {batches + skipped}"
             problem = None if torch.isfinite(images).all() else "non-finite (NaN/Inf) pixels in the input images"
+            if context.distributed and distributed.any_over_processes(problem is not None, device):
+                problem = problem or "non-finite (NaN/Inf) pixels in the input images of another process"
             if problem is None:
-                with torch.autocast(device.type, enabled=use_amp):
-                    output = model(images, annotations)
-                    losses = model.loss(*output, annotations, assignment=output.assignment)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    output = network(images, annotations)
+                    losses = model.loss(*output, annotations, assignment=output.assignment,
+                                        positives_reducer=positives_reducer)
                 loss = losses["classification"] + losses["bbox_regression"]
                 if not torch.isfinite(loss):
                     problem = f"non-finite loss {loss.item()}"
+                if context.distributed and distributed.any_over_processes(problem is not None, device):
+                    problem = problem or "non-finite loss in another process"
             if problem is not None:
                 if config.nonfinite == "raise":
                     raise FloatingPointError(f"{problem} at {where}; the step was refused before it reached the "
@@ -529,7 +719,13 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
             sums["bbox_regression"] += losses["bbox_regression"].item()
             progress.step(loss=f"{sums['loss'] / batches:.3f}")
         progress.close()
+        if context.distributed:  # each process's loss is its share of the global batch's: average them
+            totals = distributed.mean_over_processes(torch.tensor(list(sums.values()), dtype=torch.float64,
+                                                                  device=device))
+            sums = dict(zip(sums, totals.tolist()))
         model.update_means()  # 'manual' means: one update per epoch; a no-op otherwise
+        distributed.average_batchnorm_statistics(model)  # without sync BN each process kept its own
+        distributed.check_replicated(model, f"after epoch {epoch}")  # means, weights, statistics: bitwise equal
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                "train_loss": sums["loss"] / max(1, batches),
                                "train_cls_loss": sums["classification"] / max(1, batches),
@@ -537,9 +733,9 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         if skipped:
             row["skipped_steps"] = skipped
         row["train_time_s"] = time.perf_counter() - started
-        row["val_loss"] = validation_loss(model, val_set, config, device)
+        row["val_loss"] = validation_loss(model, val_set, config, device, context)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            coco = evaluate(model, val_set, batch_size=config.eval_batch_size, device=device, progress=False)
+            coco = evaluate_model(model, val_set, config, device, context)
             row.update({key: value for key, value in coco.items() if key != "per_class"})
             row["per_class_AP"] = coco["per_class"]
         row["time_s"] = time.perf_counter() - started
@@ -548,15 +744,16 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         if snapshot is not None:
             means_history.append(snapshot[0])
             kappa_history.append(snapshot[1])
-        _save_training_state(checkpoint_path, model, optimizer, scheduler, scaler, epoch, metrics,
-                             means_history, kappa_history)
-        _write_metrics(run_dir, metrics)
-        _write_histories(run_dir, means_history, kappa_history)
-        if config.progress:
+        if writes:
+            _save_training_state(checkpoint_path, model, optimizer, scheduler, scaler, epoch, metrics,
+                                 means_history, kappa_history)
+            _write_metrics(run_dir, metrics)
+            _write_histories(run_dir, means_history, kappa_history)
+        if config.progress and writes:
             ap = f", AP {row['AP']:.3f}, AP50 {row['AP50']:.3f}" if "AP" in row else ""
             print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, "
                   f"val loss {row['val_loss']:.4f}{ap} ({row['time_s']:.0f} s)", flush=True)
-    if start_epoch > config.epochs:  # resuming a finished run: restore its files from the checkpoint
+    if start_epoch > config.epochs and writes:  # resuming a finished run: restore its files from the checkpoint
         _write_histories(run_dir, means_history, kappa_history)
     return TrainResult(run_dir, metrics, model, list(train_set.class_names))
 
@@ -663,8 +860,12 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         config = TrainConfig.from_dict(overrides, preset=preset)
         result = train(config)
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(json.dumps({key: value for key, value in result.metrics[-1].items() if key != "per_class_AP"}, indent=1))
+        context = distributed.context_from_environment()
+        where = f" (rank {context.rank} of {context.world_size})" if context.distributed else ""
+        parser.exit(2, f"{parser.prog}{where}: error: {error}\n")
+    if distributed.context_from_environment().is_main:
+        print(json.dumps({key: value for key, value in result.metrics[-1].items() if key != "per_class_AP"},
+                         indent=1))
     return result
 
 

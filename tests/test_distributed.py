@@ -1,0 +1,291 @@
+"""Data-parallel training (torchrun, DDP, gloo on the CPU): the same numbers as one process.
+
+The end-to-end comparisons use SGD. With AdamW the per-parameter normalization turns last-bit
+differences into visible ones within a few steps: on the tiny preset even the CPU thread count
+(1 vs 2) moves the second epoch's loss by 5e-3. The reduction logic is the same for any optimizer.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dlde import distributed
+from dlde.distributed import DistributedContext, GlobalBatchNorm2d, context_from_environment, shard_batches
+from dlde.train import TrainConfig, _global_batches, _steps_per_epoch, build_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+#: One-process reference: the global batch (2 x 4) in one process, one thread like each DDP rank.
+COMMON = ["--preset", "tiny", "--optimizer", "sgd", "--sync-batchnorm", "true", "--progress", "false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning",
+       "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(_name, None)
+
+
+def torchrun(*args, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "dlde.train", *args]
+
+
+def one_process(*args):
+    return [sys.executable, "-m", "dlde.train", *args]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-process run of batch 4 and a 1-process run of batch 8 on the same data."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = ["--data-root", str(root / "data")]
+    subprocess.run(one_process(*COMMON, *data, "--batch-size", "8", "--threads", "1", "--run-dir", str(root / "one")),
+                   check=True, capture_output=True, env=ENV, cwd=root, timeout=300)
+    done = subprocess.run(torchrun(*COMMON, *data, "--batch-size", "4", "--run-dir", str(root / "ddp")),
+                          capture_output=True, text=True, env=ENV, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_with_the_global_batch(runs):
+    one, ddp = rows(runs / "one"), rows(runs / "ddp")
+    assert [row["epoch"] for row in ddp] == [1, 2]
+    for a, b in zip(one, ddp):
+        for key in ("train_loss", "train_cls_loss", "train_box_loss", "val_loss", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    np.testing.assert_allclose(np.load(runs / "ddp" / "means_history.npy"),
+                               np.load(runs / "one" / "means_history.npy"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.load(runs / "ddp" / "kappa_history.npy")[1:],
+                               np.load(runs / "one" / "kappa_history.npy")[1:], rtol=1e-3)
+    record = json.loads((runs / "ddp" / "config.json").read_text())
+    assert record["environment"]["world_size"] == 2 and record["config"]["batch_size"] == 4
+    # Rank 0 alone wrote, atomically: no temporary files left behind.
+    assert sorted(p.name for p in (runs / "ddp").iterdir()) == sorted(
+        ["config.json", "metrics.jsonl", "checkpoint.pt", "means_history.npy", "kappa_history.npy"])
+
+
+def _children(pid):
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _rank_of(pid):
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [entry[5:].decode() for entry in environ if entry.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+@pytest.fixture(scope="module")
+def killed(runs):
+    """A 2-process AdamW run whose rank 1 is killed (SIGKILL) after epoch 1, then resumed."""
+    if not Path("/proc/self/task").exists():
+        pytest.skip("finds the worker processes through /proc (Linux)")
+    run_dir = runs / "killed"
+    args = ["--preset", "tiny", "--progress", "false", "--data-root", str(runs / "data"), "--batch-size", "4",
+            "--epochs", "4", "--run-dir", str(run_dir)]
+    process = subprocess.Popen(torchrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ENV, cwd=runs)
+    deadline = time.monotonic() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # epoch 1 is checkpointed
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.02)
+    victims = [pid for pid in _children(process.pid) if _rank_of(pid) == 1]
+    assert victims, "rank 1 not found among torchrun's children"
+    os.kill(victims[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, stderr = process.communicate(timeout=90)
+    info = {"returncode": process.returncode, "seconds": time.monotonic() - killed_at, "stderr": stderr,
+            "saved": torch.load(run_dir / "checkpoint.pt", weights_only=True)}
+    info["resumed"] = subprocess.run(torchrun(*args, "--resume", "true"), capture_output=True, text=True, env=ENV,
+                                     cwd=runs, timeout=300)
+    info["run_dir"] = run_dir
+    return info
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_run_and_resume_continues(killed):
+    assert killed["returncode"] != 0
+    assert killed["seconds"] < 60
+    assert "SIGKILL" in killed["stderr"] and "dlde.train" in killed["stderr"]  # torchrun names rank and signal
+    saved = killed["saved"]
+    assert 1 <= saved["epoch"] < 4
+    assert killed["resumed"].returncode == 0, killed["resumed"].stderr[-3000:]
+    after = rows(killed["run_dir"])
+    assert [row["epoch"] for row in after] == [1, 2, 3, 4]
+    assert after[0] == saved["metrics"][0]  # the epochs before the crash are kept, not retrained
+    assert np.load(killed["run_dir"] / "means_history.npy").shape == (5, 3, 8)
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process_evaluation_of_the_checkpoint(killed):
+    from dlde import DLDENetWithTrackedMeans, evaluate
+    from dlde.train import build_datasets
+
+    assert killed["resumed"].returncode == 0, killed["resumed"].stderr[-3000:]
+    config = TrainConfig.from_dict({"data_root": str(killed["run_dir"].parent / "data")}, preset="tiny")
+    _, val_set = build_datasets(config)
+    model = DLDENetWithTrackedMeans.from_checkpoint(killed["run_dir"] / "checkpoint.pt")
+    single = evaluate(model, val_set, batch_size=config.eval_batch_size, progress=False)
+    last = rows(killed["run_dir"])[-1]
+    assert last["AP50"] > 0.05  # a trained model: a comparison that can fail
+    for key in ("AP", "AP50", "AP75", "AP_small"):
+        assert last[key] == pytest.approx(single[key], abs=1e-9), key
+    assert last["per_class_AP"] == pytest.approx(single["per_class"], abs=1e-9)
+
+
+# ------------------------------------------------------------------ in-process gloo: every step
+def _steps_worker(rank, world, port, mode, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = TrainConfig.from_dict({"means_update": mode}, preset="tiny")
+    torch.manual_seed(0)
+    model = build_model(config, 3)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(3, 4, 3, 64, 64, generator=generator)  # 3 steps of a global batch of 4
+    boxes = torch.tensor([[4.0, 4.0, 28.0, 30.0], [30.0, 20.0, 60.0, 52.0]])
+    annotations = torch.cat([boxes.expand(3, 4, 2, 4), torch.randint(0, 3, (3, 4, 2, 1), generator=generator)], -1)
+    network, reducer = model, None
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+        model = distributed.convert_sync_batchnorm(model, torch.device("cpu"))
+        assert distributed.attach_means_reducer(model) == 1
+        network = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        reducer = distributed.mean_over_processes
+        images, annotations = images[:, rank::world], annotations[:, rank::world]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    history = []
+    for step in range(3):
+        output = network(images[step], annotations[step])
+        losses = model.loss(*output, annotations[step], assignment=output.assignment, positives_reducer=reducer)
+        optimizer.zero_grad()
+        (losses["classification"] + losses["bbox_regression"]).backward()
+        optimizer.step()
+        means = model.classification.tracker.means.clone()
+        if world > 1:
+            gathered = [torch.empty_like(means) for _ in range(world)]
+            torch.distributed.all_gather(gathered, means)
+            assert all(torch.equal(g, means) for g in gathered), f"means differ between ranks after step {step}"
+            distributed.check_replicated(model, f"after step {step}")
+        history.append(means)
+    model.update_means()
+    history.append(model.classification.tracker.means.clone())
+    if rank == 0:
+        torch.save({"means": torch.stack(history), "stat_counts": model.classification.tracker.stat_counts.clone(),
+                    "weight": model.fpn.stem[0].weight.detach().clone()}, out)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["batch", "manual"])
+def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tmp_path, mode):
+    _steps_worker(0, 1, 0, mode, tmp_path / "one.pt")
+    torch.multiprocessing.spawn(_steps_worker, args=(2, _free_port(), mode, tmp_path / "two.pt"), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert not torch.equal(one["means"][0], one["means"][-1])  # the means moved
+    torch.testing.assert_close(two["means"], one["means"], rtol=0, atol=1e-6)
+    assert torch.equal(two["stat_counts"], one["stat_counts"])  # κ̂ statistics from the global batch
+    # The same gradient steps: DDP's average, the global loss normalizer and the global BatchNorm.
+    torch.testing.assert_close(two["weight"], one["weight"], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ units
+def test_shards_of_the_global_batches_are_the_one_process_batches():
+    single = _global_batches(37, 8, True, torch.Generator().manual_seed(7))
+    for world in (1, 2, 4):
+        order = _global_batches(37, 8, True, torch.Generator().manual_seed(7))
+        shards = [shard_batches(order, rank, world) for rank in range(world)]
+        assert all(len(shard) == _steps_per_epoch(37, 8 // world, world) for shard in shards)
+        for rank in range(world):
+            assert shards[rank] == [batch[rank::world] for batch in single]
+    assert _steps_per_epoch(37, 4, 2) == 5  # 4 full global batches of 8, and 5 images >= 2 processes
+    assert _steps_per_epoch(33, 4, 2) == 4  # the last global batch (1 image) cannot feed 2 processes
+    assert shard_batches([[0, 1, 2, 3, 4], [5]], 1, 2) == [[1, 3]]
+
+
+def test_context_from_the_torchrun_environment():
+    assert context_from_environment({}) == DistributedContext()
+    context = context_from_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert context.distributed and not context.is_main and context.local_rank == 1
+    assert distributed.device_for(context, "cpu") == torch.device("cpu")
+    assert distributed.device_for(context, "cuda") == torch.device("cuda", 1)  # one device per process
+    with pytest.raises(ValueError, match="RANK=4, WORLD_SIZE=4"):
+        context_from_environment({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(ValueError, match="must be integers"):
+        context_from_environment({"WORLD_SIZE": "two"})
+
+
+def test_global_batchnorm_is_batchnorm_without_a_process_group():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    reference = {key: value.clone() for key, value in model.state_dict().items()}
+    converted = distributed._to_global_batchnorm(model)
+    assert isinstance(converted[1], GlobalBatchNorm2d) and converted.state_dict().keys() == reference.keys()
+    x = torch.randn(2, 3, 8, 8)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    plain.load_state_dict(reference)
+    torch.testing.assert_close(converted(x), plain(x), rtol=0, atol=0)
+    assert distributed.convert_sync_batchnorm(plain, torch.device("cpu")) is plain  # one process: untouched
+    assert distributed.all_reduce_bytes(80, 128) == 80 * 129 * 8
+
+
+def test_amp_accepts_the_modes_and_the_old_booleans():
+    assert TrainConfig(amp=True).amp == "fp16" and TrainConfig(amp=False).amp == "off"
+    assert TrainConfig.from_dict({"amp": "bf16"}).amp == "bf16"
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig(amp="fp8")
+
+
+@pytest.mark.slow
+def test_amp_bf16_on_the_cpu_trains_without_nan_and_keeps_float32_means(tmp_path):
+    config = TrainConfig.from_dict({"run_dir": str(tmp_path / "bf16"), "data_root": str(tmp_path / "data"),
+                                    "amp": "bf16", "epochs": 1, "max_train_batches": 2, "channels_last": True,
+                                    "device": "cpu"}, preset="tiny")
+    result = train(config)
+    row = result.metrics[-1]
+    assert all(np.isfinite(row[key]) for key in ("train_loss", "val_loss", "AP"))
+    assert result.model.classification.means.dtype == torch.float32
+    history = np.load(tmp_path / "bf16" / "means_history.npy")
+    assert history.dtype == np.float32 and np.isfinite(history).all()
+    np.testing.assert_allclose(np.linalg.norm(history, axis=2), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="amp='fp16' needs a CUDA device"):
+        train(config, amp="fp16", run_dir=str(tmp_path / "fp16"))
+
+
+# ------------------------------------------------------------------------------------- CUDA
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nccl, fp16 autocast, pinned memory)")
+def test_cuda_fp16_channels_last_and_nccl(tmp_path):
+    result = train(TrainConfig.from_dict({"run_dir": str(tmp_path / "cuda"), "data_root": str(tmp_path / "data"),
+                                          "amp": "fp16", "channels_last": True, "epochs": 1}, preset="tiny"))
+    assert np.isfinite(result.metrics[-1]["train_loss"])
+    assert result.model.classification.means.dtype == torch.float32
+    assert result.model.classification.means.device.type == "cuda"
+    if torch.cuda.device_count() >= 2:  # nccl needs one GPU per process
+        done = subprocess.run(torchrun("--preset", "tiny", "--batch-size", "4", "--sync-batchnorm", "true",
+                                       "--amp", "bf16", "--data-root", str(tmp_path / "data"),
+                                       "--run-dir", str(tmp_path / "nccl"), "--epochs", "1"),
+                              capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((tmp_path / "nccl" / "config.json").read_text())["environment"]["world_size"] == 2

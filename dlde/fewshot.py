@@ -549,7 +549,8 @@ def run_protocol(base_models: Mapping[str, nn.Module], base_names: Sequence[str]
                           f"AP50 {row['novel_AP50']:.3f}, base AP {row['base_AP']:.3f} ({cost['seconds']:.1f} s)",
                           flush=True)
     return {"before": before, "rows": rows, "settings": dataclasses.asdict(settings), "base_names": list(base_names),
-            "novel_names": list(novel_names), "eval_images": len(indices), "shots": [k for k in shots if k not in skipped],
+            "novel_names": list(novel_names), "eval_images": len(indices),
+            "shots": [k for k in shots if k not in skipped],
             "skipped_shots": skipped, "draws": draws}
 
 
@@ -587,7 +588,8 @@ def summarize(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             entry[metric] = mean_interval([r[metric] for r in rows])
         before = result["before"][METHODS[method][0]]["AP"]
         entry["base_AP_before"] = before
-        entry["base_AP_drop"] = before - entry["base_AP"]["mean"] if math.isfinite(entry["base_AP"]["mean"]) else math.nan
+        after = entry["base_AP"]["mean"]
+        entry["base_AP_drop"] = before - after if math.isfinite(after) else math.nan
         table.append(entry)
     return table
 
@@ -717,7 +719,8 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
         metrics["wilderness_impact"] = _wilderness(per_image, targets, closed, known, iou)
         metrics["A-OSE"] = absolute_open_set_error(per_image, targets, unknown_labels, iou=iou)
         metrics["A-OSE_flagged"] = absolute_open_set_error(flagged, targets, unknown_labels, iou=iou)
-        metrics["known_detections"], metrics["unknown_detections"] = int((kind_of == 0).sum()), int((kind_of == 1).sum())
+        metrics["known_detections"] = int((kind_of == 0).sum())
+        metrics["unknown_detections"] = int((kind_of == 1).sum())
         out["models"][name], out["scores"][name] = metrics, scores
     return out
 
@@ -786,7 +789,7 @@ def retrieval_evaluation(model: nn.Module, dataset: CocoDetection, *, max_images
             chunk = indices[start:start + batch_size]
             images, annotations = collate([dataset[i] for i in chunk])
             boxes = [a[a[:, 4] >= 0, :4] for a in annotations]
-            for i, b, a, e in zip(chunk, boxes, annotations, box_embeddings(model, images.to(device), boxes)):
+            for i, a, e in zip(chunk, annotations, box_embeddings(model, images.to(device), boxes)):
                 embeddings.append(e.cpu())
                 labels.append(a[a[:, 4] >= 0, 4].long())
                 original = dataset.targets(i)

@@ -111,7 +111,8 @@ class CosinePrototypeClassification(ClassificationHead):
         if not 0 <= int(label) < self.classes:
             raise ValueError(f"label {label} is not a class of this head (0..{self.classes - 1})")
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size or embeddings.shape[0] == 0:
-            raise ValueError(f"imprinting needs embeddings (N >= 1, {self.embedding_size}), got {tuple(embeddings.shape)}")
+            raise ValueError(f"imprinting needs embeddings (N >= 1, {self.embedding_size}), "
+                             f"got {tuple(embeddings.shape)}")
         total = embeddings.detach().float().sum(dim=0)
         if not torch.isfinite(total).all() or total.norm() <= 1e-12:
             raise ValueError(f"the embeddings of class {label} sum to a zero or non-finite vector: no direction")

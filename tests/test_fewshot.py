@@ -3,11 +3,10 @@ import math
 
 import pytest
 import torch
+from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
-from dlde import DLDENetWithTrackedMeans, RetinaNet
-from dlde import fewshot
-from helpers import SMALL, batch_annotations
+from dlde import DLDENetWithTrackedMeans, RetinaNet, fewshot
 
 HEADS = {"dlde": {"embedding_size": 8}, "retinanet": {}, "prototypes": {"embedding_size": 8}}
 
@@ -211,7 +210,8 @@ def test_few_shot_protocol_runs_end_to_end_at_tiny_size(tiny_setting):
     table = fewshot.markdown_table(summary)
     assert table.count("\n") == len(summary) + 1 and "dlde_imprint" in table
     # the base model is not changed by adapting copies of it
-    model, cost = fewshot.adapt(models["dlde"], "dlde_imprint", train_set, fewshot.draw_shots(train_set, [7, 8, 9], 1, 1)[0],
+    draw = fewshot.draw_shots(train_set, [7, 8, 9], 1, 1)[0]
+    model, cost = fewshot.adapt(models["dlde"], "dlde_imprint", train_set, draw,
                                 base_names=[str(c) for c in fewshot.BASE_CLASSES])
     assert models["dlde"].classes == 7 and model.classes == 10 and cost["steps"] == 0
     assert model.class_names[7:] == ["7", "8", "9"]
@@ -279,7 +279,8 @@ def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
     mtimes = {head: (base_dir / head / "checkpoint.pt").stat().st_mtime for head in ("dlde", "retinanet")}
     opened = execute("06_open_set.ipynb", tmp_path, **common, HEADS="dlde,retinanet", RETRIEVAL_QUERIES=2,
                      RETRIEVAL_K=2, FIGURE_PREFIX="o_")
-    assert mtimes == {head: (base_dir / head / "checkpoint.pt").stat().st_mtime for head in mtimes}  # cached runs reused
+    # the cached base runs are reused, not retrained
+    assert mtimes == {head: (base_dir / head / "checkpoint.pt").stat().st_mtime for head in mtimes}
     models = opened["open_set"]["models"]
     assert set(models) == {"dlde", "retinanet"} and models["dlde"]["primary_score"] == "cosine"
     assert set(opened["retrieval"]) == {"dlde"} and 0.0 <= opened["retrieval"]["dlde"]["MAP@R"] <= 1.0

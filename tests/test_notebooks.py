@@ -23,7 +23,8 @@ from dlde.pipeline import (
 )
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-EXPECTED = ["01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb", "04_inference.ipynb"]
+EXPECTED = ["01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb", "04_inference.ipynb",
+            "05_few_shot.ipynb", "06_open_set.ipynb"]
 
 
 @pytest.fixture(scope="module", autouse=True)

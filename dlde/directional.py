@@ -197,6 +197,10 @@ class DirectionalClassification(ClassificationHead):
         the logit changes sign stays inside the cosine's range (a ``b`` far above 1 also scores
         every embedding near 1).
         """
+        with torch.autocast(embeddings.device.type, enabled=False):  # the cosine stays in fp32 under AMP
+            return self._classify(embeddings.float())
+
+    def _classify(self, embeddings: Tensor) -> Tensor:
         initialized = self.tracker.initialized  # (C,)
         weight = self.weight.abs().clamp(min=MIN_WEIGHT)
         bias = self.bias.clamp(-1.0, 1.0)

@@ -13,7 +13,7 @@ What plain ``DistributedDataParallel`` does not cover, and this module does:
   same update from the global batch and the means stay bitwise equal; DDP is built with
   ``broadcast_buffers=False`` so it never overwrites them. :func:`check_replicated` verifies, after
   every epoch, that means, weights and BatchNorm statistics are bitwise equal on all processes.
-* **Loss normalization.** :func:`mean_over_processes` is the focal loss's ``positives_reducer``:
+* **Loss normalization.** :func:`loss_normalizer` is the focal loss's ``positives_reducer``:
   each process divides by the mean number of positives over processes, so after DDP averages the
   gradients, N processes of batch B step as one process of batch N * B.
 * **Data order.** :func:`shard_batches` splits each global batch of the single-process order:
@@ -139,6 +139,19 @@ def sum_over_processes(sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     packed = torch.cat([sums.to(torch.float64), counts.to(torch.float64)[:, None]], dim=1)  # (C, d + 1)
     dist.all_reduce(packed)
     return packed[:, :-1].to(sums.dtype), packed[:, -1].round().to(counts.dtype)
+
+
+def loss_normalizer(positives: Tensor) -> Tensor:
+    """The focal loss's ``positives_reducer``: this process's share of the global number of
+    positive anchors, ``max(sum over processes, 1) / world size``, so that DDP's gradient average
+    equals the gradient of the global batch, also when a global batch has fewer positives than
+    processes. In one process: ``max(positives, 1)``.
+    """
+    if not _active():
+        return positives.clamp(min=1)
+    total = positives.clone()
+    dist.all_reduce(total)
+    return total.clamp(min=1) / dist.get_world_size()
 
 
 def mean_over_processes(value: Tensor) -> Tensor:
@@ -339,5 +352,5 @@ def all_reduce_bytes(classes: int, embedding_size: int) -> int:
 __all__ = ["DEFAULT_TIMEOUT_S", "DistributedContext", "GlobalBatchNorm2d", "all_reduce_bytes", "any_over_processes",
            "attach_means_reducer", "average_batchnorm_statistics", "backend_for", "broadcast_from_main",
            "check_replicated", "context_from_environment", "convert_sync_batchnorm", "device_for", "gather_to_main",
-           "initialize", "mean_over_processes", "shard_batches", "shutdown", "sum_over_processes",
+           "initialize", "loss_normalizer", "mean_over_processes", "shard_batches", "shutdown", "sum_over_processes",
            "tracked_means_modules"]

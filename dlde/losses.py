@@ -77,7 +77,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
         assignment: the batch's anchor assignment when already computed (the detector's forward
             computes it once per step); otherwise the anchors are matched here.
         positives_reducer: maps this process's number of positive anchors to the normalizer, e.g.
-            the mean over processes in distributed training (detectron2's convention), so N
+            its share of the global count in distributed training (detectron2's convention), so N
             processes of batch B give the gradient of one process of batch N * B.
 
     Returns:
@@ -100,9 +100,9 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     valid = objects | assignment.background_mask
     labels = assignment.assigned_annotations[..., 4][objects].long()  # (N,)
     positives = objects.sum().to(torch.float32)
-    if positives_reducer is not None:
-        positives = positives_reducer(positives)
-    positives = positives.clamp(min=1)
+    # The normalizer: at least 1 (an image without objects gives a zero box loss); a reducer
+    # returns this process's share of the global count (dlde.distributed.loss_normalizer).
+    positives = positives.clamp(min=1) if positives_reducer is None else positives_reducer(positives)
     # Every (anchor, class) is scored as a negative, then the N positive pairs are corrected:
     # a handful of passes over the (B, A, C) tensor instead of a dense one-hot target.
     eps = 1e-6

@@ -82,11 +82,12 @@ class CosinePrototypeClassification(ClassificationHead):
         return F.normalize(self.prototypes.detach(), dim=1)
 
     def classify(self, embeddings: Tensor) -> Tensor:
-        """Probabilities ``(..., C)`` of unit embeddings ``(..., d)``."""
-        weights = F.normalize(self.prototypes, dim=1) * self.scale  # (C, d)
-        flat = embeddings.reshape(-1, embeddings.shape[-1])
-        logits = torch.addmm(self.bias, flat, weights.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
-        return torch.sigmoid(logits)
+        """Probabilities ``(..., C)`` of unit embeddings ``(..., d)`` (the cosine in fp32, also under AMP)."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            weights = F.normalize(self.prototypes.float(), dim=1) * self.scale  # (C, d)
+            flat = embeddings.float().reshape(-1, embeddings.shape[-1])
+            logits = torch.addmm(self.bias.float(), flat, weights.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
+            return torch.sigmoid(logits)
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, *, assignment=None) -> Tensor:

@@ -437,10 +437,10 @@ def _sharded_validation_loss(model: nn.Module, dataset, config: TrainConfig, dev
         for _, images, annotations in _sharded_eval_batches(dataset, config, context):
             batches += 1
             if images is None:  # an empty shard still joins the normalizer's all-reduce
-                distributed.mean_over_processes(torch.zeros((), device=device))
+                distributed.loss_normalizer(torch.zeros((), device=device))
                 continue
             images, annotations = images.to(device), annotations.to(device)
-            losses = model.loss(*model(images), annotations, positives_reducer=distributed.mean_over_processes)
+            losses = model.loss(*model(images), annotations, positives_reducer=distributed.loss_normalizer)
             total += sum(losses.values()).double()
     return float(distributed.mean_over_processes(total)) / max(1, batches)
 
@@ -613,7 +613,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext, device:
         if config.sync_batchnorm:
             model = distributed.convert_sync_batchnorm(model, device)
         distributed.attach_means_reducer(model)
-        positives_reducer = distributed.mean_over_processes
+        positives_reducer = distributed.loss_normalizer
         # The means are kept equal by their reducer: DDP must not overwrite them with rank 0's.
         network = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)

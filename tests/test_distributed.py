@@ -163,7 +163,7 @@ def _steps_worker(rank, world, port, mode, out):
         model = distributed.convert_sync_batchnorm(model, torch.device("cpu"))
         assert distributed.attach_means_reducer(model) == 1
         network = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-        reducer = distributed.mean_over_processes
+        reducer = distributed.loss_normalizer
         images, annotations = images[:, rank::world], annotations[:, rank::world]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     model.train()

@@ -87,7 +87,12 @@ TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPD
                 "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
 #: TrainConfig fields that do not change a run's result: ignored when deciding whether a
 #: finished run is the one a sweep asks for, and left out of its folder name.
-NOT_IDENTITY = ("run_dir", "data_root", "resume", "overwrite", "progress")
+def not_identity() -> frozenset[str]:
+    """TrainConfig fields that never change a run's numbers (the trainer's bookkeeping fields, and
+    where the data lies): ignored when comparing runs and naming their folders."""
+    from .train import BOOKKEEPING
+
+    return frozenset(BOOKKEEPING) | {"data_root"}
 #: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
 SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
 SWEEP_KEYS = ("base", "grid", "arms", "seeds")
@@ -791,18 +796,19 @@ def run_key(config: Mapping[str, Any], preset: str) -> str:
     """The folder of a resolved config under the sweeps folder: ``<preset>/<diffs>,seed=<seed>``.
 
     ``<diffs>`` are the fields that differ from the preset (sorted, ``name=value``), without
-    those in :data:`NOT_IDENTITY`; equal configs get equal keys, whichever sweep asks.
+    those in :func:`not_identity`; equal configs get equal keys, whichever sweep asks.
     """
     from .train import PRESETS
 
     base = PRESETS[preset].to_dict()
     diffs = [f"{name}={_name_value(value)}" for name, value in sorted(config.items())
-             if name not in NOT_IDENTITY and name != "seed" and value != base.get(name)]
+             if name not in not_identity() and name != "seed" and value != base.get(name)]
     return f"{preset}/" + ",".join(diffs + [f"seed={config['seed']}"])
 
 
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key not in NOT_IDENTITY}
+    ignored = not_identity()
+    return {key: value for key, value in config.items() if key not in ignored}
 
 
 def _split_parameters(path: Path, where: str, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -29,7 +29,7 @@ def test_default_plan_trains_every_run_first_and_prefixes_all_but_the_first(tmp_
     order = [(s.run, s.notebook) for s in plan.steps]
     assert order[:2] == [("dlde", "01_train.ipynb"), ("sigmoid", "01_train.ipynb")]
     assert {notebook for _, notebook in order} == {"01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb",
-                                                   "04_inference.ipynb"}
+                                                   "04_inference.ipynb", "05_few_shot.ipynb", "06_open_set.ipynb"}
     assert {s.run: s.prefix for s in plan.steps} == {"dlde": "", "sigmoid": "sigmoid_"}
     train = plan.parameters(plan.steps[0])
     assert train["PRESET"] == "digits" and train["MODEL"] == "dlde"

@@ -242,8 +242,9 @@ def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
     return train, val
 
 
-def build_model(config: TrainConfig, classes: int) -> RetinaNet:
-    """The detector of a config: the head registered as ``config.model`` (:data:`dlde.models.HEADS`)."""
+def build_model(config: TrainConfig, classes: int, class_names: Sequence[str] | None = None) -> RetinaNet:
+    """The detector of a config: the head registered as ``config.model`` (:data:`dlde.models.HEADS`),
+    with the dataset's class names (kept in its checkpoints)."""
     anchors = {key: list(value) for key, value in (("sizes", config.anchor_sizes), ("scales", config.anchor_scales),
                                                    ("ratios", config.anchor_ratios)) if value is not None}
     return build_detector(
@@ -252,7 +253,8 @@ def build_model(config: TrainConfig, classes: int) -> RetinaNet:
         features={"pyramid": config.pyramid_channels, "regression": config.head_channels,
                   "classification": config.head_channels},
         head_convs=config.head_convs, group_norm=config.group_norm, box_loss=config.box_loss,
-        assignation_thresholds={"object": config.object_iou, "background": config.background_iou})
+        assignation_thresholds={"object": config.object_iou, "background": config.background_iou},
+        class_names=class_names)
 
 
 def lr_lambda(step: int, total: int, config: TrainConfig) -> float:
@@ -604,7 +606,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext, device:
         raise ValueError(f"amp='fp16' needs a CUDA device (it scales the loss), got {device}; use amp='bf16' here")
     _seed_everything(config.seed)  # every process: the same initial model
     train_set, val_set = _main_first(context, lambda: build_datasets(config), then_others=True)
-    model = build_model(config, train_set.num_classes).to(device)
+    model = build_model(config, train_set.num_classes, train_set.class_names).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     network: nn.Module = model

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: figures ablations figures-tiny test test-fast test-browser lab bench clean venv chromium
+.PHONY: figures ablations figures-tiny test test-fast test-browser lint lab bench clean venv chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,16 @@ chromium:
 	@[ -x $(CHROMIUM) ] || { echo "installing Debian's chromium (apt-get) for the browser test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) chromium
+lint: $(STAMP)
+	$(PY) -m ruff check dlde tests benchmarks
+
+test: $(STAMP) chromium lint
 	$(PY) -m pytest -q
 
 test-browser: $(STAMP) chromium
 	$(PY) -m pytest -q -m browser tests/test_browser.py
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow"
 
 figures: $(STAMP)

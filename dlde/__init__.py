@@ -3,17 +3,17 @@ from .anchors import Anchors, Assignment, assign_batch
 from .backbone import ResNetFPN
 from .boxes import BoxCoder
 from .checkpoints import atomic_save, load_checkpoint
+from .coco import CocoDetection, read_image
 from .detector import DLDENetWithTrackedMeans, RetinaNet, TrainingOutput
+from .digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
 from .directional import DirectionalClassification
+from .evaluation import coco_metrics, evaluate
 from .heads import ClassificationHead, Regression, SigmoidClassification, SubModule
-from .prototypes import CosinePrototypeClassification
-from .models import HEADS, build_detector, load_detector
 from .losses import detection_loss, focal_loss
 from .means import TrackedMeans
-from .digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
-from .coco import CocoDetection, read_image
+from .models import HEADS, build_detector, load_detector
+from .prototypes import CosinePrototypeClassification
 from .transforms import DetectionTransform, collate
-from .evaluation import coco_metrics, evaluate
 
 __all__ = [
     "Anchors", "Assignment", "assign_batch", "ResNetFPN", "BoxCoder", "DLDENetWithTrackedMeans",

@@ -167,7 +167,8 @@ class RetinaNet(nn.Module):
                 convs=head_convs, group_norm=group_norm, assignation_thresholds=self.assignation_thresholds,
                 allow_low_quality_matches=allow_low_quality_matches, **options)
         if not isinstance(head, ClassificationHead):
-            raise TypeError(f"the classification head must be a dlde.heads.ClassificationHead, got {type(head).__name__}")
+            raise TypeError("the classification head must be a dlde.heads.ClassificationHead, "
+                            f"got {type(head).__name__}")
         self.classification = head
         if device is not None:
             self.to(device)
@@ -214,7 +215,8 @@ class RetinaNet(nn.Module):
                 embeddings = self.classification.embed(self.fpn(images))
                 self.classification.track(embeddings, self.assign(self.anchors(images), annotations))
             return None
-        if self.training and images.shape[0] == 1 and math.ceil(images.shape[-2] / 32) * math.ceil(images.shape[-1] / 32) == 1:
+        one_by_one = math.ceil(images.shape[-2] / 32) * math.ceil(images.shape[-1] / 32) == 1  # stride-32 map
+        if self.training and images.shape[0] == 1 and one_by_one:
             raise ValueError(f"a batch of one {images.shape[-2]}x{images.shape[-1]} image is too small to train: the "
                              "backbone's BatchNorm sees a 1x1 map at stride 32; use images larger than 32 px or "
                              "batches of two or more")
@@ -308,7 +310,10 @@ class RetinaNet(nn.Module):
             outputs = self(images)
         results = []
         for boxes, probabilities in outputs:
-            scores, labels = probabilities.max(dim=1) if len(boxes) else (boxes.new_zeros(0), boxes.new_zeros(0, dtype=torch.long))
+            if len(boxes):
+                scores, labels = probabilities.max(dim=1)
+            else:
+                scores, labels = boxes.new_zeros(0), boxes.new_zeros(0, dtype=torch.long)
             results.append({"boxes": boxes, "scores": scores, "labels": labels})
         return results
 

@@ -50,7 +50,8 @@ def matched_embeddings(model: nn.Module, dataset, *, max_images: int | None = 20
             labels.append(assignment.assigned_annotations[..., 4][objects].long().cpu())
             d = embeddings.shape[-1]
     embeddings = torch.cat(collected) if collected else torch.zeros(0, d)
-    return embeddings.numpy().astype(np.float32), (torch.cat(labels) if labels else torch.zeros(0)).numpy().astype(np.int64)
+    labels = torch.cat(labels) if labels else torch.zeros(0)
+    return embeddings.numpy().astype(np.float32), labels.numpy().astype(np.int64)
 
 
 def _display_image(path: Path) -> np.ndarray:

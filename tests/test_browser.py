@@ -192,7 +192,8 @@ def text_of(output):
 def check_executed(page, notebook, name, screenshots):
     """No errors, the .venv kernel, an image in every figure cell; screenshot; returns the figures shown."""
     cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
-    source = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+    def source(c):
+        return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
     errors = [text_of(o) for c in cells for o in c["outputs"] if o["output_type"] == "error"]
     assert not errors, f"{name}: {errors[0][-2000:]}"
     assert all(c["execution_count"] is not None for c in cells), f"{name}: a cell did not run"
@@ -254,7 +255,8 @@ def test_03_embeddings_in_lab_with_slider(lab, page, screenshots):
     results = read_results(root / RUN / "03_embeddings")
     assert results["N"] > 0 and shown == len(results["figures"]) == 4
     sources = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
-    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(next(i for i, s in enumerate(sources) if "MeansExplorer(" in s))
+    explorer = next(i for i, s in enumerate(sources) if "MeansExplorer(" in s)
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(explorer)
     cell.scroll_into_view_if_needed()
     figure = cell.locator(".jupyter-matplotlib-figure, .jupyter-matplotlib").first
     figure.wait_for(state="visible", timeout=30_000)
@@ -282,4 +284,5 @@ def test_04_inference_in_lab(lab, page, screenshots):
     assert results["images"] == 2 and shown == len(results["figures"]) == 1
     assert not (root / "figures").exists()
     for name in PARAMETERS:  # Lab never wrote the committed notebooks
-        assert (root / "notebooks" / f"{name}.ipynb").read_bytes() == (REPO / "notebooks" / f"{name}.ipynb").read_bytes()
+        committed = (REPO / "notebooks" / f"{name}.ipynb").read_bytes()
+        assert (root / "notebooks" / f"{name}.ipynb").read_bytes() == committed

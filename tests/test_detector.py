@@ -1,11 +1,10 @@
 import pytest
 import torch
+from helpers import batch_annotations, tiny_model
 from torch.testing import assert_close
 
 from dlde import DLDENetWithTrackedMeans, RetinaNet, detection_loss
 from dlde.backbone import pretrained_weights_path
-
-from helpers import batch_annotations, tiny_model
 
 MODELS = [DLDENetWithTrackedMeans, RetinaNet]
 
@@ -120,7 +119,8 @@ def test_focal_loss_is_normalized_by_positives():
 
 
 def _postprocess_inputs(scores_per_anchor, classes=2):
-    model = tiny_model(RetinaNet, classes=classes, fpn_levels=[3], anchors={"sizes": [8], "scales": [1.0], "ratios": [1.0]})
+    model = tiny_model(RetinaNet, classes=classes, fpn_levels=[3],
+                       anchors={"sizes": [8], "scales": [1.0], "ratios": [1.0]})
     model.eval()
     images = torch.zeros(1, 3, 16, 16)  # 2 x 2 grid, one anchor each
     anchors = model.anchors(images)
@@ -189,7 +189,8 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     model.eval(), restored.eval()
     model.evaluate_loss = restored.evaluate_loss = True
     assert_close(model(images)[2], restored(images)[2])
-    from_dict = RetinaNet.from_checkpoint(tiny_model(RetinaNet).save(tmp_path / "r.pt") and torch.load(tmp_path / "r.pt", weights_only=True))
+    tiny_model(RetinaNet).save(tmp_path / "r.pt")
+    from_dict = RetinaNet.from_checkpoint(torch.load(tmp_path / "r.pt", weights_only=True))
     assert isinstance(from_dict, RetinaNet)
 
 

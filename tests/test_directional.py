@@ -8,7 +8,6 @@ from torch.testing import assert_close
 from dlde import DirectionalClassification, TrackedMeans
 
 
-
 def make_head(classes=3, d=4, mode="batch", lr=0.1, init="zeros"):
     """The seed's set-up: zero means until first tracked (closed forms below assume it)."""
     return DirectionalClassification(8, d, 1, 8, classes, {"object": 0.5, "background": 0.4},

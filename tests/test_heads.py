@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
 import dlde.detector
@@ -17,8 +18,6 @@ from dlde import CosinePrototypeClassification, DLDENetWithTrackedMeans, RetinaN
 from dlde.heads import ClassificationHead, SigmoidClassification, SubModule
 from dlde.means import MeansConfig
 from dlde.train import PRESETS, TrainConfig, build_model, train
-
-from helpers import SMALL, batch_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 

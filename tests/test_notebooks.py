@@ -242,7 +242,8 @@ def test_the_lab_save_hook_refuses_only_committed_notebooks(tmp_path):
     with pytest.raises(HTTPError, match="Save Notebook As") as refused:
         nbhelpers.refuse_committed_save({}, "notebooks/01_train.ipynb", manager)
     assert refused.value.status_code == 403
-    for allowed in ("runs/mine/01_train.ipynb", "notebooks/Untitled.ipynb", "01_train.ipynb", "notebooks/x/01_train.ipynb"):
+    for allowed in ("runs/mine/01_train.ipynb", "notebooks/Untitled.ipynb", "01_train.ipynb",
+                    "notebooks/x/01_train.ipynb"):
         nbhelpers.refuse_committed_save({}, allowed, manager)
 
 

@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL, batch_annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dlde.train as training
-from dlde import DLDENetWithTrackedMeans, DirectionalClassification, RetinaNet, load_checkpoint
+from dlde import DirectionalClassification, DLDENetWithTrackedMeans, RetinaNet, load_checkpoint
 from dlde.checkpoints import atomic_save
 from dlde.train import TrainConfig, main, train
-
-from helpers import SMALL, batch_annotations
 
 
 def tiny(tmp_path, name="run", **overrides):

@@ -167,7 +167,8 @@ def test_the_repository_sweeps_share_the_default_arm_across_sweeps(tmp_path):
     assert default == by_name["embedding_size"].arms["embedding_size=32"]
     assert default == by_name["starting_means"].arms["orthogonal"]
     assert default == by_name["means_update"].arms["means_update=batch"]
-    assert by_name["headline"].arms["retinanet"] == [f"digits/epochs=8,model=retinanet,threads=1,seed={s}" for s in range(5)]
+    retinanet = [f"digits/epochs=8,model=retinanet,threads=1,seed={s}" for s in range(5)]
+    assert by_name["headline"].arms["retinanet"] == retinanet
     assert len(plan.runs) == len({k for s in plan.sweeps for keys in s.arms.values() for k in keys})
     run = plan.runs["digits/epochs=4,means_lr=0.01,threads=1,seed=1"]
     assert run.config["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 4

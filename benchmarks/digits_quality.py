@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench", help="parent folder of the runs")
     parser.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="training preset")
     parser.add_argument("--data-root", default=None, help="dataset folder (default: the preset's)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--models", nargs="+", default=["dlde", "retinanet"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="training seeds (weights and batch order); several give mean and spread")
@@ -49,6 +50,8 @@ def main() -> None:
                 overrides["epochs"] = args.epochs
             if args.data_root:
                 overrides["data_root"] = args.data_root
+            if args.threads:
+                overrides["threads"] = args.threads
             started = time.perf_counter()
             result = train(TrainConfig.from_dict(overrides, preset=args.preset))
             wall = time.perf_counter() - started

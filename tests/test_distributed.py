@@ -201,7 +201,11 @@ def _free_port():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["batch", "manual"])
 def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tmp_path, mode):
-    _steps_worker(0, 1, 0, mode, tmp_path / "one.pt")
+    threads = torch.get_num_threads()
+    try:
+        _steps_worker(0, 1, 0, mode, tmp_path / "one.pt")  # in this process: restore its thread count after
+    finally:
+        torch.set_num_threads(threads)
     torch.multiprocessing.spawn(_steps_worker, args=(2, _free_port(), mode, tmp_path / "two.pt"), nprocs=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert not torch.equal(one["means"][0], one["means"][-1])  # the means moved

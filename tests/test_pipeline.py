@@ -161,6 +161,11 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     metrics = (figures / "metrics.md").read_text().splitlines()
     assert [row.split("|")[1].strip() for row in metrics[2:]] == ["dlde", "sigmoid"]
     assert (tmp_path / "tiny" / "sigmoid" / "04_inference.ipynb").exists()
+    # A rerun finds the identical finished runs in their folders and reuses them (no retraining).
+    checkpoint = tmp_path / "tiny" / "dlde" / "checkpoint.pt"
+    before = checkpoint.stat().st_mtime_ns
+    assert pipeline.main(args[:-6] + ["--threads", "1"]) == 0  # only 01: both runs again
+    assert checkpoint.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow

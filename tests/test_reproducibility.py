@@ -62,17 +62,20 @@ def test_notebook_and_benchmark_reproduce_the_cli(tmp_path):
 
     from dlde.pipeline import PAPERMILL_OPTIONS
 
+    # The thread count is part of the config: every entry point gets the same explicit value, so
+    # the comparison does not depend on what an earlier test or the environment left behind.
     main(["--preset", "tiny", "--epochs", "2", "--run-dir", str(tmp_path / "cli"),
-          "--data-root", str(tmp_path / "data"), "--progress", "false"])
+          "--data-root", str(tmp_path / "data"), "--progress", "false", "--threads", "2"])
     papermill.execute_notebook(
         str(ROOT / "notebooks" / "01_train.ipynb"), str(tmp_path / "01_train.ipynb"),
         parameters={"PRESET": "tiny", "EPOCHS": 2, "RUN_DIR": str(tmp_path / "notebook"),
                     "DATA_ROOT": str(tmp_path / "data"), "FIGURES_DIR": str(tmp_path / "figures"),
-                    "DETECTION_IMAGES": 2, "OVERRIDES_JSON": json.dumps({"progress": True})},
+                    "DETECTION_IMAGES": 2, "OVERRIDES_JSON": json.dumps({"progress": True, "threads": 2})},
         cwd=str(tmp_path), **PAPERMILL_OPTIONS)
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "digits_quality.py"), "--preset", "tiny",
                     "--epochs", "2", "--models", "dlde", "--out", str(tmp_path / "bench"),
-                    "--data-root", str(tmp_path / "data")], check=True, capture_output=True, cwd=tmp_path)
+                    "--data-root", str(tmp_path / "data"), "--threads", "2"], check=True, capture_output=True,
+                   cwd=tmp_path)
     reference = numbers(tmp_path / "cli")
     assert numbers(tmp_path / "notebook") == reference
     assert numbers(tmp_path / "bench" / "dlde_seed0") == reference

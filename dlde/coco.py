@@ -195,6 +195,10 @@ class CocoDetection(Dataset):
             image, annotations = self.transform(image, annotations)
         return image, annotations
 
+    def image_path(self, index: int) -> Path:
+        """The image file of item ``index``."""
+        return self._files[index]
+
     def meta(self, index: int) -> dict:
         """Returns ``image_id``, ``orig_size`` (h, w) and ``scale`` (the transform's resize
         factor, 1.0 without one) of item ``index``."""

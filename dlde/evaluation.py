@@ -168,16 +168,19 @@ def evaluate(
                 raise ValueError(f"model returned {len(outputs)} outputs for a batch of {images.shape[0]}")
             for boxes, classifications in outputs:  # loop over images
                 meta = dataset.meta(len(detections))
-                detections.append(_to_original(boxes, classifications, meta, max_detections,
+                detections.append(to_original(boxes, classifications, meta, max_detections,
                                                labels=labels, score_threshold=score_threshold))
     return coco_metrics(dataset, detections, max_detections=max_detections)
 
 
-def _to_original(
+def to_original(
     boxes: torch.Tensor, classifications: torch.Tensor, meta: dict, max_detections: int, *,
     labels: str = "argmax", score_threshold: float = 0.0,
 ) -> dict:
-    """Turns one image's network output into a detection dict in original pixels."""
+    """One image's network output ``(boxes (N, 4), classifications (N, C))`` in network-input
+    pixels as a detection dict ``{boxes, scores, labels}`` in original pixels (``meta`` is
+    :meth:`dlde.CocoDetection.meta`), keeping the ``max_detections`` best; ``labels`` as in
+    :func:`evaluate`."""
     if boxes.ndim != 2 or boxes.shape[1] != 4 or classifications.ndim != 2 or (
         classifications.shape[0] != boxes.shape[0]
     ):

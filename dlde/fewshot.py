@@ -52,7 +52,7 @@ from torchvision.ops import box_iou
 from .calibration import DEFAULT_IOU, match_detections
 from .coco import CocoDetection
 from .digits import default_digits_root
-from .evaluation import _to_original, coco_metrics
+from .evaluation import coco_metrics, to_original
 from .modes import evaluating
 from .openset import (
     DEFAULT_KNOWN_PRECISION,
@@ -456,7 +456,7 @@ def _detections(model: nn.Module, dataset: CocoDetection, indices: Sequence[int]
             chunk = list(indices[start:start + batch_size])
             images, _ = collate([dataset[i] for i in chunk])
             for i, (boxes, probabilities) in zip(chunk, model(images.to(device))):  # loop over images
-                det = _to_original(boxes, probabilities, dataset.meta(i), 100, labels="all", score_threshold=threshold)
+                det = to_original(boxes, probabilities, dataset.meta(i), 100, labels="all", score_threshold=threshold)
                 det["labels"] = lookup_back[det["labels"]]
                 out.append(det)
     return out
@@ -830,7 +830,7 @@ def retrieval_examples(dataset: CocoDetection, retrieval: Mapping[str, Any], que
     scores, found = index.search(index.embeddings[queries], k, exclude=queries)
 
     def crop(position: int) -> np.ndarray:
-        image = _display_image(dataset._files[int(items[position, 0])])
+        image = _display_image(dataset.image_path(int(items[position, 0])))
         return crop_boxes(image, items[position, 1:][None], pad=pad)[0]
 
     return {"query_crops": [crop(int(q)) for q in queries],

@@ -81,7 +81,7 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
 def detection_samples(model: nn.Module, dataset, indices: Sequence[int], *, score_threshold: float = 0.3) -> list[dict]:
     """Detections on dataset items, in original pixels, with their ground truth, for
     :func:`dlde.plotting.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
-    images = [_display_image(dataset._files[i]) for i in indices]
+    images = [_display_image(dataset.image_path(i)) for i in indices]
     samples = _detect(model, images, dataset.transform, score_threshold)
     for sample, index in zip(samples, indices):
         sample["gt_boxes"] = dataset.targets(index)[:, :4].numpy()

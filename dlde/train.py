@@ -41,7 +41,7 @@ from .coco import CocoDetection
 from .detector import DEFAULT_FEATURES, RetinaNet
 from .digits import default_digits_root, make_digits_dataset
 from .directional import DirectionalClassification
-from .evaluation import DEFAULT_PAIR_THRESHOLD, _to_original, coco_metrics, evaluate
+from .evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, evaluate, to_original
 from .losses import BOX_LOSSES
 from .means import MEANS_INITS, MEANS_UPDATES
 from .models import HEADS, build_detector, head_option_names
@@ -468,7 +468,7 @@ def evaluate_model(model: nn.Module, dataset, config: TrainConfig, device,
                 continue
             outputs = model(images.to(device))
             for index, (boxes, classifications) in zip(indices, outputs):  # loop over images
-                local.append((index, _to_original(boxes, classifications, dataset.meta(index), max_detections,
+                local.append((index, to_original(boxes, classifications, dataset.meta(index), max_detections,
                                                   labels=labels, score_threshold=threshold)))
     gathered = distributed.gather_to_main(local)
     metrics = None

@@ -70,6 +70,8 @@ KERNEL_NAME = "python3"  # the native ipykernel spec: resolves to this interpret
 PAPERMILL_OPTIONS = {"kernel_name": KERNEL_NAME, "progress_bar": False,
                      "extra_arguments": ["--IPKernelApp.log_level=ERROR"], "shutdown_kernel": "immediate"}
 
+#: A run's key in figures.yaml (not a notebook parameter): train it under torchrun with N processes.
+NPROC_KEY = "nproc"
 #: Parameters the pipeline sets itself; figures.yaml may not set them.
 MANAGED_PARAMETERS = ("RUN_DIR", "FIGURES_DIR", "FIGURE_PREFIX", "OUT_DIR")
 #: Parameters holding paths: relative values in figures.yaml are relative to its folder.
@@ -154,6 +156,7 @@ class Step:
     notebook: str  # file name inside notebooks/
     parameters: dict[str, Any]  # as given in figures.yaml (plus --tiny), before paths are added
     prefix: str
+    nproc: int = 1  # a training run: processes of its torchrun (1: trained inside the notebook)
 
     @property
     def stem(self) -> str:
@@ -331,6 +334,9 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
 
     steps, seen = [], set()
     for run, notebook, parameters in entries:
+        nproc = parameters.pop(NPROC_KEY, 1) if notebook == TRAIN_NOTEBOOK else 1
+        if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+            raise ValueError(f"{config_path}: run {run!r}: {NPROC_KEY} must be a positive integer, got {nproc!r}")
         if (run, notebook) in seen:
             raise ValueError(f"{config_path}: {notebook} appears twice for run {run!r}; "
                              "add another run to run it with other parameters")
@@ -354,7 +360,7 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
             parameters.update({k: v for k, v in overrides.items() if k in declared})
             if notebook == TRAIN_NOTEBOOK:
                 parameters["DATA_ROOT"] = str(runs_root / "data")
-        steps.append(Step(run, notebook, parameters, prefixes[run]))
+        steps.append(Step(run, notebook, parameters, prefixes[run], nproc))
 
     if not only:
         return Plan(root, runs_root, figures, steps, steps)
@@ -518,6 +524,50 @@ def _papermill(notebook: str, executed: Path, parameters: Mapping[str, Any], cwd
                                cwd=str(cwd), log_output=log_output, **PAPERMILL_OPTIONS)
 
 
+def torchrun_command(config, preset: str, nproc: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=N -m dlde.train ...`` for a
+    :class:`~dlde.train.TrainConfig`: ``--preset`` plus every field that differs from the preset.
+
+    Raises:
+        ValueError: a field is None where the preset has a value (no flag can express it).
+    """
+    import dataclasses
+
+    from .train import PRESETS
+
+    base = PRESETS[preset]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "dlde.train", "--preset", preset]
+    for field in dataclasses.fields(config):
+        value, default = getattr(config, field.name), getattr(base, field.name)
+        if value == default:
+            continue
+        if value is None:
+            raise ValueError(f"{field.name}=None cannot be passed to torchrun over preset {preset!r} ({default!r})")
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            command += [flag, "true" if value else "false"]
+        elif isinstance(value, (tuple, list)):
+            command += [flag, *map(str, value)]
+        else:
+            command += [flag, str(value)]
+    return command
+
+
+def _torchrun(config, preset: str, nproc: int, executed: Path, cwd: Path, step: Step) -> None:
+    """Train ``config`` with ``nproc`` processes; its output goes next to the executed notebook."""
+    import subprocess
+
+    log = executed.with_name(f"{executed.stem}.torchrun.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as file:
+        code = subprocess.run(torchrun_command(config, preset, nproc), cwd=cwd, stdout=file,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise NotebookFailed(step, log, f"torchrun with {nproc} processes exited with {code}: {tail[0][:300]}")
+
+
 def _failure_reason(error: Exception) -> str:
     import papermill
 
@@ -561,7 +611,17 @@ def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[
                 parameters["RESUME"] = False
         resumed = parameters.get("RESUME", notebook_defaults()["RESUME"])
         done_before = len(_read_rows(run_dir / "metrics.jsonl")) if resumed else 0
-        if epochs is not None:
+        if epochs is not None and step.nproc > 1 and run_state(run_dir, config.to_dict()) != "complete":
+            # Data-parallel: torchrun trains the run, then the notebook only reloads the finished run.
+            overrides = json.loads(parameters.get("OVERRIDES_JSON", notebook_defaults()["OVERRIDES_JSON"]))
+            launched = train_config(parameters | {"RESUME": bool(resumed)})
+            with EpochProgress(run_dir, epochs, step.run, done_before=done_before, echo=echo):
+                _torchrun(launched, parameters.get("PRESET", notebook_defaults()["PRESET"]), step.nproc, executed,
+                          plan.root, step)
+            parameters["RESUME"] = True
+            parameters["OVERRIDES_JSON"] = json.dumps({k: v for k, v in overrides.items()
+                                                       if k not in ("overwrite", "resume")})
+        elif epochs is not None:
             watch = EpochProgress(run_dir, epochs, step.run, done_before=done_before, echo=echo)
     try:
         if watch is None:

@@ -582,10 +582,21 @@ def _main_first(context: distributed.DistributedContext, work, *, then_others: b
     return result
 
 
+def _finished(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``metrics.jsonl`` holds the last epoch: resuming then trains nothing, only reloads
+    (with any number of processes, e.g. a notebook reloading a run trained under torchrun)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return bool(rows) and int(rows[-1].get("epoch", 0)) >= config.epochs
+
+
 def _claim_and_check(run_dir: Path, config: TrainConfig, context: distributed.DistributedContext):
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _claim_run_dir(run_dir, config)
-    if record is not None and (run_dir / "checkpoint.pt").exists():
+    if record is not None and (run_dir / "checkpoint.pt").exists() and not _finished(run_dir, config):
         saved = int(record.get("environment", {}).get("world_size", 1))
         if saved != context.world_size:
             raise ValueError(f"cannot resume {run_dir} with {context.world_size} process(es): it was trained with "

@@ -184,3 +184,21 @@ def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy
     index = (tmp_path / "runs" / "tiny" / "figures" / "index.md").read_text()
     assert "## Not current" in index and "| bad | `notebooks/01_train.ipynb` |" in index
     assert re.search(r"^bad: 01_train.ipynb +FAILED +(\d+ min )?\d+ s$", captured.out, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_a_run_with_nproc_trains_under_torchrun_and_the_notebook_reloads_it(tmp_path, capsys):
+    config = write_yaml(tmp_path, "runs:\n  ddp:\n    nproc: 2\n    OVERRIDES_JSON: '{\"batch_size\": 4}'\n")
+    assert pipeline.main(["--config", str(config), "--tiny", "--threads", "1"]) == 0
+    run_dir = tmp_path / "runs" / "tiny" / "ddp"
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["environment"]["world_size"] == 2 and record["config"]["batch_size"] == 4
+    assert (run_dir / "01_train.torchrun.log").exists()
+    assert json.loads((run_dir / "01_train" / "results.json").read_text())["epochs"] == 1
+    assert "dlde.train" in " ".join(pipeline.torchrun_command(pipeline.train_config({"PRESET": "tiny"}), "tiny", 2))
+
+
+def test_nproc_must_be_a_positive_integer(tmp_path):
+    config = write_yaml(tmp_path, "runs:\n  ddp:\n    nproc: 0\n")
+    with pytest.raises(ValueError, match="nproc must be a positive integer"):
+        make_plan(config)

@@ -60,9 +60,21 @@ def _display_image(path: Path) -> np.ndarray:
 
 
 def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTransform,
-            score_threshold: float) -> list[dict]:
-    """Run the model on RGB uint8 images ``(H, W, 3)``; boxes come back in their pixels."""
+            score_threshold: float, unknown_below: float | None = None) -> list[dict]:
+    """Run the model on RGB uint8 images ``(H, W, 3)``; boxes come back in their pixels.
+
+    With ``unknown_below`` (heads with class directions: DLDENet's means, learned prototypes)
+    each detection also gets ``cosine``, the cosine of its box embedding to the nearest class
+    direction, and a detection whose cosine is below ``unknown_below`` is flagged: its label
+    becomes :data:`dlde.plotting.UNKNOWN_LABEL` (-1) and ``unknown`` is True.
+    """
+    from .plotting import UNKNOWN_LABEL
+    from .retrieval import box_embeddings
+
     device = _device_of(model)
+    directions = model.class_directions() if unknown_below is not None else None
+    if unknown_below is not None and directions is None:
+        raise TypeError(f"the {model.classification.name!r} head has no class directions to flag unknown objects")
     results = []
     for rgb in images:  # one image at a time: user images may differ in size
         tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
@@ -70,11 +82,20 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
         prediction = model.predict(batch[None].to(device))[0]
         scale = transform.scale(rgb.shape[0], rgb.shape[1])
         keep = prediction["scores"] >= score_threshold
+        labels = prediction["labels"][keep].cpu().numpy()
+        result = {"image": rgb, "scores": prediction["scores"][keep].cpu().numpy()}
+        if directions is not None:
+            with torch.no_grad():
+                embedded = box_embeddings(model, batch[None].to(device), [prediction["boxes"][keep]])[0]
+            cosine = (embedded @ directions.to(embedded).t()).max(dim=1).values.cpu().numpy()  # (N,)
+            unknown = cosine < unknown_below
+            labels = np.where(unknown, UNKNOWN_LABEL, labels)
+            result.update(cosine=cosine, unknown=unknown)
         boxes = (prediction["boxes"][keep] / scale).cpu()
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, rgb.shape[1])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, rgb.shape[0])
-        results.append({"image": rgb, "boxes": boxes.numpy(), "scores": prediction["scores"][keep].cpu().numpy(),
-                        "labels": prediction["labels"][keep].cpu().numpy()})
+        result.update(boxes=boxes.numpy(), labels=labels)
+        results.append(result)
     return results
 
 
@@ -100,15 +121,18 @@ def image_files(folder: str | Path) -> list[Path]:
 
 
 def detect_folder(model: nn.Module, folder: str | Path, *, min_size: int, max_size: int,
-                  score_threshold: float = 0.3, size_divisor: int = 32) -> list[dict]:
+                  score_threshold: float = 0.3, size_divisor: int = 32,
+                  unknown_below: float | None = None) -> list[dict]:
     """Detect objects in every image of a folder.
 
     Returns one dict per image: ``path``, ``image (H, W, 3) uint8``, ``boxes (N, 4)`` x1, y1, x2, y2 in
-    the image's pixels, ``scores (N,)``, ``labels (N,)``.
+    the image's pixels, ``scores (N,)``, ``labels (N,)``; with ``unknown_below`` also ``cosine (N,)``
+    and ``unknown (N,)``, and flagged detections labelled -1 (see :func:`_detect`).
     """
     files = image_files(folder)
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisor=size_divisor)
-    results = _detect(model, [_display_image(path) for path in files], transform, score_threshold)
+    results = _detect(model, [_display_image(path) for path in files], transform, score_threshold,
+                      unknown_below=unknown_below)
     for result, path in zip(results, files):
         result["path"] = str(path)
     return results

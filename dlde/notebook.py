@@ -335,12 +335,14 @@ def embedding_results(own: np.ndarray, nearest_other: np.ndarray, embedding_size
 def inference_results(detections: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """Numbers of ``04_inference``: images, detections per image (file -> count, by class)."""
     per_image = {Path(d["path"]).name: len(d["scores"]) for d in detections}
-    labels = np.concatenate([np.asarray(d["labels"], dtype=np.int64) for d in detections]) if detections else []
-    counts = np.bincount(labels, minlength=len(class_names)) if len(labels) else np.zeros(len(class_names), int)
+    labels = (np.concatenate([np.asarray(d["labels"], dtype=np.int64) for d in detections]) if detections
+              else np.zeros(0, np.int64))
+    known = labels[labels >= 0]  # -1: flagged as an unknown object
+    counts = np.bincount(known, minlength=len(class_names)) if len(known) else np.zeros(len(class_names), int)
     return {"images": len(detections), "detections": int(sum(per_image.values())),
             "detections_per_image": per_image,
             "mean_detections_per_image": float(np.mean(list(per_image.values()))) if per_image else 0.0,
-            "detections_per_class": dict(zip(class_names, counts))}
+            "detections_per_class": dict(zip(class_names, counts)), "unknown_detections": int((labels < 0).sum())}
 
 
 def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]) -> Path:

@@ -351,6 +351,11 @@ def _image_hwc(image: Any) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+#: Label of a detection flagged as an unknown object; drawn dotted in grey as "unknown".
+UNKNOWN_LABEL = -1
+UNKNOWN_COLOR = (0.55, 0.55, 0.55)
+
+
 def _draw_on(ax, image, boxes, labels, scores, names, colors, *, gt_boxes, score_thresh) -> None:
     img = _image_hwc(image)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0)
@@ -363,10 +368,12 @@ def _draw_on(ax, image, boxes, labels, scores, names, colors, *, gt_boxes, score
     labels, scores = _labels(labels), _to_numpy(scores).reshape(-1)
     keep = scores >= score_thresh
     for (x1, y1, x2, y2), label, score in zip(boxes[keep], labels[keep], scores[keep]):
-        color = colors[label]
+        unknown = label == UNKNOWN_LABEL  # flagged far from every class mean (dlde.inspection)
+        color = UNKNOWN_COLOR if unknown else colors[label]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                               linewidth=2))
-        ax.text(x1, y1, f"{names[label]} {score:.2f}", fontsize=7, color="white", va="bottom",
+                               linewidth=2, linestyle=":" if unknown else "-"))
+        ax.text(x1, y1, f"{'unknown' if unknown else names[label]} {score:.2f}", fontsize=7, color="white",
+                va="bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
     ax.set_axis_off()
 

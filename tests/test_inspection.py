@@ -66,3 +66,34 @@ def test_image_files_reports_empty_or_missing_folders(tmp_path):
         image_files(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no images"):
         image_files(tmp_path)
+
+
+def test_detections_far_from_every_class_direction_are_flagged_unknown(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dlde import build_detector
+    from dlde.inspection import detect_folder
+    from dlde.notebook import inference_results
+    from dlde.plotting import detection_grid
+
+    model = build_detector("dlde", 3, head_options={"embedding_size": 6}, features={"pyramid": 16, "regression": 16,
+                           "classification": 16}, pretrained=False, head_convs=1, fpn_levels=[3, 4],
+                           score_threshold=0.0).eval()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
+    plain = detect_folder(model, folder, min_size=64, max_size=64, score_threshold=0.0)[0]
+    everything = detect_folder(model, folder, min_size=64, max_size=64, score_threshold=0.0, unknown_below=1.01)[0]
+    nothing = detect_folder(model, folder, min_size=64, max_size=64, score_threshold=0.0, unknown_below=-1.01)[0]
+    assert len(plain["labels"]) > 0
+    assert (everything["labels"] == -1).all() and everything["unknown"].all()  # every cosine is below 1.01
+    np.testing.assert_array_equal(nothing["labels"], plain["labels"])  # and none below -1.01
+    assert ((-1 <= everything["cosine"]) & (everything["cosine"] <= 1 + 1e-5)).all()
+    everything["path"] = str(folder / "a.png")
+    assert inference_results([everything], ["0", "1", "2"])["unknown_detections"] == len(everything["labels"])
+    assert detection_grid([everything], ["0", "1", "2"]) is not None  # draws "unknown" boxes
+    sigmoid = build_detector("retinanet", 3, features={"pyramid": 16, "regression": 16, "classification": 16},
+                             pretrained=False, head_convs=1, fpn_levels=[3, 4]).eval()
+    with pytest.raises(TypeError, match="no class directions"):
+        detect_folder(sigmoid, folder, min_size=64, max_size=64, unknown_below=0.5)

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,9 +177,11 @@ def plot_collapse(arms: Mapping[str, Sequence[str | os.PathLike]], title: str = 
         length = min(len(c) for c in curves)
         stacked = np.stack([c[:length] for c in curves])
         epochs = np.arange(length)
-        line, = ax.plot(epochs, np.nanmean(stacked, axis=0), marker="o", ms=3, label=f"{arm} (n={len(curves)})")
-        ax.fill_between(epochs, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=line.get_color(),
-                        alpha=0.15)
+        with warnings.catch_warnings():  # epoch 0 of zero starting means has no cosine: NaN, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = np.nanmean(stacked, axis=0), np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0)
+        line, = ax.plot(epochs, mean, marker="o", ms=3, label=f"{arm} (n={len(curves)})")
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch (0 = before training)")
     ax.set_ylabel("max cosine between two class means")
     ax.set_ylim(-0.1, 1.05)

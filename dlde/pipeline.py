@@ -47,7 +47,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -1012,7 +1011,8 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
     """Train every run of the plan that is not already complete, then aggregate each sweep.
 
     A complete run (same config, last epoch written) is skipped unless ``force``; a partial
-    one resumes from its checkpoint; a changed or unusable folder is cleared and retrained.
+    one resumes from its checkpoint; a run of another config (or any run with ``force``) is retrained
+    in its folder with ``overwrite``, which replaces only the run's own files.
     After all runs (also after failures) every sweep is aggregated over its finished runs
     (:func:`dlde.aggregate.write_sweep`) and ``index.md`` is rewritten.
 
@@ -1048,16 +1048,19 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
                 continue
             resume = state == "partial"
             done_before = len(_read_rows(run_dir / "metrics.jsonl")) if resume else 0
+            parameters = plan.parameters(key, resume=resume)
             if not resume and run_dir.exists():
-                shutil.rmtree(run_dir)  # a folder belongs to one run: no files of another config left
+                # A folder belongs to one run: the trainer replaces this folder's run files (overwrite) and
+                # the notebook its outputs; nothing else in the folder is deleted.
+                overrides = json.loads(parameters.get("OVERRIDES_JSON", notebook_defaults()["OVERRIDES_JSON"]))
+                parameters["OVERRIDES_JSON"] = json.dumps({**overrides, "overwrite": True}, sort_keys=True)
             echo(f"{label}: {TRAIN_NOTEBOOK}, {'resuming after epoch ' + str(done_before) if resume else 'training'}"
                  f" ({run.epochs} epochs) ...")
             started = time.perf_counter()
             try:
                 with _environment(environment), EpochProgress(run_dir, run.epochs, key, done_before=done_before,
                                                               echo=echo):
-                    _papermill(TRAIN_NOTEBOOK, plan.executed(key), plan.parameters(key, resume=resume),
-                               plan.figures.root, log_output)
+                    _papermill(TRAIN_NOTEBOOK, plan.executed(key), parameters, plan.figures.root, log_output)
                 if run_state(run_dir, run.config) != "complete":
                     raise RuntimeError(f"the notebook finished but {run_dir / 'metrics.jsonl'} "
                                        f"lacks epoch {run.epochs}")

@@ -351,8 +351,13 @@ def test_a_tiny_sweep_trains_once_then_skips_and_a_failing_arm_does_not_stop_the
     assert out.count("complete, skipped") == 2 and out.count("training (1 epochs)") == 1
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no completed run was touched
 
+    notes = runs / "epochs=1,seed=0" / "my_notes.txt"  # a user's file in a run folder
+    notes.write_text("keep me")
     assert pipeline.main(args[:3] + ["size", "--threads", "1", "--force"]) == 0
     assert capsys.readouterr().out.count("training (1 epochs)") == 2
+    assert notes.read_text() == "keep me"  # retraining replaces the run's files, nothing else
+    record = json.loads((runs / "epochs=1,seed=0" / "config.json").read_text())
+    assert record["config"]["overwrite"] is True and (runs / "epochs=1,seed=0" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow

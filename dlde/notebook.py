@@ -69,6 +69,34 @@ def project_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
     return (base / path).resolve()
 
 
+#: Parameters of ``01_train.ipynb`` that are :class:`~dlde.train.TrainConfig` fields; ``PRESET``
+#: picks the preset and ``OVERRIDES_JSON`` sets any further field.
+TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPDATE": "means_update",
+                "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
+
+
+def train_config(parameters: Mapping[str, Any]):
+    """The :class:`~dlde.train.TrainConfig` that ``01_train.ipynb`` trains with its parameters:
+    :data:`TRAIN_FIELDS` (paths through :func:`project_path`), then ``OVERRIDES_JSON``, over the
+    preset ``PRESET``. The notebook and the pipeline both call it, so they cannot disagree.
+
+    Raises:
+        ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid.
+    """
+    from .train import TrainConfig
+
+    fields = {name: parameters[parameter] for parameter, name in TRAIN_FIELDS.items()}
+    fields.update(run_dir=str(project_path(fields["run_dir"])), data_root=str(project_path(fields["data_root"])))
+    text = parameters["OVERRIDES_JSON"]
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"OVERRIDES_JSON is not JSON ({error.msg}): {text!r}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"OVERRIDES_JSON must be a JSON object, got {text!r}")
+    return TrainConfig.from_dict(fields | overrides, preset=parameters["PRESET"])
+
+
 def output_dirs(run_dir: str | os.PathLike, figures_dir: str, out_dir: str, stem: str,
                 root: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """The figures folder and the ``results.json`` folder of one notebook.

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from .notebook import RESULTS_FILE, _jsonable, check_parameters_cell, read_results
+from .notebook import train_config as notebook_train_config
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 TRAIN_NOTEBOOK = "01_train.ipynb"
@@ -82,12 +83,6 @@ STEP_FILE = "pipeline_step.json"  # next to results.json: the parameters the pip
 #: Names of runs, sweeps and arms: they become folder names, so no separators and no leading dot.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
-#: How ``01_train.ipynb`` turns its parameters into a :class:`~dlde.train.TrainConfig`:
-#: parameter -> field, plus ``OVERRIDES_JSON`` on top and ``PRESET`` as the base (its first code cell).
-TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPDATE": "means_update",
-                "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
-#: TrainConfig fields that do not change a run's result: ignored when deciding whether a
-#: finished run is the one a sweep asks for, and left out of its folder name.
 def not_identity() -> frozenset[str]:
     """TrainConfig fields that never change a run's numbers (the trainer's bookkeeping fields, and
     where the data lies): ignored when comparing runs and naming their folders."""
@@ -225,25 +220,9 @@ def notebook_defaults(notebook: str = TRAIN_NOTEBOOK) -> dict[str, Any]:
 
 
 def train_config(parameters: Mapping[str, Any]):
-    """The :class:`~dlde.train.TrainConfig` ``01_train.ipynb`` trains with these parameters.
-
-    Parameters not given take the notebook's defaults; the mapping is :data:`TRAIN_FIELDS`
-    plus ``OVERRIDES_JSON`` over the preset ``PRESET``, as in the notebook's first code cell.
-
-    Raises:
-        ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid.
-    """
-    from .train import TrainConfig
-
-    values = notebook_defaults(TRAIN_NOTEBOOK) | dict(parameters)
-    fields = {name: values[parameter] for parameter, name in TRAIN_FIELDS.items()}
-    try:
-        overrides = json.loads(values["OVERRIDES_JSON"])
-    except json.JSONDecodeError as error:
-        raise ValueError(f"OVERRIDES_JSON is not JSON ({error.msg}): {values['OVERRIDES_JSON']!r}") from None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"OVERRIDES_JSON must be a JSON object, got {values['OVERRIDES_JSON']!r}")
-    return TrainConfig.from_dict(fields | overrides, preset=values["PRESET"])
+    """The :class:`~dlde.train.TrainConfig` ``01_train.ipynb`` trains with these parameters
+    (:func:`dlde.notebook.train_config`); parameters not given take the notebook's defaults."""
+    return notebook_train_config(notebook_defaults(TRAIN_NOTEBOOK) | dict(parameters))
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:

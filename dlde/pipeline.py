@@ -83,12 +83,15 @@ STEP_FILE = "pipeline_step.json"  # next to results.json: the parameters the pip
 #: Names of runs, sweeps and arms: they become folder names, so no separators and no leading dot.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
+
 def not_identity() -> frozenset[str]:
     """TrainConfig fields that never change a run's numbers (the trainer's bookkeeping fields, and
     where the data lies): ignored when comparing runs and naming their folders."""
     from .train import BOOKKEEPING
 
     return frozenset(BOOKKEEPING) | {"data_root"}
+
+
 #: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
 SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
 SWEEP_KEYS = ("base", "grid", "arms", "seeds")

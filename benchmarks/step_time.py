@@ -32,6 +32,8 @@ Examples::
     python benchmarks/step_time.py --preset digits
     python benchmarks/step_time.py --preset coco-like
     python benchmarks/step_time.py --preset digits --score-threshold 1.0   # inference without NMS load
+    python benchmarks/step_time.py --preset coco-like --classes 1203          # LVIS-sized vocabulary
+    python benchmarks/step_time.py --preset coco-like --profile 2             # top operators of both models
     python benchmarks/step_time.py --preset coco-like --device cuda --steps 50
 """
 from __future__ import annotations
@@ -62,9 +64,11 @@ PRESETS = {
     "digits": dict(size=128, batch=16, levels=[3, 4, 5], channels=64, sizes=[16, 32, 64],
                    scales=SCALES_3, ratios=(1.0,), embedding_size=32, classes=10,
                    box_range=(20, 40), steps=20, warmup=3),
-    # RetinaNet layout: P3-P7, sizes 32..512, 3 scales x 3 ratios.
+    # RetinaNet layout: P3-P7, sizes 32..512, 3 scales x 3 ratios. Embedding 32: on the digits AP
+    # is the same at 32 and 128 (figures/ablations/embedding_size.md) while 128 costs 1.13x
+    # torchvision per training step here and 32 0.86x (README, "Speed").
     "coco-like": dict(size=384, batch=4, levels=[3, 4, 5, 6, 7], channels=128, sizes=[32, 64, 128, 256, 512],
-                      scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=128, classes=80,
+                      scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=32, classes=80,
                       box_range=(16, 256), steps=6, warmup=1),
 }
 
@@ -89,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, default=None,
                         help="number of classes (default: the preset's; e.g. 365 or 1203 for large vocabularies)")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="after timing, profile K training steps of each model with torch.profiler and "
+                             "print the top operators by self CPU time (0: off)")
     parser.add_argument("--head", choices=["dlde", "prototypes"], default="dlde",
                         help="dlde head against torchvision: tracked means (dlde) or learned cosine prototypes")
     args = parser.parse_args(argv)
@@ -302,6 +309,25 @@ def main(argv=None) -> None:
     if track_times:
         print(f"tracking ms/step (dlde): {med(track_times):.2f}")
         print(f"tracking share of dlde train step: {med(track_times) / med(train_times['dlde']):.1%}")
+    if args.profile:
+        dl.train(), tv.train()
+        for name, step in (("dlde", train_dl), ("torchvision", train_tv)):
+            print_profile(name, step, args.profile)
+
+
+def print_profile(name: str, step, steps: int, top: int = 12) -> None:
+    """The operators of ``steps`` training steps with the most self CPU time, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+    print(f"profile {name}: {total:.0f} ms self CPU per training step (profiled, {steps} steps); top operators:")
+    for event in events[:top]:
+        ms = event.self_cpu_time_total / steps / 1e3
+        print(f"  {event.key:<40} {ms:8.1f} ms/step {ms / total:6.1%}  {event.count / steps:6.0f} calls/step")
 
 
 if __name__ == "__main__":

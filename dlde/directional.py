@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .anchors import Assignment, assign_batch, check_thresholds
 from .heads import ClassificationHead, SubModule, _check_growth
+from .losses import row_tiles
 from .means import MeansConfig, TrackedMeans
 
 #: Smallest ``|w|`` of :meth:`DirectionalClassification.classify` (see there).
@@ -190,12 +191,13 @@ class DirectionalClassification(ClassificationHead):
     def classify(self, embeddings: Tensor) -> Tensor:
         """Class probabilities ``(..., C)`` of unit embeddings ``(..., d)``.
 
-        Computed in log space, ``p = exp(logsigmoid(z) - logsigmoid(|w| (1 + b)))``, which is
-        finite for every finite ``w`` and ``b`` (the ratio of sigmoids is 0/0 for ``b < -1`` and
-        large ``|w|``). Two bounds keep it meaningful: ``|w| >= MIN_WEIGHT`` (at ``|w| = 0`` the
-        ratio is 1 for every class and cosine) and ``b`` in ``[-1, 1]``, so the cosine ``-b`` where
-        the logit changes sign stays inside the cosine's range (a ``b`` far above 1 also scores
-        every embedding near 1).
+        ``p_c = sigmoid(z_c) / sigmoid(|w_c| (1 + b_c))`` with ``z_c = |w_c| (cos_c + b_c)``, computed
+        by :class:`CosineSigmoidRatio` (one matrix product, three in-place passes, a hand-written
+        backward). Two bounds keep it finite and meaningful: ``|w| >= MIN_WEIGHT`` (at ``|w| = 0``
+        the ratio is 1 for every class and cosine) and ``b`` in ``[-1, 1]``, so the cosine ``-b``
+        where the logit changes sign stays inside the cosine's range and the denominator is at
+        least 1/2 (a ``b`` below -1 made it 0/0 for large ``|w|``, a ``b`` far above 1 scores every
+        embedding near 1).
         """
         with torch.autocast(embeddings.device.type, enabled=False):  # the cosine stays in fp32 under AMP
             return self._classify(embeddings.float())
@@ -209,9 +211,8 @@ class DirectionalClassification(ClassificationHead):
         shift = torch.where(initialized, weight * bias, torch.full_like(weight, -1e4))
         directions = F.normalize(self.means, dim=1) * scale[:, None]  # (C, d)
         flat = embeddings.reshape(-1, embeddings.shape[-1]).to(directions.dtype)
-        z = torch.addmm(shift, flat, directions.t()).reshape(*embeddings.shape[:-1], -1)  # (..., C)
-        # log p <= 0 because cos <= 1; the clamp only removes rounding above 0.
-        return (F.logsigmoid(z) - F.logsigmoid(weight * (1 + bias))).clamp(max=0.0).exp()
+        probabilities = CosineSigmoidRatio.apply(flat, directions, shift, torch.sigmoid(weight * (1 + bias)))
+        return probabilities.reshape(*embeddings.shape[:-1], -1)
 
     def forward(self, feature_maps: Sequence[Tensor], anchors: Tensor | None = None,
                 annotations: Tensor | None = None, *, assignment: Assignment | None = None) -> Tensor:
@@ -290,3 +291,40 @@ class DirectionalClassification(ClassificationHead):
     def update_means(self) -> None:
         """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums."""
         self.tracker.update_means()
+
+
+class CosineSigmoidRatio(torch.autograd.Function):
+    """``p = min(sigmoid(shift + E D^T) / s, 1)`` for ``E (N, d)``, ``D (C, d)``, ``shift (C,)`` and
+    ``s (C,)`` (:meth:`DirectionalClassification.classify`'s probabilities).
+
+    The forward writes ``p`` over the product's output in place and keeps only ``p``; the backward
+    uses ``dp/dz = p (1 - p s)`` (as ``sigmoid(z) = p s``) and ``dp/ds = -p / s``. Both work on
+    row tiles (:func:`dlde.losses.row_tiles`): the only ``(N, C)`` allocation is ``p`` itself.
+    The clamp only removes rounding above 1 (``s`` is ``sigmoid`` at the largest cosine, 1), so
+    the backward differentiates the unclamped ratio.
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings, directions, shift, normalizer):
+        probabilities = embeddings.new_empty(embeddings.shape[0], directions.shape[0])
+        for rows in row_tiles(*probabilities.shape):
+            torch.addmm(shift, embeddings[rows], directions.t(), out=probabilities[rows])
+            probabilities[rows].sigmoid_().div_(normalizer).clamp_(max=1.0)
+        ctx.save_for_backward(embeddings, directions, normalizer, probabilities)
+        return probabilities
+
+    @staticmethod
+    def backward(ctx, grad):
+        embeddings, directions, normalizer, probabilities = ctx.saved_tensors
+        grad_embeddings = torch.empty_like(embeddings)
+        grad_directions = torch.zeros_like(directions)
+        grad_shift, grad_p_sum = torch.zeros_like(normalizer), torch.zeros_like(normalizer)
+        for rows in row_tiles(*probabilities.shape):
+            p = probabilities[rows]
+            grad_p = grad[rows] * p  # dL/dp * p
+            grad_p_sum += grad_p.sum(0)
+            grad_z = p.mul(-normalizer).add_(1.0).mul_(grad_p)  # dL/dp * p (1 - p s)
+            torch.mm(grad_z, directions, out=grad_embeddings[rows])
+            grad_directions.addmm_(grad_z.t(), embeddings[rows])
+            grad_shift += grad_z.sum(0)
+        return grad_embeddings, grad_directions, grad_shift, -grad_p_sum / normalizer

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .anchors import Assignment, assign_batch, check_thresholds
 from .heads import ClassificationHead, SubModule, _check_growth
@@ -314,6 +315,7 @@ class CosineSigmoidRatio(torch.autograd.Function):
         return probabilities
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         embeddings, directions, normalizer, probabilities = ctx.saved_tensors
         grad_embeddings = torch.empty_like(embeddings)

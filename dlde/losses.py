@@ -6,6 +6,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torchvision.ops import generalized_box_iou_loss
 
 from .anchors import Assignment, assign_batch
@@ -112,6 +113,7 @@ class SparseFocalLoss(torch.autograd.Function):
         return -(1 - alpha) * dense + correction.sum()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         probabilities, valid, positives = ctx.saved_tensors
         alpha, gamma, eps = ctx.constants

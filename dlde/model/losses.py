@@ -66,7 +66,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
 
     Args:
         anchors: ``(B, A, 4)`` or ``(A, 4)`` anchors, x1, y1, x2, y2 in pixels.
-        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.boxes.BoxCoder`).
+        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.model.boxes.BoxCoder`).
         classifications: ``(B, A, C)`` class probabilities.
         annotations: ``(B, M, 5)`` x1, y1, x2, y2, label, padded with label -1.
         thresholds: IoU thresholds ``{'object', 'background'}``; anchors in between are ignored.
@@ -101,7 +101,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     labels = assignment.assigned_annotations[..., 4][objects].long()  # (N,)
     positives = objects.sum().to(torch.float32)
     # The normalizer: at least 1 (an image without objects gives a zero box loss); a reducer
-    # returns this process's share of the global count (dlde.distributed.loss_normalizer).
+    # returns this process's share of the global count (dlde.train.distributed.loss_normalizer).
     positives = positives.clamp(min=1) if positives_reducer is None else positives_reducer(positives)
     # Every (anchor, class) is scored as a negative, then the N positive pairs are corrected:
     # a handful of passes over the (B, A, C) tensor instead of a dense one-hot target.

@@ -4,7 +4,7 @@
 
 Prints training samples/s for 1 and N processes (the cores are split between them: 1 process
 uses all ``--threads`` threads, each of N processes ``threads // N``), the share of a step spent
-in the tracked means' all-reduce (:func:`dlde.distributed.sum_over_processes`, timed inside the
+in the tracked means' all-reduce (:func:`dlde.train.distributed.sum_over_processes`, timed inside the
 step, so it includes waiting for the slower process) next to the cost of the same all-reduce
 alone, and the bytes one process all-reduces per step for the means: ``C * (d + 1)`` float64
 values, against the gradient all-reduce DDP does anyway (4 bytes per parameter).
@@ -26,8 +26,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlde import distributed  # noqa: E402
-from dlde.train import PRESETS, build_model  # noqa: E402
+from dlde.train import PRESETS, build_model, distributed  # noqa: E402
 
 
 def _batch(config, batch: int, classes: int, generator: torch.Generator):

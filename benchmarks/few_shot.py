@@ -1,8 +1,8 @@
 """Few-shot, unknown-object and retrieval tables on the digits (issue 11), as JSON and markdown.
 
 Trains (or reuses) one base run per head on the digits 0-6 under ``--base-runs-dir``, then runs
-:func:`dlde.fewshot.run_protocol` (novel digits 7-9 from k boxes each, several draws per k),
-:func:`dlde.fewshot.open_set_evaluation` and :func:`dlde.fewshot.retrieval_evaluation` on the
+:func:`dlde.analysis.fewshot.run_protocol` (novel digits 7-9 from k boxes each, several draws per k),
+:func:`dlde.analysis.fewshot.open_set_evaluation` and :func:`dlde.analysis.fewshot.retrieval_evaluation` on the
 ten-digit validation set, and prints three markdown tables followed by one JSON object (also
 written to ``--json``). Times are wall-clock seconds on this machine.
 
@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlde import fewshot
-from dlde.notebook import _jsonable
+from dlde.analysis import fewshot
+from dlde.pipeline.notebook import _jsonable
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Query latency of :class:`dlde.retrieval.EmbeddingIndex` against gallery size, per backend.
+"""Query latency of :class:`dlde.analysis.retrieval.EmbeddingIndex` against gallery size, per backend.
 
 The gallery holds N random unit vectors (Gaussian rows normalized, d = 32 by default); a batch
 of Q random unit queries asks for its top k. Each (backend, N) pair is timed ``--repeats``
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlde.retrieval import BACKENDS, EmbeddingIndex
+from dlde.analysis.retrieval import BACKENDS, EmbeddingIndex
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -1,19 +1,19 @@
 """dlde: DLDENet, a one-stage detector that classifies by cosine to tracked class means."""
-from .anchors import Anchors, Assignment, assign_batch
-from .backbone import ResNetFPN
-from .boxes import BoxCoder
-from .checkpoints import atomic_save, load_checkpoint
-from .coco import CocoDetection, read_image
-from .detector import DLDENetWithTrackedMeans, RetinaNet, TrainingOutput
-from .digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
-from .directional import DirectionalClassification
-from .evaluation import coco_metrics, evaluate
-from .heads import ClassificationHead, Regression, SigmoidClassification, SubModule
-from .losses import detection_loss, focal_loss
-from .means import TrackedMeans
-from .models import HEADS, build_detector, load_detector
-from .prototypes import CosinePrototypeClassification
-from .transforms import DetectionTransform, collate
+from .analysis.evaluation import coco_metrics, evaluate
+from .data.coco import CocoDetection, read_image
+from .data.digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
+from .data.transforms import DetectionTransform, collate
+from .model.anchors import Anchors, Assignment, assign_batch
+from .model.backbone import ResNetFPN
+from .model.boxes import BoxCoder
+from .model.checkpoints import atomic_save, load_checkpoint
+from .model.detector import DLDENetWithTrackedMeans, RetinaNet, TrainingOutput
+from .model.directional import DirectionalClassification
+from .model.heads import ClassificationHead, Regression, SigmoidClassification, SubModule
+from .model.losses import detection_loss, focal_loss
+from .model.means import TrackedMeans
+from .model.prototypes import CosinePrototypeClassification
+from .model.registry import HEADS, build_detector, load_detector
 
 __all__ = [
     "Anchors", "Assignment", "assign_batch", "ResNetFPN", "BoxCoder", "DLDENetWithTrackedMeans",

@@ -1,11 +1,11 @@
-"""Tests for dlde.analysis: closed forms for angles, cosines, R̄/κ̂ and margins; UMAP contracts."""
+"""Tests for dlde.analysis.embeddings: closed forms for angles, cosines, R̄/κ̂ and margins; UMAP contracts."""
 
 import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
-from dlde.analysis import (
+from dlde.analysis.embeddings import (
     _spherical_to_xyz,
     angle_to_final,
     angular_steps,

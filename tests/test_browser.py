@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from dlde.interactive import WIDGETS_ENV
-from dlde.notebook import ROOT_ENV, check_parameters_cell, read_results
+from dlde.analysis.interactive import WIDGETS_ENV
+from dlde.pipeline.notebook import ROOT_ENV, check_parameters_cell, read_results
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

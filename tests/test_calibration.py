@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from dlde.calibration import (
+from dlde.analysis.calibration import (
     detection_calibration,
     expected_calibration_error,
     match_detections,
     reliability_curve,
 )
-from dlde.plotting import plot_per_class_ap, plot_reliability
+from dlde.analysis.plotting import plot_per_class_ap, plot_reliability
 
 
 def test_perfectly_calibrated_scores_give_zero_ece():

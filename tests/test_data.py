@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dlde.coco import CocoDetection
-from dlde.digits import make_digits_dataset
-from dlde.transforms import DetectionTransform, collate
+from dlde.data.coco import CocoDetection
+from dlde.data.digits import make_digits_dataset
+from dlde.data.transforms import DetectionTransform, collate
 
 SMALL = dict(canvas_size=64, digit_size=(12, 20), train_images=12, val_images=6)
 

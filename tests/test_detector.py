@@ -4,7 +4,7 @@ from helpers import batch_annotations, tiny_model
 from torch.testing import assert_close
 
 from dlde import DLDENetWithTrackedMeans, RetinaNet, detection_loss
-from dlde.backbone import pretrained_weights_path
+from dlde.model.backbone import pretrained_weights_path
 
 MODELS = [DLDENetWithTrackedMeans, RetinaNet]
 
@@ -248,7 +248,7 @@ def test_focal_loss_keeps_a_gradient_for_saturated_probabilities():
 
 def test_sparse_focal_loss_matches_the_dense_definition():
     from dlde import focal_loss
-    from dlde.anchors import assign_batch
+    from dlde.model.anchors import assign_batch
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [40.0, 40.0, 50.0, 50.0],
                             [0.0, 0.0, 10.0, 14.0]])
     annotations = torch.tensor([[[0.0, 0.0, 10.0, 10.0, 2.0], [20.0, 20.0, 30.0, 31.0, 0.0]],

@@ -25,9 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlde import distributed
-from dlde.distributed import DistributedContext, GlobalBatchNorm2d, context_from_environment, shard_batches
-from dlde.train import TrainConfig, _global_batches, _steps_per_epoch, build_model, train
+from dlde.train import TrainConfig, _global_batches, _steps_per_epoch, build_model, distributed, train
+from dlde.train.distributed import DistributedContext, GlobalBatchNorm2d, context_from_environment, shard_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One-process reference: the global batch (2 x 4) in one process, one thread like each DDP rank.

@@ -6,7 +6,8 @@ import torch
 from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
-from dlde import DLDENetWithTrackedMeans, RetinaNet, fewshot
+from dlde import DLDENetWithTrackedMeans, RetinaNet
+from dlde.analysis import fewshot
 
 HEADS = {"dlde": {"embedding_size": 8}, "retinanet": {}, "prototypes": {"embedding_size": 8}}
 
@@ -239,7 +240,7 @@ def execute(notebook, output_dir, **parameters):
     import nbformat
     import papermill
 
-    from dlde.pipeline import NOTEBOOKS_DIR, PAPERMILL_OPTIONS, read_results
+    from dlde.pipeline.runner import NOTEBOOKS_DIR, PAPERMILL_OPTIONS, read_results
 
     out_dir = output_dir / notebook.replace(".ipynb", "")
     with pytest.MonkeyPatch.context() as patch:
@@ -254,8 +255,8 @@ def execute(notebook, output_dir, **parameters):
 
 @pytest.mark.slow
 def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
-    from dlde.notebook import check_parameters_cell
-    from dlde.pipeline import NOTEBOOKS_DIR
+    from dlde.pipeline.notebook import check_parameters_cell
+    from dlde.pipeline.runner import NOTEBOOKS_DIR
     from dlde.train import PRESETS, TrainConfig, train
 
     for name in ("05_few_shot.ipynb", "06_open_set.ipynb"):

@@ -9,14 +9,15 @@ import torch
 from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
-import dlde.detector
-import dlde.directional
-import dlde.losses
-import dlde.models
-import dlde.train as training
+import dlde.model.anchors
+import dlde.model.detector
+import dlde.model.directional
+import dlde.model.losses
+import dlde.model.registry
+import dlde.train.loop as training
 from dlde import CosinePrototypeClassification, DLDENetWithTrackedMeans, RetinaNet, build_detector, load_detector
-from dlde.heads import ClassificationHead, SigmoidClassification, SubModule
-from dlde.means import MeansConfig
+from dlde.model.heads import ClassificationHead, SigmoidClassification, SubModule
+from dlde.model.means import MeansConfig
 from dlde.train import PRESETS, TrainConfig, build_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def small(name, **head_options):
                           fpn_levels=[3, 4])
 
 
-@pytest.mark.parametrize("name", sorted(dlde.models.HEADS))
+@pytest.mark.parametrize("name", sorted(dlde.model.registry.HEADS))
 def test_every_registered_head_trains_and_round_trips(name, tmp_path):
     model = small(name, **({"embedding_size": 6} if name != "retinanet" else {}))
     model.train()
@@ -83,8 +84,8 @@ def test_a_new_head_is_one_class_plus_one_registry_line(tmp_path, monkeypatch):
             count = sum(x.shape[-2] * x.shape[-1] for x in feature_maps) * self.anchors
             return torch.sigmoid(self.logit).expand(feature_maps[0].shape[0], count, -1)
 
-    monkeypatch.setitem(dlde.models.HEADS, "constant", Constant)  # the one registry line
-    monkeypatch.setitem(training.CHOICES, "model", tuple(sorted(dlde.models.HEADS)))
+    monkeypatch.setitem(dlde.model.registry.HEADS, "constant", Constant)  # the one registry line
+    monkeypatch.setitem(training.CHOICES, "model", tuple(sorted(dlde.model.registry.HEADS)))
     config = TrainConfig.from_dict({"model": "constant", "run_dir": str(tmp_path / "run"),
                                     "data_root": str(tmp_path / "data"), "epochs": 1, "max_train_batches": 2,
                                     "progress": False}, preset="tiny")
@@ -96,13 +97,13 @@ def test_a_new_head_is_one_class_plus_one_registry_line(tmp_path, monkeypatch):
 
 def test_anchors_are_assigned_once_per_training_step(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = dlde.anchors.assign_batch
+    real = dlde.model.anchors.assign_batch
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    for module in (dlde.detector, dlde.losses, dlde.directional):
+    for module in (dlde.model.detector, dlde.model.losses, dlde.model.directional):
         monkeypatch.setattr(module, "assign_batch", counting)
     model = small("dlde", embedding_size=6).train()
     annotations = batch_annotations()
@@ -120,7 +121,8 @@ def test_anchors_are_assigned_once_per_training_step(tmp_path, monkeypatch):
 
 
 def test_trainer_runs_and_notebooks_never_ask_which_detector_they_hold():
-    sources = [ROOT / "dlde" / name for name in ("train.py", "runs.py", "inspection.py", "notebook.py", "pipeline.py")]
+    sources = [ROOT / "dlde" / name for name in ("train/loop.py", "train/runs.py", "analysis/inspection.py",
+                                                 "pipeline/notebook.py", "pipeline/runner.py")]
     sources += sorted((ROOT / "notebooks").glob("*.ipynb"))
     pattern = re.compile(r"isinstance\([^)]*(DLDENetWithTrackedMeans|RetinaNet|DirectionalClassification)|\.tracker\b")
     offenders = [f"{path.name}: {match.group(0)}" for path in sources for match in pattern.finditer(path.read_text())]
@@ -129,11 +131,11 @@ def test_trainer_runs_and_notebooks_never_ask_which_detector_they_hold():
 
 def test_every_default_is_written_once():
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    for name, head in dlde.models.HEADS.items():
+    for name, head in dlde.model.registry.HEADS.items():
         for option in fields(head.Options):
             if option.name in defaults:
                 assert defaults[option.name] == option.default, (name, option.name)
-    directional = dlde.directional.DirectionalClassification.Options
+    directional = dlde.model.directional.DirectionalClassification.Options
     assert (directional.means_lr, directional.means_update, directional.means_init) == (
         MeansConfig.lr, MeansConfig.update, MeansConfig.init)
     seed_entry = inspect.signature(DLDENetWithTrackedMeans.__init__).parameters

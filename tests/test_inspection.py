@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlde.inspection import detect_folder, detection_samples, image_files, matched_embeddings
-from dlde.runs import load_run
+from dlde.analysis.inspection import detect_folder, detection_samples, image_files, matched_embeddings
 from dlde.train import TrainConfig, train
+from dlde.train.runs import load_run
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,9 @@ def test_detections_far_from_every_class_direction_are_flagged_unknown(tmp_path)
     from PIL import Image
 
     from dlde import build_detector
-    from dlde.inspection import detect_folder
-    from dlde.notebook import inference_results
-    from dlde.plotting import detection_grid
+    from dlde.analysis.inspection import detect_folder
+    from dlde.analysis.plotting import detection_grid
+    from dlde.pipeline.notebook import inference_results
 
     model = build_detector("dlde", 3, head_options={"embedding_size": 6}, features={"pyramid": 16, "regression": 16,
                            "classification": 16}, pretrained=False, head_convs=1, fpn_levels=[3, 4],

@@ -12,9 +12,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from dlde import interactive
-from dlde import notebook as nbhelpers
-from dlde.pipeline import (
+from dlde.analysis import interactive
+from dlde.pipeline import notebook as nbhelpers
+from dlde.pipeline.runner import (
     KERNEL_NAME,
     NOTEBOOKS_DIR,
     PAPERMILL_OPTIONS,
@@ -249,7 +249,7 @@ def test_the_lab_save_hook_refuses_only_committed_notebooks(tmp_path):
 
 def test_makefile_lab_uses_the_save_hook_and_installs_no_user_kernel():
     makefile = (NOTEBOOKS_DIR.parent / "Makefile").read_text()
-    assert "--FileContentsManager.pre_save_hook=dlde.notebook.refuse_committed_save" in makefile
+    assert "--FileContentsManager.pre_save_hook=dlde.pipeline.notebook.refuse_committed_save" in makefile
     assert "--allow-root" in makefile and "ipykernel install" not in makefile
 
 

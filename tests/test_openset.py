@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlde.openset import (
+from dlde.analysis.openset import (
     absolute_open_set_error,
     auroc,
     cosine_unknown_score,
@@ -18,7 +18,7 @@ from dlde.openset import (
     unknown_recall_at_known_recall,
     wilderness_impact,
 )
-from dlde.plotting import plot_roc, plot_score_histograms
+from dlde.analysis.plotting import plot_roc, plot_score_histograms
 
 
 def test_cosine_unknown_score_is_one_minus_nearest_cosine():

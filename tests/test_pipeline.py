@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlde import pipeline
-from dlde.notebook import demo_images, mean_drift_results, write_results
-from dlde.pipeline import make_plan
+from dlde.pipeline import runner
+from dlde.pipeline.notebook import demo_images, mean_drift_results, write_results
+from dlde.pipeline.runner import make_plan
 from dlde.train import PRESETS, TrainConfig, build_datasets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_tiny_plan_uses_tiny_parameters_and_its_own_folders(tmp_path):
             assert values["PRESET"] == "tiny" and values["EPOCHS"] == 1
             assert values["DATA_ROOT"] == str(tmp_path / "tiny" / "data")
         if step.notebook == "03_embeddings.ipynb":
-            assert values["MAX_IMAGES"] == pipeline.TINY_NOTEBOOK["MAX_IMAGES"]
+            assert values["MAX_IMAGES"] == runner.TINY_NOTEBOOK["MAX_IMAGES"]
 
 
 def test_only_selects_runs_or_notebooks(tmp_path):
@@ -77,7 +77,7 @@ def test_a_bad_figures_yaml_fails_before_anything_runs(tmp_path, text, message):
 
 
 def test_main_reports_a_bad_config_with_exit_status_2(tmp_path, capsys):
-    assert pipeline.main(["--config", str(write_yaml(tmp_path, "runs: {a: {EPOCH: 1}}"))]) == 2
+    assert runner.main(["--config", str(write_yaml(tmp_path, "runs: {a: {EPOCH: 1}}"))]) == 2
     assert "EPOCH" in capsys.readouterr().err
 
 
@@ -90,11 +90,11 @@ def test_a_notebook_edited_in_lab_cannot_change_what_the_pipeline_runs(tmp_path,
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = re.sub(r"EPOCHS: int = \d+", "EPOCHS: int = 2", cell.source)
     nbformat.write(nb, folder / "01_train.ipynb")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", folder)
+    monkeypatch.setattr(runner, "NOTEBOOKS_DIR", folder)
     with pytest.raises(ValueError, match="differs from parameters.lock.json"):
         make_plan(FIGURES_YAML, runs_dir=tmp_path)
     with pytest.raises(ValueError, match="differs from parameters.lock.json"):
-        pipeline.make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path)
+        runner.make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -140,7 +140,7 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     # 03_embeddings (UMAP) is covered by test_notebooks; everything else of figures.yaml runs here.
     args = ["--config", str(FIGURES_YAML), "--tiny", "--runs-dir", str(tmp_path), "--only", "01", "--only", "02",
             "--only", "04", "--threads", "1"]  # one thread per kernel: see test_notebooks
-    assert pipeline.main(args) == 0
+    assert runner.main(args) == 0
     out = capsys.readouterr().out
     assert "[1/5] dlde: 01_train.ipynb ..." in out and "total wall time" in out
     assert re.search(r"\[5/5\] sigmoid: 04_inference.ipynb done in [\d.]+ s", out)
@@ -164,7 +164,7 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     # A rerun finds the identical finished runs in their folders and reuses them (no retraining).
     checkpoint = tmp_path / "tiny" / "dlde" / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    assert pipeline.main(args[:-6] + ["--threads", "1"]) == 0  # only 01: both runs again
+    assert runner.main(args[:-6] + ["--threads", "1"]) == 0  # only 01: both runs again
     assert checkpoint.stat().st_mtime_ns == before
 
 
@@ -172,7 +172,7 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
 def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy(tmp_path, capsys):
     config = write_yaml(tmp_path, "runs:\n  bad:\n    OVERRIDES_JSON: '{\"no_such_key\": 1}'\n"
                                   "notebooks:\n  - {notebook: 02_mean_drift.ipynb, run: bad}\n")
-    assert pipeline.main(["--config", str(config), "--tiny", "--threads", "1"]) == 1
+    assert runner.main(["--config", str(config), "--tiny", "--threads", "1"]) == 1
     captured = capsys.readouterr()
     executed = tmp_path / "runs" / "tiny" / "bad" / "01_train.ipynb"
     assert str(executed) in captured.err and "no_such_key" in captured.err
@@ -189,13 +189,13 @@ def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy
 @pytest.mark.slow
 def test_a_run_with_nproc_trains_under_torchrun_and_the_notebook_reloads_it(tmp_path, capsys):
     config = write_yaml(tmp_path, "runs:\n  ddp:\n    nproc: 2\n    OVERRIDES_JSON: '{\"batch_size\": 4}'\n")
-    assert pipeline.main(["--config", str(config), "--tiny", "--threads", "1"]) == 0
+    assert runner.main(["--config", str(config), "--tiny", "--threads", "1"]) == 0
     run_dir = tmp_path / "runs" / "tiny" / "ddp"
     record = json.loads((run_dir / "config.json").read_text())
     assert record["environment"]["world_size"] == 2 and record["config"]["batch_size"] == 4
     assert (run_dir / "01_train.torchrun.log").exists()
     assert json.loads((run_dir / "01_train" / "results.json").read_text())["epochs"] == 1
-    assert "dlde.train" in " ".join(pipeline.torchrun_command(pipeline.train_config({"PRESET": "tiny"}), "tiny", 2))
+    assert "dlde.train" in " ".join(runner.torchrun_command(runner.train_config({"PRESET": "tiny"}), "tiny", 2))
 
 
 def test_nproc_must_be_a_positive_integer(tmp_path):

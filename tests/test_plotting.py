@@ -1,4 +1,4 @@
-"""Tests for dlde.plotting: figure structure (axes, artists) and deterministic saving."""
+"""Tests for dlde.analysis.plotting: figure structure (axes, artists) and deterministic saving."""
 
 import matplotlib
 
@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
 
-from dlde.plotting import (  # noqa: E402
+from dlde.analysis.plotting import (  # noqa: E402
     class_colors,
     detection_grid,
     draw_detections,

@@ -11,9 +11,9 @@ from helpers import SMALL, batch_annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dlde.train as training
+import dlde.train.loop as training
 from dlde import DirectionalClassification, DLDENetWithTrackedMeans, RetinaNet, load_checkpoint
-from dlde.checkpoints import atomic_save
+from dlde.model.checkpoints import atomic_save
 from dlde.train import TrainConfig, main, train
 
 
@@ -209,7 +209,7 @@ def test_presets_never_share_a_generated_dataset():
     roots = set()
     for name in ("tiny", "digits"):
         config = PRESETS[name]
-        from dlde.digits import default_digits_root
+        from dlde.data.digits import default_digits_root
         roots.add(default_digits_root("data", seed=config.digits_seed, canvas_size=config.digits_canvas_size,
                                       digit_size=config.digits_size, digits_per_image=config.digits_per_image,
                                       train_images=config.digits_train_images,

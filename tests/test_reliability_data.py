@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dlde.coco import CocoDetection, read_image
-from dlde.digits import MANIFEST_NAME, default_digits_root, make_digits_dataset
-from dlde.transforms import DetectionTransform, collate
+from dlde.data.coco import CocoDetection, read_image
+from dlde.data.digits import MANIFEST_NAME, default_digits_root, make_digits_dataset
+from dlde.data.transforms import DetectionTransform, collate
 
 SMALL = {"canvas_size": 64, "digit_size": (12, 20), "train_images": 4, "val_images": 2}
 

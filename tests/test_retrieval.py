@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlde.plotting import plot_retrieval_grid
-from dlde.retrieval import (
+from dlde.analysis.plotting import plot_retrieval_grid
+from dlde.analysis.retrieval import (
     EmbeddingIndex,
     box_embeddings,
     crop_boxes,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlde import aggregate, pipeline
-from dlde.aggregate import (
+from dlde.analysis import aggregate
+from dlde.analysis.aggregate import (
     final_kappa,
     markdown_table,
     min_angle_deg,
@@ -23,7 +23,8 @@ from dlde.aggregate import (
     t_quantile,
     write_sweep,
 )
-from dlde.pipeline import EpochProgress, make_sweep_plan, run_state
+from dlde.pipeline import runner
+from dlde.pipeline.runner import EpochProgress, make_sweep_plan, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
@@ -212,7 +213,7 @@ def test_unknown_sweep_names_are_refused(tmp_path):
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", ".hidden", "a/b"])
 def test_run_names_cannot_write_outside_runs_dir(tmp_path, name, capsys):
     config = write_yaml(tmp_path, f"runs:\n  {json.dumps(name)}: {{EPOCHS: 1}}\n")
-    assert pipeline.main(["--config", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert runner.main(["--config", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "must be letters, digits" in err and name in err
     assert not (tmp_path / "escaped").exists()
@@ -221,18 +222,18 @@ def test_run_names_cannot_write_outside_runs_dir(tmp_path, name, capsys):
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "..", "a/../.."])
 def test_confined_refuses_paths_outside_their_folder(tmp_path, name):
     with pytest.raises(ValueError, match="would write outside"):
-        pipeline.confined(tmp_path / "runs", name)
-    assert pipeline.confined(tmp_path / "runs", "a/b") == tmp_path / "runs" / "a" / "b"
+        runner.confined(tmp_path / "runs", name)
+    assert runner.confined(tmp_path / "runs", "a/b") == tmp_path / "runs" / "a" / "b"
 
 
 def test_malformed_yaml_gives_one_line_naming_the_file(tmp_path, capsys):
     config = write_yaml(tmp_path, "runs:\n  a: {EPOCHS: 1\n  b: [\n")
-    assert pipeline.main(["--config", str(config)]) == 2
+    assert runner.main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(config) in err and "not valid YAML at line" in err
-    assert pipeline.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert runner.main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: no such pipeline file" in capsys.readouterr().err
-    assert pipeline.main(["--config", str(write_yaml(tmp_path, "- a\n- b\n"))]) == 2
+    assert runner.main(["--config", str(write_yaml(tmp_path, "- a\n- b\n"))]) == 2
     assert "expected a mapping" in capsys.readouterr().err
 
 
@@ -273,7 +274,7 @@ def test_epoch_progress_prints_one_line_per_new_epoch_of_this_run_only(tmp_path)
 
 
 def test_summary_table_lists_every_step_and_the_total():
-    summary = pipeline.Summary()
+    summary = runner.Summary()
     summary.add("a", "trained", 61.0)
     summary.add("bb", "skipped", 0.0)
     lines = summary.table().splitlines()
@@ -286,21 +287,21 @@ def test_summary_table_lists_every_step_and_the_total():
 # ------------------------------------------------------------------ index after a failure
 def test_a_failed_step_is_not_listed_with_its_old_figures(tmp_path, monkeypatch):
     config = write_yaml(tmp_path, "runs:\n  a: {EPOCHS: 1}\nnotebooks:\n  - {notebook: 02_mean_drift.ipynb, run: a}\n")
-    plan = pipeline.make_plan(config, only=["02"])
+    plan = runner.make_plan(config, only=["02"])
     step = plan.steps[0]
     out_dir = plan.out_dir(step)
     out_dir.mkdir(parents=True)
     (out_dir / "results.json").write_text(json.dumps({"figures": ["mean_drift"]}))  # an earlier success
-    (out_dir / pipeline.STEP_FILE).write_text(json.dumps({"run": "a", "notebook": step.notebook, "parameters": {}}))
-    assert "[mean_drift](mean_drift.png)" in pipeline.write_index(plan).read_text()
+    (out_dir / runner.STEP_FILE).write_text(json.dumps({"run": "a", "notebook": step.notebook, "parameters": {}}))
+    assert "[mean_drift](mean_drift.png)" in runner.write_index(plan).read_text()
 
     def fail(*args, **kwargs):
         raise RuntimeError("kernel died")
 
-    monkeypatch.setattr(pipeline, "_papermill", fail)
-    monkeypatch.setattr(pipeline, "kernel_argv", lambda: [sys.executable])
-    with pytest.raises(pipeline.NotebookFailed, match="kernel died"):
-        pipeline.run_pipeline(plan)
+    monkeypatch.setattr(runner, "_papermill", fail)
+    monkeypatch.setattr(runner, "kernel_argv", lambda: [sys.executable])
+    with pytest.raises(runner.NotebookFailed, match="kernel died"):
+        runner.run_pipeline(plan)
     index = (plan.figures_dir / "index.md").read_text()
     assert "[mean_drift](mean_drift.png)" not in index
     assert "## Not current" in index and "| a | `notebooks/02_mean_drift.ipynb` |" in index
@@ -328,7 +329,7 @@ sweeps:
 def test_a_tiny_sweep_trains_once_then_skips_and_a_failing_arm_does_not_stop_the_others(tmp_path, capsys):
     config = write_yaml(tmp_path, TINY_SWEEPS)
     args = ["--config", str(config), "--sweeps", "--threads", "1"]
-    assert pipeline.main(args) == 1  # the broken arm fails
+    assert runner.main(args) == 1  # the broken arm fails
     captured = capsys.readouterr()
     runs = tmp_path / "runs" / "sweeps" / "tiny"
     broken = runs / "digits_classes=42,epochs=1,seed=0"
@@ -346,14 +347,14 @@ def test_a_tiny_sweep_trains_once_then_skips_and_a_failing_arm_does_not_stop_the
     assert "[size.md](ablations/size.md)" in index and "embedding_size: `[4, 8]`" in index
 
     stamps = {p: p.stat().st_mtime_ns for name in trained for p in (runs / name).rglob("*") if p.is_file()}
-    assert pipeline.main(args) == 1  # trains nothing; the broken arm is tried (and fails) again
+    assert runner.main(args) == 1  # trains nothing; the broken arm is tried (and fails) again
     out = capsys.readouterr().out
     assert out.count("complete, skipped") == 2 and out.count("training (1 epochs)") == 1
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no completed run was touched
 
     notes = runs / "epochs=1,seed=0" / "my_notes.txt"  # a user's file in a run folder
     notes.write_text("keep me")
-    assert pipeline.main(args[:3] + ["size", "--threads", "1", "--force"]) == 0
+    assert runner.main(args[:3] + ["size", "--threads", "1", "--force"]) == 0
     assert capsys.readouterr().out.count("training (1 epochs)") == 2
     assert notes.read_text() == "keep me"  # retraining replaces the run's files, nothing else
     record = json.loads((runs / "epochs=1,seed=0" / "config.json").read_text())
@@ -398,7 +399,7 @@ def test_an_interrupted_sweep_resumes_after_its_last_epoch(tmp_path):
 
 
 def test_max_mean_cosine_shows_a_collapse_and_ece_is_tabulated(tmp_path):
-    from dlde.aggregate import max_mean_cosine, plot_collapse, run_summary
+    from dlde.analysis.aggregate import max_mean_cosine, plot_collapse, run_summary
 
     spread = np.eye(3, 4)
     collapsed = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0]])

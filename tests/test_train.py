@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import dlde.train as training
+import dlde.train.loop as training
 from dlde import DLDENetWithTrackedMeans, RetinaNet
 from dlde.train import PRESETS, TrainConfig, lr_lambda, main, train
 

@@ -1,6 +1,6 @@
 """Model names -> classification heads: the one registry of dlde.
 
-A new head is one file (a :class:`dlde.heads.ClassificationHead` with its ``Options``) plus one
+A new head is one file (a :class:`dlde.model.heads.ClassificationHead` with its ``Options``) plus one
 line here; the trainer, the run folders, the notebooks and the checkpoints then know it by name.
 """
 from __future__ import annotations

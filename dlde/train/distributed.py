@@ -8,7 +8,7 @@ as one process without a process group, exactly as before.
 What plain ``DistributedDataParallel`` does not cover, and this module does:
 
 * **Tracked means.** They are buffers updated from each process's own batch. :func:`attach_means_reducer`
-  gives every :class:`dlde.means.TrackedMeans` of a model a reducer that all-reduces the per-class
+  gives every :class:`dlde.model.means.TrackedMeans` of a model a reducer that all-reduces the per-class
   embedding sums and counts of a step (:func:`sum_over_processes`), so every process applies the
   same update from the global batch and the means stay bitwise equal; DDP is built with
   ``broadcast_buffers=False`` so it never overwrites them. :func:`check_replicated` verifies, after
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .means import TrackedMeans
+from dlde.model.means import TrackedMeans
 
 #: Seconds a collective waits for a missing process before the run fails (a dead rank under a
 #: launcher without failure detection, e.g. plain ``srun``); torchrun itself stops the others sooner.
@@ -130,7 +130,7 @@ def _active() -> bool:
 def sum_over_processes(sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     """All-reduce (SUM) per-class embedding ``sums (C, d)`` and ``counts (C,)`` in one collective.
 
-    The reducer of :class:`dlde.means.TrackedMeans` in distributed training. Both travel packed
+    The reducer of :class:`dlde.model.means.TrackedMeans` in distributed training. Both travel packed
     in one ``(C, d + 1)`` float64 tensor: float32 sums add up exactly-rounded and counts stay
     exact (to 2**53). Every process receives the same bits. Identity without a process group.
     """
@@ -177,7 +177,7 @@ def any_over_processes(flag: bool, device: torch.device) -> bool:
 
 
 def tracked_means_modules(model: nn.Module) -> list[TrackedMeans]:
-    """Every :class:`dlde.means.TrackedMeans` inside ``model`` (empty for heads without means)."""
+    """Every :class:`dlde.model.means.TrackedMeans` inside ``model`` (empty for heads without means)."""
     return [module for module in model.modules() if isinstance(module, TrackedMeans)]
 
 

@@ -83,7 +83,7 @@ def train_config(parameters: Mapping[str, Any]):
     Raises:
         ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid.
     """
-    from .train import TrainConfig
+    from dlde.train import TrainConfig
 
     fields = {name: parameters[parameter] for parameter, name in TRAIN_FIELDS.items()}
     fields.update(run_dir=str(project_path(fields["run_dir"])), data_root=str(project_path(fields["data_root"])))
@@ -122,13 +122,13 @@ def environment_summary() -> str:
     so a notebook shows which environment its kernel runs in."""
     import sys
 
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     return f"python: {sys.executable} (prefix {sys.prefix}) | dlde: {package} | project root: {project_root()}"
 
 
 # ----------------------------------------------------------------------- parameters lock
 def _notebooks_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "notebooks"
+    return Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def parameters_cell(notebook: str | os.PathLike) -> str:
@@ -149,14 +149,14 @@ def read_lock(notebooks_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """The committed parameters cells: notebook file name -> source (``parameters.lock.json``)."""
     path = Path(notebooks_dir or _notebooks_dir()) / LOCK_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: write it with `.venv/bin/python -m dlde.notebook --lock`")
+        raise FileNotFoundError(f"{path} is missing: write it with `.venv/bin/python -m dlde.pipeline.notebook --lock`")
     return {name: "".join(lines) for name, lines in json.loads(path.read_text()).items()}
 
 
 def write_lock(notebooks_dir: str | os.PathLike | None = None) -> Path:
     """Record the parameters cell of every ``*.ipynb`` of ``notebooks_dir`` as the committed one.
 
-    Run it (``python -m dlde.notebook --lock``) after changing a notebook's parameters on
+    Run it (``python -m dlde.pipeline.notebook --lock``) after changing a notebook's parameters on
     purpose, and commit the lock together with the notebook.
     """
     folder = Path(notebooks_dir or _notebooks_dir())
@@ -182,7 +182,7 @@ def check_parameters_cell(notebook: str | os.PathLike) -> None:
     lock = read_lock(notebook.parent)
     if notebook.name not in lock:
         raise ValueError(f"{notebook}: not in {notebook.parent / LOCK_FILE}; add it with "
-                         "`.venv/bin/python -m dlde.notebook --lock`")
+                         "`.venv/bin/python -m dlde.pipeline.notebook --lock`")
     current, committed = parameters_cell(notebook), lock[notebook.name]
     if current == committed:
         return
@@ -192,7 +192,7 @@ def check_parameters_cell(notebook: str | os.PathLike) -> None:
     want = then[line] if line < len(then) else "<no line>"
     raise ValueError(f"{notebook}: parameters cell differs from {LOCK_FILE} at line {line + 1}: "
                      f"{got!r} instead of {want!r}; set values in figures.yaml, or, to change a default "
-                     "on purpose, run `.venv/bin/python -m dlde.notebook --lock` and commit both files")
+                     "on purpose, run `.venv/bin/python -m dlde.pipeline.notebook --lock` and commit both files")
 
 
 def refuse_committed_save(model: Mapping[str, Any], path: str, contents_manager: Any, **kwargs: Any) -> None:
@@ -230,7 +230,7 @@ class Figures:
         directory: output folder (PNG + PDF per figure).
         prefix: prepended to every name (e.g. ``"sigmoid_"``).
         interactive: display each figure as an ``ipympl`` widget (zoom, pan, 3-D rotation)
-            instead of a static image; see :func:`dlde.interactive.use_widgets`.
+            instead of a static image; see :func:`dlde.analysis.interactive.use_widgets`.
         names: the names saved so far, in order (for ``results.json``).
     """
 
@@ -244,7 +244,7 @@ class Figures:
 
         Interactive figures stay open (their widget keeps drawing them) after being saved.
         """
-        from .plotting import save_figure
+        from dlde.analysis.plotting import save_figure
 
         full = f"{self.prefix}{name}"
         try:
@@ -254,7 +254,7 @@ class Figures:
         except ImportError:  # plain Python without IPython: save only
             in_ipython = False
         if in_ipython and self.interactive:
-            from .interactive import widget_canvas
+            from dlde.analysis.interactive import widget_canvas
 
             save_figure(fig, self.directory, full)  # closes it in pyplot; the widget keeps it
             display(widget_canvas(fig))
@@ -388,7 +388,7 @@ def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]
     Returns:
         ``folder``.
     """
-    from .digits import make_digits_dataset
+    from dlde.data.digits import make_digits_dataset
 
     if run_config.get("dataset", "digits") != "digits":
         raise ValueError("demo images exist only for the digits dataset: set IMAGES_DIR to a folder of images")
@@ -409,11 +409,11 @@ def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dlde.notebook --lock | --check``: write or check ``notebooks/parameters.lock.json``."""
+    """``python -m dlde.pipeline.notebook --lock | --check``: write or check ``notebooks/parameters.lock.json``."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m dlde.notebook",
+    parser = argparse.ArgumentParser(prog="python -m dlde.pipeline.notebook",
                                      description="The committed parameters cells of the notebooks.")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--lock", action="store_true", help="record the current parameters cells as committed")

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
-from dlde.transforms import collate
+from dlde.data.transforms import collate
 
 __all__ = [
     "DEFAULT_BINS",
@@ -194,7 +194,7 @@ def detection_calibration(
         model: a detector with ``predict(images (B, 3, H, W)) -> [{'boxes', 'scores',
             'labels'}]``; its train/eval mode is restored by ``predict``.
         dataset: items ``(image (3, H, W), annotations (M, 5) x1, y1, x2, y2, label)``,
-            e.g. a :class:`dlde.coco.CocoDetection` with a non-flipping transform.
+            e.g. a :class:`dlde.data.coco.CocoDetection` with a non-flipping transform.
         batch_size: images per forward pass.
         iou: minimum IoU of a correct detection.
         bins: number of equal-width bins of the ECE and the curve.

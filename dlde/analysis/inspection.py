@@ -10,8 +10,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .modes import evaluating
-from .transforms import DetectionTransform, collate
+from dlde.data.transforms import DetectionTransform, collate
+from dlde.model.modes import evaluating
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -66,7 +66,7 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
     With ``unknown_below`` (heads with class directions: DLDENet's means, learned prototypes)
     each detection also gets ``cosine``, the cosine of its box embedding to the nearest class
     direction, and a detection whose cosine is below ``unknown_below`` is flagged: its label
-    becomes :data:`dlde.plotting.UNKNOWN_LABEL` (-1) and ``unknown`` is True.
+    becomes :data:`dlde.analysis.plotting.UNKNOWN_LABEL` (-1) and ``unknown`` is True.
     """
     from .plotting import UNKNOWN_LABEL
     from .retrieval import box_embeddings
@@ -101,7 +101,7 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
 
 def detection_samples(model: nn.Module, dataset, indices: Sequence[int], *, score_threshold: float = 0.3) -> list[dict]:
     """Detections on dataset items, in original pixels, with their ground truth, for
-    :func:`dlde.plotting.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
+    :func:`dlde.analysis.plotting.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
     images = [_display_image(dataset.image_path(i)) for i in indices]
     samples = _detect(model, images, dataset.transform, score_threshold)
     for sample, index in zip(samples, indices):

@@ -3,7 +3,7 @@
 Each canvas is a dark, slightly noisy grayscale image (stored as RGB PNG) with one to a few
 upscaled digits pasted at random, non-overlapping positions. Annotations are COCO JSON with
 category id = digit + 1, so the ids are not contiguous from 0 and the label mapping of
-:class:`dlde.coco.CocoDetection` is exercised.
+:class:`dlde.data.coco.CocoDetection` is exercised.
 
 The 1,797 source digit images are split disjointly (stratified, 80/20 per seed) into a train
 pool and a val pool, so the validation canvases only use digit images never seen in training.
@@ -39,7 +39,7 @@ __all__ = ["DigitsConfig", "DigitsPaths", "default_digits_root", "make_digits_da
 MANIFEST_NAME = "dlde_digits.json"  # written first (incomplete) and last (complete) under root
 _LEGACY_MANIFEST_NAME = "dataset.json"  # the manifest of format version 1
 _FORMAT_VERSION = 2
-_GENERATOR = "dlde.digits"
+_GENERATOR = "dlde.digits"  # stored in every manifest and checked on reuse: an identifier, not the module path
 _VAL_FRACTION = 0.2
 _BACKGROUND_LEVEL = 16.0  # mean gray level of the dark background, out of 255
 _MAX_PLACEMENT_TRIES = 1000  # rejection-sampling attempts per digit
@@ -296,7 +296,7 @@ def _claimed(root: Path, config: DigitsConfig) -> dict | None:
         what = "a dataset" if stored.get("complete") else "an incomplete dataset"
         raise ValueError(
             f"digits data_root {root} holds {what} generated with other arguments: {changed}; "
-            "pick another data_root (e.g. dlde.digits.default_digits_root) instead of "
+            "pick another data_root (e.g. dlde.data.digits.default_digits_root) instead of "
             "regenerating over it"
         )
     return stored

@@ -27,7 +27,7 @@ the same configuration (in one sweep or several) share one folder and train once
 folder already holds the same configuration with its last epoch written is skipped
 (``--force`` retrains it); an interrupted one is resumed from its checkpoint; a failed one is
 reported with its executed notebook and the others go on (``--fail-fast`` stops). Then
-:mod:`dlde.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
+:mod:`dlde.analysis.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
 and 95 % t-interval over seeds) and ``index.md`` lists them.
 
 While a training notebook runs, one line per finished epoch reports its loss and the elapsed
@@ -37,7 +37,7 @@ and remaining time; a summary table of every step and its time ends the output.
 everything under ``<runs_dir>/tiny/`` (figures in ``<runs_dir>/tiny/figures``), so it never
 touches the real figures; the tests use it.
 
-The helpers the notebooks themselves call live in :mod:`dlde.notebook`.
+The helpers the notebooks themselves call live in :mod:`dlde.pipeline.notebook`.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ from typing import Any
 from .notebook import RESULTS_FILE, _jsonable, check_parameters_cell, read_results
 from .notebook import train_config as notebook_train_config
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 TRAIN_NOTEBOOK = "01_train.ipynb"
 KERNEL_NAME = "python3"  # the native ipykernel spec: resolves to this interpreter (see kernel_argv)
 #: How every notebook is executed (``papermill.execute_notebook`` keywords). The kernel logs
@@ -87,7 +87,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 def not_identity() -> frozenset[str]:
     """TrainConfig fields that never change a run's numbers (the trainer's bookkeeping fields, and
     where the data lies): ignored when comparing runs and naming their folders."""
-    from .train import BOOKKEEPING
+    from dlde.train import BOOKKEEPING
 
     return frozenset(BOOKKEEPING) | {"data_root"}
 
@@ -224,7 +224,7 @@ def notebook_defaults(notebook: str = TRAIN_NOTEBOOK) -> dict[str, Any]:
 
 def train_config(parameters: Mapping[str, Any]):
     """The :class:`~dlde.train.TrainConfig` ``01_train.ipynb`` trains with these parameters
-    (:func:`dlde.notebook.train_config`); parameters not given take the notebook's defaults."""
+    (:func:`dlde.pipeline.notebook.train_config`); parameters not given take the notebook's defaults."""
     return notebook_train_config(notebook_defaults(TRAIN_NOTEBOOK) | dict(parameters))
 
 
@@ -514,7 +514,7 @@ def torchrun_command(config, preset: str, nproc: int) -> list[str]:
     """
     import dataclasses
 
-    from .train import PRESETS
+    from dlde.train import PRESETS
 
     base = PRESETS[preset]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -640,7 +640,7 @@ def finished(plan: Plan) -> list[tuple[Step, dict[str, Any], dict[str, Any]]]:
 
 def _sweep_index_lines(plan: Plan) -> list[str]:
     """The ``Sweeps`` section of index.md: every aggregated sweep in ``<figures_dir>/ablations``."""
-    from .aggregate import SWEEP_RECORD_SUFFIX
+    from dlde.analysis.aggregate import SWEEP_RECORD_SUFFIX
 
     folder = plan.figures_dir / ABLATIONS_FOLDER
     records = sorted(folder.glob(f"*{SWEEP_RECORD_SUFFIX}")) if folder.is_dir() else []
@@ -839,7 +839,7 @@ def run_key(config: Mapping[str, Any], preset: str) -> str:
     ``<diffs>`` are the fields that differ from the preset (sorted, ``name=value``), without
     those in :func:`not_identity`; equal configs get equal keys, whichever sweep asks.
     """
-    from .train import PRESETS
+    from dlde.train import PRESETS
 
     base = PRESETS[preset].to_dict()
     diffs = [f"{name}={_name_value(value)}" for name, value in sorted(config.items())
@@ -854,7 +854,7 @@ def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _split_parameters(path: Path, where: str, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Notebook parameters (upper case) and TrainConfig fields (lower case) of a sweep entry."""
-    from .train import TrainConfig
+    from dlde.train import TrainConfig
 
     declared = _declared(TRAIN_NOTEBOOK)
     fields = set(TrainConfig.__dataclass_fields__)
@@ -996,7 +996,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
     one resumes from its checkpoint; a run of another config (or any run with ``force``) is retrained
     in its folder with ``overwrite``, which replaces only the run's own files.
     After all runs (also after failures) every sweep is aggregated over its finished runs
-    (:func:`dlde.aggregate.write_sweep`) and ``index.md`` is rewritten.
+    (:func:`dlde.analysis.aggregate.write_sweep`) and ``index.md`` is rewritten.
 
     Args:
         plan: from :func:`make_sweep_plan`.
@@ -1010,7 +1010,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
     Returns:
         The failed runs (empty when all succeeded).
     """
-    from .aggregate import write_sweep
+    from dlde.analysis.aggregate import write_sweep
 
     echo = echo or (lambda line: print(line, flush=True))
     summary = summary if summary is not None else Summary()
@@ -1127,6 +1127,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"figures in {figure_plan.figures_dir} (index.md, metrics.md)")
     return finish(0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ class DirectionalClassification(ClassificationHead):
     """Scores anchors by the cosine between a unit embedding and tracked class means.
 
     Each anchor of each pyramid level gets an embedding on the unit sphere (:meth:`encode`).
-    Every class ``c`` keeps a mean direction ``mean_c`` (:class:`dlde.means.TrackedMeans`),
+    Every class ``c`` keeps a mean direction ``mean_c`` (:class:`dlde.model.means.TrackedMeans`),
     moved towards the embeddings of the anchors matched to ``c`` (:meth:`track`), never by
     gradient. The probability of class ``c`` (:meth:`classify`) is the scaled sigmoid
 
@@ -49,7 +49,7 @@ class DirectionalClassification(ClassificationHead):
         init_weight: initial ``w`` (7 gives p(cos=0) ~ 0.03 with the initial bias).
         init_bias: initial ``b``.
         means_init: starting means, ``'zeros'`` (the original: a class has no mean until first
-            tracked), ``'orthogonal'`` or ``'random'`` (see :meth:`dlde.means.TrackedMeans.initialize`).
+            tracked), ``'orthogonal'`` or ``'random'`` (see :meth:`dlde.model.means.TrackedMeans.initialize`).
     """
 
     name = "dlde"
@@ -59,7 +59,7 @@ class DirectionalClassification(ClassificationHead):
     class Options:
         """Defaults of this head (the trainer's flat fields of the same names take these).
 
-        ``embedding_size`` 128 and the means defaults (:class:`dlde.means.MeansConfig`) differ
+        ``embedding_size`` 128 and the means defaults (:class:`dlde.model.means.MeansConfig`) differ
         from the original's 512 / lr 0.1 / 'zeros': those are values that train here.
         """
 
@@ -141,7 +141,7 @@ class DirectionalClassification(ClassificationHead):
         self.tracker.reset_statistics()
 
     def means_snapshot(self) -> tuple[Tensor, Tensor]:
-        from .analysis import concentration_from_sums
+        from dlde.analysis.embeddings import concentration_from_sums
 
         kappa = concentration_from_sums(self.tracker.stat_sums.cpu(), self.tracker.stat_counts.cpu())
         return self.tracker.means.detach().cpu().clone(), torch.as_tensor(kappa)

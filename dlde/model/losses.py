@@ -163,7 +163,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
 
     Args:
         anchors: ``(B, A, 4)`` or ``(A, 4)`` anchors, x1, y1, x2, y2 in pixels.
-        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.boxes.BoxCoder`).
+        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.model.boxes.BoxCoder`).
         classifications: ``(B, A, C)`` class probabilities.
         annotations: ``(B, M, 5)`` x1, y1, x2, y2, label, padded with label -1.
         thresholds: IoU thresholds ``{'object', 'background'}``; anchors in between are ignored.
@@ -198,7 +198,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     labels = assignment.assigned_annotations[..., 4][objects].long()  # (N,)
     positives = objects.sum().to(torch.float32)
     # The normalizer: at least 1 (an image without objects gives a zero box loss); a reducer
-    # returns this process's share of the global count (dlde.distributed.loss_normalizer).
+    # returns this process's share of the global count (dlde.train.distributed.loss_normalizer).
     positives = positives.clamp(min=1) if positives_reducer is None else positives_reducer(positives)
     # The focal loss of every valid (anchor, class) pair with the N positive pairs as sparse targets,
     # in one autograd node (no dense one-hot target, no saved intermediates of size (B, A, C)).

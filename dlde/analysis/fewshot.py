@@ -29,8 +29,8 @@
   draws (:func:`summarize`); steps and seconds per method on this machine.
 
 **Unknown objects** (:func:`open_set_evaluation`): a base model on validation images that hold
-7-9, each detection scored with :mod:`dlde.openset`. **Retrieval** (:func:`retrieval_evaluation`):
-ground-truth boxes of the validation images as a gallery, searched with :mod:`dlde.retrieval`.
+7-9, each detection scored with :mod:`dlde.analysis.openset`. **Retrieval** (:func:`retrieval_evaluation`):
+ground-truth boxes of the validation images as a gallery, searched with :mod:`dlde.analysis.retrieval`.
 """
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from dlde.data.coco import CocoDetection
+from dlde.data.digits import default_digits_root
+from dlde.data.transforms import collate
+from dlde.model.modes import evaluating
+
 from .calibration import DEFAULT_IOU, match_detections
-from .coco import CocoDetection
-from .digits import default_digits_root
 from .evaluation import coco_metrics, to_original
-from .modes import evaluating
 from .openset import (
     DEFAULT_KNOWN_PRECISION,
     absolute_open_set_error,
@@ -65,7 +67,6 @@ from .openset import (
     wilderness_impact,
 )
 from .retrieval import EmbeddingIndex, box_embeddings, crop_boxes, map_at_r, per_class, recall_at_k
-from .transforms import collate
 
 __all__ = [
     "BASE_CLASSES", "NOVEL_CLASSES", "SHOTS", "DRAWS", "METHODS", "FineTune", "Shots",
@@ -112,7 +113,7 @@ def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "di
     """The :class:`dlde.train.TrainConfig` of a base run: a configuration restricted to ``base_classes``.
 
     Args:
-        model: a head name of :data:`dlde.models.HEADS`.
+        model: a head name of :data:`dlde.model.registry.HEADS`.
         run_dir: the run folder.
         like: a TrainConfig (or its dict, e.g. a run's ``config.json``) to copy everything else
             from, so the base runs get the budget of that run; None: the preset ``preset``.
@@ -123,7 +124,7 @@ def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "di
             parent folder), else ``data``. Ignored when ``data_root`` is among ``overrides``.
         **overrides: further TrainConfig fields (``epochs``, ``seed``, ...).
     """
-    from .train import TrainConfig
+    from dlde.train import TrainConfig
 
     values = {"model": model, "run_dir": str(run_dir), "digits_classes": tuple(int(c) for c in base_classes),
               "resume": False, "overwrite": False, **overrides}
@@ -159,7 +160,7 @@ def ensure_base_run(config) -> Path:
     Raises:
         ValueError: the folder holds a run of another configuration (the differing fields are named).
     """
-    from .train import train
+    from dlde.train import train
 
     run_dir = Path(config.run_dir)
     record, metrics = run_dir / "config.json", run_dir / "metrics.jsonl"
@@ -200,7 +201,7 @@ def prepare(like, base_runs_dir: str | Path, heads: Sequence[str] = ("dlde", "re
         ``(models, base_names, train_set, val_set)``: head -> base detector in eval mode, the base
         class names in label order, and the ten-digit train (unflipped) and validation sets.
     """
-    from .runs import load_run
+    from dlde.train.runs import load_run
 
     if epochs:
         overrides["epochs"] = int(epochs)
@@ -229,7 +230,7 @@ def few_shot_datasets(config, data_root: str | Path | None = None) -> tuple[Coco
 
     The training set is built without flipping, so its boxes are the annotated ones.
     """
-    from .train import TrainConfig, build_datasets
+    from dlde.train import TrainConfig, build_datasets
 
     if isinstance(config, Mapping):
         config = TrainConfig.from_dict(config)
@@ -633,9 +634,9 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
     Every detection (``model.predict``: one label per box) is matched to the ground-truth object
     of any class with the highest IoU; at IoU >= ``iou`` it is *known* when that object's class is
     in ``known_names`` and *unknown* otherwise (unmatched detections are left out). Scores
-    (:mod:`dlde.openset`): ``probability`` = 1 - max class probability (every head) and, for heads
+    (:mod:`dlde.analysis.openset`): ``probability`` = 1 - max class probability (every head) and, for heads
     with an embedding space, ``cosine`` = 1 - the cosine of the box's embedding
-    (:func:`dlde.retrieval.box_embeddings`) to the nearest class direction (DLDENet's tracked
+    (:func:`dlde.analysis.retrieval.box_embeddings`) to the nearest class direction (DLDENet's tracked
     means, the learned prototypes). For those heads a detection whose box gets no anchor (a
     duplicate of another detected box under another class) is left out.
 
@@ -765,20 +766,20 @@ def retrieval_evaluation(model: nn.Module, dataset: CocoDetection, *, max_images
     """Retrieval by embedding over the ground-truth boxes of ``dataset`` (leave-one-out).
 
     Each box is embedded as the normalized sum of its matched anchors
-    (:func:`dlde.retrieval.box_embeddings`); every box queries the gallery of all the others.
+    (:func:`dlde.analysis.retrieval.box_embeddings`); every box queries the gallery of all the others.
 
     Args:
         model: a detector with an embedding space.
         dataset: the gallery images (their ground-truth boxes and labels).
         max_images: first images only (None: all).
         ks: the k of Recall@k.
-        backend: :class:`dlde.retrieval.EmbeddingIndex` backend.
+        backend: :class:`dlde.analysis.retrieval.EmbeddingIndex` backend.
         batch_size: images per forward pass.
 
     Returns:
         ``MAP@R``, ``Recall@k`` (per k), ``per_class`` (dataset class name -> MAP@R, Recall@1),
         ``seconds_per_query`` and, for :func:`retrieval_examples`, ``index`` (the
-        :class:`~dlde.retrieval.EmbeddingIndex`) and ``items`` ``(N, 5)``: image index, box in
+        :class:`~dlde.analysis.retrieval.EmbeddingIndex`) and ``items`` ``(N, 5)``: image index, box in
         original pixels.
     """
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
@@ -814,7 +815,8 @@ def retrieval_evaluation(model: nn.Module, dataset: CocoDetection, *, max_images
 
 def retrieval_examples(dataset: CocoDetection, retrieval: Mapping[str, Any], queries: Sequence[int], k: int = 5,
                        *, pad: int = 1) -> dict[str, Any]:
-    """Crops of query boxes and of their k nearest gallery boxes, for :func:`dlde.plotting.plot_retrieval_grid`.
+    """Crops of query boxes and of their k nearest gallery boxes, for
+    :func:`dlde.analysis.plotting.plot_retrieval_grid`.
 
     Args:
         dataset: the dataset of :func:`retrieval_evaluation`.
@@ -897,7 +899,7 @@ def embedding_view(model: nn.Module, dataset: CocoDetection, *, max_images: int 
     Returns:
         ``(points (N, 2), labels (N,) in the model's labels, mean_points (C, 2))``.
     """
-    from .analysis import project_with_means
+    from .embeddings import project_with_means
     from .inspection import matched_embeddings
 
     embeddings, labels = matched_embeddings(model, dataset, max_images=max_images)

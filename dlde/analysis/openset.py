@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from dlde.calibration import DEFAULT_IOU
+from .calibration import DEFAULT_IOU
 
 __all__ = [
     "DEFAULT_KNOWN_PRECISION",
@@ -114,7 +114,7 @@ def auroc(known_scores: Any, unknown_scores: Any) -> float:
 
 
 def roc_curve(known_scores: Any, unknown_scores: Any) -> dict:
-    """ROC of unknown detection, for :func:`dlde.plotting.plot_roc`.
+    """ROC of unknown detection, for :func:`dlde.analysis.plotting.plot_roc`.
 
     Args:
         known_scores: (N,) unknown scores of known objects.

@@ -64,7 +64,7 @@ class CocoDetection(Dataset):
         annotation_file: COCO JSON with ``images``, ``annotations`` and ``categories``.
         transform: Optional callable ``(image, annotations) -> (image, annotations)``. If it
             resizes, it should expose ``scale(h, w) -> float`` (as
-            :class:`dlde.transforms.DetectionTransform` does) so that :meth:`meta` reports
+            :class:`dlde.data.transforms.DetectionTransform` does) so that :meth:`meta` reports
             the factor; without it the factor is taken as 1.0.
 
     Attributes:

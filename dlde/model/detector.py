@@ -88,8 +88,8 @@ class RetinaNet(nn.Module):
         class_names: one name per class (default ``"0"``, ``"1"``, ...); kept in checkpoints.
         classification_head: the classification head: None (the sigmoid head, or what
             :meth:`get_classification_module` of a subclass returns), a model name with its
-            options ``("dlde", {"embedding_size": 64})`` (see :data:`dlde.models.HEADS`), or a
-            :class:`dlde.heads.ClassificationHead` built for these features.
+            options ``("dlde", {"embedding_size": 64})`` (see :data:`dlde.model.registry.HEADS`), or a
+            :class:`dlde.model.heads.ClassificationHead` built for these features.
 
     Input: ``images (B, 3, H, W)`` normalized floats, ``annotations (B, M, 5)`` as x1, y1, x2, y2
     in pixels and label, padded with label -1 rows.
@@ -159,7 +159,7 @@ class RetinaNet(nn.Module):
         elif isinstance(classification_head, ClassificationHead):
             head = classification_head
         else:
-            from .models import head_class
+            from .registry import head_class
 
             name, options = classification_head
             head = head_class(name).build(
@@ -167,7 +167,7 @@ class RetinaNet(nn.Module):
                 convs=head_convs, group_norm=group_norm, assignation_thresholds=self.assignation_thresholds,
                 allow_low_quality_matches=allow_low_quality_matches, **options)
         if not isinstance(head, ClassificationHead):
-            raise TypeError("the classification head must be a dlde.heads.ClassificationHead, "
+            raise TypeError("the classification head must be a dlde.model.heads.ClassificationHead, "
                             f"got {type(head).__name__}")
         self.classification = head
         if device is not None:
@@ -252,7 +252,7 @@ class RetinaNet(nn.Module):
 
     def loss(self, anchors: Tensor, regressions: Tensor, classifications: Tensor, annotations: Tensor, *,
              assignment: Assignment | None = None, positives_reducer=None) -> dict[str, Tensor]:
-        """Focal and box losses of a training-mode output (see :func:`dlde.losses.detection_loss`).
+        """Focal and box losses of a training-mode output (see :func:`dlde.model.losses.detection_loss`).
 
         Pass ``assignment=output.assignment`` of the forward's :class:`TrainingOutput` to reuse
         its anchor matching (the trainer does); without it the anchors are matched here.
@@ -494,7 +494,7 @@ class RetinaNet(nn.Module):
         name, options = _head_of(params)
         if cls is not RetinaNet and name != cls.head_name:
             raise ValueError(f"{source} holds a {name!r} model, not a {cls.__name__}; load it with "
-                             "dlde.RetinaNet.from_checkpoint or dlde.models.load_detector")
+                             "dlde.RetinaNet.from_checkpoint or dlde.model.registry.load_detector")
         if cls is RetinaNet:
             model = RetinaNet(**params, pretrained=False, classification_head=(name, options))
         else:

@@ -91,7 +91,7 @@ class ClassificationHead(nn.Module):
     """The protocol every classification head of :class:`dlde.RetinaNet` follows.
 
     A head is built by the detector from ``(in_channels, anchors, features, classes)`` plus its
-    own options (a frozen dataclass ``Options`` next to the head; see :mod:`dlde.models` for the
+    own options (a frozen dataclass ``Options`` next to the head; see :mod:`dlde.model.registry` for the
     name -> head map). It must provide:
 
     * ``forward(feature_maps, anchors=None, annotations=None, *, assignment=None)`` -> class

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlde.anchors import assign_batch
+from dlde.model.anchors import assign_batch
 
 __all__ = [
     "BACKENDS",
@@ -263,7 +263,7 @@ def per_class(values: Any, labels: Any) -> dict[int, float]:
 
 
 def crop_boxes(image: Any, boxes: Any, *, pad: int = 0) -> list[np.ndarray]:
-    """Crops of an image for display (e.g. :func:`dlde.plotting.plot_retrieval_grid`).
+    """Crops of an image for display (e.g. :func:`dlde.analysis.plotting.plot_retrieval_grid`).
 
     Args:
         image: (3, H, W) tensor/array or (H, W, 3) array.
@@ -293,7 +293,7 @@ def crop_boxes(image: Any, boxes: Any, *, pad: int = 0) -> list[np.ndarray]:
 def box_embeddings(model: nn.Module, images: torch.Tensor, boxes: list[Any]) -> list[torch.Tensor]:
     """One unit embedding per box: the normalized sum of the embeddings of its matched anchors.
 
-    Anchors are matched to the boxes as in training (:func:`dlde.anchors.assign_batch` with
+    Anchors are matched to the boxes as in training (:func:`dlde.model.anchors.assign_batch` with
     the model's ``assignation_thresholds`` and ``allow_low_quality_matches``, each anchor
     going to its best box), so a box gets the anchors its class mean would be tracked from.
     Works for detected boxes (``model.predict``) and ground-truth boxes alike.

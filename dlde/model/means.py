@@ -64,7 +64,7 @@ class TrackedMeans(nn.Module):
         self.register_buffer("stat_sums", torch.zeros(classes, embedding_size), persistent=False)
         self.register_buffer("stat_counts", torch.zeros(classes, dtype=torch.long), persistent=False)
         #: ``(sums (C, d), counts (C,)) -> (sums, counts)`` applied before every update, e.g. an
-        #: all-reduce over processes (:mod:`dlde.distributed`); None in a single process.
+        #: all-reduce over processes (:mod:`dlde.train.distributed`); None in a single process.
         self.reducer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
     @property

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from dlde.analysis import _to_numpy
+from .embeddings import _to_numpy
 
 __all__ = [
     "class_colors",
@@ -368,7 +368,7 @@ def _draw_on(ax, image, boxes, labels, scores, names, colors, *, gt_boxes, score
     labels, scores = _labels(labels), _to_numpy(scores).reshape(-1)
     keep = scores >= score_thresh
     for (x1, y1, x2, y2), label, score in zip(boxes[keep], labels[keep], scores[keep]):
-        unknown = label == UNKNOWN_LABEL  # flagged far from every class mean (dlde.inspection)
+        unknown = label == UNKNOWN_LABEL  # flagged far from every class mean (dlde.analysis.inspection)
         color = UNKNOWN_COLOR if unknown else colors[label]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
                                linewidth=2, linestyle=":" if unknown else "-"))
@@ -488,8 +488,8 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Reliability diagram: accuracy against confidence per score bin, one set per model.
 
     Args:
-        curves: model name -> a :func:`dlde.calibration.reliability_curve` dict (``bin_edges,
-            confidence, accuracy, count``), or a :func:`dlde.calibration.detection_calibration`
+        curves: model name -> a :func:`dlde.analysis.calibration.reliability_curve` dict (``bin_edges,
+            confidence, accuracy, count``), or a :func:`dlde.analysis.calibration.detection_calibration`
             result (its ``curve`` is used). All curves must share the same bins.
 
     Returns:
@@ -497,7 +497,7 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
         (accuracy per bin, side by side within the bin) and one line (accuracy against mean
         confidence of the filled bins) labelled with its ECE.
     """
-    from dlde.calibration import ece_of_curve
+    from .calibration import ece_of_curve
 
     if not curves:
         raise ValueError("curves is empty")
@@ -597,7 +597,7 @@ def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """ROC curves of unknown detection (unknown is the positive class).
 
     Args:
-        curves: name -> :func:`dlde.openset.roc_curve` dict (``fpr``, ``tpr``, ``auroc``).
+        curves: name -> :func:`dlde.analysis.openset.roc_curve` dict (``fpr``, ``tpr``, ``auroc``).
 
     Returns:
         Figure with one axis: the chance diagonal, then one line per curve labelled with its
@@ -631,7 +631,7 @@ def plot_retrieval_grid(
 
     Args:
         query_crops: Q images (formats of :func:`draw_detections`, e.g. from
-            :func:`dlde.retrieval.crop_boxes`).
+            :func:`dlde.analysis.retrieval.crop_boxes`).
         result_crops: Q rows of k images each, most similar first.
         query_labels: optional (Q,) class ids; with ``result_labels`` a result's frame is
             green when its label equals the query's and red otherwise.

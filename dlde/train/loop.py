@@ -11,7 +11,7 @@ A run folder holds everything a run produces, written as it goes so nothing is l
   ``DLDENetWithTrackedMeans.from_checkpoint`` / ``RetinaNet.from_checkpoint``.
 
 Under ``torchrun --nproc_per_node=N -m dlde.train ...`` the same entry point trains with
-``DistributedDataParallel`` (see :mod:`dlde.distributed`): ``batch_size`` is the batch of one
+``DistributedDataParallel`` (see :mod:`dlde.train.distributed`): ``batch_size`` is the batch of one
 process (the global batch is N times larger), global batch k holds the images of batch k of a
 one-process run with that global batch, the tracked means and the loss normalizer are reduced over
 processes, evaluation is sharded, and rank 0 alone writes the run folder.
@@ -34,20 +34,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dlde.analysis.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, evaluate, to_original
+from dlde.data.coco import CocoDetection
+from dlde.data.digits import default_digits_root, make_digits_dataset
+from dlde.data.transforms import DetectionTransform, collate
+from dlde.model.anchors import DEFAULT_THRESHOLDS
+from dlde.model.checkpoints import atomic_save, check_finite_state, load_checkpoint
+from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
+from dlde.model.directional import DirectionalClassification
+from dlde.model.losses import BOX_LOSSES
+from dlde.model.means import MEANS_INITS, MEANS_UPDATES
+from dlde.model.modes import evaluating
+from dlde.model.prototypes import CosinePrototypeClassification
+from dlde.model.registry import HEADS, build_detector, head_option_names
+
 from . import distributed
-from .anchors import DEFAULT_THRESHOLDS
-from .checkpoints import atomic_save, check_finite_state, load_checkpoint
-from .coco import CocoDetection
-from .detector import DEFAULT_FEATURES, RetinaNet
-from .digits import default_digits_root, make_digits_dataset
-from .directional import DirectionalClassification
-from .evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, evaluate, to_original
-from .losses import BOX_LOSSES
-from .means import MEANS_INITS, MEANS_UPDATES
-from .models import HEADS, build_detector, head_option_names
-from .modes import evaluating
-from .prototypes import CosinePrototypeClassification
-from .transforms import DetectionTransform, collate
 
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("adamw", "sgd")
@@ -168,7 +169,7 @@ class TrainConfig:
             raise ValueError(f"allow_changed names unknown fields {unknown}")
 
     def head_options(self) -> dict[str, Any]:
-        """The options of this config's head (:data:`dlde.models.HEADS`) that the config sets."""
+        """The options of this config's head (:data:`dlde.model.registry.HEADS`) that the config sets."""
         return {name: getattr(self, name) for name in head_option_names(self.model) if hasattr(self, name)}
 
     @classmethod
@@ -243,7 +244,7 @@ def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
 
 
 def build_model(config: TrainConfig, classes: int, class_names: Sequence[str] | None = None) -> RetinaNet:
-    """The detector of a config: the head registered as ``config.model`` (:data:`dlde.models.HEADS`),
+    """The detector of a config: the head registered as ``config.model`` (:data:`dlde.model.registry.HEADS`),
     with the dataset's class names (kept in its checkpoints)."""
     anchors = {key: list(value) for key, value in (("sizes", config.anchor_sizes), ("scales", config.anchor_scales),
                                                    ("ratios", config.anchor_ratios)) if value is not None}
@@ -313,7 +314,7 @@ def _loader(dataset, config: TrainConfig, *, shuffle: bool, epoch: int = 0, batc
             context: distributed.DistributedContext | None = None, pin_memory: bool = False):
     """Batches of ``dataset``: one process reads whole batches of ``batch_size`` (default
     ``config.batch_size``); with several processes ``batch_size`` is the global batch and each
-    process reads its shard of every global batch (:func:`dlde.distributed.shard_batches`)."""
+    process reads its shard of every global batch (:func:`dlde.train.distributed.shard_batches`)."""
     batch_size = batch_size or config.batch_size
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # order depends on epoch only
     if context is None or not context.distributed:
@@ -340,7 +341,7 @@ def _global_batches(size: int, batch_size: int, shuffle: bool, generator: torch.
 
 def _steps_per_epoch(size: int, batch_size: int, world_size: int) -> int:
     """Global batches per epoch: ``ceil(size / (world_size * batch_size))``, less a last global
-    batch too small to give every process an image (:func:`dlde.distributed.shard_batches`)."""
+    batch too small to give every process an image (:func:`dlde.train.distributed.shard_batches`)."""
     global_batch = world_size * batch_size
     full, rest = divmod(size, global_batch)
     return full + (1 if rest >= world_size else 0)
@@ -450,7 +451,7 @@ def _sharded_validation_loss(model: nn.Module, dataset, config: TrainConfig, dev
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, config: TrainConfig, device,
                    context: distributed.DistributedContext | None = None) -> dict[str, Any]:
-    """COCO metrics of ``model`` on ``dataset`` (:func:`dlde.evaluation.evaluate`).
+    """COCO metrics of ``model`` on ``dataset`` (:func:`dlde.analysis.evaluation.evaluate`).
 
     With several processes each predicts its shard of the images, rank 0 gathers the detections
     and runs COCOeval once, and every process receives the metrics: the same numbers as one
@@ -881,6 +882,3 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
                          indent=1))
     return result
 
-
-if __name__ == "__main__":
-    main()

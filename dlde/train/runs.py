@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .models import load_detector
+from dlde.model.registry import load_detector
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Run:
 
     def datasets(self):
         """``(train, val)`` datasets of the run's configuration."""
-        from .train import TrainConfig, build_datasets
+        from .loop import TrainConfig, build_datasets
         return build_datasets(TrainConfig.from_dict(self.config))
 
     @property

@@ -1,4 +1,4 @@
-"""COCO box AP of a detector on a :class:`dlde.coco.CocoDetection` dataset (pycocotools)."""
+"""COCO box AP of a detector on a :class:`dlde.data.coco.CocoDetection` dataset (pycocotools)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dlde.modes import evaluating
-from dlde.transforms import collate
+from dlde.data.transforms import collate
+from dlde.model.modes import evaluating
 
 __all__ = ["coco_metrics", "evaluate"]
 
@@ -36,11 +36,11 @@ def coco_metrics(dataset, detections: list[dict], *, max_detections: int = 100) 
     """Scores detections against the dataset's ground truth with pycocotools' COCOeval.
 
     Ground truth is read from ``dataset.annotation_file``; boxes of zero width or height are
-    dropped from it, as :class:`dlde.coco.CocoDetection` drops them from its targets, and
+    dropped from it, as :class:`dlde.data.coco.CocoDetection` drops them from its targets, and
     crowd boxes are kept as COCOeval's "ignore" regions.
 
     Args:
-        dataset: A :class:`dlde.coco.CocoDetection` (needs ``annotation_file``,
+        dataset: A :class:`dlde.data.coco.CocoDetection` (needs ``annotation_file``,
             ``image_ids``, ``category_ids``, ``class_names``).
         detections: One dict per dataset index with ``boxes`` (N, 4) as x1, y1, x2, y2 in
             ORIGINAL image pixels, ``scores`` (N,) and ``labels`` (N,) contiguous labels
@@ -131,7 +131,7 @@ def evaluate(
 
     Args:
         model: The detector; put in eval mode for the run, its previous mode restored after.
-        dataset: A :class:`dlde.coco.CocoDetection`, usually with a non-flipping transform.
+        dataset: A :class:`dlde.data.coco.CocoDetection`, usually with a non-flipping transform.
         batch_size: Images per forward pass.
         device: Where to run; defaults to the device of the model's parameters (CPU if it
             has none).

@@ -1,0 +1,1 @@
+"""Datasets and batching: COCO-format detection data, the generated digits dataset, transforms."""

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlde import losses
-from dlde.directional import MIN_WEIGHT, CosineSigmoidRatio, DirectionalClassification
-from dlde.losses import SparseFocalLoss, focal_loss, focal_loss_sum, row_tiles
+from dlde.model import losses
+from dlde.model.directional import MIN_WEIGHT, CosineSigmoidRatio, DirectionalClassification
+from dlde.model.losses import SparseFocalLoss, focal_loss, focal_loss_sum, row_tiles
 
 
 @pytest.fixture(params=[None, 7], ids=["one-tile", "tiles-of-7-elements"])
@@ -67,7 +67,7 @@ def focal_inputs(rows=9, classes=4, dtype=torch.float64, seed=1):
 
 
 def dense_focal_loss(p, targets, alpha=0.25, gamma=2.0, eps=1e-6):
-    """:func:`dlde.losses.focal_loss` in the input's precision (it computes in float32)."""
+    """:func:`dlde.model.losses.focal_loss` in the input's precision (it computes in float32)."""
     q = eps + (1 - 2 * eps) * p
     return torch.where(targets == 1, alpha * (1 - q) ** gamma * -torch.log(q),
                        (1 - alpha) * q ** gamma * -torch.log1p(-q))

@@ -300,7 +300,7 @@ class CosineSigmoidRatio(torch.autograd.Function):
 
     The forward writes ``p`` over the product's output in place and keeps only ``p``; the backward
     uses ``dp/dz = p (1 - p s)`` (as ``sigmoid(z) = p s``) and ``dp/ds = -p / s``. Both work on
-    row tiles (:func:`dlde.losses.row_tiles`): the only ``(N, C)`` allocation is ``p`` itself.
+    row tiles (:func:`dlde.model.losses.row_tiles`): the only ``(N, C)`` allocation is ``p`` itself.
     The clamp only removes rounding above 1 (``s`` is ``sigmoid`` at the largest cosine, 1), so
     the backward differentiates the unclamped ratio.
     """

@@ -144,7 +144,7 @@ def row_tiles(rows: int, columns: int, elements: int | None = None) -> list[slic
     """Row blocks of a ``(rows, columns)`` tensor of at most ``elements`` (default
     :data:`TILE_ELEMENTS`) elements each, and at least one row each.
 
-    The fused nodes (:class:`SparseFocalLoss`, :class:`dlde.directional.CosineSigmoidRatio`) make
+    The fused nodes (:class:`SparseFocalLoss`, :class:`dlde.model.directional.CosineSigmoidRatio`) make
     their scratch tensors one tile at a time. A ``(B, A, C)`` tensor of a COCO-sized batch is
     tens of MB: above glibc's 32 MB mmap threshold every such allocation is a fresh mapping whose
     pages fault on first touch (an element-wise op on 35 MB costs 18 ms allocated, 2 ms in place,

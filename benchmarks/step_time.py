@@ -66,7 +66,7 @@ PRESETS = {
                    box_range=(20, 40), steps=20, warmup=3),
     # RetinaNet layout: P3-P7, sizes 32..512, 3 scales x 3 ratios. Embedding 32: on the digits AP
     # is the same at 32 and 128 (figures/ablations/embedding_size.md) while 128 costs 1.13x
-    # torchvision per training step here and 32 0.86x (README, "Speed").
+    # torchvision per training step here and 32 0.86-0.89x (README, "Speed").
     "coco-like": dict(size=384, batch=4, levels=[3, 4, 5, 6, 7], channels=128, sizes=[32, 64, 128, 256, 512],
                       scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=32, classes=80,
                       box_range=(16, 256), steps=6, warmup=1),

@@ -1,8 +1,8 @@
 """dlde: DLDENet, a one-stage detector that classifies by cosine to tracked class means."""
-from .analysis.evaluation import coco_metrics, evaluate
 from .data.coco import CocoDetection, read_image
 from .data.digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
 from .data.transforms import DetectionTransform, collate
+from .evaluation import coco_metrics, evaluate
 from .model.anchors import Anchors, Assignment, assign_batch
 from .model.backbone import ResNetFPN
 from .model.boxes import BoxCoder

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dlde.analysis.evaluation import coco_metrics, evaluate
 from dlde.data.coco import CocoDetection
 from dlde.data.transforms import DetectionTransform
+from dlde.evaluation import coco_metrics, evaluate
 
 # Non-contiguous category ids listed out of order: labels are 0 -> 2 ("cat"), 1 -> 5 ("dog"),
 # 2 -> 9 ("owl"); "owl" has no ground truth at all.

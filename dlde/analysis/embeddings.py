@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dlde.model.means import concentration_from_sums, kappa_from_resultant
+
 _EPS = 1e-12
-# R̄ is clipped below 1 so that κ̂ = R̄(d − R̄²)/(1 − R̄²) stays finite for identical vectors.
-_MAX_RESULTANT = 1.0 - 1e-7
 
 __all__ = [
     "angular_steps",
@@ -190,30 +190,7 @@ def concentration(embeddings: Any, labels: Any, num_classes: int) -> np.ndarray:
     """
     x = _to_numpy(embeddings)
     r_bar, counts = mean_resultant_length(x, labels, num_classes)
-    return _kappa(r_bar, counts, x.shape[1])
-
-
-def concentration_from_sums(sums: Any, counts: Any) -> np.ndarray:
-    """κ̂ per class from accumulated resultants, as tracked during training.
-
-    Args:
-        sums: (C, d) per-class sums of unit embeddings.
-        counts: (C,) number of embeddings summed per class.
-
-    Returns:
-        (C,) κ̂ as :func:`concentration`; NaN for classes with fewer than 2 samples.
-    """
-    sums, counts = _to_numpy(sums), _to_numpy(counts).astype(np.int64)
-    r_bar = np.full(len(counts), np.nan)
-    np.divide(np.linalg.norm(sums, axis=1), counts, out=r_bar, where=counts > 0)
-    return _kappa(np.minimum(r_bar, 1.0), counts, sums.shape[1])
-
-
-def _kappa(r_bar: np.ndarray, counts: np.ndarray, d: int) -> np.ndarray:
-    r = np.clip(r_bar, 0.0, _MAX_RESULTANT)
-    kappa = r * (d - r**2) / (1.0 - r**2)
-    kappa[counts < 2] = np.nan
-    return kappa
+    return kappa_from_resultant(r_bar, counts, x.shape[1])
 
 
 def cosine_margins(embeddings: Any, labels: Any, means: Any) -> tuple[np.ndarray, np.ndarray]:

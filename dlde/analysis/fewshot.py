@@ -52,10 +52,10 @@ from torchvision.ops import box_iou
 from dlde.data.coco import CocoDetection
 from dlde.data.digits import default_digits_root
 from dlde.data.transforms import collate
+from dlde.evaluation import coco_metrics, to_original
 from dlde.model.modes import evaluating
 
 from .calibration import DEFAULT_IOU, match_detections
-from .evaluation import coco_metrics, to_original
 from .openset import (
     DEFAULT_KNOWN_PRECISION,
     absolute_open_set_error,

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from .anchors import Assignment, assign_batch, check_thresholds
 from .heads import ClassificationHead, SubModule, _check_growth
 from .losses import row_tiles
-from .means import MeansConfig, TrackedMeans
+from .means import MeansConfig, TrackedMeans, concentration_from_sums
 
 #: Smallest ``|w|`` of :meth:`DirectionalClassification.classify` (see there).
 MIN_WEIGHT = 0.1
@@ -141,8 +141,6 @@ class DirectionalClassification(ClassificationHead):
         self.tracker.reset_statistics()
 
     def means_snapshot(self) -> tuple[Tensor, Tensor]:
-        from dlde.analysis.embeddings import concentration_from_sums
-
         kappa = concentration_from_sums(self.tracker.stat_sums.cpu(), self.tracker.stat_counts.cpu())
         return self.tracker.means.detach().cpu().clone(), torch.as_tensor(kappa)
 

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 MEANS_UPDATES = ("batch", "manual")
 MEANS_INITS = ("zeros", "orthogonal", "random")
+# R̄ is clipped below 1 so that κ̂ = R̄(d − R̄²)/(1 − R̄²) stays finite for identical vectors.
+_MAX_RESULTANT = 1.0 - 1e-7
 
 
 @dataclass(frozen=True)
@@ -165,3 +168,33 @@ class TrackedMeans(nn.Module):
         seen = norms > 0
         self.means.copy_(torch.where(seen, self.embeddings_sums / norms.clamp(min=1e-12), self.means))
         self.embeddings_sums.zero_()
+
+
+def concentration_from_sums(sums: Any, counts: Any) -> np.ndarray:
+    """κ̂ per class from accumulated resultants, as tracked during training (numpy, float64).
+
+    Args:
+        sums: (C, d) per-class sums of unit embeddings (tensor or array).
+        counts: (C,) number of embeddings summed per class.
+
+    Returns:
+        (C,) κ̂ (:func:`kappa_from_resultant`); NaN for classes with fewer than 2 samples.
+    """
+    sums = np.asarray(sums.detach().cpu().numpy() if hasattr(sums, "detach") else sums, dtype=np.float64)
+    counts = np.asarray(counts.detach().cpu().numpy() if hasattr(counts, "detach") else counts,
+                        dtype=np.float64).astype(np.int64)
+    r_bar = np.full(len(counts), np.nan)
+    np.divide(np.linalg.norm(sums, axis=1), counts, out=r_bar, where=counts > 0)
+    return kappa_from_resultant(np.minimum(r_bar, 1.0), counts, sums.shape[1])
+
+
+def kappa_from_resultant(r_bar: np.ndarray, counts: np.ndarray, d: int) -> np.ndarray:
+    """The vMF concentration estimate κ̂ ≈ R̄(d − R̄²)/(1 − R̄²) (Banerjee et al., JMLR 2005).
+
+    R̄ is clipped to ``1 − 1e-7`` so identical vectors give a large finite κ̂; classes with fewer
+    than 2 samples get NaN.
+    """
+    r = np.clip(r_bar, 0.0, _MAX_RESULTANT)
+    kappa = r * (d - r**2) / (1.0 - r**2)
+    kappa[counts < 2] = np.nan
+    return kappa

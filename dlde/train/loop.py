@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dlde.analysis.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, evaluate, to_original
 from dlde.data.coco import CocoDetection
 from dlde.data.digits import default_digits_root, make_digits_dataset
 from dlde.data.transforms import DetectionTransform, collate
+from dlde.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, evaluate, to_original
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.checkpoints import atomic_save, check_finite_state, load_checkpoint
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
@@ -451,7 +451,7 @@ def _sharded_validation_loss(model: nn.Module, dataset, config: TrainConfig, dev
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, config: TrainConfig, device,
                    context: distributed.DistributedContext | None = None) -> dict[str, Any]:
-    """COCO metrics of ``model`` on ``dataset`` (:func:`dlde.analysis.evaluation.evaluate`).
+    """COCO metrics of ``model`` on ``dataset`` (:func:`dlde.evaluation.evaluate`).
 
     With several processes each predicts its shard of the images, rank 0 gathers the detections
     and runs COCOeval once, and every process receives the metrics: the same numbers as one

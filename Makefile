@@ -47,14 +47,14 @@ figures-tiny: $(STAMP)
 
 # JupyterLab at the repository root on this checkout's .venv (kernel "Python 3 (ipykernel)",
 # name python3, the venv's own; nothing is installed into your home folder). The committed
-# notebooks/*.ipynb are read-only there (dlde.pipeline.notebook.refuse_committed_save): save your
+# notebooks/*.ipynb are read-only there (dlde.pipeline.lock.refuse_committed_save): save your
 # edits with File > Save Notebook As... under runs/. LAB_ARGS adds options (e.g. --port 8899);
 # LAB_ROOT roots Lab elsewhere (the browser test uses a copy of the project).
 LAB_ROOT ?= $(CURDIR)
 LAB_ARGS ?=
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(LAB_ROOT)" \
-	  --FileContentsManager.pre_save_hook=dlde.pipeline.notebook.refuse_committed_save \
+	  --FileContentsManager.pre_save_hook=dlde.pipeline.lock.refuse_committed_save \
 	  --KernelSpecManager.allowed_kernelspecs=python3 \
 	  $$([ "$$(id -u)" -eq 0 ] && echo --allow-root) $(LAB_ARGS)
 

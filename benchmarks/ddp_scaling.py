@@ -84,7 +84,7 @@ def _worker(rank: int, world: int, port: int, args, results) -> None:
             means_times.append(spent["means"])
     alone = []
     if world > 1:  # the means all-reduce by itself, processes already in step
-        sums = torch.randn(classes, config.embedding_size)
+        sums = torch.randn(classes, config.head_options["embedding_size"])
         counts = torch.ones(classes, dtype=torch.long)
         for _ in range(50):
             dist.barrier()
@@ -147,7 +147,7 @@ def main() -> None:
         one = trial if one is None or trial["step_s"] < one["step_s"] else one
         trial = measure(args.processes, args)
         many = trial if many is None or trial["step_s"] < many["step_s"] else many
-    d = config.embedding_size
+    d = config.head_options["embedding_size"]
     print(f"preset {args.preset}: {args.classes} classes, d={d}, global batch {args.global_batch}, "
           f"{args.threads} threads in all, median of {args.steps} steps, best of {args.repeats}; "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -2,9 +2,10 @@
 
 Trains (or reuses) one base run per head on the digits 0-6 under ``--base-runs-dir``, then runs
 :func:`dlde.analysis.fewshot.run_protocol` (novel digits 7-9 from k boxes each, several draws per k),
-:func:`dlde.analysis.fewshot.open_set_evaluation` and :func:`dlde.analysis.fewshot.retrieval_evaluation` on the
-ten-digit validation set, and prints three markdown tables followed by one JSON object (also
-written to ``--json``). Times are wall-clock seconds on this machine.
+:func:`dlde.analysis.openset_protocol.open_set_evaluation` and
+:func:`dlde.analysis.retrieval_protocol.retrieval_evaluation` on the ten-digit validation set, and
+prints three markdown tables followed by one JSON object (also written to ``--json``). Times are
+wall-clock seconds on this machine. The base runs are trained by :mod:`dlde.pipeline.base_runs`.
 
 Examples::
 
@@ -26,7 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde.analysis import fewshot
-from dlde.pipeline.notebook import _jsonable
+from dlde.analysis.openset_protocol import open_set_evaluation, open_set_summary
+from dlde.analysis.retrieval_protocol import retrieval_evaluation, retrieval_summary
+from dlde.analysis.tables import few_shot_table, open_set_table, retrieval_table
+from dlde.pipeline.base_runs import prepare
+from dlde.pipeline.notebook import jsonable
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.like_run:
         like = json.loads((Path(args.like_run) / "config.json").read_text())["config"]
     started = time.perf_counter()
-    models, base_names, train_set, val_set = fewshot.prepare(
+    models, base_names, train_set, val_set = prepare(
         like, args.base_runs_dir, args.heads, epochs=args.epochs, preset=args.preset, data_dir=args.data_dir,
         seed=args.base_seed)
     base_seconds = time.perf_counter() - started
@@ -67,27 +72,27 @@ def main(argv: list[str] | None = None) -> dict:
                                   methods=args.methods, settings=settings, max_eval_images=args.max_images,
                                   seed=args.seed, progress=True)
     summary = fewshot.summarize(result)
-    open_set = fewshot.open_set_evaluation(models, val_set, base_names, max_images=args.max_images)
-    retrieval = {head: fewshot.retrieval_evaluation(model, val_set, max_images=args.max_images)
+    open_set = open_set_evaluation(models, val_set, base_names, max_images=args.max_images)
+    retrieval = {head: retrieval_evaluation(model, val_set, max_images=args.max_images)
                  for head, model in models.items() if model.class_directions() is not None}
 
     print("\n## Few-shot: novel digits 7-9 from k boxes (mean [95 % interval] over draws)\n")
-    print(fewshot.markdown_table(summary))
+    print(few_shot_table(summary))
     if result["skipped_shots"]:
         print(f"\nskipped k {result['skipped_shots']}: too few boxes of a novel class in the training set")
     print("\n## Unknown objects: base models (0-6) on images with 7-9\n")
-    print(fewshot.open_set_markdown(open_set))
+    print(open_set_table(open_set))
     if retrieval:
         print("\n## Retrieval: ground-truth boxes of the validation images, leave-one-out\n")
-        print(fewshot.retrieval_markdown(retrieval))
+        print(retrieval_table(retrieval))
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "threads": torch.get_num_threads(), "torch": torch.__version__},
               "arguments": vars(args), "base_seconds": base_seconds, "before": result["before"],
               "few_shot": summary, "rows": result["rows"], "skipped_shots": result["skipped_shots"],
-              "open_set": fewshot.open_set_summary(open_set),
-              "retrieval": {head: fewshot.retrieval_summary(r) for head, r in retrieval.items()},
+              "open_set": open_set_summary(open_set),
+              "retrieval": {head: retrieval_summary(r) for head, r in retrieval.items()},
               "total_seconds": time.perf_counter() - started}
-    text = json.dumps(_jsonable(report), indent=1)
+    text = json.dumps(jsonable(report), indent=1)
     print("\n## JSON\n")
     print(text)
     if args.json:

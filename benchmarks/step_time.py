@@ -22,7 +22,8 @@ time of ``model.classification.track`` (wrapped with a timer in the training ste
 median DLDENet training step.
 
 Both models train with SGD (lr 2e-3, momentum 0.9, wd 1e-4) and gradient-norm clipping at 10, and
-DLDENet's means are initialized by one ``initializing=True`` pass, as ``dlde.train`` does. Without
+DLDENet's means are initialized by one tracking pass (``dlde.model.tracking.track_batch``), as
+``dlde.train`` does. Without
 them DLDENet diverges to NaN on these random batches within ~10 steps: a randomly initialized
 encoder gives nearly collinear embeddings, so right after the means are set every anchor scores
 p ~ 1 for every class (focal loss ~200, gradient norm ~2e5).
@@ -33,6 +34,7 @@ Examples::
     python benchmarks/step_time.py --preset coco-like
     python benchmarks/step_time.py --preset digits --score-threshold 1.0   # inference without NMS load
     python benchmarks/step_time.py --preset coco-like --classes 1203          # LVIS-sized vocabulary
+    python benchmarks/step_time.py --preset coco-like --classifier-init prior # start near the focal prior
     python benchmarks/step_time.py --preset coco-like --profile 2             # top operators of both models
     python benchmarks/step_time.py --preset coco-like --device cuda --steps 50
 """
@@ -56,6 +58,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN  # noqa:
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7  # noqa: E402
 
 import dlde  # noqa: E402
+from dlde.model.priors import CLASSIFIER_INITS  # noqa: E402
+from dlde.model.tracking import track_batch  # noqa: E402
 
 SCALES_3 = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
 
@@ -98,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "print the top operators by self CPU time (0: off)")
     parser.add_argument("--head", choices=["dlde", "prototypes"], default="dlde",
                         help="dlde head against torchvision: tracked means (dlde) or learned cosine prototypes")
+    parser.add_argument("--classifier-init", choices=CLASSIFIER_INITS, default=CLASSIFIER_INITS[0],
+                        help="start of the cosine head's w, b (scale, bias): the head's fixed values or "
+                             "'prior' (dlde.model.priors: the initial loss near the sigmoid head's)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     for key in ("steps", "warmup", "batch", "size", "embedding_size", "classes"):
@@ -117,7 +124,8 @@ def build_dlde(args) -> dlde.RetinaNet:
     """DLDENet (``--head dlde``) or the learned-prototype head, through the head registry."""
     width = args.channels
     return dlde.build_detector(
-        args.head, args.classes, head_options={"embedding_size": args.embedding_size}, resnet=18,
+        args.head, args.classes, head_options={"embedding_size": args.embedding_size,
+                                               "classifier_init": args.classifier_init}, resnet=18,
         features={"pyramid": width, "regression": width, "classification": width},
         anchors={"sizes": args.sizes, "scales": args.scales, "ratios": args.ratios},
         fpn_levels=args.levels, pretrained=False, head_convs=4, group_norm=False)
@@ -206,7 +214,8 @@ def main(argv=None) -> None:
     print(f"preset {args.preset}: image {args.size}x{args.size}, batch {args.batch}, levels P{args.levels[0]}-"
           f"P{args.levels[-1]}, FPN/head width {args.channels}, {anchors_per_loc} anchors/location "
           f"({len(args.ratios)} ratios x {len(args.scales)} scales), {args.classes} classes, "
-          f"embedding {args.embedding_size}, boxes/image {annotations[..., 4].ge(0).sum(1).tolist()}")
+          f"embedding {args.embedding_size} ({args.classifier_init} start), "
+          f"boxes/image {annotations[..., 4].ge(0).sum(1).tolist()}")
     print(f"steps {args.steps} (warm-up {args.warmup}), SGD lr {args.lr} momentum 0.9 wd 1e-4, "
           f"grad clip {args.grad_clip or 'off'}, seed {args.seed}")
     print(f"trainable parameters: dlde {n_params(dl) / 1e6:.3f} M, torchvision {n_params(tv) / 1e6:.3f} M")
@@ -236,8 +245,8 @@ def main(argv=None) -> None:
 
     # Like dlde.train: initialize the means with one tracking pass before training, so the first
     # step does not score every anchor against means taken from a near-constant random embedding.
-    if dl.has_tracked_means:
-        dl(images, annotations, initializing=True)
+    if dl.tracked_means is not None:
+        track_batch(dl, images, annotations)
     losses = {"dlde": [], "torchvision": []}
 
     def train_dl():

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from dlde.analysis.interactive import WIDGETS_ENV
-from dlde.pipeline.notebook import ROOT_ENV, check_parameters_cell, read_results
+from dlde.pipeline.lock import check_parameters_cell
+from dlde.pipeline.notebook import ROOT_ENV, read_results
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

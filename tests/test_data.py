@@ -115,6 +115,15 @@ def test_digits_reuse_and_refuse_other_arguments(tmp_path):
     assert len(list(paths.train_images_dir.glob("*.png"))) == 12
 
 
+def test_digits_folder_holding_only_an_interrupted_atomic_claim_is_still_ours(tmp_path):
+    # dlde.files' temporary manifest, left by a claim killed while writing it (the older
+    # "dlde_digits.json.tmp" is covered in test_reliability_data.py).
+    (tmp_path / ".dlde_digits.json.k3j9x.tmp").write_text('{"gener')
+    paths = make_digits_dataset(tmp_path, seed=0, **SMALL)
+    assert json.loads((paths.root / "dlde_digits.json").read_text())["complete"]
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))  # stale temporary removed
+
+
 def test_digits_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="without overlap"):
         make_digits_dataset(tmp_path, canvas_size=32, digit_size=(30, 30), digits_per_image=(2, 2))

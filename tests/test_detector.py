@@ -171,7 +171,7 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
                        means_lr=0.3, assignation_thresholds={"object": 0.6, "background": 0.3})
     model.train()
     model(torch.randn(2, 3, 64, 64), batch_annotations(), initializing=True)
-    model.update_means()
+    model.tracked_means.update_means()
     path = model.save(tmp_path / "ckpt" / "model.pt", epoch=3)
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left behind
     raw = torch.load(path, weights_only=True)

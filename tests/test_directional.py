@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
-from dlde import DirectionalClassification, TrackedMeans
+from dlde import DirectionalClassification, TrackedMeans, build_detector, load_detector
 
 
 def make_head(classes=3, d=4, mode="batch", lr=0.1, init="zeros"):
@@ -186,3 +187,69 @@ def test_padding_and_empty_images_change_no_mean():
     assert_close(head.means, start)
     head.track(embeddings, anchors, torch.zeros(2, 0, 5))
     assert_close(head.means, start)
+
+
+def test_count_schedule_steps_by_max_lr_and_inverse_count():
+    """lr 0.25: class 0 (in every batch) steps 1, 1/2, 1/3, 1/4, then 1/4 (max(0.25, 1/5), max(0.25, 1/6));
+    class 1 (batches 2 and 5 only) steps 1, then 1/2; class 2 (never tracked) keeps its start."""
+    generator = torch.Generator().manual_seed(0)
+    tracker = TrackedMeans(3, 4, lr=0.25, lr_schedule="count")
+    tracker.initialize("orthogonal", generator=generator)
+    start = tracker.means.clone()
+    batches = [F.normalize(torch.randn(2, 4, generator=generator, dtype=torch.float64), dim=1) for _ in range(6)]
+    expected = start.double().clone()
+    steps = {0: [1, 1 / 2, 1 / 3, 1 / 4, 1 / 4, 1 / 4], 1: {1: 1.0, 4: 1 / 2}}
+    for n, embeddings in enumerate(batches):
+        labels = torch.tensor([0, 1]) if n in (1, 4) else torch.tensor([0, 0])
+        tracker.update(embeddings.float(), labels)
+        direction = F.normalize(embeddings[labels == 0].sum(0), dim=0)
+        expected[0] = F.normalize((1 - steps[0][n]) * expected[0] + steps[0][n] * direction, dim=0)
+        if n in steps[1]:
+            expected[1] = F.normalize((1 - steps[1][n]) * expected[1] + steps[1][n] * embeddings[1], dim=0)
+        if n == 0:
+            assert_close(tracker.means[0], direction.float())  # a running average: the start is replaced
+    assert_close(tracker.means, expected.float())
+    assert_close(tracker.means[2], start[2])
+    assert tracker.batch_counts.tolist() == [6, 2, 0]
+
+
+def test_count_schedule_exists_only_when_chosen_and_uses_the_reduced_counts():
+    assert set(TrackedMeans(3, 4).state_dict()) == {"means", "embeddings_sums"}  # checkpoints keep their keys
+    assert TrackedMeans(3, 4).batch_counts is None
+    tracker = TrackedMeans(3, 4, lr=0.1, lr_schedule="count")
+    assert set(tracker.state_dict()) == {"means", "embeddings_sums", "batch_counts"}
+    other = F.normalize(torch.randn(4), dim=0)
+
+    def reducer(sums, counts):  # another process saw one anchor of class 2
+        sums, counts = sums.clone(), counts.clone()
+        sums[2] += other
+        counts[2] += 1
+        return sums, counts
+
+    tracker.reducer = reducer
+    tracker.initialize("random")
+    tracker.update(F.normalize(torch.randn(1, 4), dim=1), torch.tensor([0]))
+    assert tracker.batch_counts.tolist() == [1, 0, 1]
+    assert_close(tracker.means[2], other)  # every process takes the same first step
+    tracker.grow(2)
+    assert tracker.batch_counts.tolist() == [1, 0, 1, 0, 0]
+    tracker.set_mean(4, F.normalize(torch.randn(3, 4), dim=1))
+    assert tracker.batch_counts[4] == 1  # an imprinted mean counts as one tracked batch
+    tracker.initialize("random")
+    assert tracker.batch_counts.tolist() == [0] * 5
+    with pytest.raises(ValueError, match="unknown means lr schedule"):
+        TrackedMeans(3, 4, lr_schedule="adaptive")
+    with pytest.raises(ValueError, match="'count' sets the step of the 'batch' update"):
+        DirectionalClassification(8, 4, 1, 8, 3, means_update="manual", means_lr_schedule="count")
+
+
+def test_count_schedule_round_trips_in_a_checkpoint(tmp_path):
+    model = build_detector("dlde", 3, head_options={"embedding_size": 6, "means_lr_schedule": "count"},
+                           features=SMALL, pretrained=False, head_convs=1, fpn_levels=[3, 4]).train()
+    model(torch.randn(2, 3, 64, 64), batch_annotations())
+    counts = model.tracked_means.batch_counts.clone()
+    assert counts.tolist() == [1, 1, 1]
+    restored = load_detector(model.save(tmp_path / "m.pt"))
+    assert restored.classification.options()["means_lr_schedule"] == "count"
+    assert torch.equal(restored.tracked_means.batch_counts, counts)
+    assert_close(restored.tracked_means.means, model.tracked_means.means)

@@ -10,8 +10,15 @@ other; the next forward then flips single ReLUs whose pre-activation is within 1
 (one element in 32,768 of a ResNet stage changes the stem's gradient by 1e-2), and the weight
 differences grow 2e-7 -> 3e-3 -> 2e-2 -> 5e-2 (relative gradient L2, steps 0-3). No Adam eps,
 learning rate, warm-up or clipping setting brings epoch 2 within 1e-4. With SGD the same
-comparison agrees to 6e-7 (losses) and 6e-8 (means). The reduction logic is the same for any
-optimizer.
+comparison agrees to 6e-7 (losses) and 6e-8 (means) on the machine where it was first measured.
+On another CPU (this project's CI machine, an Intel Xeon; measured with the code before and after
+the package refactor, identical numbers) the same SGD comparison differs by 1.5e-4 in the epoch-2
+validation loss and by 1e-4 in the stem weights after 3 'manual' steps: the convolution kernels
+chosen for a batch of 4 and of 8 round differently there, and training amplifies it. The tolerances
+below (losses 1e-3 relative, means 1e-4, weight updates 1 % of the largest update) hold on both;
+the exact checks stay exact: the means and every replicated tensor are compared bit for bit
+between the ranks, the κ̂ counts and the data shards for equality.
+The reduction logic is the same for any optimizer.
 """
 import json
 import os
@@ -25,8 +32,10 @@ import numpy as np
 import pytest
 import torch
 
-from dlde.train import TrainConfig, _global_batches, _steps_per_epoch, build_model, distributed, train
+from dlde.train import TrainConfig, build_model, distributed, train
+from dlde.train.batches import global_batches, steps_per_epoch
 from dlde.train.distributed import DistributedContext, GlobalBatchNorm2d, context_from_environment, shard_batches
+from dlde.train.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One-process reference: the global batch (2 x 4) in one process, one thread like each DDP rank.
@@ -69,16 +78,15 @@ def test_two_processes_train_as_one_process_with_the_global_batch(runs):
     assert [row["epoch"] for row in ddp] == [1, 2]
     for a, b in zip(one, ddp):
         for key in ("train_loss", "train_cls_loss", "train_box_loss", "val_loss", "lr"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+            assert b[key] == pytest.approx(a[key], rel=1e-3), key
     np.testing.assert_allclose(np.load(runs / "ddp" / "means_history.npy"),
-                               np.load(runs / "one" / "means_history.npy"), rtol=0, atol=1e-5)
+                               np.load(runs / "one" / "means_history.npy"), rtol=0, atol=1e-4)
     np.testing.assert_allclose(np.load(runs / "ddp" / "kappa_history.npy")[1:],
                                np.load(runs / "one" / "kappa_history.npy")[1:], rtol=1e-3)
     record = json.loads((runs / "ddp" / "config.json").read_text())
     assert record["environment"]["world_size"] == 2 and record["config"]["batch_size"] == 4
     # Rank 0 alone wrote, atomically: no temporary files left behind.
-    assert sorted(p.name for p in (runs / "ddp").iterdir()) == sorted(
-        ["config.json", "metrics.jsonl", "checkpoint.pt", "means_history.npy", "kappa_history.npy"])
+    assert sorted(p.name for p in (runs / "ddp").iterdir()) == sorted(RunFolder.FILES)
 
 
 def _children(pid):
@@ -176,24 +184,25 @@ def _steps_worker(rank, world, port, mode, out):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     model.train()
     history = []
+    start = model.fpn.stem[0].weight.detach().clone()
     for step in range(3):
         output = network(images[step], annotations[step])
         losses = model.loss(*output, annotations[step], assignment=output.assignment, positives_reducer=reducer)
         optimizer.zero_grad()
         (losses["classification"] + losses["bbox_regression"]).backward()
         optimizer.step()
-        means = model.classification.tracker.means.clone()
+        means = model.tracked_means.means.clone()
         if world > 1:
             gathered = [torch.empty_like(means) for _ in range(world)]
             torch.distributed.all_gather(gathered, means)
             assert all(torch.equal(g, means) for g in gathered), f"means differ between ranks after step {step}"
             distributed.check_replicated(model, f"after step {step}")
         history.append(means)
-    model.update_means()
-    history.append(model.classification.tracker.means.clone())
+    model.tracked_means.update_means()
+    history.append(model.tracked_means.means.clone())
     if rank == 0:
-        torch.save({"means": torch.stack(history), "stat_counts": model.classification.tracker.stat_counts.clone(),
-                    "weight": model.fpn.stem[0].weight.detach().clone()}, out)
+        torch.save({"means": torch.stack(history), "stat_counts": model.tracked_means.stat_counts.clone(),
+                    "update": model.fpn.stem[0].weight.detach() - start}, out)
     if world > 1:
         torch.distributed.destroy_process_group()
 
@@ -219,21 +228,23 @@ def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tm
     assert not torch.equal(one["means"][0], one["means"][-1])  # the means moved
     torch.testing.assert_close(two["means"], one["means"], rtol=0, atol=1e-6)
     assert torch.equal(two["stat_counts"], one["stat_counts"])  # κ̂ statistics from the global batch
-    # The same gradient steps: DDP's average, the global loss normalizer and the global BatchNorm.
-    torch.testing.assert_close(two["weight"], one["weight"], rtol=1e-5, atol=1e-6)
+    # The same gradient steps: DDP's average, the global loss normalizer and the global BatchNorm
+    # (the update of the stem's weights over the 3 steps, to 1 % of its largest element).
+    assert one["update"].abs().max() > 0
+    torch.testing.assert_close(two["update"], one["update"], rtol=0, atol=1e-2 * float(one["update"].abs().max()))
 
 
 # ------------------------------------------------------------------------------------ units
 def test_shards_of_the_global_batches_are_the_one_process_batches():
-    single = _global_batches(37, 8, True, torch.Generator().manual_seed(7))
+    single = global_batches(37, 8, True, torch.Generator().manual_seed(7))
     for world in (1, 2, 4):
-        order = _global_batches(37, 8, True, torch.Generator().manual_seed(7))
+        order = global_batches(37, 8, True, torch.Generator().manual_seed(7))
         shards = [shard_batches(order, rank, world) for rank in range(world)]
-        assert all(len(shard) == _steps_per_epoch(37, 8 // world, world) for shard in shards)
+        assert all(len(shard) == steps_per_epoch(37, 8 // world, world) for shard in shards)
         for rank in range(world):
             assert shards[rank] == [batch[rank::world] for batch in single]
-    assert _steps_per_epoch(37, 4, 2) == 5  # 4 full global batches of 8, and 5 images >= 2 processes
-    assert _steps_per_epoch(33, 4, 2) == 4  # the last global batch (1 image) cannot feed 2 processes
+    assert steps_per_epoch(37, 4, 2) == 5  # 4 full global batches of 8, and 5 images >= 2 processes
+    assert steps_per_epoch(33, 4, 2) == 4  # the last global batch (1 image) cannot feed 2 processes
     assert shard_batches([[0, 1, 2, 3, 4], [5]], 1, 2) == [[1, 3]]
 
 

@@ -1,4 +1,5 @@
-"""New classes without gradient steps (add_classes, imprint), the few-shot protocol and notebooks 05/06."""
+"""New classes without gradient steps (add_classes, imprint), the few-shot protocol, its base runs,
+the unknown-object and retrieval protocols at tiny size, and notebooks 05/06."""
 import math
 
 import pytest
@@ -8,13 +9,19 @@ from torch.testing import assert_close
 
 from dlde import DLDENetWithTrackedMeans, RetinaNet
 from dlde.analysis import fewshot
+from dlde.analysis.openset_protocol import open_set_evaluation
+from dlde.analysis.retrieval_protocol import retrieval_evaluation, retrieval_examples
+from dlde.analysis.tables import few_shot_table
+from dlde.model.growth import add_classes, imprint
+from dlde.model.registry import head_factory
+from dlde.pipeline.base_runs import base_config, ensure_base_run
 
 HEADS = {"dlde": {"embedding_size": 8}, "retinanet": {}, "prototypes": {"embedding_size": 8}}
 
 
 def model_of(name, classes=3, **options):
     return RetinaNet(classes, features=SMALL, pretrained=False, head_convs=1, fpn_levels=[3, 4],
-                     classification_head=(name, {**HEADS[name], **options})).eval()
+                     classification_head=head_factory(name, **{**HEADS[name], **options})).eval()
 
 
 def images_and_boxes():
@@ -33,7 +40,7 @@ def test_add_classes_then_imprint_changes_no_existing_parameter_or_mean(name):
     model = model_of(name)
     images, annotations = images_and_boxes()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert model.add_classes(2, names=["x", "y"]) == [3, 4]
+    assert add_classes(model, 2, names=["x", "y"]) == [3, 4]
     grown = {k: v.clone() for k, v in model.state_dict().items()}
     assert grown.keys() == before.keys()
     for key, value in before.items():
@@ -42,7 +49,7 @@ def test_add_classes_then_imprint_changes_no_existing_parameter_or_mean(name):
         else:  # a per-class tensor: the old rows are untouched, k rows added
             assert grown[key].shape[0] == value.shape[0] + 2, key
             assert torch.equal(grown[key][:3], value), key
-    used = model.imprint("y", images, boxes_of(annotations, 2))
+    used = imprint(model, "y", images, boxes_of(annotations, 2))
     assert used > 0
     assert all(p.grad is None for p in model.parameters())  # no backward pass, hence no gradient step
     after = model.state_dict()
@@ -64,10 +71,10 @@ def test_add_classes_then_imprint_changes_no_existing_parameter_or_mean(name):
 def test_imprint_in_training_mode_leaves_batchnorm_statistics_and_the_mode_alone():
     model = model_of("dlde").train()
     images, annotations = images_and_boxes()
-    model.add_classes(1)
+    add_classes(model, 1)
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before
-    model.imprint(3, images, boxes_of(annotations, 1))
+    imprint(model, 3, images, boxes_of(annotations, 1))
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert model.training and model.fpn.training
@@ -82,9 +89,9 @@ def test_imprinting_from_a_models_own_boxes_reproduces_the_tracked_mean():
     model(images, annotations, initializing=True)
     tracked = model.classification.means.clone()
     assert model.classification.tracker.initialized.all()
-    new = model.add_classes(3)
+    new = add_classes(model, 3)
     for c, label in zip(range(3), new):
-        model.imprint(label, images, boxes_of(annotations, c))
+        imprint(model, label, images, boxes_of(annotations, c))
     means = model.classification.means
     cosines = torch.nn.functional.cosine_similarity(means[3:], tracked, dim=1)
     assert (cosines > 0.99).all(), cosines
@@ -95,9 +102,9 @@ def test_imprinting_from_a_models_own_boxes_reproduces_the_tracked_mean():
 def test_add_and_imprint_survive_a_checkpoint_round_trip(name, tmp_path):
     model = model_of(name)
     images, annotations = images_and_boxes()
-    model.add_classes(2, names=["seven", "eight"])
+    add_classes(model, 2, names=["seven", "eight"])
     if name != "retinanet":
-        model.imprint("seven", images, boxes_of(annotations, 0))
+        imprint(model, "seven", images, boxes_of(annotations, 0))
     model.save(tmp_path / "grown.pt")
     restored = RetinaNet.from_checkpoint(tmp_path / "grown.pt").eval()
     assert restored.classes == 5 and restored.class_names == ["0", "1", "2", "seven", "eight"]
@@ -114,14 +121,14 @@ def test_sigmoid_add_classes_keeps_old_outputs_exactly_and_new_ones_at_the_prior
     images, _ = images_and_boxes()
     with torch.no_grad():
         before = model.classification.logits(model.fpn(images))
-        model.add_classes(3)
+        add_classes(model, 3)
         after = model.classification.logits(model.fpn(images))
     assert after.shape == (*before.shape[:2], 7)
     assert torch.equal(after[..., :4], before)
     prior = model.classification.prior
     assert_close(after[..., 4:], torch.full_like(after[..., 4:], -math.log((1 - prior) / prior)))
     with pytest.raises(NotImplementedError, match="no embedding space"):
-        model.imprint(5, images, [torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.zeros(0, 4)])
+        imprint(model, 5, images, [torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.zeros(0, 4)])
 
 
 def test_add_classes_and_imprint_reject_bad_input():
@@ -129,36 +136,36 @@ def test_add_classes_and_imprint_reject_bad_input():
     images, annotations = images_and_boxes()
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="positive integer"):
-            model.add_classes(bad)
+            add_classes(model, bad)
     with pytest.raises(ValueError, match="already exist"):
-        model.add_classes(1, names=["0"])
+        add_classes(model, 1, names=["0"])
     with pytest.raises(ValueError, match="names"):
-        model.add_classes(2, names=["a"])
+        add_classes(model, 2, names=["a"])
     with pytest.raises(ValueError, match="not a class"):
-        model.imprint(7, images, boxes_of(annotations, 0))
+        imprint(model, 7, images, boxes_of(annotations, 0))
     with pytest.raises(ValueError, match="no class named"):
-        model.imprint("zebra", images, boxes_of(annotations, 0))
+        imprint(model, "zebra", images, boxes_of(annotations, 0))
     with pytest.raises(ValueError, match="box tensors"):
-        model.imprint(0, images, boxes_of(annotations, 0)[:1])
+        imprint(model, 0, images, boxes_of(annotations, 0)[:1])
 
 
-def test_mean_interval_matches_the_t_interval():
-    stats = fewshot.mean_interval([1.0, 2.0, 3.0])
+def test_summarize_gives_the_t_interval_over_draws_and_the_forgetting():
+    rows = [{"method": "dlde_imprint", "k": 1, "draw": j, "steps": 0, "seconds": 0.1, "novel_AP": ap,
+             "novel_AP50": ap, "base_AP": 0.5, "base_AP50": 0.5} for j, ap in enumerate([1.0, 2.0, 3.0])]
+    rows.append({**rows[0], "k": 2, "novel_AP": float("nan")})
+    (entry, single) = fewshot.summarize({"rows": rows, "before": {"dlde": {"AP": 0.75}}})
+    stats = entry["novel_AP"]
+    assert list(stats) == ["mean", "sd", "low", "high", "n"]  # the key order results.json shows
     assert stats["mean"] == 2.0 and stats["sd"] == 1.0 and stats["n"] == 3
     half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2}
     assert stats["low"] == pytest.approx(2.0 - half) and stats["high"] == pytest.approx(2.0 + half)
-    assert math.isnan(fewshot.mean_interval([0.5])["low"]) and fewshot.mean_interval([])["n"] == 0
-
-
-def test_precision_at_recall_by_hand():
-    import numpy as np
-
-    scores = np.array([0.9, 0.8, 0.7, 0.6])
-    correct = np.array([True, False, True, True])
-    # recalls 1/3, 1/3, 2/3, 1; precisions 1, 1/2, 2/3, 3/4
-    assert fewshot._precision_at_recall(scores, correct, 3, 0.6) == pytest.approx(0.75)
-    assert fewshot._precision_at_recall(scores, correct, 3, 0.3) == pytest.approx(1.0)
-    assert math.isnan(fewshot._precision_at_recall(scores, correct, 4, 0.8))
+    assert entry["base_AP_before"] == 0.75 and entry["base_AP_drop"] == pytest.approx(0.25)
+    assert single["draws"] == 1 and single["novel_AP"]["n"] == 0 and math.isnan(single["novel_AP"]["mean"])
+    assert math.isnan(single["base_AP"]["low"])
+    assert few_shot_table([entry, single]).splitlines()[2:] == [
+        f"| dlde_imprint | 1 | 3 | 2.000 [{2 - half:.3f}, {2 + half:.3f}] | 2.000 [{2 - half:.3f}, {2 + half:.3f}] "
+        "| 0.750 → 0.500 [0.500, 0.500] | 0 | 0.1 [0.1, 0.1] |",
+        "| dlde_imprint | 2 | 1 | n/a | 1.000 | 0.750 → 0.500 | 0 | 0.1 |"]
 
 
 # ------------------------------------------------------------------------- protocol, tiny
@@ -171,7 +178,7 @@ def tiny_setting(tmp_path_factory):
     torch.manual_seed(0)
     models, config = {}, None
     for name in ("dlde", "retinanet", "prototypes"):
-        config = fewshot.base_config(name, root / name, preset="tiny", data_root=str(root / "data" / "base"),
+        config = base_config(name, root / name, preset="tiny", data_root=str(root / "data" / "base"),
                                      digits_train_images=48)
         models[name] = build_model(config, len(fewshot.BASE_CLASSES)).eval()
     train_set, val_set = fewshot.few_shot_datasets(config)
@@ -193,6 +200,20 @@ def test_draw_shots_are_k_boxes_of_the_class_and_reproducible(tiny_setting):
         fewshot.draw_shots(train_set, [7], 10_000, 1)
 
 
+def test_ensure_base_run_refuses_a_folder_holding_another_run(tmp_path):
+    import json
+
+    config = base_config("dlde", tmp_path / "dlde", preset="tiny", data_root=str(tmp_path / "data"))
+    assert config.digits_classes == fewshot.BASE_CLASSES and config.model == "dlde"
+    for changed in ({"epochs": config.epochs + 1}, {"threads": 3}):  # threads change float reductions
+        saved = {**config.to_dict(), **changed}
+        (tmp_path / "dlde").mkdir(exist_ok=True)
+        (tmp_path / "dlde" / "config.json").write_text(json.dumps({"config": saved, "class_names": [],
+                                                                   "category_ids": []}))
+        with pytest.raises(ValueError, match=f"{next(iter(changed))}"):
+            ensure_base_run(config)
+
+
 @pytest.mark.slow
 def test_few_shot_protocol_runs_end_to_end_at_tiny_size(tiny_setting):
     models, train_set, val_set = tiny_setting
@@ -208,7 +229,7 @@ def test_few_shot_protocol_runs_end_to_end_at_tiny_size(tiny_setting):
         assert row["seconds"] > 0
     summary = fewshot.summarize(result)
     assert len(summary) == 2 * len(fewshot.METHODS) and all(e["draws"] == 2 for e in summary)
-    table = fewshot.markdown_table(summary)
+    table = few_shot_table(summary)
     assert table.count("\n") == len(summary) + 1 and "dlde_imprint" in table
     # the base model is not changed by adapting copies of it
     draw = fewshot.draw_shots(train_set, [7, 8, 9], 1, 1)[0]
@@ -221,15 +242,15 @@ def test_few_shot_protocol_runs_end_to_end_at_tiny_size(tiny_setting):
 
 def test_open_set_and_retrieval_at_tiny_size(tiny_setting):
     models, _, val_set = tiny_setting
-    out = fewshot.open_set_evaluation(models, val_set, [str(c) for c in fewshot.BASE_CLASSES], max_images=8)
+    out = open_set_evaluation(models, val_set, [str(c) for c in fewshot.BASE_CLASSES], max_images=8)
     assert out["images"] == 8 and out["known_objects"] + out["unknown_objects"] > 0
     assert set(out["models"]) == set(models)
     assert "cosine" in out["models"]["dlde"] and "cosine" not in out["models"]["retinanet"]
     for metrics in out["models"].values():
         assert isinstance(metrics["A-OSE"], int) and metrics["A-OSE_flagged"] <= metrics["A-OSE"]
-    retrieval = fewshot.retrieval_evaluation(models["dlde"], val_set, max_images=8)
+    retrieval = retrieval_evaluation(models["dlde"], val_set, max_images=8)
     assert 0.0 <= retrieval["MAP@R"] <= 1.0 and 0.0 <= retrieval["Recall@1"] <= retrieval["Recall@5"] <= 1.0
-    examples = fewshot.retrieval_examples(val_set, retrieval, [0, 1], k=3)
+    examples = retrieval_examples(val_set, retrieval, [0, 1], k=3)
     assert len(examples["query_crops"]) == 2 and len(examples["result_crops"][0]) == 3
     assert examples["result_labels"].shape == (2, 3)
 
@@ -240,7 +261,9 @@ def execute(notebook, output_dir, **parameters):
     import nbformat
     import papermill
 
-    from dlde.pipeline.runner import NOTEBOOKS_DIR, PAPERMILL_OPTIONS, read_results
+    from dlde.pipeline.execute import PAPERMILL_OPTIONS
+    from dlde.pipeline.lock import NOTEBOOKS_DIR
+    from dlde.pipeline.notebook import read_results
 
     out_dir = output_dir / notebook.replace(".ipynb", "")
     with pytest.MonkeyPatch.context() as patch:
@@ -255,8 +278,7 @@ def execute(notebook, output_dir, **parameters):
 
 @pytest.mark.slow
 def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
-    from dlde.pipeline.notebook import check_parameters_cell
-    from dlde.pipeline.runner import NOTEBOOKS_DIR
+    from dlde.pipeline.lock import NOTEBOOKS_DIR, check_parameters_cell
     from dlde.train import PRESETS, TrainConfig, train
 
     for name in ("05_few_shot.ipynb", "06_open_set.ipynb"):
@@ -270,7 +292,7 @@ def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
     for head in ("dlde", "retinanet", "prototypes"):
         saved = TrainConfig.from_dict(__import__("json").loads((base_dir / head / "config.json").read_text())["config"])
         assert saved.model == head and saved.digits_classes == fewshot.BASE_CLASSES
-        assert saved.epochs == 1 and saved.embedding_size == PRESETS["tiny"].embedding_size  # the run's budget
+        assert saved.epochs == 1 and saved.head_options == PRESETS["tiny"].head_options  # the run's budget
     assert few["shots"] == [1, 2] and few["draws"] == 2 and few["novel_names"] == ["7", "8", "9"]
     assert set(few["before"]) == {"dlde", "retinanet", "prototypes"}
     assert len(few["rows"]) == 2 * 2 * len(fewshot.METHODS) and len(few["summary"]) == 2 * len(fewshot.METHODS)

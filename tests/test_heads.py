@@ -14,9 +14,11 @@ import dlde.model.detector
 import dlde.model.directional
 import dlde.model.losses
 import dlde.model.registry
-import dlde.train.loop as training
+import dlde.train.cli
+import dlde.train.validation
 from dlde import CosinePrototypeClassification, DLDENetWithTrackedMeans, RetinaNet, build_detector, load_detector
-from dlde.model.heads import ClassificationHead, SigmoidClassification, SubModule
+from dlde.model.compat import SubModule
+from dlde.model.heads import ClassificationHead, HeadTower, SigmoidClassification
 from dlde.model.means import MeansConfig
 from dlde.train import PRESETS, TrainConfig, build_model, train
 
@@ -56,7 +58,7 @@ def test_prototype_head_is_a_cosine_classifier_with_learned_prototypes():
     e = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]])
     expected = torch.sigmoid(10 * torch.tensor([[1.0, 0, 0], [0, 0, 0]]))
     assert_close(head.classify(e), expected)
-    assert not head.has_tracked_means and head.means_snapshot() is None
+    assert head.tracked_means is None
     assert_close(head.class_directions(), torch.eye(3, 4))
     learned = CosinePrototypeClassification(8, 1, 8, 3, learn_scale=True)
     assert any(name == "log_scale" for name, _ in learned.named_parameters())
@@ -85,13 +87,12 @@ def test_a_new_head_is_one_class_plus_one_registry_line(tmp_path, monkeypatch):
             return torch.sigmoid(self.logit).expand(feature_maps[0].shape[0], count, -1)
 
     monkeypatch.setitem(dlde.model.registry.HEADS, "constant", Constant)  # the one registry line
-    monkeypatch.setitem(training.CHOICES, "model", tuple(sorted(dlde.model.registry.HEADS)))
     config = TrainConfig.from_dict({"model": "constant", "run_dir": str(tmp_path / "run"),
                                     "data_root": str(tmp_path / "data"), "epochs": 1, "max_train_batches": 2,
                                     "progress": False}, preset="tiny")
     result = train(config)
     assert result.model.classification.name == "constant"
-    assert result.model.means_snapshot() is None and not (result.run_dir / "means_history.npy").exists()
+    assert result.model.tracked_means is None and not (result.run_dir / "means_history.npy").exists()
     assert load_detector(result.run_dir / "checkpoint.pt").classification.options() == {"start": -2.0}
 
 
@@ -115,14 +116,14 @@ def test_anchors_are_assigned_once_per_training_step(tmp_path, monkeypatch):
     config = TrainConfig.from_dict({"run_dir": str(tmp_path / "run"), "data_root": str(tmp_path / "data"),
                                     "epochs": 1, "max_train_batches": 3, "eval_batch_size": 16,
                                     "progress": False}, preset="tiny")
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"per_class": {}})
+    monkeypatch.setattr(dlde.train.validation, "evaluate", lambda *a, **k: {"per_class": {}})
     train(config)
     assert calls["n"] == 3 + 1  # 3 training steps, 16 validation images in one batch
 
 
 def test_trainer_runs_and_notebooks_never_ask_which_detector_they_hold():
     sources = [ROOT / "dlde" / name for name in ("train/loop.py", "train/runs.py", "analysis/inspection.py",
-                                                 "pipeline/notebook.py", "pipeline/runner.py")]
+                                                 "pipeline/notebook.py", "pipeline/execute.py")]
     sources += sorted((ROOT / "notebooks").glob("*.ipynb"))
     pattern = re.compile(r"isinstance\([^)]*(DLDENetWithTrackedMeans|RetinaNet|DirectionalClassification)|\.tracker\b")
     offenders = [f"{path.name}: {match.group(0)}" for path in sources for match in pattern.finditer(path.read_text())]
@@ -136,8 +137,11 @@ def test_every_default_is_written_once():
             if option.name in defaults:
                 assert defaults[option.name] == option.default, (name, option.name)
     directional = dlde.model.directional.DirectionalClassification.Options
-    assert (directional.means_lr, directional.means_update, directional.means_init) == (
-        MeansConfig.lr, MeansConfig.update, MeansConfig.init)
+    assert (directional.means_lr, directional.means_update, directional.means_init, directional.means_lr_schedule) == (
+        MeansConfig.lr, MeansConfig.update, MeansConfig.init, MeansConfig.lr_schedule)
+    prototypes = CosinePrototypeClassification.Options
+    assert (prototypes.prior, prototypes.classifier_init) == (SigmoidClassification.Options.prior,
+                                                               directional.classifier_init)
     seed_entry = inspect.signature(DLDENetWithTrackedMeans.__init__).parameters
     for option in fields(directional):
         assert seed_entry[option.name].default == option.default, option.name
@@ -146,10 +150,10 @@ def test_every_default_is_written_once():
         assert defaults[name] == detector[name].default, name
     assert detector["prior"].default == SigmoidClassification.Options.prior
     # Presets only override; the tiny preset (every test) now trains at the model's means_lr.
-    assert PRESETS["tiny"].means_lr == MeansConfig.lr
+    assert "means_lr" not in PRESETS["tiny"].head_options
     # The CLI shows the defaults of the preset in use.
-    help_text = training._parser("tiny").format_help()
-    assert f"preset tiny: {PRESETS['tiny'].embedding_size}" in help_text
+    help_text = dlde.train.cli._parser("tiny").format_help()
+    assert f"preset tiny: {PRESETS['tiny'].head_options['embedding_size']}" in help_text
     assert "{dlde,prototypes,retinanet}" in help_text
 
 
@@ -191,4 +195,4 @@ def test_build_model_uses_the_registry_and_the_config_options(tmp_path):
     assert model.classification.options()["cosine_scale"] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="model must be one of"):
         TrainConfig(model="yolo")
-    assert isinstance(SubModule, type)
+    assert SubModule is HeadTower  # the seed's name of the head tower

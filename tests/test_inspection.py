@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dlde import build_detector
+from dlde.analysis.detection_plots import detection_grid
 from dlde.analysis.inspection import detect_folder, detection_samples, image_files, matched_embeddings
+from dlde.pipeline.notebook import inference_results
 from dlde.train import TrainConfig, train
 from dlde.train.runs import load_run
 
@@ -69,14 +72,6 @@ def test_image_files_reports_empty_or_missing_folders(tmp_path):
 
 
 def test_detections_far_from_every_class_direction_are_flagged_unknown(tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    from dlde import build_detector
-    from dlde.analysis.inspection import detect_folder
-    from dlde.analysis.plotting import detection_grid
-    from dlde.pipeline.notebook import inference_results
-
     model = build_detector("dlde", 3, head_options={"embedding_size": 6}, features={"pyramid": 16, "regression": 16,
                            "classification": 16}, pretrained=False, head_convs=1, fpn_levels=[3, 4],
                            score_threshold=0.0).eval()

@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 
 from dlde.analysis import interactive
+from dlde.pipeline import lock
 from dlde.pipeline import notebook as nbhelpers
-from dlde.pipeline.runner import (
-    KERNEL_NAME,
-    NOTEBOOKS_DIR,
-    PAPERMILL_OPTIONS,
-    kernel_argv,
-    read_results,
-)
+from dlde.pipeline.execute import KERNEL_NAME, PAPERMILL_OPTIONS, kernel_argv
+from dlde.pipeline.lock import NOTEBOOKS_DIR
+from dlde.pipeline.notebook import read_results
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED = ["01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb", "04_inference.ipynb",
@@ -117,7 +114,7 @@ def tiny_run(tmp_path_factory):
 def test_01_train(tiny_run):
     run_dir, figures_dir, results = tiny_run
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "means_history.npy").exists()
-    assert json.loads((run_dir / "config.json").read_text())["config"]["embedding_size"] == 3
+    assert json.loads((run_dir / "config.json").read_text())["config"]["head_options"]["embedding_size"] == 3
     assert results["model"] == "dlde" and results["preset"] == "tiny" and results["epochs"] == 2
     for key in ("AP", "AP50", "AP75"):
         assert finite(results[key], 0.0, 1.0), key
@@ -213,8 +210,8 @@ def test_notebook_defaults_write_into_the_run_folder_only(tmp_path):
 
 def test_committed_parameters_cells_match_the_lock():
     for path in NOTEBOOKS:
-        nbhelpers.check_parameters_cell(path)
-    assert set(nbhelpers.read_lock()) == {p.name for p in NOTEBOOKS}
+        lock.check_parameters_cell(path)
+    assert set(lock.read_lock()) == {p.name for p in NOTEBOOKS}
 
 
 def test_an_edited_parameters_cell_is_refused_with_the_line_named(tmp_path):
@@ -225,13 +222,13 @@ def test_an_edited_parameters_cell_is_refused_with_the_line_named(tmp_path):
     nb.cells[1].source = nb.cells[1].source.replace("EPOCHS: int = 16", "EPOCHS: int = 2")
     nbformat.write(nb, path)
     with pytest.raises(ValueError, match=r"01_train.ipynb: parameters cell differs .* line 3: 'EPOCHS: int = 2"):
-        nbhelpers.check_parameters_cell(path)
-    assert nbhelpers.main(["--check", "--notebooks", str(folder)]) == 1
-    nbhelpers.write_lock(folder)  # a deliberate change: relock
-    nbhelpers.check_parameters_cell(path)
+        lock.check_parameters_cell(path)
+    assert lock.main(["--check", "--notebooks", str(folder)]) == 1
+    lock.write_lock(folder)  # a deliberate change: relock
+    lock.check_parameters_cell(path)
     (folder / "new.ipynb").write_text((folder / "02_mean_drift.ipynb").read_text())
     with pytest.raises(ValueError, match="new.ipynb: not in"):
-        nbhelpers.check_parameters_cell(folder / "new.ipynb")
+        lock.check_parameters_cell(folder / "new.ipynb")
 
 
 def test_the_lab_save_hook_refuses_only_committed_notebooks(tmp_path):
@@ -240,16 +237,16 @@ def test_the_lab_save_hook_refuses_only_committed_notebooks(tmp_path):
     shutil.copytree(NOTEBOOKS_DIR, tmp_path / "notebooks")
     manager = type("Manager", (), {"root_dir": str(tmp_path)})()
     with pytest.raises(HTTPError, match="Save Notebook As") as refused:
-        nbhelpers.refuse_committed_save({}, "notebooks/01_train.ipynb", manager)
+        lock.refuse_committed_save({}, "notebooks/01_train.ipynb", manager)
     assert refused.value.status_code == 403
     for allowed in ("runs/mine/01_train.ipynb", "notebooks/Untitled.ipynb", "01_train.ipynb",
                     "notebooks/x/01_train.ipynb"):
-        nbhelpers.refuse_committed_save({}, allowed, manager)
+        lock.refuse_committed_save({}, allowed, manager)
 
 
 def test_makefile_lab_uses_the_save_hook_and_installs_no_user_kernel():
     makefile = (NOTEBOOKS_DIR.parent / "Makefile").read_text()
-    assert "--FileContentsManager.pre_save_hook=dlde.pipeline.notebook.refuse_committed_save" in makefile
+    assert "--FileContentsManager.pre_save_hook=dlde.pipeline.lock.refuse_committed_save" in makefile
     assert "--allow-root" in makefile and "ipykernel install" not in makefile
 
 

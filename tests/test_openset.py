@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlde.analysis.metric_plots import plot_roc, plot_score_histograms
 from dlde.analysis.openset import (
     absolute_open_set_error,
     auroc,
@@ -18,7 +19,7 @@ from dlde.analysis.openset import (
     unknown_recall_at_known_recall,
     wilderness_impact,
 )
-from dlde.analysis.plotting import plot_roc, plot_score_histograms
+from dlde.analysis.openset_protocol import _precision_at_recall
 
 
 def test_cosine_unknown_score_is_one_minus_nearest_cosine():
@@ -86,6 +87,15 @@ def test_wilderness_impact():
     np.testing.assert_allclose(wilderness_impact([0.9, 0.6], [0.9, 0.4]), [0.0, 0.5])
     with pytest.raises(ValueError, match="precision_open"):
         wilderness_impact(0.5, 0.0)
+
+
+def test_precision_at_recall_by_hand():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    correct = np.array([True, False, True, True])
+    # recalls 1/3, 1/3, 2/3, 1; precisions 1, 1/2, 2/3, 3/4
+    assert _precision_at_recall(scores, correct, 3, 0.6) == pytest.approx(0.75)
+    assert _precision_at_recall(scores, correct, 3, 0.3) == pytest.approx(1.0)
+    assert math.isnan(_precision_at_recall(scores, correct, 4, 0.8))
 
 
 def test_absolute_open_set_error_counts_unknown_objects_called_known():

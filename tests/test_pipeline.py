@@ -1,6 +1,7 @@
 """The figure pipeline: planning from figures.yaml (fast), and --tiny end to end (slow)."""
 import json
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -8,9 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlde.pipeline import runner
+from dlde.pipeline import execute as executing
+from dlde.pipeline import plan as planning
+from dlde.pipeline.cli import main
+from dlde.pipeline.execute import NotebookFailed, run_pipeline, torchrun_command
 from dlde.pipeline.notebook import demo_images, mean_drift_results, write_results
-from dlde.pipeline.runner import make_plan
+from dlde.pipeline.plan import TINY_NOTEBOOK, make_plan, train_config
+from dlde.pipeline.sweeps import make_sweep_plan
 from dlde.train import PRESETS, TrainConfig, build_datasets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +54,7 @@ def test_tiny_plan_uses_tiny_parameters_and_its_own_folders(tmp_path):
             assert values["PRESET"] == "tiny" and values["EPOCHS"] == 1
             assert values["DATA_ROOT"] == str(tmp_path / "tiny" / "data")
         if step.notebook == "03_embeddings.ipynb":
-            assert values["MAX_IMAGES"] == runner.TINY_NOTEBOOK["MAX_IMAGES"]
+            assert values["MAX_IMAGES"] == TINY_NOTEBOOK["MAX_IMAGES"]
 
 
 def test_only_selects_runs_or_notebooks(tmp_path):
@@ -77,7 +82,7 @@ def test_a_bad_figures_yaml_fails_before_anything_runs(tmp_path, text, message):
 
 
 def test_main_reports_a_bad_config_with_exit_status_2(tmp_path, capsys):
-    assert runner.main(["--config", str(write_yaml(tmp_path, "runs: {a: {EPOCH: 1}}"))]) == 2
+    assert main(["--config", str(write_yaml(tmp_path, "runs: {a: {EPOCH: 1}}"))]) == 2
     assert "EPOCH" in capsys.readouterr().err
 
 
@@ -90,11 +95,11 @@ def test_a_notebook_edited_in_lab_cannot_change_what_the_pipeline_runs(tmp_path,
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = re.sub(r"EPOCHS: int = \d+", "EPOCHS: int = 2", cell.source)
     nbformat.write(nb, folder / "01_train.ipynb")
-    monkeypatch.setattr(runner, "NOTEBOOKS_DIR", folder)
+    monkeypatch.setattr(planning, "NOTEBOOKS_DIR", folder)
     with pytest.raises(ValueError, match="differs from parameters.lock.json"):
         make_plan(FIGURES_YAML, runs_dir=tmp_path)
     with pytest.raises(ValueError, match="differs from parameters.lock.json"):
-        runner.make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path)
+        make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -134,13 +139,56 @@ def test_demo_images_are_new_canvases_in_the_runs_format(tmp_path):
         demo_images(tmp_path / "x", 1, config | {"dataset": "coco"})
 
 
+# ------------------------------------------------------------------------ index after a failure
+def test_figures_of_a_failed_training_run_are_listed_as_stale_never_as_current(tmp_path, monkeypatch):
+    config = write_yaml(tmp_path, "runs:\n  a: {EPOCHS: 1}\nnotebooks:\n  - {notebook: 02_mean_drift.ipynb, run: a}\n")
+    plan = make_plan(config)
+    made = {"01_train.ipynb": ["train_curves"], "02_mean_drift.ipynb": ["mean_drift", "mean_cosines"]}
+    failing = set()
+
+    def fake_papermill(notebook, executed, parameters, cwd, log_output):  # writes what the notebooks write
+        if notebook in failing:
+            raise RuntimeError("kernel died")
+        Path(parameters["FIGURES_DIR"]).mkdir(parents=True, exist_ok=True)
+        for name in made[notebook]:
+            for suffix in (".png", ".pdf"):
+                (Path(parameters["FIGURES_DIR"]) / f"{name}{suffix}").write_bytes(b"figure")
+        write_results(parameters["OUT_DIR"], {"figures": made[notebook]})
+
+    monkeypatch.setattr(executing, "papermill_execute", fake_papermill)
+    monkeypatch.setattr(executing, "kernel_argv", lambda: [sys.executable])
+    index = plan.figures_dir / "index.md"
+    run_pipeline(plan)
+    all_current = index.read_text()
+    assert "| [train_curves](train_curves.png)" in all_current and "| [mean_drift](mean_drift.png)" in all_current
+    assert "Stale" not in all_current and "Not current" not in all_current
+
+    failing.add("01_train.ipynb")  # the run's training fails: so do the figures its other notebooks made of it
+    with pytest.raises(NotebookFailed, match="kernel died"):
+        run_pipeline(plan)
+    current, heading, stale = index.read_text().partition("## Stale figures")
+    assert heading and not re.search(r"\[(train_curves|mean_drift|mean_cosines)\]", current)
+    for name, notebook in [("train_curves", "01_train"), ("mean_drift", "02_mean_drift"),
+                           ("mean_cosines", "02_mean_drift")]:
+        assert (f"| [{name}]({name}.png) ([pdf]({name}.pdf)) | a | `notebooks/{notebook}.ipynb` | "
+                "`notebooks/01_train.ipynb` | RuntimeError: kernel died |") in stale
+        assert (plan.figures_dir / f"{name}.png").exists() and (plan.figures_dir / f"{name}.pdf").exists()
+
+    with pytest.raises(NotebookFailed):  # failing again keeps them stale
+        run_pipeline(plan)
+    assert "| [train_curves](train_curves.png)" in index.read_text().partition("## Stale figures")[2]
+    failing.clear()  # re-produced successfully: current again, and index.md as after the first success
+    run_pipeline(plan)
+    assert index.read_text() == all_current
+
+
 # ---------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     # 03_embeddings (UMAP) is covered by test_notebooks; everything else of figures.yaml runs here.
     args = ["--config", str(FIGURES_YAML), "--tiny", "--runs-dir", str(tmp_path), "--only", "01", "--only", "02",
             "--only", "04", "--threads", "1"]  # one thread per kernel: see test_notebooks
-    assert runner.main(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "[1/5] dlde: 01_train.ipynb ..." in out and "total wall time" in out
     assert re.search(r"\[5/5\] sigmoid: 04_inference.ipynb done in [\d.]+ s", out)
@@ -164,7 +212,7 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     # A rerun finds the identical finished runs in their folders and reuses them (no retraining).
     checkpoint = tmp_path / "tiny" / "dlde" / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    assert runner.main(args[:-6] + ["--threads", "1"]) == 0  # only 01: both runs again
+    assert main(args[:-6] + ["--threads", "1"]) == 0  # only 01: both runs again
     assert checkpoint.stat().st_mtime_ns == before
 
 
@@ -172,7 +220,7 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
 def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy(tmp_path, capsys):
     config = write_yaml(tmp_path, "runs:\n  bad:\n    OVERRIDES_JSON: '{\"no_such_key\": 1}'\n"
                                   "notebooks:\n  - {notebook: 02_mean_drift.ipynb, run: bad}\n")
-    assert runner.main(["--config", str(config), "--tiny", "--threads", "1"]) == 1
+    assert main(["--config", str(config), "--tiny", "--threads", "1"]) == 1
     captured = capsys.readouterr()
     executed = tmp_path / "runs" / "tiny" / "bad" / "01_train.ipynb"
     assert str(executed) in captured.err and "no_such_key" in captured.err
@@ -189,13 +237,13 @@ def test_a_failing_notebook_stops_with_exit_status_1_and_names_the_executed_copy
 @pytest.mark.slow
 def test_a_run_with_nproc_trains_under_torchrun_and_the_notebook_reloads_it(tmp_path, capsys):
     config = write_yaml(tmp_path, "runs:\n  ddp:\n    nproc: 2\n    OVERRIDES_JSON: '{\"batch_size\": 4}'\n")
-    assert runner.main(["--config", str(config), "--tiny", "--threads", "1"]) == 0
+    assert main(["--config", str(config), "--tiny", "--threads", "1"]) == 0
     run_dir = tmp_path / "runs" / "tiny" / "ddp"
     record = json.loads((run_dir / "config.json").read_text())
     assert record["environment"]["world_size"] == 2 and record["config"]["batch_size"] == 4
     assert (run_dir / "01_train.torchrun.log").exists()
     assert json.loads((run_dir / "01_train" / "results.json").read_text())["epochs"] == 1
-    assert "dlde.train" in " ".join(runner.torchrun_command(runner.train_config({"PRESET": "tiny"}), "tiny", 2))
+    assert "dlde.train" in " ".join(torchrun_command(train_config({"PRESET": "tiny"}), "tiny", 2))
 
 
 def test_nproc_must_be_a_positive_integer(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for dlde.analysis.plotting: figure structure (axes, artists) and deterministic saving."""
+"""Tests for the figures (dlde.analysis.plotting, embedding_plots, metric_plots, detection_plots): figure
+structure (axes, artists) and deterministic saving."""
 
 import matplotlib
 
@@ -12,19 +13,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
 
-from dlde.analysis.plotting import (  # noqa: E402
-    class_colors,
-    detection_grid,
-    draw_detections,
+from dlde.analysis.detection_plots import detection_grid, draw_detections  # noqa: E402
+from dlde.analysis.embedding_plots import (  # noqa: E402
     plot_angular_drift,
     plot_concentration,
     plot_cosine_heatmaps,
     plot_cosine_histograms,
     plot_embedding_2d,
     plot_sphere,
-    plot_training_curves,
-    save_figure,
 )
+from dlde.analysis.metric_plots import plot_training_curves  # noqa: E402
+from dlde.analysis.plotting import class_colors, save_figure  # noqa: E402
 
 NAMES = ["cat", "dog", "car"]
 

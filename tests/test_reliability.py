@@ -72,8 +72,8 @@ def _poisoned_loader(real):
 
 
 def test_the_trainer_refuses_or_skips_a_non_finite_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "_loader", _poisoned_loader(training._loader))
-    with pytest.raises(FloatingPointError, match="non-finite .* pixels .* refused"):
+    monkeypatch.setattr(training, "make_loader", _poisoned_loader(training.make_loader))
+    with pytest.raises(FloatingPointError, match="non-finite values.*the step was refused"):
         train(tiny(tmp_path, "raise", epochs=1))
     assert not (tmp_path / "raise" / "checkpoint.pt").exists()
     result = train(tiny(tmp_path, "skip", epochs=1, nonfinite="skip"))
@@ -92,6 +92,41 @@ def test_checkpoints_with_non_finite_tensors_are_refused_on_save_and_load(tmp_pa
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match="nan.pt: non-finite values"):
         DLDENetWithTrackedMeans.from_checkpoint(tmp_path / "nan.pt")
+
+
+def test_a_step_refused_for_a_non_finite_loss_keeps_no_batchnorm_update(tmp_path, monkeypatch):
+    """The forward of a refused step has already moved BatchNorm's running statistics and the
+    means: the trainer puts them back, so the skipped step leaves the model as it found it."""
+    seen = {}
+    real_loss = RetinaNet.loss
+
+    def nan_loss_once(self, *args, **kwargs):
+        losses = real_loss(self, *args, **kwargs)
+        if not seen:
+            seen["buffers"] = {name: value.clone() for name, value in self.named_buffers()}
+            return {key: value * float("nan") for key, value in losses.items()}
+        return losses
+
+    recorded = {}
+    real_step = training._step
+
+    def recording_step(run, images, annotations, where):
+        if not recorded:
+            recorded["before"] = {name: value.clone() for name, value in run.model.named_buffers()}
+            out = real_step(run, images, annotations, where)
+            recorded["after"] = {name: value.clone() for name, value in run.model.named_buffers()}
+            return out
+        return real_step(run, images, annotations, where)
+
+    monkeypatch.setattr(RetinaNet, "loss", nan_loss_once)
+    monkeypatch.setattr(training, "_step", recording_step)
+    result = train(tiny(tmp_path, "skip", epochs=1, nonfinite="skip", max_train_batches=2))
+    assert result.metrics[-1]["skipped_steps"] == 1
+    changed = [name for name in recorded["before"] if not torch.equal(recorded["before"][name],
+                                                                        seen["buffers"][name])]
+    assert any("running_var" in name for name in changed)  # the refused forward did move them ...
+    for name, value in recorded["before"].items():  # ... and the trainer put every one back
+        assert torch.equal(value, recorded["after"][name]), name
 
 
 # ------------------------------------------------------------------ 5. crashes and unclear errors

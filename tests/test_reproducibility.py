@@ -60,7 +60,7 @@ def test_config_json_records_what_decides_the_numbers(tmp_path):
 def test_notebook_and_benchmark_reproduce_the_cli(tmp_path):
     import papermill
 
-    from dlde.pipeline.runner import PAPERMILL_OPTIONS
+    from dlde.pipeline.execute import PAPERMILL_OPTIONS
 
     # The thread count is part of the config: every entry point gets the same explicit value, so
     # the comparison does not depend on what an earlier test or the environment left behind.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlde.analysis.plotting import plot_retrieval_grid
+from dlde.analysis.detection_plots import plot_retrieval_grid
 from dlde.analysis.retrieval import (
     EmbeddingIndex,
     box_embeddings,

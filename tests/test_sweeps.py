@@ -15,16 +15,20 @@ import pytest
 from dlde.analysis import aggregate
 from dlde.analysis.aggregate import (
     final_kappa,
-    markdown_table,
     min_angle_deg,
     run_summary,
     summarize_arms,
-    t_interval,
-    t_quantile,
+    sweep_table,
     write_sweep,
 )
-from dlde.pipeline import runner
-from dlde.pipeline.runner import EpochProgress, make_sweep_plan, run_state
+from dlde.analysis.stats import t_interval, t_quantile
+from dlde.pipeline import execute
+from dlde.pipeline.cli import main
+from dlde.pipeline.execute import NotebookFailed, run_pipeline
+from dlde.pipeline.plan import STEP_FILE, confined, make_plan, train_config
+from dlde.pipeline.progress import EpochProgress, Summary
+from dlde.pipeline.reports import write_index
+from dlde.pipeline.sweeps import make_sweep_plan, run_key
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
@@ -126,7 +130,7 @@ def test_summarize_and_write_a_sweep_on_hand_made_runs(tmp_path):
     assert rows[1]["AP_high"] - rows[1]["AP_mean"] == pytest.approx(12.706204736 * 0.1414213562 / math.sqrt(2))
     assert math.isnan(rows[1]["min_angle_deg_mean"])
 
-    table = markdown_table(rows)
+    table = sweep_table(rows)
     dlde_line, retinanet_line = table.splitlines()[2:]
     assert dlde_line.startswith("| dlde | 3 | 0.200 ± 0.100 [")
     assert retinanet_line.endswith("|  |  |")  # no angle, no kappa for the sigmoid head
@@ -172,7 +176,7 @@ def test_the_repository_sweeps_share_the_default_arm_across_sweeps(tmp_path):
     assert by_name["headline"].arms["retinanet"] == retinanet
     assert len(plan.runs) == len({k for s in plan.sweeps for keys in s.arms.values() for k in keys})
     run = plan.runs["digits/epochs=4,means_lr=0.01,threads=1,seed=1"]
-    assert run.config["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 4
+    assert run.config["head_options"]["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 4
     values = plan.parameters("digits/epochs=4,means_lr=0.01,threads=1,seed=1", resume=False)
     assert values["RUN_DIR"] == str(tmp_path / "sweeps" / "digits" / "epochs=4,means_lr=0.01,threads=1,seed=1")
     assert json.loads(values["OVERRIDES_JSON"]) == {"means_lr": 0.01, "threads": 1} and values["SEED"] == 1
@@ -213,7 +217,7 @@ def test_unknown_sweep_names_are_refused(tmp_path):
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", ".hidden", "a/b"])
 def test_run_names_cannot_write_outside_runs_dir(tmp_path, name, capsys):
     config = write_yaml(tmp_path, f"runs:\n  {json.dumps(name)}: {{EPOCHS: 1}}\n")
-    assert runner.main(["--config", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert main(["--config", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "must be letters, digits" in err and name in err
     assert not (tmp_path / "escaped").exists()
@@ -222,37 +226,38 @@ def test_run_names_cannot_write_outside_runs_dir(tmp_path, name, capsys):
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "..", "a/../.."])
 def test_confined_refuses_paths_outside_their_folder(tmp_path, name):
     with pytest.raises(ValueError, match="would write outside"):
-        runner.confined(tmp_path / "runs", name)
-    assert runner.confined(tmp_path / "runs", "a/b") == tmp_path / "runs" / "a" / "b"
+        confined(tmp_path / "runs", name)
+    assert confined(tmp_path / "runs", "a/b") == tmp_path / "runs" / "a" / "b"
 
 
 def test_malformed_yaml_gives_one_line_naming_the_file(tmp_path, capsys):
     config = write_yaml(tmp_path, "runs:\n  a: {EPOCHS: 1\n  b: [\n")
-    assert runner.main(["--config", str(config)]) == 2
+    assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(config) in err and "not valid YAML at line" in err
-    assert runner.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: no such pipeline file" in capsys.readouterr().err
-    assert runner.main(["--config", str(write_yaml(tmp_path, "- a\n- b\n"))]) == 2
+    assert main(["--config", str(write_yaml(tmp_path, "- a\n- b\n"))]) == 2
     assert "expected a mapping" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------- run states
-def test_run_state_from_hand_made_folders(tmp_path):
-    config = {"epochs": 2, "seed": 0, "means_lr": 0.1, "run_dir": "x", "resume": False}
-    folder = tmp_path / "run"
-    assert run_state(folder, config) == "new"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"config": config | {"run_dir": "elsewhere", "resume": True}}))
-    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    assert run_state(folder, config) == "new"  # same config, no checkpoint to resume from
-    (folder / "checkpoint.pt").write_bytes(b"")
-    assert run_state(folder, config) == "partial"
-    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
-    assert run_state(folder, config) == "complete"  # run_dir and resume do not decide the result
-    assert run_state(folder, config | {"means_lr": 0.01}) == "changed"
-    (folder / "config.json").write_text("{")
-    assert run_state(folder, config) == "changed"
+# ---------------------------------------------------------------------------- folder names
+def test_run_folder_names_flatten_the_head_options_and_name_only_what_changes_numbers():
+    means_lr = train_config({"PRESET": "digits", "EPOCHS": 4, "SEED": 1, "OVERRIDES_JSON": '{"means_lr": 0.01}'})
+    assert means_lr.head_options["means_lr"] == 0.01  # nested in the config ...
+    assert run_key(means_lr.to_dict(), "digits") == "digits/epochs=4,means_lr=0.01,seed=1"  # ... flat in the name
+    flat = {k: v for k, v in means_lr.to_dict().items() if k != "head_options"} | means_lr.head_options
+    assert run_key(flat, "digits") == "digits/epochs=4,means_lr=0.01,seed=1"  # an old record's flat fields
+    moved = means_lr.updated({"run_dir": "elsewhere", "data_root": "d", "num_workers": 3, "threads": 1})
+    assert run_key(moved.to_dict(), "digits") == "digits/epochs=4,means_lr=0.01,threads=1,seed=1"
+    # The means_update every 01_train config carries, at its default, and the options another head
+    # would take, are not differences: the sigmoid and prototype heads are named by their model only.
+    for model in ("retinanet", "prototypes"):
+        config = train_config({"PRESET": "digits", "MODEL": model, "SEED": 0, "MEANS_UPDATE": "batch"})
+        assert run_key(config.to_dict(), "digits") == f"digits/model={model},seed=0"
+    config = train_config({"PRESET": "tiny", "EPOCHS": 2, "SEED": 0,
+                           "OVERRIDES_JSON": '{"embedding_size": 4, "prior": 0.01}'})
+    assert run_key(config.to_dict(), "tiny") == "tiny/embedding_size=4,seed=0"  # prior: not an option of dlde
 
 
 # -------------------------------------------------------------------------------- progress
@@ -274,7 +279,7 @@ def test_epoch_progress_prints_one_line_per_new_epoch_of_this_run_only(tmp_path)
 
 
 def test_summary_table_lists_every_step_and_the_total():
-    summary = runner.Summary()
+    summary = Summary()
     summary.add("a", "trained", 61.0)
     summary.add("bb", "skipped", 0.0)
     lines = summary.table().splitlines()
@@ -287,23 +292,23 @@ def test_summary_table_lists_every_step_and_the_total():
 # ------------------------------------------------------------------ index after a failure
 def test_a_failed_step_is_not_listed_with_its_old_figures(tmp_path, monkeypatch):
     config = write_yaml(tmp_path, "runs:\n  a: {EPOCHS: 1}\nnotebooks:\n  - {notebook: 02_mean_drift.ipynb, run: a}\n")
-    plan = runner.make_plan(config, only=["02"])
+    plan = make_plan(config, only=["02"])
     step = plan.steps[0]
     out_dir = plan.out_dir(step)
     out_dir.mkdir(parents=True)
     (out_dir / "results.json").write_text(json.dumps({"figures": ["mean_drift"]}))  # an earlier success
-    (out_dir / runner.STEP_FILE).write_text(json.dumps({"run": "a", "notebook": step.notebook, "parameters": {}}))
-    assert "[mean_drift](mean_drift.png)" in runner.write_index(plan).read_text()
+    (out_dir / STEP_FILE).write_text(json.dumps({"run": "a", "notebook": step.notebook, "parameters": {}}))
+    assert "[mean_drift](mean_drift.png)" in write_index(plan).read_text()
 
     def fail(*args, **kwargs):
         raise RuntimeError("kernel died")
 
-    monkeypatch.setattr(runner, "_papermill", fail)
-    monkeypatch.setattr(runner, "kernel_argv", lambda: [sys.executable])
-    with pytest.raises(runner.NotebookFailed, match="kernel died"):
-        runner.run_pipeline(plan)
-    index = (plan.figures_dir / "index.md").read_text()
-    assert "[mean_drift](mean_drift.png)" not in index
+    monkeypatch.setattr(execute, "papermill_execute", fail)
+    monkeypatch.setattr(execute, "kernel_argv", lambda: [sys.executable])
+    with pytest.raises(NotebookFailed, match="kernel died"):
+        run_pipeline(plan)
+    index, _, stale = (plan.figures_dir / "index.md").read_text().partition("## Stale figures")
+    assert "[mean_drift](mean_drift.png)" not in index and "[mean_drift](mean_drift.png)" in stale
     assert "## Not current" in index and "| a | `notebooks/02_mean_drift.ipynb` |" in index
 
 
@@ -329,7 +334,7 @@ sweeps:
 def test_a_tiny_sweep_trains_once_then_skips_and_a_failing_arm_does_not_stop_the_others(tmp_path, capsys):
     config = write_yaml(tmp_path, TINY_SWEEPS)
     args = ["--config", str(config), "--sweeps", "--threads", "1"]
-    assert runner.main(args) == 1  # the broken arm fails
+    assert main(args) == 1  # the broken arm fails
     captured = capsys.readouterr()
     runs = tmp_path / "runs" / "sweeps" / "tiny"
     broken = runs / "digits_classes=42,epochs=1,seed=0"
@@ -347,14 +352,14 @@ def test_a_tiny_sweep_trains_once_then_skips_and_a_failing_arm_does_not_stop_the
     assert "[size.md](ablations/size.md)" in index and "embedding_size: `[4, 8]`" in index
 
     stamps = {p: p.stat().st_mtime_ns for name in trained for p in (runs / name).rglob("*") if p.is_file()}
-    assert runner.main(args) == 1  # trains nothing; the broken arm is tried (and fails) again
+    assert main(args) == 1  # trains nothing; the broken arm is tried (and fails) again
     out = capsys.readouterr().out
     assert out.count("complete, skipped") == 2 and out.count("training (1 epochs)") == 1
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no completed run was touched
 
     notes = runs / "epochs=1,seed=0" / "my_notes.txt"  # a user's file in a run folder
     notes.write_text("keep me")
-    assert runner.main(args[:3] + ["size", "--threads", "1", "--force"]) == 0
+    assert main(args[:3] + ["size", "--threads", "1", "--force"]) == 0
     assert capsys.readouterr().out.count("training (1 epochs)") == 2
     assert notes.read_text() == "keep me"  # retraining replaces the run's files, nothing else
     record = json.loads((runs / "epochs=1,seed=0" / "config.json").read_text())

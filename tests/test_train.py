@@ -97,7 +97,7 @@ def test_config_rejects_unknown_and_invalid_values():
     with pytest.raises(ValueError, match="dataset='coco' needs"):
         TrainConfig(dataset="coco")
     config = TrainConfig.from_dict({"fpn_levels": [3, 4]}, preset="digits")
-    assert config.fpn_levels == (3, 4) and config.embedding_size == PRESETS["digits"].embedding_size
+    assert config.fpn_levels == (3, 4) and config.head_options == PRESETS["digits"].head_options
 
 
 def test_learning_rate_schedule_warms_up_then_decays():

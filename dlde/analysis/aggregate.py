@@ -23,53 +23,22 @@ from typing import Any
 
 import numpy as np
 
+from dlde.train.runs import RunFolder
+
+from .plotting import save_figure
+from .stats import CONFIDENCE, t_interval
+from .tables import interval_cell, markdown_table
+
 #: The numbers tabulated per arm, in order, with their column titles.
 METRICS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "AP75": "AP75",
                            "min_angle_deg": "min. angle between means (°)", "kappa": "final κ̂",
                            "ECE": "ECE (IoU ≥ 0.5)"}
 #: Where 01_train writes its results.json inside a run folder (holds the calibration error).
 TRAIN_RESULTS = Path("01_train") / "results.json"
-CONFIDENCE = 0.95
 SWEEP_RECORD_SUFFIX = ".json"  # <out_dir>/<sweep>.json: what made the table (read by figures/index.md)
 
 
 # ------------------------------------------------------------------------------ statistics
-def t_quantile(probability: float, dof: int) -> float:
-    """The ``probability`` quantile of Student's t-distribution with ``dof`` degrees of freedom."""
-    from scipy.stats import t
-
-    if dof < 1:
-        raise ValueError(f"t quantile needs dof >= 1, got {dof}")
-    return float(t.ppf(probability, dof))
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float]:
-    """Mean, sample standard deviation and the two-sided t confidence interval of the mean.
-
-    Non-finite values (a metric a run did not produce) are left out.
-
-    Args:
-        values: (n,) one value per seed.
-        confidence: coverage of the interval, e.g. 0.95.
-
-    Returns:
-        ``n``, ``mean``, ``sd`` (ddof 1), ``low``, ``high``; ``sd``/``low``/``high`` are NaN
-        for fewer than two values and everything but ``n`` is NaN for none.
-    """
-    x = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    nan = float("nan")
-    if n == 0:
-        return {"n": 0, "mean": nan, "sd": nan, "low": nan, "high": nan}
-    mean = float(x.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "sd": nan, "low": nan, "high": nan}
-    sd = float(x.std(ddof=1))
-    half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
-
-
 def min_angle_deg(means: Any) -> float:
     """Smallest angle between two class means, in degrees.
 
@@ -101,25 +70,6 @@ def final_kappa(kappa_history: Any) -> float:
 
 
 # ------------------------------------------------------------------------------- run folders
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``run_dir/metrics.jsonl`` (a missing file gives none).
-
-    Raises:
-        ValueError: a line is not JSON (the file and line are named).
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
-    return rows
-
-
 def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
     """The final numbers of one finished run folder.
 
@@ -132,7 +82,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
         ValueError: the folder holds no finished epoch.
     """
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
+    rows = RunFolder(run_dir).metrics()
     if not rows:
         raise ValueError(f"{run_dir}: no finished epoch in metrics.jsonl")
     last = rows[-1]
@@ -215,36 +165,22 @@ def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
 
 
 # ---------------------------------------------------------------------------------- output
-def _fmt(value: float, digits: int) -> str:
-    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
 def _digits(metric: str) -> int:
     return 1 if metric in ("min_angle_deg", "kappa") else 3
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], confidence: float = CONFIDENCE) -> str:
+def sweep_table(rows: Sequence[Mapping[str, Any]], confidence: float = CONFIDENCE) -> str:
     """The rows of :func:`summarize_arms` as a markdown table: ``mean ± sd [low, high]`` per cell.
 
     A metric an arm does not have (e.g. the angle for the sigmoid head) is left blank.
     """
     percent = f"{100 * confidence:g} %"
     header = ["arm", "seeds"] + [f"{title} mean ± sd [{percent} CI]" for title in METRICS.values()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row["arm"]), str(row["n"])]
-        for metric in METRICS:
-            d = _digits(metric)
-            mean, sd = _fmt(row[f"{metric}_mean"], d), _fmt(row[f"{metric}_sd"], d)
-            low, high = _fmt(row[f"{metric}_low"], d), _fmt(row[f"{metric}_high"], d)
-            cell = mean
-            if mean and sd:
-                cell += f" ± {sd}"
-            if low and high:
-                cell += f" [{low}, {high}]"
-            cells.append(cell)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [[str(row["arm"]), str(row["n"])]
+             + [interval_cell({key: row[f"{metric}_{key}"] for key in ("mean", "sd", "low", "high")},
+                              _digits(metric), sd=True, missing="") for metric in METRICS]
+             for row in rows]
+    return markdown_table(header, cells) + "\n"
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
@@ -326,14 +262,12 @@ def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_
     Returns:
         The paths written, by suffix (``md``, ``csv``, ``json``, ``png``, ``pdf``).
     """
-    from .plotting import save_figure
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = {arm: [run_summary(d) for d in dirs if read_metrics(d)] for arm, dirs in arms.items()}
+    summaries = {arm: [run_summary(d) for d in dirs if RunFolder(d).metrics()] for arm, dirs in arms.items()}
     rows = summarize_arms(summaries)
     md = out_dir / f"{name}.md"
-    md.write_text(f"# Sweep `{name}`\n\n" + markdown_table(rows))
+    md.write_text(f"# Sweep `{name}`\n\n" + sweep_table(rows))
     csv_path = write_csv(rows, out_dir / f"{name}.csv")
 
     def shown(path) -> str:

@@ -1,7 +1,7 @@
 """Analysis of tracked class means and anchor embeddings (numpy in, numpy out).
 
 Every function is pure and accepts numpy arrays or torch tensors (converted with
-:func:`_to_numpy`); results are float64 numpy arrays. A class mean that is all zeros
+:func:`to_numpy`); results are float64 numpy arrays. A class mean that is all zeros
 (a class not seen yet) has no direction: every quantity that needs its direction is NaN.
 
 Angles are in degrees. Embeddings and means need not be unit norm: they are
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
     """Returns ``x`` as a float64 numpy array (torch tensors are detached and moved to CPU)."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
         x = x.detach().cpu().numpy()
@@ -95,7 +95,7 @@ def angular_steps(history: Any) -> np.ndarray:
     Returns:
         (E, C) degrees between epoch ``e`` and ``e+1``; NaN where either mean is zero.
     """
-    h = _to_numpy(history)
+    h = to_numpy(history)
     if h.ndim != 3:
         raise ValueError(f"history must be (E+1, C, d), got shape {h.shape}")
     u, valid = _unit(h)
@@ -113,7 +113,7 @@ def angle_to_final(history: Any) -> np.ndarray:
     Returns:
         (E+1, C) degrees to the last epoch's mean (last row 0); NaN where either is zero.
     """
-    h = _to_numpy(history)
+    h = to_numpy(history)
     if h.ndim != 3:
         raise ValueError(f"history must be (E+1, C, d), got shape {h.shape}")
     u, valid = _unit(h)
@@ -131,7 +131,7 @@ def cosine_matrix(means: Any) -> np.ndarray:
     Returns:
         (C, C) cosines in [-1, 1]; the row and column of a zero mean are NaN.
     """
-    m = _to_numpy(means)
+    m = to_numpy(means)
     if m.ndim != 2:
         raise ValueError(f"means must be (C, d), got shape {m.shape}")
     u, valid = _unit(m)
@@ -158,7 +158,7 @@ def mean_resultant_length(
         ``(r_bar, counts)``: (C,) R̄ in [0, 1] (NaN for classes without samples) and
         (C,) int64 number of samples per class.
     """
-    x = _to_numpy(embeddings)
+    x = to_numpy(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (N, d), got shape {x.shape}")
     labels = _to_labels(labels, num_classes, x.shape[0])
@@ -188,7 +188,7 @@ def concentration(embeddings: Any, labels: Any, num_classes: int) -> np.ndarray:
     Returns:
         (C,) κ̂ ≥ 0; NaN for classes with fewer than 2 samples.
     """
-    x = _to_numpy(embeddings)
+    x = to_numpy(embeddings)
     r_bar, counts = mean_resultant_length(x, labels, num_classes)
     return kappa_from_resultant(r_bar, counts, x.shape[1])
 
@@ -206,8 +206,8 @@ def cosine_margins(embeddings: Any, labels: Any, means: Any) -> tuple[np.ndarray
         zero or the embedding is zero) and (N,) max cosine to any other non-zero mean
         (NaN if there is none). ``own − nearest_other`` is the classification margin.
     """
-    x = _to_numpy(embeddings)
-    m = _to_numpy(means)
+    x = to_numpy(embeddings)
+    m = to_numpy(means)
     if x.ndim != 2 or m.ndim != 2 or x.shape[1] != m.shape[1]:
         raise ValueError(f"need embeddings (N, d) and means (C, d), got {x.shape} and {m.shape}")
     num_classes = m.shape[0]
@@ -233,7 +233,7 @@ def _fit_umap(points: Any, *, n_components: int, output_metric: str, seed: int,
     """Fits UMAP with ``metric="cosine"`` and returns the (N, n_components) layout."""
     import umap  # slow first import (numba JIT); keep it out of `import dlde`
 
-    x = _to_numpy(points)
+    x = to_numpy(points)
     if x.ndim != 2 or x.shape[0] < 3:
         raise ValueError(f"points must be (N, d) with N >= 3, got shape {x.shape}")
     reducer = umap.UMAP(
@@ -331,8 +331,8 @@ def project_with_means(
         ``(points, mean_points)``: (N, k) and (C, k) with k = 2 for "2d" and 3 for
         "sphere"; row c of ``mean_points`` is class c's mean, NaN for zero means.
     """
-    x = _to_numpy(embeddings)
-    m = _to_numpy(means)
+    x = to_numpy(embeddings)
+    m = to_numpy(means)
     if x.ndim != 2 or m.ndim != 2 or x.shape[1] != m.shape[1]:
         raise ValueError(f"need embeddings (N, d) and means (C, d), got {x.shape} and {m.shape}")
     fits = {"2d": (umap_2d, 2), "sphere": (umap_sphere, 3)}

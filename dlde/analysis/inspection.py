@@ -13,10 +13,15 @@ from torch.utils.data import DataLoader, Subset
 from dlde.data.transforms import DetectionTransform, collate
 from dlde.model.modes import evaluating
 
+from .retrieval import box_embeddings
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Label of a detection flagged as an unknown object (see :func:`detect_folder`); drawn dotted in grey
+#: as "unknown" by :mod:`dlde.analysis.detection_plots`.
+UNKNOWN_LABEL = -1
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -38,7 +43,7 @@ def matched_embeddings(model: nn.Module, dataset, *, max_images: int | None = 20
     """
     if max_images is not None:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))
-    device = _device_of(model)
+    device = device_of(model)
     collected, labels = [], []
     d = 0
     with evaluating(model):
@@ -54,7 +59,7 @@ def matched_embeddings(model: nn.Module, dataset, *, max_images: int | None = 20
     return embeddings.numpy().astype(np.float32), labels.numpy().astype(np.int64)
 
 
-def _display_image(path: Path) -> np.ndarray:
+def display_image(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -66,12 +71,9 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
     With ``unknown_below`` (heads with class directions: DLDENet's means, learned prototypes)
     each detection also gets ``cosine``, the cosine of its box embedding to the nearest class
     direction, and a detection whose cosine is below ``unknown_below`` is flagged: its label
-    becomes :data:`dlde.analysis.plotting.UNKNOWN_LABEL` (-1) and ``unknown`` is True.
+    becomes :data:`UNKNOWN_LABEL` (-1) and ``unknown`` is True.
     """
-    from .plotting import UNKNOWN_LABEL
-    from .retrieval import box_embeddings
-
-    device = _device_of(model)
+    device = device_of(model)
     directions = model.class_directions() if unknown_below is not None else None
     if unknown_below is not None and directions is None:
         raise TypeError(f"the {model.classification.name!r} head has no class directions to flag unknown objects")
@@ -101,8 +103,8 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
 
 def detection_samples(model: nn.Module, dataset, indices: Sequence[int], *, score_threshold: float = 0.3) -> list[dict]:
     """Detections on dataset items, in original pixels, with their ground truth, for
-    :func:`dlde.analysis.plotting.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
-    images = [_display_image(dataset.image_path(i)) for i in indices]
+    :func:`dlde.analysis.detection_plots.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
+    images = [display_image(dataset.image_path(i)) for i in indices]
     samples = _detect(model, images, dataset.transform, score_threshold)
     for sample, index in zip(samples, indices):
         sample["gt_boxes"] = dataset.targets(index)[:, :4].numpy()
@@ -131,7 +133,7 @@ def detect_folder(model: nn.Module, folder: str | Path, *, min_size: int, max_si
     """
     files = image_files(folder)
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisor=size_divisor)
-    results = _detect(model, [_display_image(path) for path in files], transform, score_threshold,
+    results = _detect(model, [display_image(path) for path in files], transform, score_threshold,
                       unknown_below=unknown_below)
     for result, path in zip(results, files):
         result["path"] = str(path)

@@ -8,10 +8,13 @@ the same notebook cells draw and save the ordinary static figures.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from .plotting import class_colors
 
 #: ``1``/``0`` forces widgets on/off; unset: on when the kernel was started by a Jupyter server.
 WIDGETS_ENV = "DLDE_WIDGETS"
@@ -45,8 +48,6 @@ def widget_canvas(fig):
     The figure stays usable after :func:`dlde.analysis.plotting.save_figure` closed it in pyplot; the
     canvas also carries a PNG of the figure for viewers without widgets.
     """
-    import warnings
-
     from ipympl.backend_nbagg import Canvas, FigureManager
 
     canvas = Canvas(fig)
@@ -106,8 +107,6 @@ class MeansExplorer:
     def __init__(self, means_history: Any, class_names: Sequence[str], embeddings: Any = None,
                  labels: Any = None) -> None:
         from matplotlib.figure import Figure
-
-        from .plotting import class_colors
 
         history = np.asarray(means_history, dtype=np.float64)
         if history.ndim != 3 or history.shape[0] < 1:

@@ -1,1 +1,1 @@
-"""Datasets and batching: COCO-format detection data, the generated digits dataset, transforms."""
+"""Datasets and batching: COCO-format detection data, the generated digits and glyphs datasets, transforms."""

@@ -37,7 +37,8 @@ class CocoDetection(Dataset):
     remains (a box fully outside); one warning per dataset gives the counts.
 
     Everything in the JSON is checked at construction, so a bad file fails before training
-    starts: malformed JSON, missing keys, duplicate ids, missing image files, a ``file_name``
+    starts: a folder or missing file given as ``annotation_file``, malformed JSON, missing keys,
+    an empty ``categories`` list, duplicate ids, missing image files, a ``file_name``
     that leaves ``images_dir`` (``../x.png``, an absolute path elsewhere), annotations
     pointing to unknown images or categories, non-finite or negative sizes, negative box
     width or height, and corners that overflow float32 (``w=1e39``) all raise with a message
@@ -50,6 +51,14 @@ class CocoDetection(Dataset):
     (``I``) divided by the maximum of its bit depth (from a TIFF's ``BitsPerSample``, else
     16 bits when its values fit, else refused); float (``F``) kept when within [0, 1], else
     refused. Grayscale is repeated to three channels.
+
+    The LVIS v1 format loads too: an image without ``file_name`` is found by its ``coco_url``'s
+    last part (``000000397133.jpg``) in ``images_dir``, else by its last two parts
+    (``val2017/000000397133.jpg``: LVIS v1's val images come from both COCO 2017 folders, so
+    ``images_dir`` can be the COCO folder holding them); categories may carry LVIS's
+    ``frequency`` (``r``, ``c``, ``f``), and images its federated fields ``neg_category_ids``
+    (classes verified absent) and ``not_exhaustive_category_ids`` (classes not all of whose
+    instances are annotated). Each is all or nothing: given for every record or for none.
 
     Each item is ``(image, annotations)``:
 
@@ -72,6 +81,12 @@ class CocoDetection(Dataset):
         class_names: label -> category name.
         image_ids: dataset index -> COCO image id.
         num_classes: Number of categories C.
+        frequencies: label -> frequency bucket (``r`` rare, ``c`` common, ``f`` frequent), from
+            the categories' ``frequency``; None when they have none.
+        neg_category_ids: dataset index -> frozenset of the category ids verified absent from the
+            image (LVIS's federated annotation); None when the images have no such field.
+        not_exhaustive_category_ids: dataset index -> frozenset of the category ids whose
+            instances are not all annotated in the image; None likewise.
         annotation_file: Path of the JSON file.
         images_dir: Path of the image folder.
     """
@@ -83,91 +98,26 @@ class CocoDetection(Dataset):
         transform: Transform | None = None,
     ) -> None:
         self.images_dir = Path(images_dir)
-        images_root = os.path.abspath(self.images_dir)
         self.annotation_file = Path(annotation_file)
         self.transform = transform
         data = _read_json(self.annotation_file)
         where = str(self.annotation_file)
 
-        categories = _records(data, "categories", where)
-        by_category: dict[int, str] = {}
-        for i, cat in enumerate(categories):
-            rec = f"{where}: categories[{i}]"
-            cat_id = _int_field(cat, "id", rec)
-            name = _field(cat, "name", rec)
-            if cat_id in by_category:
-                raise ValueError(f"{rec}: duplicate category id {cat_id}")
-            by_category[cat_id] = str(name)
+        by_category = _read_categories(data, where)
         self.category_ids: list[int] = sorted(by_category)
         self.class_names: list[str] = [by_category[c] for c in self.category_ids]
         self.num_classes: int = len(self.category_ids)
+        self.frequencies: list[str] | None = _read_frequencies(data, where, self.category_ids)
         label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
 
-        images = _records(data, "images", where)
-        self.image_ids: list[int] = []
-        self._files: list[Path] = []
-        self._sizes: list[tuple[int, int]] = []  # (h, w)
-        index_of: dict[int, int] = {}
-        for i, img in enumerate(images):
-            rec = f"{where}: images[{i}]"
-            image_id = _int_field(img, "id", rec)
-            if image_id in index_of:
-                raise ValueError(f"{rec}: duplicate image id {image_id}")
-            file_name = _field(img, "file_name", rec)
-            height = _number_field(img, "height", rec)
-            width = _number_field(img, "width", rec)
-            if height <= 0 or width <= 0 or height != int(height) or width != int(width):
-                raise ValueError(f"{rec}: height and width must be positive integers")
-            if not isinstance(file_name, str) or not file_name:
-                raise ValueError(f"{rec}: 'file_name' must be a non-empty string, got {file_name!r}")
-            full = os.path.normpath(os.path.join(images_root, file_name))
-            if os.path.commonpath([images_root, full]) != images_root or full == images_root:
-                raise ValueError(
-                    f"{rec} (id {image_id}): file_name {file_name!r} points outside "
-                    f"images_dir {self.images_dir}"
-                )
-            path = self.images_dir / file_name
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{rec} (id {image_id}): image file {path} does not exist"
-                )
-            index_of[image_id] = len(self.image_ids)
-            self.image_ids.append(image_id)
-            self._files.append(path)
-            self._sizes.append((int(height), int(width)))
+        # Ids, files and (h, w) sizes of the images, in file order.
+        self.image_ids, self._files, self._sizes = _read_images(data, where, self.images_dir)
+        index_of = {image_id: index for index, image_id in enumerate(self.image_ids)}
+        self.neg_category_ids: list[frozenset[int]] | None
+        self.not_exhaustive_category_ids: list[frozenset[int]] | None
+        self.neg_category_ids, self.not_exhaustive_category_ids = _read_federated(data, where, label_of)
 
-        annotations = _records(data, "annotations", where)
-        rows: list[list[float]] = []
-        owners: list[int] = []
-        for i, ann in enumerate(annotations):  # parsing records, not a hot path
-            rec = f"{where}: annotations[{i}]"
-            image_id = _int_field(ann, "image_id", rec)
-            cat_id = _int_field(ann, "category_id", rec)
-            bbox = _field(ann, "bbox", rec)
-            if image_id not in index_of:
-                raise ValueError(f"{rec}: unknown image_id {image_id}")
-            if cat_id not in label_of:
-                raise ValueError(f"{rec}: unknown category_id {cat_id}")
-            if (
-                not isinstance(bbox, list)
-                or len(bbox) != 4
-                or not all(_is_finite_number(v) for v in bbox)
-            ):
-                raise ValueError(f"{rec}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-            x, y, w, h = bbox
-            if w < 0 or h < 0:
-                raise ValueError(f"{rec}: bbox has negative width or height {bbox!r}")
-            if max(abs(x), abs(y), abs(x + w), abs(y + h)) > _FLOAT32_MAX:
-                raise ValueError(
-                    f"{rec}: bbox {bbox!r} has corners beyond float32's range (absurd values)"
-                )
-            if ann.get("iscrowd", 0):
-                continue
-            rows.append([x, y, x + w, y + h, label_of[cat_id]])
-            owners.append(index_of[image_id])
-
-        table = np.asarray(rows, dtype=np.float32).reshape(-1, 5)
-        owner = np.asarray(owners, dtype=np.int64)
+        table, owner = _read_annotations(data, where, index_of, label_of)
         table, owner = _clip_boxes(table, owner, np.asarray(self._sizes, np.float32).reshape(-1, 2), where)
         # Group rows by image: a stable sort keeps each image's annotations in file order.
         order = np.argsort(owner, kind="stable")
@@ -179,6 +129,12 @@ class CocoDetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    @property
+    def is_federated(self) -> bool:
+        """Whether the images carry LVIS's federated fields (``neg_category_ids`` and
+        ``not_exhaustive_category_ids``), which change how detections are scored."""
+        return self.neg_category_ids is not None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns image (3, H, W) float32 in [0, 1] and annotations (M, 5) float32
@@ -270,6 +226,162 @@ def _integer_top(pil: Image.Image, path: Path) -> float:
     return 65535.0
 
 
+def _read_categories(data: dict, where: str) -> dict[int, str]:
+    """Category id -> name, checked (at least one category, unique integer ids)."""
+    categories = _records(data, "categories", where)
+    if not categories:
+        raise ValueError(f"{where}: 'categories' is empty: a detection dataset needs at least one "
+                         "category (id and name) for its labels")
+    by_category: dict[int, str] = {}
+    for i, cat in enumerate(categories):
+        rec = f"{where}: categories[{i}]"
+        cat_id = _int_field(cat, "id", rec)
+        name = _field(cat, "name", rec)
+        if cat_id in by_category:
+            raise ValueError(f"{rec}: duplicate category id {cat_id}")
+        by_category[cat_id] = str(name)
+    return by_category
+
+
+def _read_images(data: dict, where: str, images_dir: Path) -> tuple[list[int], list[Path], list[tuple[int, int]]]:
+    """Image ids, files (confined to ``images_dir``, existing) and ``(h, w)`` sizes, in file order."""
+    images_root = os.path.abspath(images_dir)
+    image_ids: list[int] = []
+    files: list[Path] = []
+    sizes: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    for i, img in enumerate(_records(data, "images", where)):
+        rec = f"{where}: images[{i}]"
+        image_id = _int_field(img, "id", rec)
+        if image_id in seen:
+            raise ValueError(f"{rec}: duplicate image id {image_id}")
+        file_name = _file_name(img, rec, images_dir)
+        height = _number_field(img, "height", rec)
+        width = _number_field(img, "width", rec)
+        if height <= 0 or width <= 0 or height != int(height) or width != int(width):
+            raise ValueError(f"{rec}: height and width must be positive integers")
+        if not isinstance(file_name, str) or not file_name:
+            raise ValueError(f"{rec}: 'file_name' must be a non-empty string, got {file_name!r}")
+        full = os.path.normpath(os.path.join(images_root, file_name))
+        if os.path.commonpath([images_root, full]) != images_root or full == images_root:
+            raise ValueError(
+                f"{rec} (id {image_id}): file_name {file_name!r} points outside "
+                f"images_dir {images_dir}"
+            )
+        path = images_dir / file_name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{rec} (id {image_id}): image file {path} does not exist"
+            )
+        seen.add(image_id)
+        image_ids.append(image_id)
+        files.append(path)
+        sizes.append((int(height), int(width)))
+    return image_ids, files, sizes
+
+
+_FREQUENCIES = ("r", "c", "f")  # LVIS's buckets: rare, common, frequent
+
+
+def _all_or_none(records: list[dict], keys: tuple[str, ...], name: str, where: str) -> bool:
+    """Whether ``records`` carry ``keys``: True when every record has them all, False when none has
+    any; anything in between raises naming the first record that lacks one."""
+    if not any(key in rec for rec in records for key in keys):
+        return False
+    for i, rec in enumerate(records):
+        missing = [key for key in keys if key not in rec]
+        if missing:
+            raise ValueError(f"{where}: {name}[{i}] lacks {', '.join(map(repr, missing))}, which other "
+                             f"{name} have: give it for every record or for none")
+    return True
+
+
+def _read_frequencies(data: dict, where: str, category_ids: list[int]) -> list[str] | None:
+    """Label -> LVIS frequency bucket (``r``, ``c``, ``f``), or None when no category has one."""
+    categories = data["categories"]
+    if not _all_or_none(categories, ("frequency",), "categories", where):
+        return None
+    by_category = {}
+    for i, cat in enumerate(categories):
+        if cat["frequency"] not in _FREQUENCIES:
+            raise ValueError(f"{where}: categories[{i}]: 'frequency' must be one of "
+                             f"{', '.join(_FREQUENCIES)} (rare, common, frequent), got {cat['frequency']!r}")
+        by_category[cat["id"]] = cat["frequency"]
+    return [by_category[cat_id] for cat_id in category_ids]
+
+
+def _read_federated(
+    data: dict, where: str, label_of: dict[int, int]
+) -> tuple[list[frozenset[int]], list[frozenset[int]]] | tuple[None, None]:
+    """Per image in file order, LVIS's ``neg_category_ids`` and ``not_exhaustive_category_ids`` as
+    sets of known category ids; None and None when no image has them."""
+    keys = ("neg_category_ids", "not_exhaustive_category_ids")
+    images = data["images"]
+    if not _all_or_none(images, keys, "images", where):
+        return None, None
+    fields: tuple[list[frozenset[int]], list[frozenset[int]]] = ([], [])
+    for i, img in enumerate(images):
+        for key, out in zip(keys, fields):
+            ids = img[key]
+            if not isinstance(ids, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+                raise ValueError(f"{where}: images[{i}]: '{key}' must be a list of category ids, got {ids!r}")
+            unknown = sorted(set(ids) - label_of.keys())
+            if unknown:
+                raise ValueError(f"{where}: images[{i}]: '{key}' holds unknown category ids {unknown}")
+            out.append(frozenset(ids))
+    return fields
+
+
+def _file_name(img: dict, rec: str, images_dir: Path):
+    """The image's ``file_name``, else the last part of its ``coco_url`` (LVIS v1), else the last
+    two parts when only they name a file in ``images_dir``; checked by the caller."""
+    if "file_name" in img or "coco_url" not in img:
+        return _field(img, "file_name", rec)
+    url = img["coco_url"]
+    if not isinstance(url, str) or not url.rstrip("/"):
+        raise ValueError(f"{rec}: 'coco_url' must be a URL string, got {url!r}")
+    parts = url.rstrip("/").split("/")
+    if len(parts) > 1 and not (images_dir / parts[-1]).is_file() and (images_dir / parts[-2] / parts[-1]).is_file():
+        return f"{parts[-2]}/{parts[-1]}"
+    return parts[-1]
+
+
+def _read_annotations(
+    data: dict, where: str, index_of: dict[int, int], label_of: dict[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The non-crowd boxes as ``(N, 5)`` float32 x1, y1, x2, y2, label and ``(N,)`` image index,
+    in file order; absurd or malformed records raise naming the record."""
+    rows: list[list[float]] = []
+    owners: list[int] = []
+    for i, ann in enumerate(_records(data, "annotations", where)):  # parsing records, not a hot path
+        rec = f"{where}: annotations[{i}]"
+        image_id = _int_field(ann, "image_id", rec)
+        cat_id = _int_field(ann, "category_id", rec)
+        bbox = _field(ann, "bbox", rec)
+        if image_id not in index_of:
+            raise ValueError(f"{rec}: unknown image_id {image_id}")
+        if cat_id not in label_of:
+            raise ValueError(f"{rec}: unknown category_id {cat_id}")
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(_is_finite_number(v) for v in bbox)
+        ):
+            raise ValueError(f"{rec}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        x, y, w, h = bbox
+        if w < 0 or h < 0:
+            raise ValueError(f"{rec}: bbox has negative width or height {bbox!r}")
+        if max(abs(x), abs(y), abs(x + w), abs(y + h)) > _FLOAT32_MAX:
+            raise ValueError(
+                f"{rec}: bbox {bbox!r} has corners beyond float32's range (absurd values)"
+            )
+        if ann.get("iscrowd", 0):
+            continue
+        rows.append([x, y, x + w, y + h, label_of[cat_id]])
+        owners.append(index_of[image_id])
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 5), np.asarray(owners, dtype=np.int64)
+
+
 def _clip_boxes(
     table: np.ndarray, owner: np.ndarray, sizes: np.ndarray, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -307,6 +419,11 @@ def _clip_boxes(
 
 
 def _read_json(path: Path) -> dict:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.json"))[:3]
+        holds = f" (it holds {', '.join(inside)})" if inside else ""
+        raise FileNotFoundError(f"annotation file {path} is a folder, not a COCO JSON file{holds}; "
+                                "pass the instances JSON file itself")
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
     try:

@@ -25,21 +25,21 @@ folder name from the arguments, so differently-parameterized datasets never shar
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .generated import GeneratedPaths, Generator, int_range
+
 __all__ = ["DigitsConfig", "DigitsPaths", "default_digits_root", "make_digits_dataset"]
 
-MANIFEST_NAME = "dlde_digits.json"  # written first (incomplete) and last (complete) under root
+_DIGITS = Generator(kind="digits", identifier="dlde.digits", format_version=2,
+                    default_root="dlde.data.digits.default_digits_root")
+MANIFEST_NAME = _DIGITS.manifest_name  # dlde_digits.json: written first (incomplete) and last (complete) under root
 _LEGACY_MANIFEST_NAME = "dataset.json"  # the manifest of format version 1
-_FORMAT_VERSION = 2
-_GENERATOR = "dlde.digits"  # stored in every manifest and checked on reuse: an identifier, not the module path
 _VAL_FRACTION = 0.2
 _BACKGROUND_LEVEL = 16.0  # mean gray level of the dark background, out of 255
 _MAX_PLACEMENT_TRIES = 1000  # rejection-sampling attempts per digit
@@ -76,8 +76,8 @@ class DigitsConfig:
 
         set_("seed", int(self.seed))
         set_("canvas_size", int(self.canvas_size))
-        set_("digit_size", _int_range("digit_size", self.digit_size, minimum=1))
-        set_("digits_per_image", _int_range("digits_per_image", self.digits_per_image, minimum=1))
+        set_("digit_size", int_range("digit_size", self.digit_size, minimum=1))
+        set_("digits_per_image", int_range("digits_per_image", self.digits_per_image, minimum=1))
         classes = tuple(range(10)) if self.classes is None else self.classes
         set_("classes", tuple(sorted(int(c) for c in classes)))
         set_("noise", float(self.noise))
@@ -105,19 +105,12 @@ class DigitsConfig:
     def key(self) -> str:
         """Returns a short hash of the arguments (and of the file format): equal arguments
         give equal keys, different arguments different ones."""
-        text = json.dumps({"format_version": _FORMAT_VERSION, "args": self.to_json()}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _DIGITS.key(self.to_json())
 
 
 @dataclass(frozen=True)
-class DigitsPaths:
-    """Where a digits dataset lives on disk."""
-
-    root: Path
-    train_images_dir: Path
-    val_images_dir: Path
-    train_annotations: Path
-    val_annotations: Path
+class DigitsPaths(GeneratedPaths):
+    """Where a digits dataset lives on disk (the layout of :class:`dlde.data.generated.GeneratedPaths`)."""
 
 
 def default_digits_root(base: str | Path, **params) -> Path:
@@ -140,20 +133,20 @@ def default_digits_root(base: str | Path, **params) -> Path:
     Raises:
         ValueError: On an unknown parameter name or an invalid value.
     """
-    return Path(base) / f"digits-{_config(params, 'default_digits_root').key()}"
+    return _DIGITS.folder(base, _DIGITS.config(DigitsConfig, params, "default_digits_root").to_json())
 
 
 def make_digits_dataset(
     root: str | Path,
-    seed: int = 0,
+    seed: int = DigitsConfig.seed,
     *,
-    canvas_size: int = 128,
-    digit_size: tuple[int, int] = (20, 40),
-    digits_per_image: tuple[int, int] = (1, 3),
-    train_images: int = 2000,
-    val_images: int = 400,
-    classes: list[int] | tuple[int, ...] | None = None,
-    noise: float = 0.05,
+    canvas_size: int = DigitsConfig.canvas_size,
+    digit_size: tuple[int, int] = DigitsConfig.digit_size,
+    digits_per_image: tuple[int, int] = DigitsConfig.digits_per_image,
+    train_images: int = DigitsConfig.train_images,
+    val_images: int = DigitsConfig.val_images,
+    classes: list[int] | tuple[int, ...] | None = DigitsConfig.classes,
+    noise: float = DigitsConfig.noise,
 ) -> DigitsPaths:
     """Writes (or reuses) a synthetic digits detection dataset in COCO format.
 
@@ -182,7 +175,7 @@ def make_digits_dataset(
         digits_per_image: Inclusive range of the number of digits per canvas.
         train_images: Number of training canvases.
         val_images: Number of validation canvases.
-        classes: Digits that may appear (default all ten); the others are held out and get
+        classes: Digits that may appear (all ten for None); the others are held out and get
             no category.
         noise: Standard deviation of the background noise, as a fraction of 255.
 
@@ -205,127 +198,33 @@ def make_digits_dataset(
         classes=classes,
         noise=noise,
     )
-    root = Path(root)
-    paths = DigitsPaths(
-        root=root,
-        train_images_dir=root / "train",
-        val_images_dir=root / "val",
-        train_annotations=root / "annotations" / "instances_train.json",
-        val_annotations=root / "annotations" / "instances_val.json",
-    )
-    stored = _claimed(root, config)
-    if stored is not None and stored.get("complete") and _files_present(paths, config):
-        return paths
-
-    images, targets = _load_source_digits()
-    train_pool, val_pool = _split_sources(targets, config)
-    manifest = {
-        "generator": _GENERATOR,
-        "format_version": _FORMAT_VERSION,
-        "complete": False,
-        "args": config.to_json(),
-        "train_source_indices": train_pool.tolist(),
-        "val_source_indices": val_pool.tolist(),
-    }
-    # Claim the folder before writing into it: an interrupted run leaves a folder that is
-    # provably ours, so the next call with the same arguments may write it again.
-    root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1))
-    for folder in (paths.train_images_dir, paths.val_images_dir, paths.train_annotations.parent):
-        folder.mkdir(parents=True, exist_ok=True)
-
-    for split, pool, count, images_dir, annotation_file in (
-        ("train", train_pool, config.train_images, paths.train_images_dir, paths.train_annotations),
-        ("val", val_pool, config.val_images, paths.val_images_dir, paths.val_annotations),
-    ):
-        rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])
-        coco = _write_split(rng, images, targets, pool, count, images_dir, config)
-        _write_atomic(annotation_file, json.dumps(coco))
-
-    # Marked complete last: a complete manifest means every file is in place.
-    _write_atomic(root / MANIFEST_NAME, json.dumps({**manifest, "complete": True}, indent=1))
+    paths = DigitsPaths.under(Path(root))
+    if _DIGITS.needs_writing(paths, config.to_json(), (config.train_images, config.val_images),
+                             legacy=_read_legacy_manifest):
+        _generate(paths, config)
     return paths
 
 
-def _config(params: dict, caller: str) -> DigitsConfig:
-    """The config of ``make_digits_dataset`` keyword arguments (omitted ones: defaults)."""
-    names = {f.name for f in dataclasses.fields(DigitsConfig)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(f"{caller}: unknown digits parameter(s) {unknown}; known: {sorted(names)}")
-    return DigitsConfig(**params)
+def _generate(paths: DigitsPaths, config: DigitsConfig) -> None:
+    """Writes every file of ``config``'s dataset: the claiming manifest first, the complete one last."""
+    images, targets = _load_source_digits()
+    train_pool, val_pool = _split_sources(targets, config)
+    pools = {"train": (train_pool, config.train_images), "val": (val_pool, config.val_images)}
+
+    def write_split(split: str, images_dir: Path) -> dict:
+        pool, count = pools[split]
+        rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])
+        return _write_split(rng, images, targets, pool, count, images_dir, config)
+
+    record = {"train_source_indices": train_pool.tolist(), "val_source_indices": val_pool.tolist()}
+    _DIGITS.write(paths, config.to_json(), record, write_split)
 
 
-def _claimed(root: Path, config: DigitsConfig) -> dict | None:
-    """Checks that the generator may write ``config``'s dataset into ``root``.
-
-    Returns:
-        The stored manifest when ``root`` holds one with the same arguments, ``None`` when
-        ``root`` is missing or empty.
-
-    Raises:
-        ValueError: When ``root`` is not a folder, is not empty and holds no manifest, holds
-            an unreadable manifest, or holds a dataset of other arguments.
-    """
-    if not root.exists():
-        return None
-    if not root.is_dir():
-        raise ValueError(f"digits data_root {root} exists and is not a folder")
-    manifest_path = root / MANIFEST_NAME
-    if manifest_path.exists():
-        stored = _read_manifest(manifest_path)
-    else:
-        stored = _read_legacy_manifest(root / _LEGACY_MANIFEST_NAME)
-        if stored is None:
-            # A claim interrupted mid-write leaves only our temporary manifest: still empty.
-            if any(entry.name != MANIFEST_NAME + ".tmp" for entry in root.iterdir()):
-                raise ValueError(
-                    f"digits data_root {root} is not empty and holds no {MANIFEST_NAME}: "
-                    "refusing to write generated data into a folder it did not create; "
-                    "pick an empty or new data_root"
-                )
-            return None
-    wanted = config.to_json()
-    if stored["args"] != wanted:
-        have = stored["args"]
-        changed = ", ".join(
-            f"{name}={have.get(name)!r} (wanted {wanted.get(name)!r})"
-            for name in sorted(set(have) | set(wanted))
-            if have.get(name) != wanted.get(name)
-        )
-        what = "a dataset" if stored.get("complete") else "an incomplete dataset"
-        raise ValueError(
-            f"digits data_root {root} holds {what} generated with other arguments: {changed}; "
-            "pick another data_root (e.g. dlde.data.digits.default_digits_root) instead of "
-            "regenerating over it"
-        )
-    return stored
-
-
-def _read_manifest(path: Path) -> dict:
+def _read_legacy_manifest(root: Path) -> dict | None:
+    """The format-1 ``dataset.json`` in ``root`` (complete by construction: it was written last),
+    as a manifest of the current format; ``None`` when there is no such file."""
     try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable digits manifest ({err}); pick another data_root") from None
-    if (
-        not isinstance(stored, dict)
-        or stored.get("generator") != _GENERATOR
-        or not isinstance(stored.get("args"), dict)
-    ):
-        raise ValueError(f"{path}: not a digits manifest; pick another data_root")
-    if stored.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: digits format version {stored.get('format_version')!r}, this dlde writes "
-            f"{_FORMAT_VERSION}; pick another data_root"
-        )
-    return stored
-
-
-def _read_legacy_manifest(path: Path) -> dict | None:
-    """A format-1 ``dataset.json`` (complete by construction: it was written last), as a
-    manifest of the current format; ``None`` when ``path`` is no such file."""
-    try:
-        stored = json.loads(path.read_text())
+        stored = json.loads((root / _LEGACY_MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
     keys = {"format_version", "args", "train_source_indices", "val_source_indices"}
@@ -333,37 +232,7 @@ def _read_legacy_manifest(path: Path) -> dict | None:
         return None
     if not isinstance(stored["args"], dict):
         return None
-    return {**stored, "generator": _GENERATOR, "format_version": _FORMAT_VERSION, "complete": True}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file, so ``path`` is never half written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _files_present(paths: DigitsPaths, config: DigitsConfig) -> bool:
-    if not (paths.train_annotations.is_file() and paths.val_annotations.is_file()):
-        return False
-    return all(
-        (folder / f"{image_id:06d}.png").is_file()
-        for folder, count in (
-            (paths.train_images_dir, config.train_images),
-            (paths.val_images_dir, config.val_images),
-        )
-        for image_id in range(1, count + 1)
-    )
-
-
-def _int_range(name: str, value, *, minimum: int) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (lo, hi) of integers, got {value!r}") from None
-    if not minimum <= lo <= hi:
-        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
-    return lo, hi
+    return {**stored, "generator": _DIGITS.identifier, "format_version": _DIGITS.format_version, "complete": True}
 
 
 def _load_source_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,9 @@
-"""COCO box AP of a detector on a :class:`dlde.data.coco.CocoDetection` dataset (pycocotools)."""
+"""COCO box AP of detections on a :class:`dlde.data.coco.CocoDetection` dataset (pycocotools).
+
+:func:`coco_metrics` is built from four steps that :mod:`dlde.evaluation.lvis_eval` reuses with
+LVIS's rules between them: :func:`ground_truth`, :func:`results_array`, :func:`run_cocoeval`
+(per-image matching) and :func:`summarize` (accumulation and the averages).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,15 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from dlde.data.transforms import collate
-from dlde.model.modes import evaluating
+__all__ = ["COCO_MAX_DETECTIONS", "coco_metrics", "ground_truth", "results_array", "run_cocoeval", "summarize"]
 
-__all__ = ["coco_metrics", "evaluate"]
+#: Detections per image COCOeval keeps by default (pycocotools' own).
+COCO_MAX_DETECTIONS = 100
 
 # Metric name -> (IoU threshold or None for the mean over .50:.95, area range label).
-#: How boxes become detections in :func:`evaluate`.
-LABEL_MODES = ("all", "argmax")
-DEFAULT_PAIR_THRESHOLD = 0.05
-
 _METRICS = {
     "AP": (None, "all"),
     "AP50": (0.5, "all"),
@@ -32,7 +33,7 @@ _METRICS = {
 }
 
 
-def coco_metrics(dataset, detections: list[dict], *, max_detections: int = 100) -> dict:
+def coco_metrics(dataset, detections: list[dict], *, max_detections: int = COCO_MAX_DETECTIONS) -> dict:
     """Scores detections against the dataset's ground truth with pycocotools' COCOeval.
 
     Ground truth is read from ``dataset.annotation_file``; boxes of zero width or height are
@@ -45,7 +46,7 @@ def coco_metrics(dataset, detections: list[dict], *, max_detections: int = 100) 
         detections: One dict per dataset index with ``boxes`` (N, 4) as x1, y1, x2, y2 in
             ORIGINAL image pixels, ``scores`` (N,) and ``labels`` (N,) contiguous labels
             0..C-1 (tensors or arrays). An empty list means no detections at all.
-        max_detections: Detections per image COCOeval keeps (highest scores first).
+        max_detections: Detections per image and class COCOeval keeps (highest scores first).
 
     Returns:
         ``AP`` (AP@[.5:.95]), ``AP50``, ``AP75``, ``AP_small``, ``AP_medium``, ``AP_large`` as
@@ -53,19 +54,25 @@ def coco_metrics(dataset, detections: list[dict], *, max_detections: int = 100) 
         With no detections the APs are 0.0. An area range without any ground truth box
         (e.g. no large objects) gives NaN instead of pycocotools' -1.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    results = results_array(dataset, detections)  # (D, 7)
+    coco_eval = run_cocoeval(ground_truth(dataset), results, dataset, max_detections)
+    return summarize(coco_eval, dataset)
 
-    if len(detections) not in (0, len(dataset)):
-        raise ValueError(
-            f"need one detection dict per dataset item ({len(dataset)}), got {len(detections)}"
-        )
+
+def ground_truth(dataset) -> COCO:
+    """The ground truth of ``dataset.annotation_file`` as a pycocotools ``COCO``, made safe for
+    COCOeval (ids, area and ``iscrowd`` filled in where missing, degenerate boxes dropped)."""
     gt = COCO()
     gt.dataset = _ground_truth(dataset.annotation_file)
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
+    return gt
 
-    results = _results_array(dataset, detections)  # (D, 7)
+
+def run_cocoeval(gt: COCO, results: np.ndarray, dataset, max_detections: int) -> COCOeval:
+    """Matches the detections ``results`` (D, 7) (see :func:`results_array`) to ``gt`` image by
+    image: a ``COCOeval`` over the dataset's images and categories after ``evaluate()``, before
+    ``accumulate()`` (its ``evalImgs`` can still be changed)."""
     if len(results):
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes(results)
@@ -82,6 +89,12 @@ def coco_metrics(dataset, detections: list[dict], *, max_detections: int = 100) 
     coco_eval.params.maxDets = [1, 10, int(max_detections)]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_eval.evaluate()
+    return coco_eval
+
+
+def summarize(coco_eval: COCOeval, dataset) -> dict:
+    """Accumulates an evaluated ``COCOeval`` and averages it: the metrics of :func:`coco_metrics`."""
+    with contextlib.redirect_stdout(io.StringIO()):
         coco_eval.accumulate()
 
     # precision: (T iou thresholds, R recall points, K classes, A area ranges, M max dets);
@@ -107,105 +120,6 @@ def coco_metrics(dataset, detections: list[dict], *, max_detections: int = 100) 
     return metrics
 
 
-def evaluate(
-    model: nn.Module,
-    dataset,
-    *,
-    batch_size: int = 8,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    max_detections: int = 100,
-    num_workers: int = 0,
-    labels: str = "all",
-    score_threshold: float | None = None,
-) -> dict:
-    """Runs ``model`` over ``dataset`` and returns its COCO metrics (see :func:`coco_metrics`).
-
-    In eval mode the model must map images (B, 3, H, W) to a list of B pairs
-    ``(boxes (N, 4) as x1, y1, x2, y2 in network-input pixels, classifications (N, C) class
-    probabilities)``. With ``labels="all"`` (the default, the convention of torchvision's and
-    detectron2's RetinaNet) every (box, class) pair whose probability exceeds the score threshold
-    is a detection; with ``labels="argmax"`` each box is one detection with the argmax class and
-    the max probability. The ``max_detections`` best per image are kept. Boxes are divided by
-    ``dataset.meta(i)["scale"]`` and clipped to the original image.
-
-    Args:
-        model: The detector; put in eval mode for the run, its previous mode restored after.
-        dataset: A :class:`dlde.data.coco.CocoDetection`, usually with a non-flipping transform.
-        batch_size: Images per forward pass.
-        device: Where to run; defaults to the device of the model's parameters (CPU if it
-            has none).
-        progress: Show a tqdm progress bar.
-        max_detections: Detections kept per image.
-        num_workers: DataLoader worker processes.
-        labels: ``"all"`` (every (box, class) pair above ``score_threshold``) or ``"argmax"``.
-        score_threshold: smallest pair probability kept with ``labels="all"`` (default: the
-            model's ``score_threshold``, else 0.05).
-
-    Returns:
-        The dict of :func:`coco_metrics`.
-    """
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
-    if score_threshold is None:
-        score_threshold = float(getattr(model, "score_threshold", DEFAULT_PAIR_THRESHOLD))
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
-    )
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc="evaluate", unit="batch")
-
-    detections: list[dict] = []
-    with evaluating(model), torch.no_grad():
-        for images, _ in loader:
-            outputs = model(images.to(device))
-            if len(outputs) != images.shape[0]:
-                raise ValueError(f"model returned {len(outputs)} outputs for a batch of {images.shape[0]}")
-            for boxes, classifications in outputs:  # loop over images
-                meta = dataset.meta(len(detections))
-                detections.append(to_original(boxes, classifications, meta, max_detections,
-                                               labels=labels, score_threshold=score_threshold))
-    return coco_metrics(dataset, detections, max_detections=max_detections)
-
-
-def to_original(
-    boxes: torch.Tensor, classifications: torch.Tensor, meta: dict, max_detections: int, *,
-    labels: str = "argmax", score_threshold: float = 0.0,
-) -> dict:
-    """One image's network output ``(boxes (N, 4), classifications (N, C))`` in network-input
-    pixels as a detection dict ``{boxes, scores, labels}`` in original pixels (``meta`` is
-    :meth:`dlde.CocoDetection.meta`), keeping the ``max_detections`` best; ``labels`` as in
-    :func:`evaluate`."""
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or classifications.ndim != 2 or (
-        classifications.shape[0] != boxes.shape[0]
-    ):
-        raise ValueError(
-            "expected boxes (N, 4) and classifications (N, C), got "
-            f"{tuple(boxes.shape)} and {tuple(classifications.shape)}"
-        )
-    boxes, classifications = boxes.detach().float().cpu(), classifications.detach().float().cpu()
-    if classifications.shape[1] == 0:
-        scores = classifications.new_zeros((0,))
-        labels = torch.zeros((0,), dtype=torch.int64)
-        boxes = boxes[:0]
-    elif labels == "all":
-        box_index, labels = (classifications > score_threshold).nonzero(as_tuple=True)  # (K,), (K,)
-        scores, boxes = classifications[box_index, labels], boxes[box_index]
-    else:
-        scores, labels = classifications.max(dim=1)  # (N,), (N,)
-    keep = scores.argsort(descending=True, stable=True)[:max_detections]
-    h, w = meta["orig_size"]
-    boxes = boxes[keep] / meta["scale"]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    return {"boxes": boxes, "scores": scores[keep], "labels": labels[keep]}
-
-
 def _ground_truth(annotation_file) -> dict:
     """Loads the COCO JSON and makes it safe for COCOeval (ids, area, degenerate boxes)."""
     with open(annotation_file) as f:
@@ -228,8 +142,13 @@ def _ground_truth(annotation_file) -> dict:
             "annotations": annotations}
 
 
-def _results_array(dataset, detections: list[dict]) -> np.ndarray:
-    """Packs detections as (D, 7) rows ``image_id, x, y, w, h, score, category_id``."""
+def results_array(dataset, detections: list[dict]) -> np.ndarray:
+    """Packs detections (one dict per dataset index, as :func:`coco_metrics` takes them) as (D, 7)
+    rows ``image_id, x, y, w, h, score, category_id``, checking them."""
+    if len(detections) not in (0, len(dataset)):
+        raise ValueError(
+            f"need one detection dict per dataset item ({len(dataset)}), got {len(detections)}"
+        )
     category_ids = np.asarray(dataset.category_ids, dtype=np.float64)
     parts = []
     for index, det in enumerate(detections):  # loop over images

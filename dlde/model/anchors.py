@@ -165,6 +165,15 @@ class Anchors(nn.Module):
             self._cache[key] = torch.cat(levels).to(device=device, dtype=dtype)
         return self._cache[key]
 
+    def image_size(self, anchors: Tensor) -> tuple[int, int] | None:
+        """``(H, W)`` of the input whose anchors ``anchors`` (``(A, 4)``, or the ``(B, A, 4)`` view
+        :meth:`forward` returns) are, looked up among the generated ones; None for other tensors."""
+        generated = anchors[0] if anchors.dim() == 3 else anchors
+        for (height, width, _, _), cached in self._cache.items():
+            if generated.data_ptr() == cached.data_ptr() and generated.shape == cached.shape:
+                return height, width
+        return None
+
     def forward(self, images: Tensor) -> Tensor:
         """Anchors for a batch of images ``(B, C, H, W)`` -> ``(B, A, 4)`` (a broadcast view)."""
         if images.dim() != 4:

@@ -3,36 +3,73 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from dlde.files import atomic_torch_save
+
+#: What ``torch.load(..., weights_only=True)`` reads back: scalars, tensors, dtypes, devices ...
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+#: ... and these containers of them (exact types: a subclass such as a namedtuple is refused on load).
+_PLAIN_SEQUENCES = (list, tuple, set, torch.Size)
+_PLAIN_MAPPINGS = (dict, OrderedDict)
+
+
+def _first_non_plain(value: Any, where: str) -> tuple[str, Any] | None:
+    """``(path, value)`` of the first value inside ``value`` that is not plain data, or None."""
+    if type(value) in _PLAIN_SCALARS or isinstance(value, Tensor):
+        return None
+    if type(value) in _PLAIN_SEQUENCES:
+        for key, item in enumerate(value):
+            found = _first_non_plain(item, f"{where}[{key}]")
+            if found is not None:
+                return found
+        return None
+    if type(value) in _PLAIN_MAPPINGS:
+        for key, item in value.items():
+            found = _first_non_plain(key, f"{where} (a key)") or _first_non_plain(item, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+        return None
+    return where, value
+
+
+def check_plain_data(obj: Any, what: str) -> None:
+    """Refuse ``obj`` unless ``torch.load(..., weights_only=True)`` can read it back: tensors,
+    numbers, strings, bytes, None, dtypes and devices, in lists, tuples, sets and dicts.
+
+    Raises:
+        ValueError: one line naming ``what``, the path of the first other value (e.g.
+            ``checkpoint['note']``) and its type.
+    """
+    found = _first_non_plain(obj, "checkpoint")
+    if found is None:
+        return
+    where, value = found
+    kind = type(value)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    hint = "; convert numpy values with torch.from_numpy(...) or .item()" if kind.__module__ == "numpy" else ""
+    raise ValueError(f"{what}: {where} is of type {name}, not plain data (tensors, numbers, strings, None, and "
+                     f"lists, tuples, sets and dicts of them), so torch.load(weights_only=True) could not read "
+                     f"the file back{hint}")
+
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``
+    (:func:`dlde.files.atomic_torch_save`): a kill at any moment leaves the old file or the new one.
 
-    A kill at any moment leaves either the old file or the new one, never a torn one. Temporary
-    files left by an earlier kill during a write (``.<name>.*.tmp``) are removed first.
+    Raises:
+        ValueError: ``obj`` holds something other than plain data (:func:`check_plain_data`);
+            nothing is written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    check_plain_data(obj, f"{path} was not written")
+    return atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -63,3 +100,78 @@ def check_finite_state(state: Mapping[str, Any], what: str) -> None:
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ValueError(f"{what}: non-finite values in {shown}; refusing a model that would score nothing")
+
+
+def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
+    """How the state dict ``found`` fails to fit a model whose state is ``expected``, in one line
+    (shapes first, then missing and unexpected keys, at most five of each), or None.
+    """
+    def shape(value: Any) -> str:
+        return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+    shapes = [f"{key} has shape {shape(found[key])} in the checkpoint but {shape(value)} in the model"
+              for key, value in expected.items() if key in found and shape(found[key]) != shape(value)]
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    parts = shapes[:5] + ([f"and {len(shapes) - 5} more shapes"] if len(shapes) > 5 else [])
+    parts += [f"missing: {listed(missing)}"] if missing else []
+    parts += [f"unexpected: {listed(unexpected)}"] if unexpected else []
+    return "; ".join(parts) or None
+
+
+#: Head options stored flat in checkpoints written before heads were injectable.
+_LEGACY_DLDE_KEYS = ("embedding_size", "means_update", "means_lr", "means_init")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What a model checkpoint holds, whatever its layout.
+
+    Attributes:
+        source: the file (or ``"checkpoint"`` for a dict), for messages.
+        params: the detector's constructor arguments (without the head and ``device``).
+        head: the head's registry name.
+        head_options: the head's options.
+        state: the state dict (checked finite).
+    """
+
+    source: str
+    params: dict[str, Any]
+    head: str
+    head_options: dict[str, Any]
+    state: Mapping[str, Any]
+
+
+def read_model_record(checkpoint: str | os.PathLike | Mapping[str, Any]) -> ModelRecord:
+    """Read a model checkpoint (a path or the loaded dict) in any layout dlde has written.
+
+    Today's layout is ``{'model': state, 'hyperparameters': {'model': {..., 'head': {'name',
+    'options'}}}}``. Checkpoints from before heads were injectable stored DLDENet's head options
+    flat among the detector's arguments (``embedding_size`` marks them) and the sigmoid head not
+    at all.
+
+    Raises:
+        ValueError: not a dlde checkpoint, or non-finite weights.
+    """
+    source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = load_checkpoint(checkpoint)
+    try:
+        params = dict(checkpoint["hyperparameters"]["model"])
+        state = checkpoint["model"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{source}: not a dlde checkpoint: expected keys 'model' and "
+                         "'hyperparameters' -> 'model'") from error
+    check_finite_state(state, source)
+    params.pop("device", None)
+    head = params.pop("head", None)
+    if head is not None:
+        name, options = head["name"], dict(head["options"])
+    elif "embedding_size" in params:  # an old DLDENet checkpoint
+        name, options = "dlde", {key: params.pop(key) for key in _LEGACY_DLDE_KEYS if key in params}
+    else:
+        name, options = "retinanet", {}
+    return ModelRecord(source, params, name, options, state)

@@ -10,12 +10,17 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .anchors import Assignment, assign_batch, check_thresholds
-from .heads import ClassificationHead, SubModule, _check_growth
+from .heads import ClassificationHead, HeadTower, SigmoidClassification, check_growth
 from .losses import row_tiles
-from .means import MeansConfig, TrackedMeans, concentration_from_sums
+from .means import MeansConfig, TrackedMeans
+from .priors import CLASSIFIER_INITS, balance, check_classifier_init
 
 #: Smallest ``|w|`` of :meth:`DirectionalClassification.classify` (see there).
 MIN_WEIGHT = 0.1
+#: ``b`` of ``classifier_init='prior'``: just inside the clamp at -1 (:meth:`DirectionalClassification.prior_start`).
+PRIOR_BIAS = -0.95
+#: Largest ``w`` that :meth:`DirectionalClassification.prior_start` considers.
+MAX_PRIOR_WEIGHT = 100.0
 
 
 class DirectionalClassification(ClassificationHead):
@@ -50,10 +55,17 @@ class DirectionalClassification(ClassificationHead):
         init_bias: initial ``b``.
         means_init: starting means, ``'zeros'`` (the original: a class has no mean until first
             tracked), ``'orthogonal'`` or ``'random'`` (see :meth:`dlde.model.means.TrackedMeans.initialize`).
+        classifier_init: ``'fixed'`` (``w``, ``b`` start at ``init_weight``, ``init_bias``) or
+            ``'prior'`` (derived from the sigmoid head's prior and ``d`` so that the initial focal
+            loss stays near the sigmoid head's whatever the vocabulary: :meth:`prior_start`; then
+            ``init_weight`` and ``init_bias`` must be left at their defaults). It assumes random
+            starting means (``'orthogonal'`` or ``'random'``).
+        means_lr_schedule: ``'constant'`` (every step ``means_lr``) or ``'count'`` (class ``c``
+            steps by ``max(means_lr, 1 / n_c)``, ``n_c`` its tracked batches; ``'batch'`` updates
+            only): see :class:`dlde.model.means.TrackedMeans`.
     """
 
     name = "dlde"
-    has_tracked_means = True
 
     @dataclass(frozen=True)
     class Options:
@@ -69,6 +81,8 @@ class DirectionalClassification(ClassificationHead):
         means_init: str = MeansConfig.init
         init_weight: float = 7.0
         init_bias: float = -0.5
+        classifier_init: str = CLASSIFIER_INITS[0]  # "fixed"
+        means_lr_schedule: str = MeansConfig.lr_schedule
 
     @classmethod
     def build(cls, in_channels: int, anchors: int, features: int, classes: int, *, convs: int = 4,
@@ -84,19 +98,29 @@ class DirectionalClassification(ClassificationHead):
                  means_update: str = Options.means_update, means_lr: float = Options.means_lr, *,
                  convs: int = 4, group_norm: bool = False, allow_low_quality_matches: bool = True,
                  init_weight: float = Options.init_weight, init_bias: float = Options.init_bias,
-                 means_init: str = Options.means_init):
+                 means_init: str = Options.means_init, classifier_init: str = Options.classifier_init,
+                 means_lr_schedule: str = Options.means_lr_schedule):
         super().__init__()
         self.embedding_size = embedding_size
         self.classes = classes
         self.assignation_thresholds = check_thresholds(assignation_thresholds)
         self.allow_low_quality_matches = allow_low_quality_matches
-        self.tracker = TrackedMeans(classes, embedding_size, mode=means_update, lr=means_lr)
+        self.tracker = TrackedMeans(classes, embedding_size, mode=means_update, lr=means_lr,
+                                    lr_schedule=means_lr_schedule)
         self.tracker.initialize(means_init)
         self.means_init = means_init
         self.init_weight, self.init_bias = float(init_weight), float(init_bias)
-        self.weight = nn.Parameter(torch.full((classes,), float(init_weight)))
-        self.bias = nn.Parameter(torch.full((classes,), float(init_bias)))
-        self.encoder = SubModule(in_channels, embedding_size, anchors, features, convs=convs,
+        self.classifier_init = check_classifier_init(classifier_init)
+        if self.classifier_init == "fixed":
+            self.start_weight, self.start_bias = self.init_weight, self.init_bias
+        elif (self.init_weight, self.init_bias) != (self.Options.init_weight, self.Options.init_bias):
+            raise ValueError("classifier_init='prior' derives w and b itself; leave init_weight and init_bias "
+                             f"at their defaults ({self.Options.init_weight}, {self.Options.init_bias})")
+        else:
+            self.start_weight, self.start_bias = self.prior_start(embedding_size)
+        self.weight = nn.Parameter(torch.full((classes,), self.start_weight))
+        self.bias = nn.Parameter(torch.full((classes,), self.start_bias))
+        self.encoder = HeadTower(in_channels, embedding_size, anchors, features, convs=convs,
                                  group_norm=group_norm)
 
     # The tracked state, under the seed's names.
@@ -132,17 +156,45 @@ class DirectionalClassification(ClassificationHead):
     def options(self) -> dict:
         return {"embedding_size": self.embedding_size, "means_update": self.tracker.mode,
                 "means_lr": self.tracker.lr, "means_init": self.means_init,
-                "init_weight": self.init_weight, "init_bias": self.init_bias}
+                "init_weight": self.init_weight, "init_bias": self.init_bias,
+                "classifier_init": self.classifier_init, "means_lr_schedule": self.tracker.lr_schedule}
+
+    @staticmethod
+    def prior_start(embedding_size: int, prior: float = SigmoidClassification.Options.prior) -> tuple[float, float]:
+        """``(w, b)`` of ``classifier_init='prior'``: the balanced start (:mod:`dlde.model.priors`:
+        the expected focal losses of a positive and of a background pair are the sigmoid head's at
+        ``prior`` times one factor ``ρ``) with the least ``ρ`` the head's form allows in ``d``
+        dimensions.
+
+        With random means the logit ``w (s + b)`` spreads by ``w / sqrt(d)`` and ``ρ`` grows with
+        the spread, so the best start has the smallest ``w``. The form bounds ``w`` below: ``p = 1``
+        at cosine 1 whatever ``w``, ``b``, and ``p(0) = sigmoid(w b) / sigmoid(w (1 + b)) >=
+        2 sigmoid(-w)`` for ``b >= -1``, so a start near the prior needs ``w`` of about
+        ``log(1 / prior)`` or more, and the smaller ``w``, the lower ``b`` must be. Hence ``b`` is
+        set just inside the clamp (``PRIOR_BIAS`` = -0.95; at -1 the clamp gives it no gradient)
+        and ``w`` is solved for the balance. At prior 0.01 (``d``: ``w``, ``ρ``): 16: 13.0, 2.5;
+        32: 7.64, 1.49; 64: 6.29, 1.19; 128: 5.81, 1.08; 256: 5.61, 1.04; 512: 5.52, 1.02. With
+        ``b = -1`` itself the least ``ρ`` at 32 dimensions would be 1.42: below about 64 dimensions
+        no ``(w, b)`` of this head starts within 1.2x of the sigmoid head's loss, and below 16 none
+        balances (``w`` is then the one of least ``ρ``: 61 and 37 at 8 dimensions). The original
+        ``w = 7``, ``b = -0.5`` gives ``E[p]`` 0.055 / 0.036 at 32 / 128 dimensions, a positive
+        loss 0.73 times the sigmoid head's and a background loss 2,500 / 130 times.
+
+        Returns:
+            ``(w, b)`` as floats (deterministic: a quadrature and a bisection, no random draw).
+        """
+        def probabilities(s: Tensor, weight: float) -> Tensor:
+            return torch.sigmoid(weight * (s + PRIOR_BIAS)) / torch.sigmoid(s.new_tensor(weight * (1 + PRIOR_BIAS)))
+
+        weight, _ = balance(probabilities, embedding_size, prior, MIN_WEIGHT, MAX_PRIOR_WEIGHT)
+        return weight, PRIOR_BIAS
 
     def class_directions(self) -> Tensor:
         return F.normalize(self.means, dim=1)
 
-    def reset_statistics(self) -> None:
-        self.tracker.reset_statistics()
-
-    def means_snapshot(self) -> tuple[Tensor, Tensor]:
-        kappa = concentration_from_sums(self.tracker.stat_sums.cpu(), self.tracker.stat_counts.cpu())
-        return self.tracker.means.detach().cpu().clone(), torch.as_tensor(kappa)
+    @property
+    def tracked_means(self) -> TrackedMeans:
+        return self.tracker
 
     def encode(self, feature_map: Tensor) -> Tensor:
         """Unit embeddings of one level.
@@ -240,18 +292,15 @@ class DirectionalClassification(ClassificationHead):
             self.track(embeddings, assignment)
         return probabilities
 
-    def tracked_sums(self) -> list[Tensor]:
-        return [self.tracker.embeddings_sums]
-
     # ------------------------------------------------------------------ class growth, imprinting
     def _base_rule(self, exclude: Tensor) -> tuple[Tensor, Tensor]:
         """``(w, b)`` of a new class: the mean ``w`` and ``b`` of the classes with a mean that are
-        not in ``exclude (C,) bool`` (all classes' when none has a mean; the defaults when none)."""
+        not in ``exclude (C,) bool`` (all classes' when none has a mean; the start values when none)."""
         donors = self.tracker.initialized & ~exclude
         if not donors.any():
             donors = ~exclude
         if not donors.any():
-            return self.weight.new_tensor(self.init_weight), self.bias.new_tensor(self.init_bias)
+            return self.weight.new_tensor(self.start_weight), self.bias.new_tensor(self.start_bias)
         return self.weight.detach()[donors].mean(), self.bias.detach()[donors].mean()
 
     @torch.no_grad()
@@ -263,7 +312,7 @@ class DirectionalClassification(ClassificationHead):
         classes with a mean, so an imprinted class is scored on the scale of the base classes.
         ``weight`` and ``bias`` become new Parameters: build the optimizer afterwards.
         """
-        k = _check_growth(k)
+        k = check_growth(k)
         weight, bias = self._base_rule(torch.zeros(self.classes, dtype=torch.bool, device=self.weight.device))
         self.tracker.grow(k)
         self.weight = nn.Parameter(torch.cat([self.weight.detach(), weight.expand(k)]))
@@ -288,7 +337,8 @@ class DirectionalClassification(ClassificationHead):
         return [self.weight, self.bias]
 
     def update_means(self) -> None:
-        """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums."""
+        """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums
+        (the seed's method; trainers use ``tracked_means.update_means()``)."""
         self.tracker.update_means()
 
 

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 
-class SubModule(nn.Module):
-    """A RetinaNet head tower: ``convs`` 3x3 conv + (GroupNorm) + ReLU, then a 3x3 output conv.
+class HeadTower(nn.Module):
+    """A RetinaNet head tower: ``convs`` 3x3 conv + (GroupNorm) + ReLU, then a 3x3 output conv
+    (the seed's ``SubModule``, still importable under that name from :mod:`dlde.model.compat`).
 
     Args:
         in_channels: channels of each pyramid level.
@@ -81,7 +82,7 @@ class Regression(nn.Module):
     def __init__(self, in_channels: int, anchors: int, features: int = 256, *, convs: int = 4,
                  group_norm: bool = False):
         super().__init__()
-        self.head = SubModule(in_channels, 4, anchors, features, convs=convs, group_norm=group_norm)
+        self.head = HeadTower(in_channels, 4, anchors, features, convs=convs, group_norm=group_norm)
 
     def forward(self, feature_maps: Sequence[Tensor]) -> Tensor:
         return torch.cat([self.head(x) for x in feature_maps], dim=1)
@@ -90,23 +91,24 @@ class Regression(nn.Module):
 class ClassificationHead(nn.Module):
     """The protocol every classification head of :class:`dlde.RetinaNet` follows.
 
-    A head is built by the detector from ``(in_channels, anchors, features, classes)`` plus its
-    own options (a frozen dataclass ``Options`` next to the head; see :mod:`dlde.model.registry` for the
-    name -> head map). It must provide:
+    A head is built from ``(in_channels, anchors, features, classes)`` plus its own options (a
+    frozen dataclass ``Options`` next to the head; :mod:`dlde.model.registry` maps names to heads).
+    It provides:
 
     * ``forward(feature_maps, anchors=None, annotations=None, *, assignment=None)`` -> class
       probabilities ``(B, A, C)`` in [0, 1], in the anchor order of :class:`dlde.Anchors`. In
       training mode the detector passes the batch's :class:`dlde.Assignment` (computed once per
-      step and shared with the loss); a head with tracked state tracks it *after* scoring.
+      step and shared with the loss); a head with tracked means tracks it *after* scoring.
     * ``options()`` -> the JSON-able options that rebuild it (stored in checkpoints).
+    * ``tracked_means``: its :class:`dlde.model.means.TrackedMeans` (the component the trainer
+      drives: update, apply, statistics, reduction over processes), or None.
 
-    Heads with tracked state (``has_tracked_means = True``) also implement the hooks below; the
-    defaults do nothing, so the trainer calls them on every head without asking which it is.
-    Heads with an embedding space implement :meth:`embed` and :meth:`class_directions`.
+    Heads with an embedding space implement :meth:`embed` and :meth:`class_directions`; heads that
+    can learn new classes implement :meth:`grow`, :meth:`imprint` and :meth:`classifier_parameters`
+    (used by :mod:`dlde.model.growth`).
     """
 
     name: ClassVar[str] = ""
-    has_tracked_means: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Options:
@@ -125,9 +127,15 @@ class ClassificationHead(nn.Module):
     def build(cls, in_channels: int, anchors: int, features: int, classes: int, *, convs: int = 4,
               group_norm: bool = False, assignation_thresholds: Mapping[str, float] | None = None,
               allow_low_quality_matches: bool = True, **options: Any) -> "ClassificationHead":
-        """The head for a detector: what :class:`dlde.RetinaNet` calls with its own settings."""
+        """The head for a detector's geometry and settings; heads that match anchors themselves
+        (the seed's ``track(embeddings, anchors, annotations)``) override it to keep the thresholds."""
         return cls(in_channels, anchors, features, classes, convs=convs, group_norm=group_norm,
                    **cls.check_options(options))
+
+    @property
+    def tracked_means(self):
+        """The head's tracked class means (:class:`dlde.model.means.TrackedMeans`), or None."""
+        return None
 
     def options(self) -> dict[str, Any]:
         """Keyword options that rebuild this head (JSON-able)."""
@@ -141,25 +149,7 @@ class ClassificationHead(nn.Module):
         """``(C, d)`` unit direction of each class in the embedding space (None: no such space)."""
         return None
 
-    def track(self, embeddings: Tensor, assignment) -> None:
-        """Tracked-state heads: update from the embeddings of anchors matched in ``assignment``."""
-        raise TypeError(f"the {self.name or type(self).__name__!r} head has no tracked state")
-
-    def reset_statistics(self) -> None:
-        """Clear per-epoch diagnostics of the tracked state."""
-
-    def update_means(self) -> None:
-        """Apply updates accumulated since the last call (e.g. 'manual' means, once per epoch)."""
-
-    def means_snapshot(self) -> tuple[Tensor, Tensor] | None:
-        """``(means (C, d), concentration (C,))`` of the tracked state, or None."""
-        return None
-
-    def tracked_sums(self) -> list[Tensor]:
-        """Tensors summed over processes before an update in distributed training (empty: none)."""
-        return []
-
-    # Class growth (few-shot): see RetinaNet.add_classes / RetinaNet.imprint.
+    # Class growth (few-shot): see dlde.model.growth.
     def grow(self, k: int) -> None:
         """Add ``k`` classes after the existing ones without changing any existing parameter."""
         raise NotImplementedError(f"the {self.name or type(self).__name__!r} head cannot add classes")
@@ -173,6 +163,12 @@ class ClassificationHead(nn.Module):
     def classifier_parameters(self) -> list[nn.Parameter]:
         """The per-class parameters of the classifier layer (what TFA-style fine-tuning trains)."""
         raise NotImplementedError(f"the {self.name or type(self).__name__!r} head names no classifier layer")
+
+
+def prior_logit(prior: float) -> float:
+    """The logit ``-log((1 - prior) / prior)`` whose sigmoid is ``prior``: the focal-loss start of
+    a class (RetinaNet's prior initialization, used by every head that has a per-class bias)."""
+    return -math.log((1 - prior) / prior)
 
 
 class SigmoidClassification(ClassificationHead):
@@ -194,8 +190,8 @@ class SigmoidClassification(ClassificationHead):
         super().__init__()
         self.classes = classes
         self.prior = float(prior)
-        self.head = SubModule(in_channels, classes, anchors, features, convs=convs, group_norm=group_norm)
-        nn.init.constant_(self.head.last.bias, -math.log((1 - prior) / prior))
+        self.head = HeadTower(in_channels, classes, anchors, features, convs=convs, group_norm=group_norm)
+        nn.init.constant_(self.head.last.bias, prior_logit(prior))
 
     def options(self) -> dict[str, Any]:
         return {"prior": self.prior}
@@ -211,11 +207,11 @@ class SigmoidClassification(ClassificationHead):
     def grow(self, k: int) -> None:
         """Add ``k`` classes: ``k`` more output channels per anchor in the last convolution, with
         zero weights and the prior's bias (every new class starts at probability ``prior``
-        everywhere); the old classes' outputs are unchanged (:meth:`SubModule.grow_outputs`).
+        everywhere); the old classes' outputs are unchanged (:meth:`HeadTower.grow_outputs`).
 
         This head has no embedding space, so a new class cannot be imprinted: fine-tune
         :meth:`classifier_parameters` on its boxes."""
-        self.head.grow_outputs(_check_growth(k), bias=-math.log((1 - self.prior) / self.prior))
+        self.head.grow_outputs(check_growth(k), bias=prior_logit(self.prior))
         self.classes += k
 
     def classifier_parameters(self) -> list[nn.Parameter]:
@@ -223,7 +219,7 @@ class SigmoidClassification(ClassificationHead):
         return [self.head.last.weight, self.head.last.bias]
 
 
-def _check_growth(k: int) -> int:
+def check_growth(k: int) -> int:
     """``k`` as a positive int (one-line error otherwise)."""
     if isinstance(k, bool) or int(k) != k or int(k) < 1:
         raise ValueError(f"the number of classes to add must be a positive integer, got {k!r}")

@@ -1,7 +1,8 @@
 """Detection losses: focal loss on class probabilities and box regression on positives."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import warnings
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,33 @@ def check_annotations(annotations: Tensor, classes: int, batch: int | None = Non
     if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
         raise ValueError("annotation boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1")
     return annotations
+
+
+def drop_degenerate_boxes(annotations: Tensor, image_size: Sequence[int] | None = None) -> Tensor:
+    """Checked ``annotations (B, M, 5)`` with degenerate boxes turned into padding rows (all -1).
+
+    Degenerate, as :class:`dlde.data.coco.CocoDetection` drops them: zero width or height and,
+    given ``image_size (H, W)`` of the batch, lying entirely outside it. Such a box can match no
+    anchor as an object (zero IoU) or only an anchor reaching past the image's edge. One warning
+    gives the counts. Without any, ``annotations`` itself is returned (no copy); the caller's
+    tensor is never modified.
+    """
+    x1, y1, x2, y2, labels = annotations.unbind(-1)  # (B, M) each
+    real = labels != -1
+    empty = real & ((x2 <= x1) | (y2 <= y1))
+    outside = torch.zeros_like(empty)
+    if image_size is not None:
+        height, width = image_size
+        outside = real & ~empty & ((x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height))
+    dropped = empty | outside  # (B, M)
+    if not dropped.any():
+        return annotations
+    counts = [f"{int(empty.sum())} of zero width or height"]
+    if image_size is not None:
+        counts.append(f"{int(outside.sum())} entirely outside the {height}x{width} image")
+    warnings.warn(f"annotations: dropped {int(dropped.sum())} degenerate boxes ({', '.join(counts)}); they "
+                  "count as padding rows, as dlde.data.CocoDetection drops them", stacklevel=2)
+    return annotations.masked_fill(dropped[..., None], -1.0)
 
 
 def focal_loss(probabilities: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0,
@@ -158,7 +186,8 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
                    thresholds: Mapping[str, float] | None = None, box_coder: BoxCoder | None = None,
                    alpha: float = 0.25, gamma: float = 2.0, box_loss: str = "smooth_l1",
                    allow_low_quality_matches: bool = True, assignment: Assignment | None = None,
-                   positives_reducer: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                   positives_reducer: Callable[[Tensor], Tensor] | None = None,
+                   image_size: Sequence[int] | None = None) -> dict[str, Tensor]:
     """RetinaNet losses for a batch.
 
     Args:
@@ -172,10 +201,13 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
         box_loss: ``'smooth_l1'`` (beta 1/9) or ``'l1'`` on deltas, or ``'giou'`` on decoded boxes.
         allow_low_quality_matches: each annotation's best anchor is a positive too.
         assignment: the batch's anchor assignment when already computed (the detector's forward
-            computes it once per step); otherwise the anchors are matched here.
+            computes it once per step); otherwise the anchors are matched here, without the
+            degenerate boxes (:func:`drop_degenerate_boxes`, with one warning).
         positives_reducer: maps this process's number of positive anchors to the normalizer, e.g.
             its share of the global count in distributed training (detectron2's convention), so N
             processes of batch B give the gradient of one process of batch N * B.
+        image_size: ``(H, W)`` of the batch, so boxes entirely outside it are dropped too when the
+            anchors are matched here.
 
     Returns:
         ``{'classification': focal loss over non-ignored anchors, 'bbox_regression': box loss over
@@ -190,6 +222,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     if anchors.dim() == 3:
         anchors = anchors[0]
     if assignment is None:
+        annotations = drop_degenerate_boxes(annotations, image_size)
         with torch.no_grad():
             assignment = assign_batch(anchors, annotations.to(anchors.device), thresholds,
                                       allow_low_quality_matches=allow_low_quality_matches)

@@ -1,9 +1,10 @@
-"""Switching a model's mode for a while and restoring it afterwards."""
+"""Switching a model's mode for a while, and putting its running state back, afterwards."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
+import torch
 from torch import nn
 
 
@@ -23,3 +24,32 @@ def evaluating(model: nn.Module, *, evaluate_loss: bool = False) -> Iterator[nn.
         model.train(was_training)
         if had_flag:
             model.evaluate_loss = was_evaluate_loss
+
+
+def snapshot_buffers(model: nn.Module) -> Callable[[], None]:
+    """Copy every buffer of ``model`` now; the returned function puts the copies back.
+
+    A training-mode forward changes buffers before anyone sees its loss: BatchNorm's
+    ``running_mean``, ``running_var`` and ``num_batches_tracked``, the tracked class means and
+    their κ statistics. A step refused afterwards (a non-finite loss) must not keep them, or one
+    bad batch ruins every later one::
+
+        restore = snapshot_buffers(model)   # before the forward
+        output = network(images, annotations)
+        ...
+        if not torch.isfinite(loss):
+            restore()                         # then raise, or skip the step
+
+    The buffers are small (a few thousand values for a ResNet-18 detector); the copies are taken
+    and put back without autograd, on the buffers' own devices. Buffers are found again by module
+    and name, so the restore also reaches a buffer that was replaced in between.
+    """
+    saved = [(module, name, buffer.detach().clone())
+             for module in model.modules() for name, buffer in module.named_buffers(recurse=False)]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for module, name, copy in saved:
+                getattr(module, name).copy_(copy)
+
+    return restore

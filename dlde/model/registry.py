@@ -1,21 +1,21 @@
-"""Model names -> classification heads: the one registry of dlde.
+"""Head names -> classification heads: the one registry of dlde.
 
-A new head is one file (a :class:`dlde.model.heads.ClassificationHead` with its ``Options``) plus one
-line here; the trainer, the run folders, the notebooks and the checkpoints then know it by name.
+A leaf: it imports the heads and nothing that builds a detector (that is
+:mod:`dlde.model.builders`). A new head is one file (a :class:`dlde.model.heads.ClassificationHead`
+with its ``Options``) plus one line in :data:`HEADS`; the trainer, its CLI, the run folders, the
+notebooks and the checkpoints then know it by name and can set every one of its options.
 """
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from functools import partial
+from typing import Any, Callable
 
 from .directional import DirectionalClassification
 from .heads import ClassificationHead, SigmoidClassification
 from .prototypes import CosinePrototypeClassification
 
-#: model name -> classification head.
+#: head name -> classification head class.
 HEADS: dict[str, type[ClassificationHead]] = {
     "dlde": DirectionalClassification,
     "retinanet": SigmoidClassification,
@@ -36,22 +36,27 @@ def head_option_names(name: str) -> list[str]:
     return [f.name for f in fields(head_class(name).Options)]
 
 
-def build_detector(name: str, classes: int, *, head_options: Mapping[str, Any] | None = None, **detector_options):
-    """A :class:`dlde.RetinaNet` with the head registered as ``name``.
-
-    Args:
-        name: a key of :data:`HEADS`.
-        classes: number of classes.
-        head_options: the head's options (fields of its ``Options``).
-        **detector_options: keyword arguments of :class:`dlde.RetinaNet`.
-    """
-    from .detector import RetinaNet
-
-    return RetinaNet(classes, classification_head=(name, dict(head_options or {})), **detector_options)
+def all_head_options() -> dict[str, Any]:
+    """Every option of every registered head with its default (the first head's, where two heads
+    share a name): what the trainer's config and CLI accept as head options."""
+    options: dict[str, Any] = {}
+    for head in HEADS.values():
+        for option in fields(head.Options):
+            options.setdefault(option.name, option.default)
+    return options
 
 
-def load_detector(path: str | Path, device: str | torch.device | None = None):
-    """Any dlde checkpoint as a :class:`dlde.RetinaNet` with the head it was saved with."""
-    from .detector import RetinaNet
+def build_head(name: str, in_channels: int, anchors: int, features: int, classes: int, **settings: Any
+               ) -> ClassificationHead:
+    """The head registered as ``name`` for a detector's geometry (``settings``: the detector's head
+    settings ``convs``, ``group_norm``, ``assignation_thresholds``, ``allow_low_quality_matches`` and
+    the head's own options, validated against its ``Options``)."""
+    return head_class(name).build(in_channels, anchors, features, classes, **settings)
 
-    return RetinaNet.from_checkpoint(path, device=device)
+
+def head_factory(name: str, **options: Any) -> Callable[..., ClassificationHead]:
+    """A function building head ``name`` with ``options`` for a detector's geometry: pass it as
+    ``RetinaNet(..., classification_head=head_factory("dlde", embedding_size=64))``. The options are
+    validated now (a misspelt one fails here, before any weight is drawn)."""
+    head_class(name).check_options(options)
+    return partial(build_head, name, **options)

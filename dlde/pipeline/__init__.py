@@ -1,3 +1,10 @@
-"""Notebook support: :mod:`.notebook` holds what the notebooks call (paths, figure saving, the
-numbers each notebook reports, the parameters lock); :mod:`.runner` is the papermill pipeline
-behind ``python -m dlde.pipeline --config figures.yaml`` (figures and sweeps)."""
+"""Notebooks and the pipeline that executes them (the top layer of dlde).
+
+What the notebooks call: :mod:`.notebook` (paths, the training config, figure saving, the
+numbers each notebook reports) and :mod:`.base_runs` (the few-shot base runs, trained on first
+use). What executes them, behind ``python -m dlde.pipeline --config figures.yaml``:
+:mod:`.lock` (the committed parameters cells), :mod:`.plan` (the figures.yaml schema and the
+plan), :mod:`.execute` (papermill, torchrun, the kernel check), :mod:`.progress` (progress
+lines and the summary), :mod:`.reports` (index.md, metrics.md), :mod:`.sweeps` (ablations over
+seeds) and :mod:`.cli` (the command line).
+"""

@@ -1,6 +1,6 @@
-"""``python -m dlde.pipeline --config figures.yaml ...``: see :func:`dlde.pipeline.runner.main`."""
+"""``python -m dlde.pipeline --config figures.yaml ...``: see :func:`dlde.pipeline.cli.main`."""
 import sys
 
-from .runner import main
+from .cli import main
 
 sys.exit(main())

@@ -1,7 +1,10 @@
-"""What the notebooks call: paths, figure saving, and the numbers each notebook reports.
+"""What the notebooks call: paths, the training config, figure saving, and the numbers each
+notebook reports.
 
 Each notebook ends by writing a small ``results.json`` whose content is defined by one of the
-``*_results`` functions here, so tests and the pipeline can read the numbers back.
+``*_results`` functions here, so tests and the pipeline can read the numbers back. What executes
+the notebooks lives elsewhere: :mod:`.lock` (their committed parameters cells) and the pipeline
+(:mod:`.plan`, :mod:`.execute`).
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from dlde.analysis.interactive import widget_canvas
+from dlde.analysis.plotting import save_figure
+from dlde.data.digits import make_digits_dataset
+from dlde.train import TrainConfig
+
 RESULTS_FILE = "results.json"
 
 
@@ -24,8 +33,6 @@ RESULTS_FILE = "results.json"
 ROOT_MARKERS = ("figures.yaml", "pyproject.toml")
 #: Environment variable naming the project root explicitly (wins over the walk up).
 ROOT_ENV = "DLDE_PROJECT_ROOT"
-#: The committed record of every notebook's ``parameters`` cell, next to the notebooks.
-LOCK_FILE = "parameters.lock.json"
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -75,16 +82,19 @@ TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPD
                 "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
 
 
-def train_config(parameters: Mapping[str, Any]):
+def train_config(parameters: Mapping[str, Any]) -> TrainConfig:
     """The :class:`~dlde.train.TrainConfig` that ``01_train.ipynb`` trains with its parameters:
     :data:`TRAIN_FIELDS` (paths through :func:`project_path`), then ``OVERRIDES_JSON``, over the
     preset ``PRESET``. The notebook and the pipeline both call it, so they cannot disagree.
 
+    Args:
+        parameters: the notebook's parameters by name; the notebook passes its ``globals()``,
+            so its parameters cell is the one list of them. Names that are neither in
+            :data:`TRAIN_FIELDS` nor ``PRESET`` / ``OVERRIDES_JSON`` are not read.
+
     Raises:
         ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid.
     """
-    from dlde.train import TrainConfig
-
     fields = {name: parameters[parameter] for parameter, name in TRAIN_FIELDS.items()}
     fields.update(run_dir=str(project_path(fields["run_dir"])), data_root=str(project_path(fields["data_root"])))
     text = parameters["OVERRIDES_JSON"]
@@ -120,106 +130,8 @@ def output_dirs(run_dir: str | os.PathLike, figures_dir: str, out_dir: str, stem
 def environment_summary() -> str:
     """One line naming the interpreter, where ``dlde`` is imported from and the project root,
     so a notebook shows which environment its kernel runs in."""
-    import sys
-
     package = Path(__file__).resolve().parents[1]
     return f"python: {sys.executable} (prefix {sys.prefix}) | dlde: {package} | project root: {project_root()}"
-
-
-# ----------------------------------------------------------------------- parameters lock
-def _notebooks_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "notebooks"
-
-
-def parameters_cell(notebook: str | os.PathLike) -> str:
-    """The source of the one cell tagged ``parameters`` of ``notebook``.
-
-    Raises:
-        ValueError: the notebook has no such cell, or more than one.
-    """
-    cells = [cell for cell in json.loads(Path(notebook).read_text())["cells"]
-             if "parameters" in cell.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise ValueError(f"{notebook}: {len(cells)} cells tagged 'parameters', expected exactly one")
-    source = cells[0]["source"]
-    return "".join(source) if isinstance(source, list) else source
-
-
-def read_lock(notebooks_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """The committed parameters cells: notebook file name -> source (``parameters.lock.json``)."""
-    path = Path(notebooks_dir or _notebooks_dir()) / LOCK_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: write it with `.venv/bin/python -m dlde.pipeline.notebook --lock`")
-    return {name: "".join(lines) for name, lines in json.loads(path.read_text()).items()}
-
-
-def write_lock(notebooks_dir: str | os.PathLike | None = None) -> Path:
-    """Record the parameters cell of every ``*.ipynb`` of ``notebooks_dir`` as the committed one.
-
-    Run it (``python -m dlde.pipeline.notebook --lock``) after changing a notebook's parameters on
-    purpose, and commit the lock together with the notebook.
-    """
-    folder = Path(notebooks_dir or _notebooks_dir())
-    lock = {path.name: parameters_cell(path).splitlines(keepends=True) for path in sorted(folder.glob("*.ipynb"))}
-    path = folder / LOCK_FILE
-    path.write_text(json.dumps(lock, indent=1, ensure_ascii=False) + "\n")
-    return path
-
-
-def check_parameters_cell(notebook: str | os.PathLike) -> None:
-    """Fail unless ``notebook``'s parameters cell is the one recorded in the lock next to it.
-
-    The pipeline calls this before executing a notebook: a notebook edited and saved in
-    JupyterLab (a changed default, say ``EPOCHS = 2``) cannot silently change what
-    ``make figures`` computes.
-
-    Raises:
-        ValueError: the cell differs from the lock (the first differing line is named), or the
-            notebook is not in the lock.
-        FileNotFoundError: no lock file next to the notebook.
-    """
-    notebook = Path(notebook)
-    lock = read_lock(notebook.parent)
-    if notebook.name not in lock:
-        raise ValueError(f"{notebook}: not in {notebook.parent / LOCK_FILE}; add it with "
-                         "`.venv/bin/python -m dlde.pipeline.notebook --lock`")
-    current, committed = parameters_cell(notebook), lock[notebook.name]
-    if current == committed:
-        return
-    now, then = current.splitlines(), committed.splitlines()
-    line = next((i for i, (a, b) in enumerate(zip(now, then)) if a != b), min(len(now), len(then)))
-    got = now[line] if line < len(now) else "<no line>"
-    want = then[line] if line < len(then) else "<no line>"
-    raise ValueError(f"{notebook}: parameters cell differs from {LOCK_FILE} at line {line + 1}: "
-                     f"{got!r} instead of {want!r}; set values in figures.yaml, or, to change a default "
-                     "on purpose, run `.venv/bin/python -m dlde.pipeline.notebook --lock` and commit both files")
-
-
-def refuse_committed_save(model: Mapping[str, Any], path: str, contents_manager: Any, **kwargs: Any) -> None:
-    """Jupyter server ``pre_save_hook`` (set by ``make lab``): a notebook recorded in
-    ``notebooks/parameters.lock.json`` is never overwritten from JupyterLab.
-
-    Lab's save and autosave of such a notebook get HTTP 403 with a message telling the user to
-    use *File > Save Notebook As…* into ``runs/``; every other file saves normally.
-
-    Args:
-        model: the contents model being saved.
-        path: the API path, relative to the server's root (e.g. ``notebooks/01_train.ipynb``).
-        contents_manager: the server's contents manager (its ``root_dir`` locates the file).
-    """
-    from tornado.web import HTTPError
-
-    parts = Path(path.strip("/")).parts
-    if len(parts) != 2 or parts[0] != "notebooks" or not parts[1].endswith(".ipynb"):
-        return
-    folder = Path(contents_manager.root_dir) / "notebooks"
-    try:
-        locked = read_lock(folder)
-    except FileNotFoundError:
-        return
-    if parts[1] in locked:
-        raise HTTPError(403, f"{path} is a committed notebook (make figures runs it) and is read-only in "
-                             f"JupyterLab: use File > Save Notebook As… and save your copy under runs/")
 
 
 @dataclass
@@ -244,8 +156,6 @@ class Figures:
 
         Interactive figures stay open (their widget keeps drawing them) after being saved.
         """
-        from dlde.analysis.plotting import save_figure
-
         full = f"{self.prefix}{name}"
         try:
             from IPython import get_ipython
@@ -254,8 +164,6 @@ class Figures:
         except ImportError:  # plain Python without IPython: save only
             in_ipython = False
         if in_ipython and self.interactive:
-            from dlde.analysis.interactive import widget_canvas
-
             save_figure(fig, self.directory, full)  # closes it in pyplot; the widget keeps it
             display(widget_canvas(fig))
         else:
@@ -265,14 +173,14 @@ class Figures:
         self.names.append(full)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """numpy scalars/arrays -> Python; non-finite floats -> None (JSON has no NaN)."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer, int)):
@@ -289,7 +197,7 @@ def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_FILE
-    path.write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+    path.write_text(json.dumps(jsonable(results), indent=1) + "\n")
     return path
 
 
@@ -388,8 +296,6 @@ def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]
     Returns:
         ``folder``.
     """
-    from dlde.data.digits import make_digits_dataset
-
     if run_config.get("dataset", "digits") != "digits":
         raise ValueError("demo images exist only for the digits dataset: set IMAGES_DIR to a folder of images")
     folder = Path(folder)
@@ -406,34 +312,3 @@ def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]
         for index, source in enumerate(sorted(paths.val_images_dir.glob("*.png"))[skip:]):
             shutil.copyfile(source, folder / f"demo_{index:03d}.png")
     return folder
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dlde.pipeline.notebook --lock | --check``: write or check ``notebooks/parameters.lock.json``."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m dlde.pipeline.notebook",
-                                     description="The committed parameters cells of the notebooks.")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--lock", action="store_true", help="record the current parameters cells as committed")
-    action.add_argument("--check", action="store_true", help="fail when a parameters cell differs from the lock")
-    parser.add_argument("--notebooks", default=None, help="notebooks folder (default: the repository's notebooks/)")
-    args = parser.parse_args(argv)
-    if args.lock:
-        print(f"wrote {write_lock(args.notebooks)}")
-        return 0
-    folder = Path(args.notebooks or _notebooks_dir())
-    failures = []
-    for path in sorted(folder.glob("*.ipynb")):
-        try:
-            check_parameters_cell(path)
-        except (ValueError, FileNotFoundError) as error:
-            failures.append(str(error))
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,39 +1,25 @@
-"""Training: the configuration, presets and loop (:mod:`.loop`), reading a finished run folder
-back (:mod:`.runs`) and the data-parallel helpers (:mod:`.distributed`).
+"""Training: the configuration and presets (:mod:`.config`), what a config builds (:mod:`.builders`),
+the loop (:mod:`.loop`) with its batches (:mod:`.batches`), validation (:mod:`.validation`) and
+reproducibility helpers (:mod:`.reproducibility`), the command line (:mod:`.cli`), run folders
+(:mod:`.runs`) and the data-parallel helpers (:mod:`.distributed`).
 
 ``python -m dlde.train`` (and ``torchrun ... -m dlde.train``) runs :func:`main`; notebooks call
-:func:`train`. The names of :mod:`dlde.train.loop` are re-exported here, so
-``from dlde.train import TrainConfig, PRESETS, train`` works; code that patches a module global
-of the loop (tests) must patch :mod:`dlde.train.loop`, where it is used.
+:func:`train`. Code that patches a module global (tests) must patch the module that uses it,
+e.g. :mod:`dlde.train.loop` for ``validation_loss`` and ``make_loader``.
 """
-from .loop import (
-    AMP_MODES,
-    BOOKKEEPING,
-    CHOICES,
-    DATASETS,
-    NONFINITE,
-    OPTIMIZERS,
-    PRESETS,
-    RUN_FILES,
-    SCHEDULES,
-    TrainConfig,
-    TrainResult,
-    build_datasets,
-    build_model,
-    environment,
-    evaluate_model,
-    initialize_means,
-    lr_lambda,
-    main,
-    train,
-    validation_loss,
-)
-from .loop import _global_batches as _global_batches  # noqa: F401 (imported from dlde.train by the tests)
-from .loop import _parser as _parser  # noqa: F401
-from .loop import _steps_per_epoch as _steps_per_epoch  # noqa: F401
+from .batches import global_batches as _global_batches  # noqa: F401 (imported from dlde.train by the tests)
+from .batches import steps_per_epoch as _steps_per_epoch  # noqa: F401
+from .builders import build_datasets, build_model, lr_lambda
+from .cli import _parser as _parser  # noqa: F401
+from .cli import main
+from .config import AMP_MODES, CHOICES, DATASETS, NONFINITE, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from .loop import TrainResult, initialize_means, train
+from .reproducibility import environment
+from .runs import NUMBER_NEUTRAL_FIELDS, Run, RunFolder, load_run
+from .validation import evaluate_model, validation_loss
 
 __all__ = [
-    "AMP_MODES", "BOOKKEEPING", "CHOICES", "DATASETS", "NONFINITE", "OPTIMIZERS", "PRESETS", "RUN_FILES",
-    "SCHEDULES", "TrainConfig", "TrainResult", "build_datasets", "build_model", "environment", "evaluate_model",
-    "initialize_means", "lr_lambda", "main", "train", "validation_loss",
+    "AMP_MODES", "CHOICES", "DATASETS", "NONFINITE", "NUMBER_NEUTRAL_FIELDS", "OPTIMIZERS", "PRESETS", "Run",
+    "RunFolder", "SCHEDULES", "TrainConfig", "TrainResult", "build_datasets", "build_model", "environment",
+    "evaluate_model", "initialize_means", "load_run", "lr_lambda", "main", "train", "validation_loss",
 ]

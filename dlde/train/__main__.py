@@ -1,4 +1,4 @@
-"""``python -m dlde.train ...`` and ``torchrun ... -m dlde.train ...``: see :func:`dlde.train.loop.main`."""
-from .loop import main
+"""``python -m dlde.train ...`` and ``torchrun ... -m dlde.train ...``: see :func:`dlde.train.cli.main`."""
+from .cli import main
 
 main()

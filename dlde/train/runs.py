@@ -1,15 +1,42 @@
-"""Reading a run folder written by :func:`dlde.train.train` back into Python objects."""
+"""Run folders: the one owner of what a folder written by :func:`dlde.train.train` holds.
+
+A run folder holds everything a run produces (:attr:`RunFolder.FILES`):
+
+* ``config.json``: the training config, the dataset's class names and category ids, and the
+  environment that decides the numbers besides the config;
+* ``metrics.jsonl``: one JSON object per finished epoch;
+* ``checkpoint.pt``: model, optimizer, schedule and RNG state after the last finished epoch;
+* ``means_history.npy`` ``(epochs + 1, C, d)`` and ``kappa_history.npy`` ``(epochs + 1, C)``:
+  tracked class means and their vMF concentration per epoch (heads with tracked means only).
+
+:class:`RunFolder` answers "is this the same run, and is it finished?" for the trainer, the
+pipeline, the sweeps and the few-shot base runs, and writes the files atomically.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
-from dlde.model.registry import load_detector
+from dlde.files import atomic_save_npy, atomic_write_json, atomic_write_text, read_jsonl
+from dlde.model.builders import load_detector
+from dlde.model.checkpoints import atomic_save
+from dlde.model.registry import HEADS
+
+from .builders import build_datasets
+from .config import TrainConfig, flatten
+
+#: The one list of TrainConfig fields that never change a run's numbers: free to differ between
+#: a run and its resumption, ignored when runs are compared and their folders named. ``threads``
+#: is not here: the intra-op thread count changes how float reductions are split.
+NUMBER_NEUTRAL_FIELDS: tuple[str, ...] = (
+    "run_dir", "resume", "overwrite", "progress", "allow_changed", "device", "num_workers", "eval_batch_size",
+    "dist_timeout_s", "data_root")
 
 
 @dataclass
@@ -22,7 +49,7 @@ class Run:
         class_names: label -> class name.
         category_ids: label -> dataset category id.
         metrics: one dict per finished epoch.
-        means_history: ``(epochs + 1, C, d)`` class means (None for the sigmoid baseline).
+        means_history: ``(epochs + 1, C, d)`` class means (None for heads without tracked means).
         kappa_history: ``(epochs + 1, C)`` vMF concentration of the tracked embeddings (or None).
     """
 
@@ -46,7 +73,6 @@ class Run:
 
     def datasets(self):
         """``(train, val)`` datasets of the run's configuration."""
-        from .loop import TrainConfig, build_datasets
         return build_datasets(TrainConfig.from_dict(self.config))
 
     @property
@@ -55,20 +81,208 @@ class Run:
         return self.metrics[-1] if self.metrics else {}
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Load the record of a run folder (config, metrics and histories; not the model)."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{config_file} not found: is {run_dir} a dlde run folder?")
-    record = json.loads(config_file.read_text())
-    metrics_file = run_dir / "metrics.jsonl"
-    metrics = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-               if metrics_file.exists() else [])
+def run_identity(config: Any) -> dict[str, Any]:
+    """What decides the numbers of a run of ``config`` (a TrainConfig or its dict, flat head
+    option names or a nested ``head_options``), as one flat dict.
 
-    def optional(name):
-        path = run_dir / name
+    The head's options are resolved against its ``Options`` defaults (an option left unset and
+    the same option set to its default are one run); options of other heads and the fields of
+    :data:`NUMBER_NEUTRAL_FIELDS` are left out. ``amp`` recorded as a bool (older records)
+    becomes its mode.
+    """
+    flat = {key: list(value) if isinstance(value, tuple) else value
+            for key, value in flatten(config).items() if key not in NUMBER_NEUTRAL_FIELDS}
+    if isinstance(flat.get("amp"), bool):  # recorded when amp was a bool (True meant CUDA float16)
+        flat["amp"] = "fp16" if flat["amp"] else "off"
+    head = HEADS.get(flat.get("model"))
+    if head is not None:
+        own = {f.name: f.default for f in fields(head.Options)}
+        others = {f.name for other in HEADS.values() for f in fields(other.Options)} - set(own)
+        flat = {key: value for key, value in flat.items() if key not in others}
+        flat.update({name: flat.get(name, default) for name, default in own.items()})
+    return flat
+
+
+class RunFolder:
+    """One run folder: its identity and completion, its files, and their atomic writes.
+
+    Args:
+        path: the folder (it need not exist yet).
+    """
+
+    #: The files a run writes into its folder; any of them present means the folder holds a run.
+    FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "means_history.npy", "kappa_history.npy")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.json"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.checkpoint_file = self.path / "checkpoint.pt"
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ---------------------------------------------------------------------------------- reading
+    def holds_run(self) -> bool:
+        """Whether any of :attr:`FILES` is present."""
+        return any((self.path / name).exists() for name in self.FILES)
+
+    def record(self) -> dict[str, Any] | None:
+        """The parsed ``config.json`` (None if absent).
+
+        Raises:
+            ValueError: it is not a dlde run record (not JSON, or without a ``config`` mapping).
+        """
+        try:
+            text = self.config_file.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(text)
+            if not isinstance(record, dict) or not isinstance(record["config"], dict):
+                raise TypeError("no 'config' mapping")
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{self.config_file}: not a dlde run record ({error})") from None
+        return record
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The saved training config (None without ``config.json``); ``amp`` recorded as a bool
+        (older records) becomes its mode."""
+        record = self.record()
+        if record is None:
+            return None
+        saved = dict(record["config"])
+        if isinstance(saved.get("amp"), bool):
+            saved["amp"] = "fp16" if saved["amp"] else "off"
+        return saved
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl``, one per finished epoch (:func:`dlde.files.read_jsonl`)."""
+        return read_jsonl(self.metrics_file)
+
+    def finished_epochs(self) -> int:
+        """The epoch of the last row of ``metrics.jsonl``; 0 when it is missing or unreadable."""
+        try:
+            rows = self.metrics()
+        except (OSError, ValueError):
+            return 0
+        return int(rows[-1].get("epoch", 0)) if rows else 0
+
+    def config_changes(self, config: Any) -> dict[str, tuple[Any, Any]]:
+        """``{field: (saved, new)}`` for every field of :func:`run_identity` whose saved value
+        differs from ``config``'s (a field the saved record lacks is not a change).
+
+        Raises:
+            FileNotFoundError: the folder has no ``config.json``.
+            ValueError: ``config.json`` is not a dlde run record.
+        """
+        saved = self.saved_config()
+        if saved is None:
+            raise FileNotFoundError(f"{self.config_file} not found: {self.path} holds no run record")
+        old, new = run_identity(saved), run_identity(config)
+        return {key: (old[key], value) for key, value in new.items() if key in old and old[key] != value}
+
+    def state(self, config: Any) -> str:
+        """What the folder holds for ``config`` (a TrainConfig or its dict).
+
+        Returns:
+            ``"complete"`` (same config, last epoch written), ``"partial"`` (same config and a
+            checkpoint to resume from), ``"changed"`` (another config, or an unreadable record)
+            or ``"new"``.
+        """
+        if not self.config_file.exists():
+            return "new"
+        try:
+            if self.config_changes(config):
+                return "changed"
+        except ValueError:
+            return "changed"
+        if self.finished_epochs() >= int(run_identity(config)["epochs"]):
+            return "complete"
+        return "partial" if self.checkpoint_file.exists() else "new"
+
+    def is_complete(self, config: Any) -> bool:
+        """Whether the folder holds the finished run of ``config``."""
+        return self.state(config) == "complete"
+
+    def load(self) -> Run:
+        """The record of the run (config, metrics and histories; not the model)."""
+        record = self.record()
+        if record is None:
+            raise FileNotFoundError(f"{self.config_file} not found: is {self.path} a dlde run folder?")
+        return Run(self.path, record["config"], record["class_names"], record["category_ids"], self.metrics(),
+                   self._optional_array("means_history.npy"), self._optional_array("kappa_history.npy"))
+
+    def _optional_array(self, name: str) -> np.ndarray | None:
+        path = self.path / name
         return np.load(path) if path.exists() else None
 
-    return Run(run_dir, record["config"], record["class_names"], record["category_ids"], metrics,
-               optional("means_history.npy"), optional("kappa_history.npy"))
+    # ---------------------------------------------------------------------------------- claiming
+    def claim(self, config) -> dict[str, Any] | None:
+        """Make sure the folder belongs to the run of ``config`` (a TrainConfig); return the saved
+        record when resuming, None when the run starts afresh.
+
+        A folder holding another run's files is refused unless ``config.resume`` (same config;
+        fields in ``config.allow_changed`` may differ and are recorded in ``config.json`` under
+        ``resumed_with_changes``) or ``config.overwrite`` (the run's own :attr:`FILES` are removed;
+        other files are left alone).
+
+        Raises:
+            FileExistsError: the folder holds a run and neither resume nor overwrite is set, or
+                resume is set and the run has no ``config.json``.
+            ValueError: resuming with a changed config that ``allow_changed`` does not cover.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        present = [name for name in self.FILES if (self.path / name).exists()]
+        if not present:
+            return None
+        if config.overwrite:
+            for name in present:
+                (self.path / name).unlink()
+            return None
+        if not config.resume:
+            raise FileExistsError(f"run folder {self.path} already holds a run ({', '.join(present)}): pass "
+                                  "resume=True (--resume true) to continue it, overwrite=True (--overwrite true) "
+                                  "to replace it, or choose another run_dir")
+        record = self.record()
+        if record is None:
+            raise FileExistsError(f"cannot resume {self.path}: it has no config.json, so its run is unknown; "
+                                  "pass overwrite=True to start afresh")
+        changed = self.config_changes(config)
+        refused = sorted(set(changed) - set(config.allow_changed))
+        if refused:
+            shown = ", ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused)
+            raise ValueError(f"cannot resume {self.path} with a different config ({shown}); resume with the saved "
+                             f"values, or allow the change explicitly with allow_changed={refused}")
+        if changed:
+            record.setdefault("resumed_with_changes", []).append(
+                {"changed": {key: {"from": old, "to": new} for key, (old, new) in changed.items()},
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            record["config"] = config.to_dict()
+            self.write_record(record)
+        return record
+
+    # ---------------------------------------------------------------------------------- writing
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        """``config.json`` (indented JSON), atomically."""
+        atomic_write_json(self.config_file, record)
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``metrics.jsonl``: one JSON object per row, atomically."""
+        atomic_write_text(self.metrics_file, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def write_histories(self, means: Sequence[np.ndarray], kappas: Sequence[np.ndarray]) -> None:
+        """``means_history.npy`` ``(epochs + 1, C, d)`` and ``kappa_history.npy`` ``(epochs + 1, C)``
+        from one array per epoch, atomically; nothing when there are none (no tracked means)."""
+        if len(means):
+            atomic_save_npy(self.path / "means_history.npy", np.stack(means))
+            atomic_save_npy(self.path / "kappa_history.npy", np.stack(kappas))
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """``checkpoint.pt`` (``torch.save`` of plain data, checked before writing), atomically."""
+        atomic_save(state, self.checkpoint_file)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load the record of a run folder (config, metrics and histories; not the model)."""
+    return RunFolder(run_dir).load()

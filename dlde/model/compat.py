@@ -1,0 +1,101 @@
+"""The seed's spellings, kept working: ``DLDENetWithTrackedMeans(classes, resnet, ...)`` with its
+positional arguments and ``forward(images, annotations, initializing)``, and ``SubModule`` (the head
+tower). New code builds ``RetinaNet(..., classification_head=head_factory("dlde", ...))`` or
+:func:`dlde.model.builders.build_detector` ``("dlde", ...)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .detector import RetinaNet
+from .directional import DirectionalClassification
+from .heads import HeadTower
+from .registry import head_factory
+from .tracking import track_batch
+
+#: The seed's name of the head tower.
+SubModule = HeadTower
+
+
+class DLDENetWithTrackedMeans(RetinaNet):
+    """Deep Local Directional Embeddings Net: RetinaNet whose classifier is
+    :class:`dlde.DirectionalClassification` (cosine to tracked class means).
+
+    The seed's entry point, with its positional arguments. Equivalent to
+    ``RetinaNet(classes, ..., classification_head=("dlde", {...}))``.
+
+    Args:
+        classes, resnet, features, anchors, fpn_levels, pretrained, device: as :class:`RetinaNet`.
+        embedding_size: dimension of the per-anchor unit embeddings.
+        assignation_thresholds: IoU thresholds for the loss and for picking tracked anchors.
+        means_update: ``'batch'`` (one update per training batch) or ``'manual'`` (accumulate,
+            then call :meth:`update_means`, e.g. once per epoch).
+        means_lr: step of the ``'batch'`` update (``model.means_lr = x`` changes it).
+        means_init: starting class means: ``'orthogonal'``, ``'random'`` or ``'zeros'`` (the original).
+        init_weight, init_bias: initial ``w`` and ``b`` of :meth:`DirectionalClassification.classify`.
+        classifier_init, means_lr_schedule: see :class:`dlde.DirectionalClassification`.
+        **kwargs: the keyword-only options of :class:`RetinaNet`.
+
+    Defaults differ from the original's (512, lr 0.1, 'zeros'): see
+    :class:`dlde.DirectionalClassification.Options`.
+
+    ``forward(images, annotations=None, initializing=False)``: as :class:`RetinaNet`; training
+    needs ``annotations`` (the means are tracked after the batch is scored), and
+    ``initializing=True`` only tracks the batch (train or eval mode, no gradients) and returns None.
+    """
+
+    #: The head this class builds (``from_checkpoint`` checks it).
+    head_name = "dlde"
+    _Options = DirectionalClassification.Options
+
+    def __init__(self, classes: int, resnet: int = 18, features: Mapping[str, int] | None = None,
+                 anchors: Mapping[str, Sequence[float]] | None = None, fpn_levels: Sequence[int] | None = None,
+                 embedding_size: int = _Options.embedding_size,
+                 assignation_thresholds: Mapping[str, float] | None = None,
+                 means_update: str = _Options.means_update, means_lr: float = _Options.means_lr,
+                 pretrained: bool = True, device: str | torch.device | None = None, *,
+                 means_init: str = _Options.means_init, init_weight: float = _Options.init_weight,
+                 init_bias: float = _Options.init_bias, classifier_init: str = _Options.classifier_init,
+                 means_lr_schedule: str = _Options.means_lr_schedule, **kwargs: Any):
+        if int(embedding_size) < 2:
+            raise ValueError(f"embedding_size must be at least 2, got {embedding_size}")
+        kwargs.pop("classification_head", None)
+        options = {"embedding_size": int(embedding_size), "means_update": means_update,
+                   "means_lr": float(means_lr), "means_init": means_init, "init_weight": init_weight,
+                   "init_bias": init_bias, "classifier_init": classifier_init, "means_lr_schedule": means_lr_schedule}
+        super().__init__(classes, resnet, features, anchors, fpn_levels, pretrained, device,
+                         assignation_thresholds=assignation_thresholds,
+                         classification_head=head_factory("dlde", **options), **kwargs)
+
+    def forward(self, images: Tensor, annotations: Tensor | None = None, initializing: bool = False):
+        """:meth:`dlde.RetinaNet.forward`, plus the seed's ``initializing=True``: only track the batch
+        (:func:`dlde.model.tracking.track_batch`) and return None."""
+        if not initializing:
+            return super().forward(images, annotations)
+        if annotations is None:
+            raise ValueError("initializing=True tracks the means and needs the annotations")
+        track_batch(self, images, annotations)
+        return None
+
+    @property
+    def embedding_size(self) -> int:
+        return self.classification.embedding_size
+
+    @property
+    def means_update(self) -> str:
+        return self.classification.means_update
+
+    @property
+    def means_lr(self) -> float:
+        return self.classification.means_lr
+
+    @means_lr.setter
+    def means_lr(self, value: float) -> None:
+        self.classification.means_lr = value
+
+    @property
+    def means_init(self) -> str:
+        return self.classification.means_init

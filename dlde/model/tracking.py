@@ -1,0 +1,48 @@
+"""The initializing pass of tracked class means: track a batch without scoring or training it."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .losses import check_annotations, drop_degenerate_boxes
+from .modes import snapshot_buffers
+
+
+@torch.no_grad()
+def track_batch(model: nn.Module, images: Tensor, annotations: Tensor) -> None:
+    """Track one batch into ``model.tracked_means`` (no gradient, no scoring), in the model's mode.
+
+    What the seed's ``forward(images, annotations, initializing=True)`` did: the embeddings of the
+    anchors matched to ``annotations`` (the model's own assignment) update the means; BatchNorm
+    layers in training mode update their running statistics as in any training forward. The
+    inputs are checked as by the model's forward (:meth:`dlde.RetinaNet.check_images`, degenerate
+    boxes dropped with one warning), and a refused update (non-finite embeddings) leaves every
+    buffer as it was.
+
+    Args:
+        model: a :class:`dlde.RetinaNet` whose head has tracked means.
+        images: ``(B, 3, H, W)`` network input (``B >= 1``).
+        annotations: ``(B, M, 5)`` x1, y1, x2, y2 in pixels and label, padded with label -1 rows.
+
+    Raises:
+        TypeError: the head keeps no tracked means.
+        ValueError: an empty batch or bad annotations.
+        FloatingPointError: non-finite or absurd pixels, or non-finite embeddings.
+    """
+    if model.tracked_means is None:
+        raise TypeError(f"tracking needs class means; the {model.classification.name!r} head has none")
+    images = model.check_images(images)
+    if images.shape[0] == 0:
+        raise ValueError("an empty batch (0 images) cannot be tracked")
+    annotations = check_annotations(annotations, model.classes, images.shape[0]).to(images.device)
+    annotations = drop_degenerate_boxes(annotations, images.shape[-2:])
+    restore = snapshot_buffers(model) if model.training and model.check_inputs else None
+    try:
+        embeddings = model.classification.embed(model.fpn(images))  # (B, A, d)
+        assignment = model.assign(model.anchors(images), annotations)
+        objects = assignment.objects_mask  # (B, A)
+        model.tracked_means.update(embeddings[objects], assignment.assigned_annotations[..., 4][objects])
+    except BaseException:
+        if restore is not None:
+            restore()  # BatchNorm statistics of a refused training-mode pass are not kept
+        raise

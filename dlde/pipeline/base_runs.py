@@ -1,0 +1,119 @@
+"""The base runs of the few-shot protocol: trained once per head on the base digits, then reused.
+
+The few-shot, unknown-object and retrieval protocols (:mod:`dlde.analysis.fewshot`,
+:mod:`dlde.analysis.openset_protocol`, :mod:`dlde.analysis.retrieval_protocol`) measure base
+models trained on the digits ``BASE_CLASSES`` only. :func:`base_config` derives such a run's
+configuration from another run (or a preset), :func:`ensure_base_run` trains it unless its
+folder already holds it, and :func:`prepare` returns the base models of several heads with the
+ten-digit datasets, as notebooks 05 and 06 and ``benchmarks/few_shot.py`` use them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dlde.analysis.fewshot import BASE_CLASSES, digits_params, few_shot_datasets
+from dlde.data.coco import CocoDetection
+from dlde.data.digits import default_digits_root
+from dlde.train import TrainConfig, train
+from dlde.train.runs import RunFolder
+
+__all__ = ["base_config", "ensure_base_run", "prepare"]
+
+
+def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "digits",
+                base_classes: Sequence[int] = BASE_CLASSES, data_dir: str | Path | None = None,
+                **overrides: Any) -> TrainConfig:
+    """The :class:`dlde.train.TrainConfig` of a base run: a configuration restricted to ``base_classes``.
+
+    Args:
+        model: a head name of :data:`dlde.model.registry.HEADS`.
+        run_dir: the run folder.
+        like: a TrainConfig (or its dict, e.g. a run's ``config.json``) to copy everything else
+            from, so the base runs get the budget of that run; None: the preset ``preset``.
+        preset: a :data:`dlde.train.PRESETS` name (when ``like`` is None).
+        base_classes: digits of the base training (the others never appear).
+        data_dir: folder under which the base digits are generated, in a folder named after their
+            settings (:func:`dlde.default_digits_root`); None: next to ``like``'s data (its
+            parent folder), else ``data``. Ignored when ``data_root`` is among ``overrides``.
+        **overrides: further TrainConfig fields (``epochs``, ``seed``, ...).
+    """
+    values = {"model": model, "run_dir": str(run_dir), "digits_classes": tuple(int(c) for c in base_classes),
+              "resume": False, "overwrite": False, **overrides}
+    if like is not None:
+        like = like.to_dict() if isinstance(like, TrainConfig) else dict(like)
+        config = TrainConfig.from_dict({**like, **values})
+    else:
+        config = TrainConfig.from_dict(values, preset=preset)
+    if "data_root" not in overrides:
+        if data_dir is None:
+            data_dir = Path(like["data_root"]).parent if like is not None and like.get("data_root") else Path("data")
+        config = dataclasses.replace(config, data_root=str(default_digits_root(data_dir, **digits_params(config))))
+    return config
+
+
+def ensure_base_run(config: TrainConfig) -> Path:
+    """Train the base run of ``config`` unless its folder already holds it finished; return the folder.
+
+    What the folder holds is asked of :class:`dlde.train.runs.RunFolder`: a finished run of the
+    same configuration (fields outside :data:`dlde.train.runs.NUMBER_NEUTRAL_FIELDS` equal,
+    ``config.epochs`` epochs written) is reused as it is; an unfinished one with a checkpoint is
+    resumed; one stopped before its first epoch is started afresh; an empty folder is trained.
+
+    Raises:
+        ValueError: the folder holds a run of another configuration (the differing fields are named).
+    """
+    folder = RunFolder(config.run_dir)
+    state = folder.state(config)
+    if state == "changed":
+        shown = ", ".join(f"{key}: {saved!r} -> {wanted!r}" for key, (saved, wanted)
+                          in sorted(folder.config_changes(config).items()))
+        raise ValueError(f"{folder.path} holds another run than the base run asked for ({shown}): "
+                         "delete it or choose another base runs folder")
+    if state == "partial":
+        train(dataclasses.replace(config, resume=True))
+    elif state == "new":  # the same run without a finished epoch replaces only its own files
+        train(dataclasses.replace(config, overwrite=folder.config_file.exists()))
+    return folder.path
+
+
+def prepare(like, base_runs_dir: str | Path, heads: Sequence[str] = ("dlde", "retinanet", "prototypes"), *,
+            epochs: int | None = None, base_classes: Sequence[int] = BASE_CLASSES, preset: str = "digits",
+            data_dir: str | Path | None = None, **overrides: Any
+            ) -> tuple[dict[str, nn.Module], list[str], CocoDetection, CocoDetection]:
+    """Base models (trained on ``base_classes`` if not cached) and the ten-digit datasets.
+
+    Args:
+        like: the TrainConfig (or ``config.json`` dict) the base runs copy, or None for the
+            preset ``preset`` (see :func:`base_config`).
+        base_runs_dir: folder holding one base run per head (``<base_runs_dir>/<head>``).
+        heads: head names.
+        epochs: epochs of the base runs (None: those of ``like`` or the preset).
+        base_classes: digits of the base training.
+        preset: the preset when ``like`` is None.
+        data_dir: see :func:`base_config`.
+        **overrides: further TrainConfig fields of the base runs (``seed``, ...).
+
+    Returns:
+        ``(models, base_names, train_set, val_set)``: head -> base detector in eval mode, the base
+        class names in label order, and the ten-digit train (unflipped) and validation sets.
+    """
+    if epochs:
+        overrides["epochs"] = int(epochs)
+    models, names, config = {}, None, None
+    for head in heads:  # a few heads
+        config = base_config(head, Path(base_runs_dir) / head, like=like, preset=preset, base_classes=base_classes,
+                             data_dir=data_dir, **overrides)
+        run = RunFolder(ensure_base_run(config)).load()
+        models[head] = run.load_model()
+        if names is not None and run.class_names != names:
+            raise ValueError(f"base runs disagree on the classes: {names} vs {run.class_names} ({run.run_dir})")
+        names = run.class_names
+    if config is None:
+        raise ValueError("prepare needs at least one head")
+    train_set, val_set = few_shot_datasets(config)
+    return models, list(names), train_set, val_set

@@ -1,0 +1,107 @@
+"""The command line of the figure pipeline: train the runs of ``figures.yaml``, execute the
+notebooks on them, run sweeps.
+
+::
+
+    python -m dlde.pipeline --config figures.yaml [--only NAME ...] [--tiny] [--threads N]
+                            [--runs-dir DIR] [--figures-dir DIR] [--log-output]
+    python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] [--force] [--fail-fast] [--tiny]
+
+``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``) and
+``notebooks`` (a list of ``{notebook, run, parameters}``), planned by :mod:`.plan`. Each run is
+trained by executing ``01_train.ipynb`` into ``<runs_dir>/<run>/01_train.ipynb``; then every
+listed notebook is executed with papermill into ``<runs_dir>/<run>/<notebook>`` (:mod:`.execute`).
+A notebook writes its figures (PNG + PDF) into the figures folder and its numbers into
+``<runs_dir>/<run>/<stem>/results.json``. Figures of the first run keep their plain names; those
+of any other run are prefixed with the run's name (``sigmoid_train_curves``). At the end
+``figures/index.md`` lists every figure with its notebook and parameters, and
+``figures/metrics.md`` tabulates the final metrics of each run (:mod:`.reports`). The first
+failing notebook stops the pipeline with exit status 1 and the path of the executed notebook
+holding the traceback; ``index.md`` then lists that step as not current.
+
+``sweeps`` (run with ``--sweeps``, separately from the figures) declares ablations over seeds:
+see :mod:`.sweeps`.
+
+While a training notebook runs, one line per finished epoch reports its loss and the elapsed
+and remaining time; a summary table of every step and its time ends the output (:mod:`.progress`).
+
+``--tiny`` swaps in tiny parameters (preset ``tiny``, one epoch, a few images) and writes
+everything under ``<runs_dir>/tiny/`` (figures in ``<runs_dir>/tiny/figures``), so it never
+touches the real figures; the tests use it.
+
+The helpers the notebooks themselves call live in :mod:`dlde.pipeline.notebook`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .execute import NotebookFailed, run_pipeline
+from .plan import make_plan
+from .progress import Summary
+from .sweeps import make_sweep_plan, run_sweeps
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dlde.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="figures.yaml", help="pipeline file (default: figures.yaml)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run only the steps of this run or notebook (e.g. sigmoid, 03_embeddings, 03); repeatable")
+    parser.add_argument("--sweeps", nargs="*", default=None, metavar="NAME",
+                        help="run the sweeps of the config (all, or those named) instead of the figures")
+    parser.add_argument("--force", action="store_true", help="with --sweeps: retrain runs that are already complete")
+    parser.add_argument("--fail-fast", action="store_true", help="with --sweeps: stop at the first failed run")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny parameters, outputs under <runs_dir>/tiny (about a minute; used by the tests)")
+    parser.add_argument("--runs-dir", default=None, help="overrides runs_dir of the config file")
+    parser.add_argument("--figures-dir", default=None, help="overrides figures_dir of the config file")
+    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OpenMP threads per notebook kernel (default: torch's choice); 1 helps on a busy machine")
+    return parser
+
+
+def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
+    """``--sweeps``: run them; the exit status (1 when a run failed)."""
+    if args.only:
+        raise ValueError("--only selects figure steps; with --sweeps name the sweeps instead")
+    plan = make_sweep_plan(args.config, args.sweeps, tiny=args.tiny, runs_dir=args.runs_dir,
+                           figures_dir=args.figures_dir)
+    failures = run_sweeps(plan, force=args.force, fail_fast=args.fail_fast, log_output=args.log_output,
+                          threads=args.threads, summary=summary)
+    for failure in failures:
+        print(f"FAILED {failure.key}: {failure.reason}\n  the traceback is in {failure.executed}",
+              file=sys.stderr, flush=True)
+    print(f"tables and figures in {plan.ablations_dir}", flush=True)
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    summary = Summary()
+
+    def finish(status: int) -> int:
+        print(summary.table(), flush=True)
+        print(f"total wall time {time.perf_counter() - started:.1f} s", flush=True)
+        return status
+
+    try:
+        if args.sweeps is not None:
+            return finish(_sweeps(args, summary))
+        if args.force or args.fail_fast:
+            raise ValueError("--force and --fail-fast apply to --sweeps only")
+        figure_plan = make_plan(args.config, tiny=args.tiny, only=args.only, runs_dir=args.runs_dir,
+                                figures_dir=args.figures_dir)
+        run_pipeline(figure_plan, log_output=args.log_output, threads=args.threads, summary=summary)
+    except NotebookFailed as failure:
+        print(f"FAILED {failure}\n  the traceback is in {failure.executed}", file=sys.stderr, flush=True)
+        return finish(1)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    print(f"figures in {figure_plan.figures_dir} (index.md, metrics.md)")
+    return finish(0)

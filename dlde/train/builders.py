@@ -1,0 +1,99 @@
+"""What a :class:`~dlde.train.config.TrainConfig` builds: datasets, the detector, the optimizer and
+its learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from dlde.data.coco import CocoDetection
+from dlde.data.digits import default_digits_root, make_digits_dataset
+from dlde.data.generated import GeneratedPaths
+from dlde.data.glyphs import default_glyphs_root, make_glyphs_dataset
+from dlde.data.transforms import DetectionTransform
+from dlde.model.builders import build_detector
+from dlde.model.detector import RetinaNet
+
+from .config import TrainConfig
+
+
+def generated_dataset(config: TrainConfig) -> GeneratedPaths | None:
+    """The embedded dataset of a config (``dataset`` 'digits' or 'glyphs'), generated if needed
+    under ``data_root`` (default: ``data/<dataset>-<hash of its settings>``); None for 'coco'."""
+    if config.dataset == "digits":
+        params = dict(seed=config.digits_seed, canvas_size=config.digits_canvas_size,
+                      digit_size=config.digits_size, digits_per_image=config.digits_per_image,
+                      train_images=config.digits_train_images, val_images=config.digits_val_images,
+                      classes=config.digits_classes)
+        return make_digits_dataset(config.data_root or default_digits_root("data", **params), **params)
+    if config.dataset == "glyphs":
+        params = dict(seed=config.glyphs_seed, classes=config.glyphs_classes, canvas_size=config.glyphs_canvas_size,
+                      glyph_size=config.glyphs_size, glyphs_per_image=config.glyphs_per_image,
+                      val_images=config.glyphs_val_images, bucket_shares=config.glyphs_bucket_shares,
+                      max_images=config.glyphs_max_images)
+        return make_glyphs_dataset(config.data_root or default_glyphs_root("data", **params), **params)
+    return None
+
+
+def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
+    """Training and validation datasets of a config (generating the digits or glyphs if needed)."""
+    paths = generated_dataset(config)
+    if paths is not None:
+        train_images, train_annotations = paths.train_images_dir, paths.train_annotations
+        val_images, val_annotations = paths.val_images_dir, paths.val_annotations
+    else:
+        train_images, train_annotations = config.train_images, config.train_annotations
+        val_images, val_annotations = config.val_images, config.val_annotations
+    divisor = 2 ** max(config.fpn_levels)
+    train_tf = DetectionTransform(min_size=config.min_size, max_size=config.max_size,
+                                  flip_prob=config.flip_prob, size_divisor=divisor)
+    val_tf = DetectionTransform(min_size=config.min_size, max_size=config.max_size, size_divisor=divisor)
+    train = CocoDetection(train_images, train_annotations, transform=train_tf)
+    val = CocoDetection(val_images, val_annotations, transform=val_tf)
+    if train.category_ids != val.category_ids:
+        raise ValueError(f"train and val categories differ: {train.category_ids} vs {val.category_ids}")
+    return train, val
+
+
+def build_model(config: TrainConfig, classes: int, class_names: Sequence[str] | None = None) -> RetinaNet:
+    """The detector of a config: the head registered as ``config.model`` (:data:`dlde.model.registry.HEADS`)
+    with the options of ``config.head_options`` it declares, and the dataset's class names (kept in
+    its checkpoints)."""
+    anchors = {key: list(value) for key, value in (("sizes", config.anchor_sizes), ("scales", config.anchor_scales),
+                                                   ("ratios", config.anchor_ratios)) if value is not None}
+    return build_detector(
+        config.model, classes, head_options=config.own_head_options(), resnet=config.resnet,
+        pretrained=config.pretrained, fpn_levels=list(config.fpn_levels), anchors=anchors or None,
+        features={"pyramid": config.pyramid_channels, "regression": config.head_channels,
+                  "classification": config.head_channels},
+        head_convs=config.head_convs, group_norm=config.group_norm, box_loss=config.box_loss,
+        assignation_thresholds={"object": config.object_iou, "background": config.background_iou},
+        class_names=class_names)
+
+
+def build_optimizer(config: TrainConfig, parameters: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9, over ``parameters`` at ``config.lr``."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of :func:`lr_lambda` over ``total_steps`` optimizer steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_lambda(step, total_steps, config))
+
+
+def lr_lambda(step: int, total: int, config: TrainConfig) -> float:
+    """Learning-rate factor at optimizer step ``step`` of ``total``: linear warm-up, then the schedule."""
+    warmup = int(config.warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if config.schedule == "step":
+        return 0.1 ** sum(progress >= m for m in config.step_milestones)
+    return 1.0

@@ -1,0 +1,131 @@
+"""``python -m dlde.train`` (and ``torchrun ... -m dlde.train``): every :class:`TrainConfig` field and
+every option of every registered head is a flag.
+
+The head flags and the ``--model`` choices come from :data:`dlde.model.registry.HEADS` when the
+parser is built, so a head registered at run time is trainable and configurable from the shell.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, Sequence
+
+from dlde.model.registry import HEADS, all_head_options, head_class
+
+from . import distributed
+from .config import CHOICES, PRESETS, TrainConfig, flatten
+from .loop import TrainResult, train
+
+PROG = "python -m dlde.train"
+
+
+def _parser(preset: str = "digits") -> argparse.ArgumentParser:
+    """The CLI: every :class:`TrainConfig` field and head option is a flag; ``--help`` shows the
+    defaults of ``preset``."""
+    parser = _OneLineErrors(
+        prog=PROG, description="Train a detector (DLDENet, the sigmoid baseline, learned cosine prototypes or "
+        "any registered head). Every flag overrides the preset; --help shows the defaults of the preset given "
+        "with --preset.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=preset, help="starting configuration")
+    base = PRESETS[preset]
+    choices = {**CHOICES, "model": tuple(sorted(HEADS))}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "head_options":
+            _add_flag(parser, f.name, _type_name(f.type), f"preset {preset}: {getattr(base, f.name)}",
+                      choices.get(f.name))
+    group = parser.add_argument_group("head options", "options of the heads (--model); a head takes those it has")
+    for name, default in all_head_options().items():
+        owners = [head for head in sorted(HEADS) if name in _option_types(head)]
+        value = base.head_options.get(name, f"the head's default ({default})")
+        _add_flag(group, name, _option_types(owners[0])[name],
+                  f"option of {', '.join(owners)}; preset {preset}: {value}")
+    return parser
+
+
+def _option_types(head: str) -> dict[str, str]:
+    """Option name -> type name of head ``head``'s ``Options``."""
+    return {f.name: _type_name(f.type) for f in dataclasses.fields(head_class(head).Options)}
+
+
+def _type_name(annotation: Any) -> str:
+    """``'float'`` for ``float`` and for the string ``'float'`` (modules with postponed annotations)."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _add_flag(parser, name: str, type_name: str, shown: str, choices: Sequence[Any] | None = None) -> None:
+    """``--name`` (underscores as dashes) parsing a value of the type named ``type_name``."""
+    flag = "--" + name.replace("_", "-")
+    if type_name == "bool":
+        parser.add_argument(flag, dest=name, type=_bool, default=None, metavar="BOOL", help=shown)
+    elif "tuple" in type_name:
+        kind = float if "float" in type_name else str if "str" in type_name else int
+        parser.add_argument(flag, dest=name, type=kind, nargs="+", default=None, help=shown)
+    else:
+        kind = {"int": int, "float": float}.get(type_name.split(" |")[0], str)
+        parser.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=shown)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block, no traceback)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag with its choices)\n")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def arguments(config: TrainConfig, preset: str) -> list[str]:
+    """The arguments of ``python -m dlde.train`` that give ``config``: ``--preset`` plus a flag for
+    every field and head option that differs from the preset.
+
+    Raises:
+        ValueError: a value no flag can express (None where the preset has one, or a head option
+            of the preset that ``config`` lacks).
+    """
+    base, values = flatten(PRESETS[preset]), flatten(config)
+    missing = sorted(set(PRESETS[preset].head_options) - set(config.head_options))
+    if missing:
+        raise ValueError(f"head options {missing} of preset {preset!r} cannot be unset by a flag")
+    words = ["--preset", preset]
+    for name, value in values.items():
+        if name in base and value == base[name]:
+            continue
+        if value is None:
+            raise ValueError(f"{name}=None cannot be passed over preset {preset!r} ({base.get(name)!r})")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag, "true" if value else "false"]
+        elif isinstance(value, (tuple, list)):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    """``python -m dlde.train``: bad values and refused runs end with a one-line error (exit 2)."""
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument("--preset", choices=sorted(PRESETS), default="digits")
+    preset_args, _ = preset_parser.parse_known_args(argv)
+    parser = _parser(preset_args.preset)
+    args = vars(parser.parse_args(argv))
+    preset = args.pop("preset")
+    overrides = {key: value for key, value in args.items() if value is not None}
+    try:
+        config = TrainConfig.from_dict(overrides, preset=preset)
+        result = train(config)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
+        context = distributed.context_from_environment()
+        where = f" (rank {context.rank} of {context.world_size})" if context.distributed else ""
+        parser.exit(2, f"{parser.prog}{where}: error: {error}\n")
+    if distributed.context_from_environment().is_main:
+        print(json.dumps({key: value for key, value in result.metrics[-1].items() if key != "per_class_AP"},
+                         indent=1))
+    return result

@@ -1,0 +1,235 @@
+"""What a training run depends on: :class:`TrainConfig`, its allowed values and the named presets.
+
+The head is named by ``model`` (a key of :data:`dlde.model.registry.HEADS`, read when a config is
+made, so a head registered at run time is accepted) and configured by ``head_options``, one
+mapping of head options. The config may hold options of several heads (a preset sets options
+shared by several); the head built takes those its ``Options`` declare (:meth:`TrainConfig.own_head_options`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from dlde.data.glyphs import GlyphsConfig
+from dlde.model.anchors import DEFAULT_THRESHOLDS
+from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
+from dlde.model.losses import BOX_LOSSES
+from dlde.model.registry import HEADS, all_head_options, head_option_names
+
+from .distributed import DEFAULT_TIMEOUT_S
+
+SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+DATASETS = ("digits", "glyphs", "coco")
+NONFINITE = ("raise", "skip")
+#: Mixed precision: ``'bf16'`` (CPU or GPU) or ``'fp16'`` (CUDA, with a gradient scaler).
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Fields whose allowed values are listed by ``--help`` and checked by the config (the heads of
+#: ``model`` are those of the registry when the config is made).
+CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "box_loss": BOX_LOSSES,
+           "nonfinite": NONFINITE, "amp": tuple(AMP_MODES)}
+_DETECTOR = inspect.signature(RetinaNet.__init__).parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Unknown keys fail loudly (:meth:`from_dict`).
+
+    Data: ``dataset='digits'`` generates the embedded digits dataset under ``data_root`` (see
+    :func:`dlde.make_digits_dataset`, parameters ``digits_*``); ``dataset='glyphs'`` the embedded
+    long-tailed large-vocabulary dataset (:func:`dlde.data.glyphs.make_glyphs_dataset`,
+    parameters ``glyphs_*``); ``dataset='coco'`` reads ``train_images``/``train_annotations``
+    and ``val_images``/``val_annotations``.
+    Model: ``model`` names the head, ``head_options`` sets its options (unset ones take the
+    defaults of the head's ``Options``).
+    """
+
+    run_dir: str = "runs/default"
+    # data
+    dataset: str = "digits"
+    data_root: str | None = None  # digits/glyphs: None derives data/<dataset>-<hash of its settings>
+    train_images: str | None = None
+    train_annotations: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
+    digits_seed: int = 0
+    digits_canvas_size: int = 128
+    digits_size: tuple[int, int] = (20, 40)
+    digits_per_image: tuple[int, int] = (1, 3)
+    digits_train_images: int = 2000
+    digits_val_images: int = 400
+    digits_classes: tuple[int, ...] | None = None
+    glyphs_seed: int = GlyphsConfig.seed
+    glyphs_classes: int = GlyphsConfig.classes
+    glyphs_canvas_size: int = GlyphsConfig.canvas_size
+    glyphs_size: tuple[int, int] = GlyphsConfig.glyph_size
+    glyphs_per_image: tuple[int, int] = GlyphsConfig.glyphs_per_image
+    glyphs_val_images: int = GlyphsConfig.val_images
+    glyphs_bucket_shares: tuple[float, ...] = GlyphsConfig.bucket_shares
+    glyphs_max_images: int = GlyphsConfig.max_images
+    min_size: int = 128
+    max_size: int = 128
+    flip_prob: float = 0.0
+    # model: defaults come from the components (written once there)
+    model: str = "dlde"
+    head_options: dict[str, Any] = field(default_factory=dict)
+    resnet: int = _DETECTOR["resnet"].default
+    pretrained: bool = False  # the detector's default loads ImageNet weights; the trainer starts from scratch
+    fpn_levels: tuple[int, ...] = (3, 4, 5, 6, 7)
+    pyramid_channels: int = DEFAULT_FEATURES["pyramid"]
+    head_channels: int = DEFAULT_FEATURES["classification"]
+    head_convs: int = _DETECTOR["head_convs"].default
+    group_norm: bool = _DETECTOR["group_norm"].default
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_scales: tuple[float, ...] | None = None
+    anchor_ratios: tuple[float, ...] | None = None
+    init_means: bool = False
+    init_batches: int | None = 25
+    object_iou: float = DEFAULT_THRESHOLDS["object"]
+    background_iou: float = DEFAULT_THRESHOLDS["background"]
+    box_loss: str = _DETECTOR["box_loss"].default
+    # optimisation
+    epochs: int = 8
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1
+    schedule: str = "cosine"
+    step_milestones: tuple[float, ...] = (0.67, 0.89)
+    grad_clip: float | None = 10.0
+    amp: str = "off"  # mixed precision: "bf16" (CPU/GPU) or "fp16" (CUDA); cosine and means stay float32
+    channels_last: bool = False  # model and images in channels-last memory format (faster convolutions on GPUs)
+    sync_batchnorm: bool = False  # BatchNorm over the global batch under torchrun; a no-op in one process
+    nonfinite: str = "raise"  # a NaN/Inf input or loss: "raise" (stop, state intact) or "skip" the step (counted)
+    # bookkeeping
+    seed: int = 0
+    threads: int | None = None  # intra-op CPU threads; None: torch's default on this machine (recorded)
+    device: str | None = None
+    num_workers: int = 0
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S  # torchrun: how long a collective waits for a lost rank
+    eval_every: int = 1
+    eval_batch_size: int = 32
+    resume: bool = False
+    overwrite: bool = False  # start afresh in a run folder that holds another run (its run files are replaced)
+    allow_changed: tuple[str, ...] = ()  # with resume: config fields or head options allowed to differ
+    progress: bool = True
+    max_train_batches: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.amp, bool):  # records written when amp was a bool (True meant CUDA float16)
+            object.__setattr__(self, "amp", "fp16" if self.amp else "off")
+        object.__setattr__(self, "head_options", dict(self.head_options))  # never shared with the caller
+        if self.model not in HEADS:
+            raise ValueError(f"model must be one of {', '.join(sorted(HEADS))}; got {self.model!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {getattr(self, name)!r}")
+        unknown = sorted(set(self.head_options) - set(all_head_options()))
+        if unknown:
+            raise ValueError(f"head_options has {unknown}, an option of no registered head; "
+                             f"head options: {sorted(all_head_options())}")
+        if self.dataset == "coco" and not all((self.train_images, self.train_annotations,
+                                               self.val_images, self.val_annotations)):
+            raise ValueError("dataset='coco' needs train_images, train_annotations, val_images and val_annotations")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        unknown = sorted(set(self.allow_changed) - set(field_names()) - set(all_head_options()))
+        if unknown:
+            raise ValueError(f"allow_changed names unknown fields {unknown}")
+
+    def own_head_options(self) -> dict[str, Any]:
+        """The entries of :attr:`head_options` that the head ``model`` declares: what it is built with."""
+        return {name: self.head_options[name] for name in head_option_names(self.model) if name in self.head_options}
+
+    def updated(self, values: Mapping[str, Any]) -> "TrainConfig":
+        """A copy with ``values`` set.
+
+        Keys are TrainConfig fields, or options of any registered head: flat (``means_lr``, as in
+        old ``config.json`` records, ``figures.yaml`` and the notebooks) or in a nested
+        ``head_options`` mapping; both are merged into :attr:`head_options`. Lists become tuples.
+
+        Raises:
+            ValueError: a key is neither a field nor a head option (both lists are named), or a
+                value is invalid.
+        """
+        names, options = field_names(), all_head_options()
+        unknown = sorted(key for key in values if key not in names and key not in options)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}; "
+                             f"head options: {sorted(options)}")
+        changes = {key: tuple(value) if isinstance(value, list) else value
+                   for key, value in values.items() if key in names}
+        head_options = {**self.head_options, **dict(changes.pop("head_options", None) or {}),
+                        **{key: value for key, value in values.items() if key not in names}}
+        return dataclasses.replace(self, **changes, head_options=head_options)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, preset: str | None = None) -> "TrainConfig":
+        """A config from a preset (default: the dataclass defaults) updated with ``values``
+        (:meth:`updated`: flat head option names are routed into :attr:`head_options`)."""
+        base = PRESETS[preset] if preset is not None else cls()
+        return base.updated(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (tuples as lists; :attr:`head_options` nested)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
+def field_names() -> list[str]:
+    """The field names of :class:`TrainConfig`."""
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def flatten(config: Any) -> dict[str, Any]:
+    """A TrainConfig (or its dict) as one flat dict: the entries of ``head_options`` beside the
+    fields, as the flags of ``python -m dlde.train`` and the names of sweep run folders show them."""
+    values = dict(config) if isinstance(config, Mapping) else config.to_dict()
+    return {**{key: value for key, value in values.items() if key != "head_options"},
+            **(values.get("head_options") or {})}
+
+
+#: Named presets. ``digits`` is the default of the paper figures: tuned to reach a high AP on
+#: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
+PRESETS: dict[str, TrainConfig] = {
+    "digits": TrainConfig(
+        run_dir="runs/digits", digits_canvas_size=64, digits_size=(12, 24),
+        digits_per_image=(1, 3), digits_train_images=2000, digits_val_images=400, min_size=64, max_size=64,
+        fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2, group_norm=True,
+        anchor_sizes=(12.0, 24.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), anchor_ratios=(1.0,),
+        head_options={"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.003}, epochs=16,
+        batch_size=16, lr=2e-3, weight_decay=1e-4, box_loss="giou", eval_every=4),
+    "tiny": TrainConfig(
+        run_dir="runs/tiny", digits_canvas_size=64, digits_size=(16, 24), digits_per_image=(1, 2),
+        digits_train_images=32, digits_val_images=16, min_size=64, max_size=64, fpn_levels=(3, 4),
+        digits_classes=(0, 1, 2), pyramid_channels=16, head_channels=16, head_convs=1, group_norm=True,
+        anchor_sizes=(16.0, 32.0),
+        anchor_scales=(1.0,), anchor_ratios=(1.0,), head_options={"embedding_size": 8}, epochs=2, batch_size=8,
+        lr=2e-3, progress=False),
+}
+
+
+def _glyphs_preset(classes: int, epochs: int) -> TrainConfig:
+    """The ``digits`` preset's network and optimizer on the glyphs dataset of ``classes`` classes
+    (default glyphs settings), with 128-d embeddings (issue 16: at 200 classes, 32-d cost DLDENet
+    0.16 AP against the sigmoid head and 128-d nearly closed the gap) and one evaluation at the end."""
+    return dataclasses.replace(
+        PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs", glyphs_classes=classes,
+        min_size=GlyphsConfig.canvas_size, max_size=GlyphsConfig.canvas_size,
+        head_options={**PRESETS["digits"].head_options, "embedding_size": 128}, epochs=epochs, eval_every=epochs)
+
+
+#: Sized for one thread of this 2-core CPU (measured while other jobs held a load of ~2.5):
+#: glyphs-1000 has 4,436 training canvases, 0.57 s per batch of 16, 157 s per epoch, ~30 s of
+#: evaluation: about 8.5 min for its 3 epochs; glyphs-100 has 431 canvases, ~15 s per epoch.
+PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16)
+PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3)

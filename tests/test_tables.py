@@ -1,0 +1,59 @@
+"""The one table writer, the interval cell and the t-interval: the committed tables come back
+byte for byte from the committed numbers."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dlde.analysis.aggregate import sweep_table
+from dlde.analysis.stats import t_interval
+from dlde.analysis.tables import few_shot_table, interval_cell, markdown_table, open_set_table, retrieval_table
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
+
+
+def _nan_for_null(value):
+    """JSON ``null`` (how a NaN is saved) back to NaN, everywhere in ``value``."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
+
+
+def test_markdown_table_lines():
+    assert markdown_table(["a", "b"], [["1", "2"], ["x", ""]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n| x |  |"
+    assert markdown_table(["a"], []) == "| a |\n|---|"
+
+
+def test_interval_cell_leaves_out_what_is_nan():
+    stat = t_interval([1.0, 2.0, 3.0])
+    half = stat["high"] - stat["mean"]
+    assert interval_cell(stat) == f"2.000 [{2 - half:.3f}, {2 + half:.3f}]"
+    assert interval_cell(stat, 1, sd=True) == f"2.0 ± 1.0 [{2 - half:.1f}, {2 + half:.1f}]"
+    assert interval_cell(t_interval([0.25])) == "0.250"
+    assert interval_cell(t_interval([])) == "n/a" and interval_cell(t_interval([]), sd=True, missing="") == ""
+
+
+def test_the_committed_few_shot_benchmark_tables_come_back_from_its_json():
+    data = _nan_for_null(json.loads((FIGURES / "few_shot_benchmark.json").read_text()))
+    text = (FIGURES / "few_shot_benchmark.md").read_text()
+    for table in (few_shot_table(data["few_shot"]), open_set_table(data["open_set"]),
+                  retrieval_table(data["retrieval"])):
+        assert f"\n\n{table}\n\n" in text
+
+
+@pytest.mark.parametrize("csv_file", sorted((FIGURES / "ablations").glob("*.csv")), ids=lambda p: p.stem)
+def test_the_committed_sweep_tables_come_back_from_their_csv(csv_file):
+    rows = []
+    with csv_file.open() as handle:  # full precision, blank for NaN
+        for saved in csv.DictReader(handle):
+            arm, n = saved.pop("arm"), int(saved.pop("n"))
+            rows.append({"arm": arm, "n": n} | {key: math.nan if value == "" else float(value)
+                                                for key, value in saved.items()})
+    text = csv_file.with_suffix(".md").read_text()
+    assert text.startswith(f"# Sweep `{csv_file.stem}`\n\n" + sweep_table(rows))

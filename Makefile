@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: figures ablations figures-tiny test test-fast test-browser lint lab bench clean venv chromium
+.PHONY: figures ablations vocabulary figures-tiny test test-fast test-browser lint lab bench clean venv chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,16 @@ test-fast: $(STAMP) lint
 figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
 
+# The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs, about 80 min with one
+# thread per run); make vocabulary the large-vocabulary sweeps on glyphs (51 runs, about 7 h).
+ABLATIONS := means_lr starting_means means_update embedding_size headline
+VOCABULARY := vocabulary_heads vocabulary_levers
+
 ablations: $(STAMP)
-	$(PY) -m dlde.pipeline --config figures.yaml --sweeps
+	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(ABLATIONS)
+
+vocabulary: $(STAMP)
+	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(VOCABULARY)
 
 figures-tiny: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --tiny

@@ -1,7 +1,13 @@
 """New classes without gradient steps (add_classes, imprint), the few-shot protocol, its base runs,
-the unknown-object and retrieval protocols at tiny size, and notebooks 05/06."""
+the unknown-object and retrieval protocols at tiny size, that none of them depends on a global
+random state, and notebooks 05/06."""
+import ast
+import json
 import math
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import SMALL, batch_annotations
@@ -253,6 +259,197 @@ def test_open_set_and_retrieval_at_tiny_size(tiny_setting):
     examples = retrieval_examples(val_set, retrieval, [0, 1], k=3)
     assert len(examples["query_crops"]) == 2 and len(examples["result_crops"][0]) == 3
     assert examples["result_labels"].shape == (2, 3)
+
+
+# ------------------------------------------------------------ no global random state (issue 18)
+def global_states():
+    """torch's, NumPy's and Python's global generator states."""
+    numpy_state = np.random.get_state()
+    return torch.get_rng_state(), (numpy_state[1].copy(), numpy_state[2]), random.getstate()
+
+
+def assert_same_states(before, after):
+    assert torch.equal(before[0], after[0]), "torch's global generator moved"
+    assert np.array_equal(before[1][0], after[1][0]) and before[1][1] == after[1][1], "NumPy's global generator moved"
+    assert before[2] == after[2], "Python's global generator moved"
+
+
+def use_global_generators(n):
+    """Move every global generator by an amount depending on ``n`` (what earlier code might do)."""
+    torch.rand(1000 * n)
+    np.random.rand(10 * n)
+    [random.random() for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", list(fewshot.METHODS))
+def test_adapt_gives_the_same_model_whatever_ran_before(tiny_setting, method):
+    """A cached rerun of the pipeline reaches the protocol with the global generators elsewhere
+    than a fresh one (which trained the base runs first): the adapted model must not change."""
+    models, train_set, _ = tiny_setting
+    draw = fewshot.draw_shots(train_set, list(fewshot.NOVEL_CLASSES), 1, 1)[0]
+    adapted = []
+    for n in (1, 3):
+        use_global_generators(n)
+        model, _ = fewshot.adapt(models[fewshot.METHODS[method][0]], method, train_set, draw,
+                                 base_names=[str(c) for c in fewshot.BASE_CLASSES],
+                                 settings=fewshot.FineTune(steps=2, batch_size=2), seed=5)
+        adapted.append(model.state_dict())
+    assert adapted[0].keys() == adapted[1].keys()
+    for key, value in adapted[0].items():
+        assert torch.equal(value, adapted[1][key]), key
+
+
+def test_few_shot_protocol_neither_reads_nor_moves_the_global_generators(tiny_setting):
+    models, train_set, val_set = tiny_setting
+
+    def protocol():
+        before = global_states()
+        result = fewshot.run_protocol(models, [str(c) for c in fewshot.BASE_CLASSES], train_set, val_set,
+                                      shots=(1,), draws=1, settings=fewshot.FineTune(steps=2, batch_size=2),
+                                      max_eval_images=2)
+        assert_same_states(before, global_states())
+        return json.dumps([{k: v for k, v in row.items() if k != "seconds"} for row in result["rows"]])
+
+    first = protocol()
+    use_global_generators(2)
+    assert protocol() == first
+
+
+def test_open_set_and_retrieval_leave_the_global_generators_alone(tiny_setting):
+    models, _, val_set = tiny_setting
+    before = global_states()
+    open_set_evaluation(models, val_set, [str(c) for c in fewshot.BASE_CLASSES], max_images=4)
+    retrieval_evaluation(models["dlde"], val_set, max_images=8)
+    assert_same_states(before, global_states())
+
+
+def test_ensure_base_run_leaves_threads_and_global_generators_as_it_found_them(tmp_path, monkeypatch):
+    """Training pins its threads and seeds the global generators; a fresh pipeline run trains the
+    base runs in the process that then measures them, a cached one does not: both must go on alike."""
+    from dlde.pipeline import base_runs
+    from dlde.train.reproducibility import seed_everything
+
+    def trainer(config):  # what dlde.train.train does to the process
+        torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        use_global_generators(1)
+
+    monkeypatch.setattr(base_runs, "train", trainer)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        use_global_generators(4)
+        before = global_states()
+        ensure_base_run(base_config("dlde", tmp_path / "dlde", preset="tiny", data_root=str(tmp_path / "data"),
+                                    threads=1))
+        assert torch.get_num_threads() == 2
+        assert_same_states(before, global_states())
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_of_the_few_shot_path_repeats_a_fresh_one(tmp_path):
+    """Base runs trained here (fresh), then read back from their folders (cached), in one process."""
+    from dlde.pipeline.base_runs import prepare
+
+    def run():
+        models, names, train_set, val_set = prepare(None, tmp_path / "base", preset="tiny", epochs=1,
+                                                    data_dir=tmp_path / "data", digits_train_images=48)
+        result = fewshot.run_protocol(models, names, train_set, val_set, shots=(1, 2), draws=1,
+                                      settings=fewshot.FineTune(steps=2, batch_size=2), max_eval_images=6)
+        return json.dumps({"before": result["before"],
+                           "rows": [{k: v for k, v in r.items() if k != "seconds"} for r in result["rows"]]})
+
+    fresh = run()
+    assert (tmp_path / "base" / "prototypes" / "checkpoint.pt").exists()
+    assert run() == fresh
+
+
+#: torch functions that draw from the global generator unless given one.
+TORCH_DRAWS = {"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal",
+               "bernoulli", "multinomial", "poisson"}
+#: In-place tensor draws and torch.nn.init functions that draw (they take ``generator=`` too).
+METHOD_DRAWS = {"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_", "cauchy_",
+                "log_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                "trunc_normal_", "orthogonal_", "sparse_"}
+#: Seeding or reading torch's global generators.
+TORCH_GLOBAL_STATE = {"manual_seed", "seed", "set_rng_state", "get_rng_state", "initial_seed"}
+#: What of np.random makes a generator of its own (the rest is the legacy global one).
+NUMPY_SEEDED = {"default_rng", "Generator", "SeedSequence", "PCG64"}
+#: ``(module stem, line text)`` of global draws in dlde/analysis that are allowed, with the reason. None today.
+ALLOWED_GLOBAL_DRAWS: dict[tuple[str, str], str] = {}
+
+
+def _generator_taking_functions(package: Path) -> set[str]:
+    """Names of the dlde functions and methods whose ``generator`` argument is optional (None:
+    the global generator)."""
+    names = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                positional = node.args.args[len(node.args.args) - len(node.args.defaults):]
+                optional = positional + [a for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d]
+                if any(a.arg == "generator" for a in optional):
+                    names.add(node.name)
+    return names
+
+
+def _is_global_draw(node: ast.AST, seeded_calls: set[str]) -> bool:
+    """Whether ``node`` draws from, seeds or reads a global random state."""
+    if isinstance(node, ast.Call):
+        func, keywords = node.func, {k.arg for k in node.keywords}
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        owner = ast.unparse(func.value) if isinstance(func, ast.Attribute) else ""
+        unseeded = "generator" not in keywords
+        shuffles = any(k.arg == "shuffle" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                       for k in node.keywords)
+        return ((name in TORCH_DRAWS and owner == "torch" and unseeded)
+                or (name in METHOD_DRAWS | seeded_calls and unseeded)
+                or (name in TORCH_GLOBAL_STATE and owner in ("torch", "torch.random", "torch.cuda"))
+                or (name == "default_rng" and not node.args and "seed" not in keywords)
+                or (name == "DataLoader" and shuffles and unseeded))
+    if isinstance(node, ast.Attribute):
+        owner = ast.unparse(node.value)
+        return (owner in ("np.random", "numpy.random") and node.attr not in NUMPY_SEEDED) or owner == "random"
+    return isinstance(node, ast.Import) and any(alias.name == "random" for alias in node.names)
+
+
+def _global_draws(path: Path, seeded_calls: set[str]) -> list[str]:
+    """``line: text`` of every draw from (or seeding of) a global random state in ``path``."""
+    lines = path.read_text().splitlines()
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if _is_global_draw(node, seeded_calls):
+            text = lines[node.lineno - 1].strip()
+            if (path.stem, text) not in ALLOWED_GLOBAL_DRAWS:
+                found.append(f"{node.lineno}: {text}")
+    return found
+
+
+def test_no_analysis_draws_from_a_global_random_state():
+    """Every random draw in dlde/analysis names its generator (a seeded torch.Generator or
+    np.random.default_rng(seed)), also when it calls a dlde function that takes one (e.g.
+    add_classes growing the prototypes): its numbers must not depend on what ran before."""
+    import dlde
+
+    package = Path(dlde.__file__).parent
+    seeded_calls = _generator_taking_functions(package)
+    assert {"add_classes", "grow"} <= seeded_calls
+    found = {path.name: hits for path in sorted((package / "analysis").glob("*.py"))
+             if (hits := _global_draws(path, seeded_calls))}
+    assert not found, f"draws from a global random state (give them a generator): {found}"
+
+
+def test_the_global_draw_check_finds_what_it_looks_for(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text("import random\nimport numpy as np\nimport torch\n"
+                      "a = torch.randn(3)\nb = torch.randn(3, generator=g)\nc = np.random.rand(2)\n"
+                      "d = np.random.default_rng([0, 1])\ne = add_classes(m, 2)\nf = add_classes(m, 2, generator=g)\n"
+                      "x.normal_()\ntorch.manual_seed(0)\nDataLoader(s, shuffle=True)\nDataLoader(s, shuffle=False)\n"
+                      "rng.normal(size=3)\nrandom.random()\n")
+    lines = [int(hit.split(":")[0]) for hit in _global_draws(source, {"add_classes"})]
+    assert sorted(set(lines)) == [1, 4, 6, 8, 10, 11, 12, 15]
 
 
 # ------------------------------------------------------------------------------- notebooks

@@ -21,7 +21,7 @@ from dlde.pipeline.notebook import read_results
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED = ["01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb", "04_inference.ipynb",
-            "05_few_shot.ipynb", "06_open_set.ipynb"]
+            "05_few_shot.ipynb", "06_open_set.ipynb", "07_vocabulary.ipynb"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,14 +12,21 @@ from dlde.analysis.metric_plots import plot_roc, plot_score_histograms
 from dlde.analysis.openset import (
     absolute_open_set_error,
     auroc,
+    concentration_about,
     cosine_unknown_score,
+    energy_unknown_score,
+    knn_unknown_score,
+    log_odds,
     probability_unknown_score,
     roc_curve,
     unknown_recall_at_known_precision,
     unknown_recall_at_known_recall,
+    vmf_log_normalizer,
+    vmf_unknown_score,
     wilderness_impact,
 )
-from dlde.analysis.openset_protocol import _precision_at_recall
+from dlde.analysis.openset_protocol import SCORES, _flagged, _precision_at_recall, open_set_evaluation
+from dlde.analysis.retrieval import EmbeddingIndex
 
 
 def test_cosine_unknown_score_is_one_minus_nearest_cosine():
@@ -124,3 +131,247 @@ def test_open_set_figures():
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3  # chance + two models
     assert "AUROC" in lines[1].get_label()
+
+
+# ------------------------------------------------------------------ scores from the class statistics
+def log_normalizer_by_integration(kappa, d):
+    """``log C_d(κ)`` from ``1 / C_d(κ) = |S^{d-2}| ∫_{-1}^{1} e^{κt} (1 - t²)^{(d-3)/2} dt``, integrated
+    in log space around the integrand's peak ``t*``."""
+    from scipy.integrate import quad
+    from scipy.special import gammaln
+
+    def log_integrand(t):
+        return kappa * t + (d - 3) / 2 * np.log1p(-t * t)
+
+    peak = 0.0 if kappa == 0 else (-(d - 3) + math.sqrt((d - 3) ** 2 + 4 * kappa**2)) / (2 * kappa)
+    top = log_integrand(peak)
+    integral, _ = quad(lambda t: math.exp(log_integrand(t) - top), -1, 1, points=[peak], epsabs=0, epsrel=1e-12,
+                       limit=500)
+    log_sphere = math.log(2) + (d - 1) / 2 * math.log(math.pi) - gammaln((d - 1) / 2)  # log |S^{d-2}|
+    return -(log_sphere + top + math.log(integral))
+
+
+def test_vmf_log_normalizer_closed_forms():
+    kappa = np.array([1e-3, 0.5, 1.0, 10.0, 100.0, 1e4])
+    log_sinh = kappa + np.log1p(-np.exp(-2 * kappa)) - math.log(2)
+    np.testing.assert_allclose(vmf_log_normalizer(kappa, 3), np.log(kappa) - math.log(4 * math.pi) - log_sinh,
+                               rtol=1e-12)  # C_3 = κ / (4π sinh κ)
+    from scipy.special import i0
+
+    np.testing.assert_allclose(vmf_log_normalizer(kappa[:5], 2), -np.log(2 * math.pi * i0(kappa[:5])), rtol=1e-12)
+    # κ = 0 is the uniform density 1 / |S^{d-1}|; NaN (no estimate) stays NaN
+    np.testing.assert_allclose(vmf_log_normalizer([0.0, 0.0], 3), [-math.log(4 * math.pi)] * 2, rtol=1e-14)
+    np.testing.assert_allclose(vmf_log_normalizer(0.0, 2), -math.log(2 * math.pi), rtol=1e-14)
+    assert np.isnan(vmf_log_normalizer([np.nan, 1.0], 8)[0])
+    with pytest.raises(ValueError, match="kappa must be finite"):
+        vmf_log_normalizer([-1.0], 3)
+    with pytest.raises(ValueError, match="d >= 2"):
+        vmf_log_normalizer([1.0], 1)
+
+
+@pytest.mark.parametrize("d, kappa", [(5, 0.5), (5, 30.0), (32, 1e-6), (32, 10.0), (32, 500.0), (128, 0.0),
+                                      (128, 3.0), (128, 1e4), (1024, 100.0), (1024, 2000.0)])
+def test_vmf_log_normalizer_matches_numeric_integration(d, kappa):
+    expected = log_normalizer_by_integration(kappa, d)
+    assert vmf_log_normalizer(kappa, d) == pytest.approx(expected, rel=1e-9, abs=1e-8)
+
+
+def test_vmf_log_normalizer_stable_for_large_kappa_and_d():
+    from scipy.special import ive
+
+    assert ive(1024 / 2 - 1, 100.0) < 1e-300  # d = 1024, κ = 100 takes the asymptotic expansion ...
+    assert np.isfinite(vmf_log_normalizer(100.0, 1024))  # ... and stays finite (tested against the integral above)
+    kappa = np.array([1e4, 1e6, 1e8, 6e8])  # 6e8 ~ the largest κ̂ the clipped mean resultant length gives
+    values = vmf_log_normalizer(kappa, 128)
+    assert np.isfinite(values).all()
+    # log C_d(κ) -> (d - 1)/2 log κ - κ - (d - 1)/2 log 2π for large κ
+    asymptote = 127 / 2 * np.log(kappa) - kappa - 127 / 2 * math.log(2 * math.pi)
+    np.testing.assert_allclose(values - asymptote, 0.0, atol=0.2)
+    assert abs(values[-1] - asymptote[-1]) < 1e-5
+    # the expansion and the scaled Bessel function agree where both hold (v = 199)
+    from dlde.analysis.openset import _log_bessel_iv_debye
+
+    k = np.array([30.0, 199.0, 1000.0])
+    np.testing.assert_allclose(_log_bessel_iv_debye(199.0, k), np.log(ive(199.0, k)) + k, rtol=1e-12)
+
+
+def test_vmf_score_uses_the_concentration():
+    means = torch.eye(3)[:2]  # classes along e0 and e1 of R^3
+    at_cos = lambda c, axis: torch.tensor([[c, 0.0, math.sqrt(1 - c * c)]])[:, [axis, 1 - axis, 2]]  # noqa: E731
+    # equal κ: a point near a class is less unknown than one between the classes
+    near, between = torch.tensor([[0.999, 0.0447, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    scores = vmf_unknown_score(torch.cat([near, between]), means, [200.0, 200.0])
+    assert scores[0] < scores[1]
+    # a point at cosine 0.9 of a concentrated class (κ 1000) is less likely than at 0.9 of a broad one (κ 5)
+    # (the cosine score ties them); log C_3(κ) + κ cos by hand, the other class (cosine 0) the maximum or not
+    kappa = np.array([1000.0, 5.0])
+    log_c = np.log(kappa) - math.log(4 * math.pi) - (kappa + np.log1p(-np.exp(-2 * kappa)) - math.log(2))
+    points = torch.cat([at_cos(0.9, 0), at_cos(0.9, 1), at_cos(1.0, 0)])
+    expected = -np.maximum(log_c + kappa * np.array([[0.9, 0.0], [0.0, 0.9], [1.0, 0.0]]), -np.inf).max(axis=1)
+    torch.testing.assert_close(vmf_unknown_score(points, means, kappa), torch.from_numpy(expected).double())
+    assert expected[0] > expected[1] > expected[2]
+    torch.testing.assert_close(cosine_unknown_score(points[:2], means), torch.full((2,), 0.1))
+
+
+def test_vmf_score_leaves_out_classes_without_concentration_or_mean():
+    means = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    points = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    only_second = vmf_unknown_score(points, means[1:2], [3.0])
+    torch.testing.assert_close(vmf_unknown_score(points, means, [np.nan, 3.0, 7.0]), only_second)
+    with pytest.raises(ValueError, match="no class has both"):
+        vmf_unknown_score(points, means, [np.nan, np.nan, 1.0])
+    with pytest.raises(ValueError, match="kappa"):
+        vmf_unknown_score(points, means, [1.0, 2.0])
+    with pytest.raises(ValueError, match="are zero"):
+        vmf_unknown_score(torch.zeros(1, 2), means, [1.0, 1.0, 1.0])
+
+
+def test_concentration_about_a_given_direction():
+    theta = 0.3
+    e = torch.tensor([[math.cos(theta), math.sin(theta)], [math.cos(theta), -math.sin(theta)],  # class 0
+                      [0.0, 1.0],  # class 1: one embedding
+                      [-1.0, 0.0], [-0.8, 0.6]])  # class 2: pointing away from its direction
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    directions = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    kappa = concentration_about(e, labels, directions)
+    r = math.cos(theta)
+    assert kappa[0] == pytest.approx(r * (2 - r**2) / (1 - r**2))  # Banerjee's κ̂ with R̄ = mean cosine
+    assert np.isnan(kappa[1]) and kappa[2] == 0.0 and np.isnan(kappa[3])  # 1 sample, R̄ < 0, no direction
+
+
+def test_energy_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), -math.inf]])
+    torch.testing.assert_close(energy_unknown_score(logits), torch.tensor([-math.log(4.0), -math.log(2.0)]).double())
+    torch.testing.assert_close(energy_unknown_score(logits[:1], temperature=2.0),
+                               torch.tensor([-2 * math.log(1 + math.sqrt(3.0))]).double())
+    for bad in ([[math.nan, 0.0]], [[math.inf, 0.0]], [[-math.inf, -math.inf]]):
+        with pytest.raises(ValueError, match="logits must be finite"):
+            energy_unknown_score(torch.tensor(bad))
+    with pytest.raises(ValueError, match="temperature"):
+        energy_unknown_score(logits, temperature=0.0)
+
+
+def test_log_odds_are_each_heads_logits():
+    z = torch.linspace(-10, 10, 41)
+    error = (log_odds(torch.sigmoid(z)[None])[0] - z.double()).abs()  # sigmoid heads: the pre-sigmoid values ...
+    assert (error <= 2.0**-23 * (1 + z.double().exp()) + 1e-6).all()  # ... up to the float32 rounding of p
+    p = log_odds(torch.tensor([[0.5, 0.25, 0.0, 1.0]]))[0]
+    tiny, top = torch.finfo(torch.float32).tiny, 1 - 2.0**-24  # clipped to the float32 range below 1
+    torch.testing.assert_close(p, torch.tensor([0.0, -math.log(3.0), math.log(tiny / (1 - tiny)),
+                                                math.log(top / (1 - top))]).double())
+    # DLDENet: p = sigmoid(z) / sigmoid(m), z = |w| (cos + b), m = |w| (1 + b): z - log sigmoid(m) - log(1 - e^(z - m))
+    w, b = 9.0, -0.4
+    cos = torch.tensor([-0.5, 0.0, 0.5, 0.9], dtype=torch.float64)
+    z, m = w * (cos + b), torch.tensor(w * (1 + b), dtype=torch.float64)
+    expected = z - torch.nn.functional.logsigmoid(m) - torch.log(-torch.expm1(z - m))
+    torch.testing.assert_close(log_odds((torch.sigmoid(z) / torch.sigmoid(m))[None])[0], expected)
+
+
+def test_knn_distance_on_a_toy_gallery():
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [math.cos(0.1), math.sin(0.1)]])
+    queries = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
+    # cosines: query 0 -> 1, 0, -1, cos 0.1; query 1 -> 0, -1, 0, -sin 0.1
+    torch.testing.assert_close(knn_unknown_score(queries, gallery, k=1), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(knn_unknown_score(queries, EmbeddingIndex(gallery), k=2),
+                               torch.tensor([1 - math.cos(0.1), 1.0]))
+    torch.testing.assert_close(knn_unknown_score(queries, gallery, k=3), torch.tensor([1.0, 1 + math.sin(0.1)]))
+    torch.testing.assert_close(knn_unknown_score(queries, gallery, k=4), torch.tensor([2.0, 2.0]))
+    with pytest.raises(ValueError, match="k must lie"):
+        knn_unknown_score(queries, gallery, k=5)
+
+
+def toy_open_set(seed=0, d=8, classes=3, per_class=20, unknown=15, noise=0.1):
+    """Known embeddings around ``classes`` orthogonal means, unknown ones around another axis, a gallery
+    of other known samples and the probabilities of a cosine head ``sigmoid(10 cos - 5)``."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.eye(d)[:classes]
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    sample = lambda centres: torch.nn.functional.normalize(  # noqa: E731
+        centres + noise * torch.randn(centres.shape, generator=g), dim=1)
+    known, gallery = sample(means[labels]), sample(means[labels])
+    unknown_e = sample(torch.eye(d)[classes + 1].expand(unknown, d))
+    probabilities = lambda e: torch.sigmoid(10 * e @ means.T - 5)  # noqa: E731
+    return means, known, unknown_e, gallery, labels, probabilities
+
+
+def test_every_score_separates_a_toy_open_set():
+    means, known, unknown, gallery, labels, probabilities = toy_open_set()
+    kappa = concentration_about(gallery, labels, means)
+    assert (kappa > 50).all()
+    scores = {
+        "probability": lambda e: probability_unknown_score(probabilities(e)),
+        "cosine": lambda e: cosine_unknown_score(e, means),
+        "vmf": lambda e: vmf_unknown_score(e, means, kappa),
+        "energy": lambda e: energy_unknown_score(log_odds(probabilities(e))),
+        "knn": lambda e: knn_unknown_score(e, gallery, k=5),
+    }
+    assert set(scores) == set(SCORES)
+    for name, score in scores.items():
+        assert auroc(score(known), score(unknown)) == 1.0, name
+        assert unknown_recall_at_known_precision(score(known), score(unknown))["known_recall"] == 1.0, name
+
+
+def test_flagged_drops_or_relabels_by_threshold():
+    per_image = [{"boxes": torch.zeros(3, 4), "scores": torch.tensor([0.9, 0.8, 0.7]),
+                  "labels": torch.tensor([0, 1, 2]), "vmf": torch.tensor([-1.0, 2.0, 0.5])}]
+    assert _flagged(per_image, "vmf", 0.5)[0]["labels"].tolist() == [0, -1, 2]
+    kept = _flagged(per_image, "vmf", 0.5, drop=True)[0]
+    assert kept["labels"].tolist() == [0, 2] and kept["scores"].tolist() == pytest.approx([0.9, 0.7])
+    assert _flagged(per_image, "vmf", math.nan)[0]["labels"].tolist() == [0, 1, 2]  # no operating point
+
+
+# ------------------------------------------------------------------------ the protocol, tiny
+@pytest.fixture(scope="module")
+def tiny_open_set(tmp_path_factory):
+    """Untrained tiny base models on 0-6 (keeping every detection) and the ten-digit tiny datasets."""
+    from dlde.analysis import fewshot
+    from dlde.pipeline.base_runs import base_config
+    from dlde.train import build_model
+
+    root = tmp_path_factory.mktemp("openset")
+    torch.manual_seed(0)
+    models, config = {}, None
+    for name in ("dlde", "retinanet", "prototypes"):
+        config = base_config(name, root / name, preset="tiny", data_root=str(root / "data" / "base"),
+                             digits_train_images=24)
+        models[name] = build_model(config, len(fewshot.BASE_CLASSES)).eval()
+        models[name].score_threshold = 0.0  # untrained: the sigmoid head scores about its prior, 0.01
+    train_set, val_set = fewshot.few_shot_datasets(config)
+    return models, [str(c) for c in fewshot.BASE_CLASSES], train_set, val_set
+
+
+def test_open_set_evaluation_every_score_at_tiny_size(tiny_open_set):
+    models, names, train_set, val_set = tiny_open_set
+    common = {"max_images": 8, "iou": 0.3}  # untrained boxes: a looser match
+    default = open_set_evaluation(models, val_set, names, **common)
+    given = np.full(len(names), 40.0)
+    given[0] = np.nan
+    out = open_set_evaluation(models, val_set, names, **common, scores=SCORES, train_set=train_set,
+                              concentrations={"dlde": given}, knn_k=3)
+    for name, metrics in out["models"].items():
+        has_space = name != "retinanet"
+        kinds = list(SCORES) if has_space else ["probability", "energy"]
+        assert [k for k in SCORES if k in metrics] == kinds
+        assert set(metrics["skipped"]) == (set() if has_space else {"cosine", "vmf", "knn"})
+        assert metrics["known_detections"] == default["models"][name]["known_detections"] > 0
+        for kind in kinds:
+            values = out["scores"][name][kind]
+            assert np.isfinite(values["known"]).all() and np.isfinite(values["unknown"]).all()
+            flagged = metrics[kind]["A-OSE_flagged"]
+            assert isinstance(flagged, int) and flagged <= metrics["A-OSE"]
+            assert "wilderness_impact_flagged" in metrics[kind]
+        for kind in ("probability", "cosine"):  # the default scores are those of the default call
+            if kind in default["models"][name]:
+                for split in ("known", "unknown"):
+                    np.testing.assert_array_equal(out["scores"][name][kind][split],
+                                                  default["scores"][name][kind][split])
+                assert "wilderness_impact_flagged" not in default["models"][name][kind]
+    dlde, prototypes = out["models"]["dlde"], out["models"]["prototypes"]
+    assert dlde["vmf_kappa_source"] == "given" and np.isnan(dlde["vmf_kappa"][0]) and dlde["vmf_kappa"][1] == 40.0
+    assert prototypes["vmf_kappa_source"] == "training boxes" and len(prototypes["vmf_kappa"]) == len(names)
+    assert prototypes["knn_k"] == 3 and prototypes["knn_gallery"] > 3
+    assert "skipped" not in default["models"]["dlde"] and list(default["scores"]["dlde"]) == ["probability", "cosine"]
+    with pytest.raises(ValueError, match="need train_set"):
+        open_set_evaluation(models, val_set, names, **common, scores=["knn"])
+    with pytest.raises(ValueError, match="distinct names"):
+        open_set_evaluation(models, val_set, names, **common, scores=["cosine", "mahalanobis"])

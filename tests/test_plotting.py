@@ -5,6 +5,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -22,10 +26,13 @@ from dlde.analysis.embedding_plots import (  # noqa: E402
     plot_embedding_2d,
     plot_sphere,
 )
-from dlde.analysis.metric_plots import plot_training_curves  # noqa: E402
+from dlde.analysis.metric_plots import MAX_CLASS_BARS, plot_per_class_ap, plot_training_curves  # noqa: E402
 from dlde.analysis.plotting import class_colors, save_figure  # noqa: E402
 
 NAMES = ["cat", "dog", "car"]
+FIXTURES = Path(__file__).parent / "fixtures"
+#: The matplotlib that drew the PNG fixtures (other versions may rasterise text differently).
+FIXTURE_MATPLOTLIB = "3.11.2"
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +77,89 @@ def test_training_curves_with_no_data_still_draw_two_panels():
     fig = plot_training_curves([{"epoch": 0}])
     assert len(fig.axes) == 2
     assert all(not ax.lines for ax in fig.axes)
+
+
+DIGITS_AP = {str(c): round(0.05 + 0.09 * c, 3) for c in range(10)}
+
+
+@pytest.mark.skipif(matplotlib.__version__ != FIXTURE_MATPLOTLIB,
+                    reason=f"PNG fixtures drawn by matplotlib {FIXTURE_MATPLOTLIB}")
+@pytest.mark.parametrize("models, title, dpi, fixture", [
+    (False, None, 150, "per_class_ap_10.png"),
+    (True, "two", 50, "per_class_ap_10_two_models_dpi50.png"),
+])
+def test_per_class_ap_bars_unchanged_for_ten_classes(tmp_path, models, title, dpi, fixture):
+    # the fixtures are the bytes plot_per_class_ap wrote before the ranked view was added
+    ap = DIGITS_AP
+    if models:
+        ap = {"dlde": DIGITS_AP, "sigmoid": {k: 1 - v for k, v in list(DIGITS_AP.items())[:-1]}}
+    (path,) = save_figure(plot_per_class_ap(ap, title=title, dataset=SimpleNamespace(
+        class_names=list(DIGITS_AP), frequencies=["r"] * 10)), tmp_path, "ap", formats=("png",), dpi=dpi)
+    assert path.read_bytes() == (FIXTURES / fixture).read_bytes()
+
+
+def test_per_class_ap_bars_up_to_max_classes():
+    ap = {f"class_{c}": c / MAX_CLASS_BARS for c in range(MAX_CLASS_BARS)}
+    fig = plot_per_class_ap({"a": ap, "b": ap})
+    (ax,) = fig.axes
+    assert_allclose(fig.get_size_inches(), [0.5 * MAX_CLASS_BARS * 2 + 2, 4])
+    assert [len(bars) for bars in ax.containers] == [MAX_CLASS_BARS, MAX_CLASS_BARS]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(ap)
+
+
+def _thousand_classes():
+    """AP per class, names and LVIS buckets of 1,000 classes; class 7 is the best, 3 the worst."""
+    rng = np.random.default_rng(0)
+    names = [f"glyph_{c}" for c in range(1000)]
+    names[7] = "mathematical_bold_italic_capital_a_with_a_long_name"
+    letters = rng.choice(["r", "c", "f"], size=1000, p=[0.3, 0.45, 0.25])
+    letters[:3] = ["r", "c", "f"]
+    ap = {n: float(v) for n, v in zip(names, rng.uniform(0.05, 0.9, size=1000))}
+    ap[names[7]], ap[names[3]] = 0.99, 0.0
+    return ap, SimpleNamespace(class_names=names, frequencies=letters.tolist())
+
+
+def test_per_class_ap_ranks_many_classes_in_a_bounded_figure():
+    ap, dataset = _thousand_classes()
+    start = time.perf_counter()
+    fig = plot_per_class_ap(ap, dataset=dataset)
+    fig.canvas.draw()
+    assert time.perf_counter() - start < 2.0
+    width, height = fig.get_size_inches()
+    assert width == pytest.approx(3.4) and height < 4
+    panel, strip = fig.axes
+    curve = panel.lines[0]
+    assert_array_equal(curve.get_xdata(), np.arange(1, 1001))
+    assert_allclose(curve.get_ydata(), sorted(ap.values(), reverse=True))
+    letters = np.array(dataset.frequencies)
+    values = np.array(list(ap.values()))
+    means = [line.get_ydata()[0] for line in panel.lines[1:]]  # all, then rare, common, frequent
+    assert_allclose(means, [values.mean(), *(values[letters == b].mean() for b in "rcf")])
+    assert len({line.get_linestyle() for line in panel.lines[1:]}) == 4  # the buckets read in grey too
+    highest, lowest = (t.get_text() for t in panel.texts)
+    assert highest.splitlines()[1] == "mathematical_bold_italic_ca… 0.99"
+    assert lowest.splitlines()[1] == "glyph_3 0.00"
+    rows = strip.collections  # one row of ticks per bucket
+    assert [len(row.get_positions()) for row in rows] == [int(np.sum(letters == b)) for b in "rcf"]
+    assert [row.get_lineoffset() for row in rows] == [2, 1, 0]  # rare on top
+    assert dict(zip(strip.get_yticks(), (t.get_text() for t in strip.get_yticklabels()))) == {
+        2: "rare", 1: "common", 0: "frequent"}
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"{name} ({np.sum(letters == b)})" for b, name in zip("rcf", ("rare", "common", "frequent"))] \
+        + ["all"]
+
+
+def test_per_class_ap_ranked_without_frequencies_and_for_two_models():
+    ap, dataset = _thousand_classes()
+    fig = plot_per_class_ap(ap)  # no dataset: no buckets
+    (panel,) = fig.axes
+    assert len(panel.lines) == 2 and not fig.legends
+    missing = dict(list(ap.items())[:-10])  # sigmoid lacks 10 classes
+    fig = plot_per_class_ap({"dlde": ap, "sigmoid": missing}, dataset=SimpleNamespace(
+        class_names=dataset.class_names, frequencies=None))
+    assert len(fig.axes) == 2 and fig.get_size_inches()[1] < 6
+    assert [len(ax.lines[0].get_xdata()) for ax in fig.axes] == [1000, 990]
+    assert fig.axes[1].get_title().startswith("sigmoid: mean AP ")
 
 
 def test_angular_drift_one_line_per_class():

@@ -5,7 +5,8 @@ A sweep (``figures.yaml``, section ``sweeps``) trains every arm once per seed. F
 per arm, the number of seeds, the mean, the sample standard deviation and a 95 % confidence
 interval of the mean from the t-distribution over seeds; :func:`write_sweep` writes
 ``<out_dir>/<sweep>.md``, ``.csv``, ``.json`` (what made it, for ``figures/index.md``) and a
-figure with error bars (``.png`` + ``.pdf``).
+figure with error bars (``.png`` + ``.pdf``). Runs evaluated with LVIS's frequency buckets (a
+large-vocabulary dataset such as ``glyphs``) add the columns of :data:`VOCABULARY_METRICS`.
 
 Everything here is a pure function of run folders or metric dicts, so it is tested on
 hand-made inputs.
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dlde.evaluation.lvis_eval import FREQUENCY_BUCKETS
 from dlde.train.runs import RunFolder
 
 from .plotting import save_figure
@@ -33,6 +35,14 @@ from .tables import interval_cell, markdown_table
 METRICS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "AP75": "AP75",
                            "min_angle_deg": "min. angle between means (°)", "kappa": "final κ̂",
                            "ECE": "ECE (IoU ≥ 0.5)"}
+#: Tabulated only when the runs were evaluated with LVIS's frequency buckets (so the tables of the
+#: digits sweeps keep their columns): APr, APc, APf of the last epoch and the training time per
+#: epoch (the mean over epochs of ``train_time_s``, without validation), in seconds.
+VOCABULARY_METRICS: dict[str, str] = {"APr": "APr", "APc": "APc", "APf": "APf",
+                                      "epoch_time_s": "training time per epoch (s)"}
+BUCKET_METRICS = tuple(FREQUENCY_BUCKETS)  # APr, APc, APf
+#: Column order when the vocabulary columns are shown.
+_ORDER = ("AP", "AP50", "AP75", "APr", "APc", "APf", "min_angle_deg", "kappa", "ECE", "epoch_time_s")
 #: Where 01_train writes its results.json inside a run folder (holds the calibration error).
 TRAIN_RESULTS = Path("01_train") / "results.json"
 SWEEP_RECORD_SUFFIX = ".json"  # <out_dir>/<sweep>.json: what made the table (read by figures/index.md)
@@ -76,7 +86,9 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
     Returns:
         ``AP``, ``AP50``, ``AP75`` of the last epoch of ``metrics.jsonl``; ``min_angle_deg``
         from the last row of ``means_history.npy`` and ``kappa`` from ``kappa_history.npy``
-        (NaN for heads without tracked means).
+        (NaN for heads without tracked means); ``ECE`` from 01_train's ``results.json``. Only
+        when the run has them: ``APr``, ``APc``, ``APf`` (when the last epoch holds them) and
+        ``epoch_time_s`` (when the epochs hold ``train_time_s``).
 
     Raises:
         ValueError: the folder holds no finished epoch.
@@ -94,7 +106,26 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
     results = run_dir / TRAIN_RESULTS
     ece = json.loads(results.read_text()).get("ECE") if results.exists() else None
     summary["ECE"] = nan if ece is None else float(ece)
+    summary.update({key: (nan if last[key] is None else float(last[key])) for key in BUCKET_METRICS if key in last})
+    times = [float(row["train_time_s"]) for row in rows if row.get("train_time_s") is not None]
+    if times:
+        summary["epoch_time_s"] = float(np.mean(times))
     return summary
+
+
+def has_buckets(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any row of :func:`summarize_arms` holds a finite bucket metric (APr, APc or APf)."""
+    return any(math.isfinite(row.get(f"{metric}_mean", math.nan)) for row in rows for metric in BUCKET_METRICS)
+
+
+def tabulated(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics of the table of ``rows``: :data:`METRICS`, and :data:`VOCABULARY_METRICS`
+    where the runs were evaluated with frequency buckets (:func:`has_buckets`)."""
+    return list(_ORDER) if has_buckets(rows) else list(METRICS)
+
+
+def _title(metric: str) -> str:
+    return METRICS.get(metric) or VOCABULARY_METRICS[metric]
 
 
 def max_mean_cosine(means_history: Any) -> np.ndarray:
@@ -152,12 +183,15 @@ def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
 
     Returns:
         One row per arm, in the order given: ``arm``, ``n`` (seeds) and, per metric ``m``,
-        ``m_mean``, ``m_sd``, ``m_low``, ``m_high``.
+        ``m_mean``, ``m_sd``, ``m_low``, ``m_high``; the metrics of :data:`VOCABULARY_METRICS`
+        too when any summary holds a bucket metric.
     """
+    buckets = any(metric in s for summaries in arms.values() for s in summaries for metric in BUCKET_METRICS)
+    metrics = _ORDER if buckets else METRICS
     rows = []
     for arm, summaries in arms.items():
         row: dict[str, Any] = {"arm": arm, "n": len(summaries)}
-        for metric in METRICS:
+        for metric in metrics:
             stats = t_interval([s.get(metric) for s in summaries], confidence)
             row.update({f"{metric}_{key}": stats[key] for key in ("mean", "sd", "low", "high")})
         rows.append(row)
@@ -166,28 +200,30 @@ def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
 
 # ---------------------------------------------------------------------------------- output
 def _digits(metric: str) -> int:
-    return 1 if metric in ("min_angle_deg", "kappa") else 3
+    return 1 if metric in ("min_angle_deg", "kappa", "epoch_time_s") else 3
 
 
 def sweep_table(rows: Sequence[Mapping[str, Any]], confidence: float = CONFIDENCE) -> str:
     """The rows of :func:`summarize_arms` as a markdown table: ``mean ± sd [low, high]`` per cell.
 
-    A metric an arm does not have (e.g. the angle for the sigmoid head) is left blank.
+    A metric an arm does not have (e.g. the angle for the sigmoid head) is left blank; the
+    columns are those of :func:`tabulated`.
     """
     percent = f"{100 * confidence:g} %"
-    header = ["arm", "seeds"] + [f"{title} mean ± sd [{percent} CI]" for title in METRICS.values()]
+    metrics = tabulated(rows)
+    header = ["arm", "seeds"] + [f"{_title(metric)} mean ± sd [{percent} CI]" for metric in metrics]
     cells = [[str(row["arm"]), str(row["n"])]
              + [interval_cell({key: row[f"{metric}_{key}"] for key in ("mean", "sd", "low", "high")},
-                              _digits(metric), sd=True, missing="") for metric in METRICS]
+                              _digits(metric), sd=True, missing="") for metric in metrics]
              for row in rows]
     return markdown_table(header, cells) + "\n"
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """The rows of :func:`summarize_arms` as CSV (full precision; blank for NaN)."""
+    """The rows of :func:`summarize_arms` as CSV (full precision; blank for NaN), the metrics of :func:`tabulated`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["arm", "n"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "low", "high")]
+    columns = ["arm", "n"] + [f"{m}_{k}" for m in tabulated(rows) for k in ("mean", "sd", "low", "high")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
@@ -213,7 +249,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], title: str = "",
     """
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in rows)] or ["AP"]
+    metrics = [m for m in tabulated(rows) if any(math.isfinite(r[f"{m}_mean"]) for r in rows)] or ["AP"]
     ncols = min(columns, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
@@ -233,7 +269,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], title: str = "",
         ax.errorbar(x, mean, yerr=errors, fmt="o", capsize=4, color="tab:blue")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.5, len(rows) - 0.5)
-        ax.set_title(METRICS[metric], fontsize=10)
+        ax.set_title(_title(metric), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)

@@ -275,7 +275,9 @@ def adapt(base_model: nn.Module, method: str, dataset: CocoDetection, shots: Sho
         shots: the k-shot draw.
         base_names: the base model's class names (label order), names of ``dataset`` classes.
         settings: fine-tuning settings (methods that fine-tune).
-        seed: seed of the fine-tuning batches.
+        seed: seed of the adaptation's random draws: the novel classes' random start (heads that
+            draw one: the learned prototypes) and the fine-tuning batches (:func:`fine_tune`), each
+            from its own generator, so the result never depends on what ran before in the process.
 
     Returns:
         ``(model, {"steps", "seconds"})``: the model has labels ``base_names`` then the novel
@@ -289,7 +291,7 @@ def adapt(base_model: nn.Module, method: str, dataset: CocoDetection, shots: Sho
     novel = list(shots.boxes)
     novel_names = [dataset.class_names[c] for c in novel]
     started = time.perf_counter()
-    new_labels = add_classes(model, len(novel), names=novel_names)
+    new_labels = add_classes(model, len(novel), names=novel_names, generator=torch.Generator().manual_seed(seed))
     lookup = _label_map(dataset, list(base_names) + novel_names)
     base_labels = [dataset.class_names.index(name) for name in base_names]
     images, annotations, per_class_boxes = _shot_batch(dataset, shots, base_labels, lookup)
@@ -387,7 +389,8 @@ def run_protocol(base_models: Mapping[str, nn.Module], base_names: Sequence[str]
         methods: keys of :data:`METHODS`.
         settings: fine-tuning settings.
         max_eval_images: evaluate on the first images of ``val_set`` only (None: all).
-        seed: seed of the draws and the fine-tuning batches.
+        seed: seed of the draws, the novel classes' random start and the fine-tuning batches
+            (draw ``j`` is adapted with seed ``seed + j``, see :func:`adapt`).
         progress: print one line per (method, k, draw).
 
     Returns:

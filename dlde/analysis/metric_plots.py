@@ -12,13 +12,23 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .calibration import ece_of_curve
 from .embeddings import to_numpy
 from .plotting import class_colors
+from .vocabulary_plots import BUCKET_COLORS, WIDTH
 
-__all__ = ["plot_training_curves", "plot_per_class_ap", "plot_reliability", "plot_score_histograms", "plot_roc"]
+__all__ = ["MAX_CLASS_BARS", "plot_training_curves", "plot_per_class_ap", "plot_reliability", "plot_score_histograms",
+           "plot_roc"]
+
+#: Most classes :func:`plot_per_class_ap` draws as bars; beyond, it ranks them in a figure of fixed size.
+MAX_CLASS_BARS = 60
+#: LVIS bucket letter -> line style of its mean in the ranked view (so the buckets read in grey too).
+_BUCKET_LINES = {"r": ":", "c": "--", "f": "-."}
+_NAMED = 3  # classes named at each end of the ranked view
+_NAME_CHARS = 28  # longer class names are cut there in the ranked view
 
 
 def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
@@ -62,23 +72,39 @@ def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
 def plot_per_class_ap(
     per_class_ap: Mapping[str, float] | Mapping[str, Mapping[str, float]],
     title: str | None = None,
+    *,
+    dataset: Any = None,
 ) -> Figure:
-    """Bar chart of AP per class, for one model or side by side for several.
+    """AP per class, for one model or side by side for several: bars for up to
+    :data:`MAX_CLASS_BARS` classes, the classes ranked by AP beyond.
 
     Args:
         per_class_ap: class name -> AP (one model, e.g. ``evaluate(...)["per_class"]``), or
             model name -> (class name -> AP). Classes are drawn in first-seen order; a class
             missing for a model is left empty.
-        title: axis title (default "AP per class").
+        title: axis title (default "AP per class"); the figure's title in the ranked view.
+        dataset: the evaluated dataset (a :class:`dlde.data.coco.CocoDetection`), optional: when
+            its ``frequencies`` (label -> ``r``/``c``/``f``) are not None, the ranked view marks
+            each class's LVIS frequency bucket (matched by ``class_names``). The bars ignore it.
 
     Returns:
-        Figure with one axis holding one bar container per model, one bar per class.
+        Up to :data:`MAX_CLASS_BARS` classes: a figure with one axis holding one bar container
+        per model, one bar per class, its width growing with the classes. More classes: a figure
+        3.4 inches wide whatever their number: per model a panel of its AP per class sorted in
+        descending order with the mean AP (and each bucket's) as horizontal lines and the highest
+        and lowest classes named, and with frequencies a strip under it marking each bucket's
+        classes by rank (see :func:`_plot_ranked_ap`).
     """
     if not per_class_ap:
         raise ValueError("per_class_ap is empty")
     first = next(iter(per_class_ap.values()))
     models = dict(per_class_ap) if isinstance(first, Mapping) else {"": per_class_ap}
     classes = list(dict.fromkeys(name for ap in models.values() for name in ap))
+    title = title or "AP per class"
+    if len(classes) > MAX_CLASS_BARS:
+        frequencies = getattr(dataset, "frequencies", None)
+        buckets = dict(zip(dataset.class_names, frequencies)) if frequencies is not None else {}
+        return _plot_ranked_ap(models, classes, title, buckets)
     colors = class_colors(len(models))
     width = 0.8 / len(models)
     x = np.arange(len(classes))
@@ -89,10 +115,107 @@ def plot_per_class_ap(
         ax.bar(x - 0.4 + (k + 0.5) * width, np.nan_to_num(values), width=width, color=colors[k],
                label=model or "_nolegend_")
     ax.set_xticks(x, classes)
-    ax.set(ylim=(0, 1), ylabel="AP", title=title or "AP per class")
+    ax.set(ylim=(0, 1), ylabel="AP", title=title)
     if len(models) > 1:
         ax.legend(fontsize="small")
     return fig
+
+
+def _plot_ranked_ap(models: Mapping[str, Mapping[str, float]], classes: list[str], title: str,
+                    buckets: Mapping[str, str]) -> Figure:
+    """The ranked view of :func:`plot_per_class_ap`, 3.4 inches wide whatever the number of classes.
+
+    Per model a panel of its AP per class in descending order (:func:`_ranked_panel`) and, with
+    ``buckets`` (class name -> ``r``/``c``/``f``), a strip under it marking the rank of each
+    bucket's classes in one row per bucket (:func:`_bucket_strip`); the legend under the
+    panels gives each bucket's colour, the line style of its mean and its number of classes.
+    """
+    letters = np.array([buckets.get(c) for c in classes], dtype=object)  # (C,) None outside the buckets
+    present = [letter for letter in BUCKET_COLORS if np.any(letters == letter)]
+    rows = (2.0, 0.12 + 0.12 * len(present)) if present else (2.0,)  # panel, strip: inches
+    fig, axes = plt.subplots(len(rows) * len(models), 1, sharex=True, layout="constrained",
+                             figsize=(WIDTH, 0.55 + sum(rows) * len(models)),
+                             gridspec_kw={"height_ratios": rows * len(models)})
+    axes = np.atleast_1d(axes).reshape(len(models), len(rows))  # (models, panel [+ strip])
+    for row, (model, ap) in zip(axes, models.items()):
+        values = np.array([ap.get(c, np.nan) for c in classes], dtype=np.float64)  # (C,)
+        order = np.flatnonzero(np.isfinite(values))  # classes the model lacks left out
+        order = order[np.argsort(-values[order], kind="stable")]  # (K,) class indices, highest AP first
+        _ranked_panel(row[0], model, [classes[c] for c in order], values[order], letters[order])
+        if present:
+            _bucket_strip(row[1], letters[order], present)
+    axes[-1, -1].set_xlabel(f"class rank by AP ({len(classes):,} classes)", fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    if present:
+        handles = [Line2D([], [], color=BUCKET_COLORS[letter][1], linestyle=_BUCKET_LINES[letter],
+                          label=f"{BUCKET_COLORS[letter][0]} ({int(np.sum(letters == letter))})")
+                   for letter in present]
+        handles.append(Line2D([], [], color="black", linewidth=0.8, label="all"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=6,
+                   title="classes per bucket; lines: mean AP", title_fontsize=6, frameon=False,
+                   handlelength=2.2, columnspacing=1.0)
+    return fig
+
+
+def _ranked_panel(ax, model: str, names: list[str], ranked: np.ndarray, letters: np.ndarray) -> None:
+    """One model's AP per class in descending order, x = rank (1 = highest).
+
+    Draws the AP as a grey step line, its mean as a black line and each bucket's mean as a line in
+    the bucket's colour and line style, and names the ``_NAMED`` highest classes (lower left)
+    and the lowest (upper right); the title gives the means.
+
+    Args:
+        ax: the panel.
+        model: its name ("" for none).
+        names: (K,) class names in rank order.
+        ranked: (K,) their AP, descending.
+        letters: (K,) their bucket letters, or None.
+    """
+    rank = np.arange(1, len(ranked) + 1)  # (K,)
+    ax.plot(rank, ranked, color="0.45", linewidth=1.0, drawstyle="steps-mid")
+    ax.axhline(ranked.mean(), color="black", linewidth=0.8)
+    means = []
+    for letter, (_, color) in BUCKET_COLORS.items():
+        mine = letters == letter  # (K,)
+        if mine.any():
+            ax.axhline(ranked[mine].mean(), color=color, linestyle=_BUCKET_LINES[letter], linewidth=1.2)
+            means.append(f"{letter} {ranked[mine].mean():.3f}")
+    bucket_means = f" ({', '.join(means)})" if means else ""
+    ax.set_title(f"{model}: " * bool(model) + f"mean AP {ranked.mean():.3f}{bucket_means}", fontsize=7)
+    named = {"highest": (range(min(_NAMED, len(ranked))), 0.02, 0.03, "left", "bottom"),
+             "lowest": (range(len(ranked) - 1, max(len(ranked) - 1 - _NAMED, -1), -1), 0.98, 0.97, "right", "top")}
+    for head, (picked, x, y, ha, va) in named.items():
+        text = "\n".join([f"{head} AP:", *(f"{_short(names[k])} {ranked[k]:.2f}" for k in picked)])
+        ax.text(x, y, text, transform=ax.transAxes, fontsize=6, ha=ha, va=va,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.0})
+    ax.set(ylim=(0, 1), xlim=(0.5, max(len(ranked), 1) + 0.5))
+    ax.set_ylabel("AP", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _bucket_strip(ax, letters: np.ndarray, present: list[str]) -> None:
+    """Under a :func:`_ranked_panel`: one row per bucket letter of ``present`` (named on the y
+    axis), a tick in the bucket's colour at the rank of each of its classes.
+
+    Args:
+        ax: the strip.
+        letters: (K,) the bucket letter of each rank, or None.
+        present: the bucket letters to draw, top row first.
+    """
+    ax.eventplot([np.flatnonzero(letters == letter) + 1 for letter in present],
+                 lineoffsets=np.arange(len(present))[::-1], linelengths=0.8, linewidths=0.4,
+                 colors=[BUCKET_COLORS[letter][1] for letter in present])
+    ax.set_yticks(np.arange(len(present))[::-1], [BUCKET_COLORS[letter][0] for letter in present])
+    ax.set_ylim(-0.5, len(present) - 0.5)
+    ax.tick_params(labelsize=6, length=0)
+    ax.tick_params(axis="x", labelsize=7)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+
+
+def _short(name: str) -> str:
+    """``name`` cut to ``_NAME_CHARS`` characters."""
+    return name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…"
 
 
 

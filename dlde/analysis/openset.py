@@ -4,7 +4,12 @@ An *unknown score* is high when a detection looks like none of the known classes
 
 - DLDENet: ``1 - max_c cos(e, mu_c)`` for the detection's unit embedding ``e`` and the tracked
   class means ``mu_c`` (:func:`cosine_unknown_score`, in [0, 2]);
-- a sigmoid (or any probability) head: ``1 - max_c p_c`` (:func:`probability_unknown_score`).
+- a sigmoid (or any probability) head: ``1 - max_c p_c`` (:func:`probability_unknown_score`);
+- a class density: minus the von Mises-Fisher log-likelihood of the most likely class, with each
+  class's concentration κ̂ and the normalizing constant (:func:`vmf_unknown_score`, SIREN);
+- the free energy of the class logits ``-T logsumexp(logits / T)`` (:func:`energy_unknown_score`
+  of :func:`log_odds`, VOS);
+- the cosine distance to the k-th nearest training embedding (:func:`knn_unknown_score`).
 
 The metrics take the unknown scores of detections that match a known object (``known``) and
 of detections that match an unknown object (``unknown``); unknown is the positive class.
@@ -21,21 +26,32 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from dlde.model.means import kappa_from_resultant
+
 from .calibration import DEFAULT_IOU
+from .retrieval import EmbeddingIndex
 
 __all__ = [
+    "DEFAULT_KNN_K",
     "DEFAULT_KNOWN_PRECISION",
     "absolute_open_set_error",
     "auroc",
+    "concentration_about",
     "cosine_unknown_score",
+    "energy_unknown_score",
+    "knn_unknown_score",
+    "log_odds",
     "probability_unknown_score",
     "roc_curve",
     "unknown_recall_at_known_precision",
     "unknown_recall_at_known_recall",
+    "vmf_log_normalizer",
+    "vmf_unknown_score",
     "wilderness_impact",
 ]
 
 DEFAULT_KNOWN_PRECISION = 0.95  # operating point of unknown_recall_at_known_precision/_recall
+DEFAULT_KNN_K = 10  # neighbour of knn_unknown_score (a gallery of a few thousand training boxes)
 
 
 def cosine_unknown_score(embeddings: Any, means: Any) -> torch.Tensor:
@@ -77,6 +93,228 @@ def probability_unknown_score(probabilities: Any) -> torch.Tensor:
     if p.ndim != 2 or p.shape[1] == 0:
         raise ValueError(f"probabilities must have shape (N, C) with C >= 1, got {tuple(p.shape)}")
     return 1.0 - p.max(dim=1).values
+
+
+# ------------------------------------------------------------------ scores from the class statistics
+def vmf_log_normalizer(kappa: Any, d: int) -> np.ndarray:
+    """``log C_d(κ)`` of the von Mises-Fisher density ``f(e) = C_d(κ) exp(κ μᵀe)`` on the unit sphere of R^d.
+
+    ``log C_d(κ) = (d/2 − 1) log κ − (d/2) log 2π − log I_{d/2−1}(κ)``, with the modified Bessel
+    function taken as ``log I_v(κ) = log ive(v, κ) + κ`` (scipy's exponentially scaled ``ive``: no
+    overflow at any κ). Where ``ive`` underflows (``< 1e-300``: only for large ``v`` well above
+    κ, e.g. d = 1024 and κ = 100) ``log I_v`` comes from the uniform asymptotic (Debye) expansion
+    to third order (:func:`_log_bessel_iv_debye`; ``v`` is then above about 140 and the error
+    below 1e-10), or from the power series for tiny κ. κ = 0 gives the uniform density,
+    ``log C_d(0) = log Γ(d/2) − log 2 − (d/2) log π`` (the limit of the formula).
+
+    Args:
+        kappa: concentrations κ >= 0, any shape; NaN stays NaN (a class without an estimate).
+        d: dimension of the embeddings, >= 2.
+
+    Returns:
+        ``log C_d(κ)`` (float64, the shape of ``kappa``).
+    """
+    from scipy.special import gammaln, ive
+
+    if int(d) != d or d < 2:
+        raise ValueError(f"the vMF density needs d >= 2 dimensions, got {d}")
+    shape = np.shape(kappa)
+    kappa = np.asarray(kappa, dtype=np.float64).reshape(-1)
+    if (kappa < 0).any() or np.isinf(kappa).any():
+        raise ValueError("kappa must be finite and >= 0 (NaN marks a class without an estimate)")
+    v = d / 2 - 1
+    positive = kappa > 0
+    k = kappa[positive]
+    log_i = ive(v, k)  # e^-κ I_v(κ), then log I_v(κ)
+    representable = log_i > 1e-300
+    log_i[representable] = np.log(log_i[representable]) + k[representable]
+    if not representable.all():
+        log_i[~representable] = _log_bessel_iv_small(v, k[~representable])
+    out = np.full(kappa.shape, np.nan)
+    out[positive] = v * np.log(k) - (d / 2) * np.log(2 * np.pi) - log_i
+    out[kappa == 0] = gammaln(d / 2) - np.log(2.0) - (d / 2) * np.log(np.pi)
+    return out.reshape(shape)
+
+
+def _log_bessel_iv_small(v: float, kappa: np.ndarray) -> np.ndarray:
+    """``log I_v(κ)`` where ``ive`` underflows: the power series to its fourth term where
+    ``κ² / 4(v + 1) <= 1e-3`` (relative error below 1e-13), Debye's expansion elsewhere (there
+    ``v`` exceeds about 140)."""
+    from scipy.special import gammaln
+
+    x = kappa**2 / 4
+    small = x <= 1e-3 * (v + 1)
+    out = np.empty_like(kappa)
+    xs = x[small]
+    series = 1 + xs / (v + 1) * (1 + xs / (2 * (v + 2)) * (1 + xs / (3 * (v + 3))))
+    out[small] = v * np.log(kappa[small] / 2) - gammaln(v + 1) + np.log(series)
+    if not small.all():
+        out[~small] = _log_bessel_iv_debye(v, kappa[~small])
+    return out
+
+
+def _log_bessel_iv_debye(v: float, kappa: np.ndarray) -> np.ndarray:
+    """Uniform asymptotic expansion of ``log I_v(v z)`` for large ``v`` (DLMF 10.41.3), terms
+    ``u_1..u_3``: ``v η − log(2π v)/2 − log(1 + z²)/4 + log(1 + u_1(t)/v + u_2(t)/v² + u_3(t)/v³)``
+    with ``η = sqrt(1 + z²) + log(z / (1 + sqrt(1 + z²)))`` and ``t = 1 / sqrt(1 + z²)``."""
+    z = np.asarray(kappa, dtype=np.float64) / v
+    root = np.sqrt(1.0 + z**2)
+    t = 1.0 / root
+    eta = root + np.log(z) - np.log1p(root)
+    u1 = (3 * t - 5 * t**3) / 24
+    u2 = (81 * t**2 - 462 * t**4 + 385 * t**6) / 1152
+    u3 = (30375 * t**3 - 369603 * t**5 + 765765 * t**7 - 425425 * t**9) / 414720
+    return v * eta - 0.5 * np.log(2 * np.pi * v) - 0.5 * np.log(root) + np.log1p(u1 / v + u2 / v**2 + u3 / v**3)
+
+
+def _unit_embeddings(embeddings: Any) -> torch.Tensor:
+    """(N, d) float64 unit rows; a zero row raises."""
+    e = torch.as_tensor(embeddings).detach().cpu().double()
+    if e.ndim != 2:
+        raise ValueError(f"need embeddings (N, d), got {tuple(e.shape)}")
+    norm = e.norm(dim=1, keepdim=True)
+    if (norm == 0).any():
+        raise ValueError(f"embeddings rows {torch.nonzero(norm[:, 0] == 0)[:5, 0].tolist()} "
+                         "are zero and have no direction")
+    return e / norm
+
+
+def vmf_unknown_score(embeddings: Any, means: Any, kappa: Any) -> torch.Tensor:
+    """``−max_c [log C_d(κ_c) + κ_c μ_cᵀ e]``: minus the vMF log-likelihood of the most likely class.
+
+    Each known class is a vMF density with mean direction ``μ_c`` (the tracked mean, or a learned
+    prototype) and concentration ``κ_c`` (its κ̂), normalizing constant included
+    (:func:`vmf_log_normalizer`), as in SIREN (Du et al., NeurIPS 2022). Unlike the cosine score,
+    a detection at a given angle from a concentrated class is less likely (scores higher) than at
+    the same angle from a broad one. The maximum over classes (not the log of the equal-weight
+    mixture, ``logsumexp``) is used: it is the likelihood of the class the detection would be
+    given, and the two differ by at most ``log C`` over ``C`` classes.
+
+    Classes left out: those whose mean is zero (never seen) and those whose κ̂ is NaN (fewer than
+    2 embeddings behind the estimate): no density can be evaluated for them.
+
+    Args:
+        embeddings: (N, d) embeddings (normalized here; a zero row raises).
+        means: (C, d) class mean directions (normalized here).
+        kappa: (C,) concentrations κ̂ >= 0, NaN for a class without an estimate.
+
+    Returns:
+        (N,) float64 scores (any sign; high = unknown).
+    """
+    e = _unit_embeddings(embeddings)
+    m = torch.as_tensor(means).detach().cpu().double()
+    kappa = torch.as_tensor(kappa).detach().cpu().double()
+    if m.ndim != 2 or m.shape[1] != e.shape[1] or kappa.shape != (m.shape[0],):
+        raise ValueError(f"need embeddings (N, d), means (C, d) and kappa (C,), got {tuple(e.shape)}, "
+                         f"{tuple(m.shape)} and {tuple(kappa.shape)}")
+    m_norm = m.norm(dim=1)
+    usable = (m_norm > 0) & ~torch.isnan(kappa)
+    if not usable.any():
+        raise ValueError("no class has both a mean direction and a concentration (κ̂ is NaN or the mean zero)")
+    k = kappa[usable]
+    log_c = torch.from_numpy(vmf_log_normalizer(k.numpy(), e.shape[1]))
+    log_likelihood = log_c + k * (e @ (m[usable] / m_norm[usable, None]).T)  # (N, C_usable)
+    return -log_likelihood.max(dim=1).values
+
+
+def concentration_about(embeddings: Any, labels: Any, directions: Any) -> np.ndarray:
+    """κ̂ of each class around a given mean direction (a prototype or tracked mean).
+
+    With the mean direction ``μ_c`` known, the maximum-likelihood κ solves ``A_d(κ) = r̄_c``
+    with ``r̄_c`` the mean of ``μ_cᵀ e`` over the class's embeddings; Banerjee's approximation
+    (:func:`dlde.model.means.kappa_from_resultant`) solves it, as for the tracked κ̂ (where the
+    mean is the embeddings' own). ``r̄_c`` below 0 gives κ̂ = 0.
+
+    Args:
+        embeddings: (N, d) embeddings (normalized here; a zero row raises).
+        labels: (N,) class ids in ``[0, C)``.
+        directions: (C, d) class mean directions (normalized here; a zero row gives NaN).
+
+    Returns:
+        (C,) float64 κ̂; NaN for classes with fewer than 2 embeddings or no direction.
+    """
+    e = _unit_embeddings(embeddings)
+    m = torch.as_tensor(directions).detach().cpu().double()
+    labels = torch.as_tensor(labels).detach().cpu().long()
+    if m.ndim != 2 or m.shape[1] != e.shape[1] or labels.shape != (e.shape[0],):
+        raise ValueError(f"need embeddings (N, d), labels (N,) and directions (C, d), got {tuple(e.shape)}, "
+                         f"{tuple(labels.shape)} and {tuple(m.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= m.shape[0]):
+        raise ValueError(f"labels must lie in [0, {m.shape[0]})")
+    m_norm = m.norm(dim=1, keepdim=True)
+    cosines = (e * (m / m_norm.clamp(min=1e-300))[labels]).sum(dim=1)  # (N,) cosine to the own direction
+    counts = torch.bincount(labels, minlength=m.shape[0]).numpy()
+    sums = np.bincount(labels.numpy(), weights=cosines.numpy(), minlength=m.shape[0])
+    r_bar = np.divide(sums, counts, out=np.zeros(len(counts)), where=counts > 0)
+    kappa = kappa_from_resultant(np.clip(r_bar, 0.0, 1.0), counts, e.shape[1])
+    kappa[m_norm[:, 0].numpy() == 0] = np.nan
+    return kappa
+
+
+def log_odds(probabilities: Any) -> torch.Tensor:
+    """Per-class logits ``log p − log(1 − p)`` of per-class probabilities (float64).
+
+    For a sigmoid head (the ordinary one, learned prototypes) they are its pre-sigmoid values;
+    for DLDENet's scaled sigmoid ``p = sigmoid(z) / sigmoid(m)`` (``z = |w|(cos + b)``,
+    ``m = |w|(1 + b)``) they are ``z − log sigmoid(m) − log(1 − e^{z − m})``. Computed from the
+    float32 probabilities the heads return, so ``p`` is first clipped to
+    ``[2^-126, 1 − 2^-24]`` (the float32 range below 1): logits lie in about ``[−87.3, 16.6]``,
+    and detections surer than ``p = 1 − 2^-24`` tie.
+
+    Args:
+        probabilities: (N, C) probabilities in [0, 1].
+
+    Returns:
+        (N, C) float64 logits.
+    """
+    p = torch.as_tensor(probabilities).detach().cpu().double()
+    if p.ndim != 2 or p.shape[1] == 0:
+        raise ValueError(f"probabilities must have shape (N, C) with C >= 1, got {tuple(p.shape)}")
+    p = p.clamp(float(torch.finfo(torch.float32).tiny), 1.0 - 2.0**-24)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def energy_unknown_score(logits: Any, temperature: float = 1.0) -> torch.Tensor:
+    """The free energy ``−T logsumexp(logits / T)`` of the class logits (VOS, Du et al., ICLR 2022).
+
+    Low (very negative) when some class is sure of the detection, high when none is: an unknown
+    score as it stands. ``−inf`` logits (a class that cannot fire) contribute nothing.
+
+    Args:
+        logits: (N, C) class logits (e.g. :func:`log_odds` of a head's probabilities).
+        temperature: ``T > 0``.
+
+    Returns:
+        (N,) float64 scores.
+    """
+    z = torch.as_tensor(logits).detach().cpu().double()
+    if z.ndim != 2 or z.shape[1] == 0:
+        raise ValueError(f"logits must have shape (N, C) with C >= 1, got {tuple(z.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if torch.isnan(z).any() or (z == float("inf")).any() or (z == float("-inf")).all(dim=1).any():
+        raise ValueError("logits must be finite or -inf, with at least one finite logit per row")
+    return -temperature * torch.logsumexp(z / temperature, dim=1)
+
+
+def knn_unknown_score(embeddings: Any, gallery: Any, k: int = DEFAULT_KNN_K) -> torch.Tensor:
+    """Cosine distance ``1 − cos`` to the k-th nearest training embedding (Sun et al., ICML 2022).
+
+    On unit vectors the k-th nearest neighbour by cosine is the k-th by Euclidean distance
+    (``|a − b|² = 2 − 2 cos``), the distance of the deep nearest-neighbour detector.
+
+    Args:
+        embeddings: (N, d) embeddings (normalized here; a zero row raises).
+        gallery: an :class:`dlde.analysis.retrieval.EmbeddingIndex` of the training embeddings of
+            the known classes, or their (M, d) array.
+        k: the neighbour whose distance is the score, ``1 <= k <= M``.
+
+    Returns:
+        (N,) float32 scores in [0, 2].
+    """
+    index = gallery if isinstance(gallery, EmbeddingIndex) else EmbeddingIndex(gallery)
+    cosines, _ = index.search(embeddings, int(k))  # (N, k), most similar first
+    return (1.0 - cosines[:, -1]).clamp(0.0, 2.0)
 
 
 def _scores(known: Any, unknown: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,8 @@ scores of :mod:`dlde.analysis.openset` and counted by its metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,31 +18,43 @@ from torchvision.ops import box_iou
 
 from dlde.data.coco import CocoDetection
 from dlde.data.transforms import collate
+from dlde.model.modes import evaluating
 
 from .calibration import DEFAULT_IOU, match_detections
 from .inspection import device_of
 from .openset import (
+    DEFAULT_KNN_K,
     DEFAULT_KNOWN_PRECISION,
     absolute_open_set_error,
     auroc,
+    concentration_about,
     cosine_unknown_score,
+    energy_unknown_score,
+    knn_unknown_score,
+    log_odds,
     probability_unknown_score,
     roc_curve,
     unknown_recall_at_known_precision,
+    vmf_unknown_score,
     wilderness_impact,
 )
-from .retrieval import box_embeddings
+from .retrieval import EmbeddingIndex, box_embeddings
 
-__all__ = ["WI_RECALL", "open_set_evaluation", "open_set_summary"]
+__all__ = ["SCORES", "WI_RECALL", "open_set_evaluation", "open_set_summary"]
 
 #: Operating recall of ORE's wilderness impact.
 WI_RECALL = 0.8
+#: Every unknown score :func:`open_set_evaluation` can compute (``scores=``); the last three are opt-in.
+SCORES = ("probability", "cosine", "vmf", "energy", "knn")
+_EMBEDDING_SCORES = ("cosine", "vmf", "knn")  # need the box's embedding: heads with an embedding space
 
 
 @torch.no_grad()
 def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection, known_names: Sequence[str], *,
                         max_images: int | None = None, score_threshold: float | None = None, iou: float = DEFAULT_IOU,
-                        precision: float = DEFAULT_KNOWN_PRECISION, batch_size: int = 32) -> dict[str, Any]:
+                        precision: float = DEFAULT_KNOWN_PRECISION, batch_size: int = 32,
+                        scores: Sequence[str] | None = None, train_set: CocoDetection | None = None,
+                        concentrations: Mapping[str, Any] | None = None, knn_k: int = DEFAULT_KNN_K) -> dict[str, Any]:
     """Unknown-object detection by base models on images that also hold unknown classes.
 
     Every detection (``model.predict``: one label per box) is matched to the ground-truth object
@@ -51,13 +64,18 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
     with an embedding space, ``cosine`` = 1 - the cosine of the box's embedding
     (:func:`dlde.analysis.retrieval.box_embeddings`) to the nearest class direction (DLDENet's tracked
     means, the learned prototypes). For those heads a detection whose box gets no anchor (a
-    duplicate of another detected box under another class) is left out.
+    duplicate of another detected box under another class) is left out. Opt-in (``scores``):
+    ``energy`` of the class logits of the detection's anchor (:func:`dlde.analysis.openset.log_odds`;
+    every head); for heads with an embedding space ``vmf`` (mean: the class direction; κ̂:
+    ``concentrations[name]``, else :func:`dlde.analysis.openset.concentration_about` the box
+    embeddings of ``train_set``'s known-class boxes) and ``knn`` (gallery: those embeddings).
 
     Per model and score: AUROC, the ROC curve, unknown recall at ``precision`` known precision;
     per model: ORE's wilderness impact (precision of the known detections at recall 0.8 on the
     images without unknown objects vs on all images) and absolute open-set error (unknown objects
     detected as a known class), before and after flagging the detections whose primary score
-    (cosine when there is one) exceeds the threshold of ``precision``.
+    (cosine when there is one) exceeds the threshold of ``precision``; with ``scores``, also per
+    score after flagging by its own threshold (``wilderness_impact_flagged``, ``A-OSE_flagged``).
 
     Args:
         models: name -> base detector whose classes are ``known_names`` (label order).
@@ -68,11 +86,18 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
         iou: IoU of a match.
         precision: known precision of the unknown-recall operating point.
         batch_size: images per forward pass.
+        scores: names of :data:`SCORES`, in this order; None: ``probability`` and ``cosine`` as in
+            earlier versions (without per-score flagged metrics, ``skipped`` and statistics).
+        train_set: images whose known-class boxes give the ``knn`` gallery and the estimated κ̂.
+        concentrations: name -> (C,) κ̂ of the model's classes (e.g. the last row of a DLDENet
+            run's ``kappa_history.npy``: the tracked means' statistics); NaN: a class left out.
+        knn_k: the neighbour of ``knn``.
 
     Returns:
         ``{"models": name -> metrics, "scores": name -> {score: {"known", "unknown"} arrays},
         "known_objects", "unknown_objects", "images"}``.
     """
+    wanted = _check_scores(scores)
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
     known = torch.as_tensor([dataset.class_names.index(n) for n in known_names], dtype=torch.long)
     unknown_labels = [c for c in range(len(dataset.class_names)) if c not in known.tolist()]
@@ -83,38 +108,122 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
                            "unknown_objects": int(sum((~torch.isin(t[:, 4].long(), known)).sum() for t in targets))}
     for name, model in models.items():  # a few models
         threshold = float(model.score_threshold if score_threshold is None else score_threshold)
-        directions = model.class_directions()
-        kinds = ["probability"] + (["cosine"] if directions is not None else [])
-        per_image = _scored_detections(model, directions, dataset, indices, known, threshold, batch_size)
+        kinds, scorers, statistics = _score_plan(model, wanted, train_set, known, batch_size,
+                                                 kappa=(concentrations or {}).get(name), knn_k=knn_k)
+        per_image = _scored_detections(model, scorers, dataset, indices, known, threshold, batch_size,
+                                       energy="energy" in kinds)
         kind_of = np.concatenate([_object_kind(d["boxes"], t, known, iou) for d, t in zip(per_image, targets)]) \
             if per_image else np.zeros(0, np.int64)
-        metrics, scores = _score_metrics(per_image, kinds, kind_of, precision)
+        metrics, score_arrays = _score_metrics(per_image, kinds, kind_of, precision)
         primary = "cosine" if "cosine" in kinds else "probability"
         metrics["primary_score"] = primary
         metrics["wilderness_impact"] = _wilderness(per_image, targets, closed, known, iou)
         metrics["A-OSE"] = absolute_open_set_error(per_image, targets, unknown_labels, iou=iou)
         metrics["A-OSE_flagged"] = absolute_open_set_error(_flagged(per_image, primary, metrics[primary]["threshold"]),
                                                            targets, unknown_labels, iou=iou)
+        if scores is not None:
+            for kind in kinds:  # a few scores
+                metrics[kind] |= _flagged_metrics(per_image, kind, metrics[kind]["threshold"], targets, closed, known,
+                                                  unknown_labels, iou)
+            metrics |= statistics | {"skipped": {k: "no embedding space" for k in wanted if k not in kinds}}
         metrics["known_detections"] = int((kind_of == 0).sum())
         metrics["unknown_detections"] = int((kind_of == 1).sum())
-        out["models"][name], out["scores"][name] = metrics, scores
+        out["models"][name], out["scores"][name] = metrics, score_arrays
     return out
 
 
-def _scored_detections(model: nn.Module, directions: Tensor | None, dataset: CocoDetection, indices: Sequence[int],
-                       known: Tensor, threshold: float, batch_size: int) -> list[dict[str, Tensor]]:
+def _check_scores(scores: Sequence[str] | None) -> list[str]:
+    """The score names asked for (the default pair for None); unknown or repeated names raise."""
+    if scores is None:
+        return ["probability", "cosine"]
+    wanted = list(scores)
+    bad = sorted(set(wanted) - set(SCORES))
+    if bad or len(set(wanted)) != len(wanted) or not wanted:
+        raise ValueError(f"scores must be distinct names among {', '.join(SCORES)}, got {wanted}")
+    return wanted
+
+
+def _score_plan(model: nn.Module, wanted: Sequence[str], train_set: CocoDetection | None, known: Tensor,
+                batch_size: int, *, kappa: Any | None, knn_k: int
+                ) -> tuple[list[str], dict[str, Callable[[Tensor], Tensor]] | None, dict[str, Any]]:
+    """The scores of ``wanted`` that apply to ``model``; for a model with an embedding space, score
+    name -> function of the boxes' unit embeddings ``(N, d)`` (else None); what those scores were
+    computed with (``vmf_kappa``, ``vmf_kappa_source``, ``knn_k``, ``knn_gallery``)."""
+    directions = model.class_directions()
+    if directions is None:
+        return [k for k in wanted if k not in _EMBEDDING_SCORES], None, {}
+    directions, kinds = directions.cpu(), list(wanted)
+    scorers: dict[str, Callable[[Tensor], Tensor]] = {}
+    statistics: dict[str, Any] = {}
+    needs_train = "knn" in kinds or ("vmf" in kinds and kappa is None)
+    if needs_train and train_set is None:
+        raise ValueError("the 'knn' score, and 'vmf' without concentrations for the model, need train_set")
+    embeddings, labels = _training_embeddings(model, train_set, known, batch_size) if needs_train else (None, None)
+    for kind in kinds:  # a few scores
+        if kind == "cosine":
+            scorers[kind] = partial(cosine_unknown_score, means=directions)
+        elif kind == "vmf":
+            source = "given" if kappa is not None else "training boxes"
+            kappa = concentration_about(embeddings, labels, directions) if kappa is None else np.asarray(kappa, float)
+            if kappa.shape != (len(directions),):
+                raise ValueError(f"concentrations: need one κ̂ per class ({len(directions)}), got shape {kappa.shape}")
+            scorers[kind] = partial(vmf_unknown_score, means=directions, kappa=kappa)
+            statistics |= {"vmf_kappa": [float(k) for k in kappa], "vmf_kappa_source": source}
+        elif kind == "knn":
+            scorers[kind] = partial(knn_unknown_score, gallery=EmbeddingIndex(embeddings), k=knn_k)
+            statistics |= {"knn_k": int(knn_k), "knn_gallery": len(embeddings)}
+    return kinds, scorers, statistics
+
+
+def _training_embeddings(model: nn.Module, train_set: CocoDetection, known: Tensor, batch_size: int
+                         ) -> tuple[Tensor, Tensor]:
+    """``(embeddings (N, d), labels (N,))``: the unit box embeddings of the known-class ground-truth
+    boxes of ``train_set`` and their labels in the model's order (boxes without an anchor left out)."""
+    device = device_of(model)
+    to_model = torch.full((len(train_set.class_names),), -1, dtype=torch.long)
+    to_model[known] = torch.arange(len(known))
+    embeddings, labels = [], []
+    with evaluating(model):
+        for start in range(0, len(train_set), batch_size):
+            images, annotations = collate([train_set[i] for i in range(start, min(start + batch_size, len(train_set)))])
+            rows = [a[(a[:, 4] >= 0) & torch.isin(a[:, 4].long(), known)] for a in annotations]
+            for r, e in zip(rows, box_embeddings(model, images.to(device), [r[:, :4] for r in rows])):
+                embeddings.append(e.cpu())
+                labels.append(to_model[r[:, 4].long()])
+    embeddings, labels = torch.cat(embeddings), torch.cat(labels)
+    usable = embeddings.norm(dim=1) > 0
+    if not usable.any():
+        raise ValueError("train_set holds no known-class box with an embedding")
+    return embeddings[usable], labels[usable]
+
+
+def _predictions(model: nn.Module, images: Tensor, probabilities: bool) -> tuple[list[dict[str, Tensor]], list]:
+    """``model.predict(images)`` and, with ``probabilities``, each detection's class probabilities
+    ``(N_i, C)`` from the same forward pass (the predictions are then built as ``predict`` builds them)."""
+    if not probabilities:
+        return model.predict(images), [None] * len(images)
+    with evaluating(model):
+        outputs = model(images)
+    predictions = [dict(zip(("boxes", "scores", "labels"), (b, *p.max(dim=1)))) for b, p in outputs]
+    return predictions, [p for _, p in outputs]
+
+
+def _scored_detections(model: nn.Module, scorers: Mapping[str, Callable[[Tensor], Tensor]] | None,
+                       dataset: CocoDetection, indices: Sequence[int], known: Tensor, threshold: float,
+                       batch_size: int, *, energy: bool = False) -> list[dict[str, Tensor]]:
     """Per image the detections scoring at least ``threshold``, in original pixels and dataset
-    labels, with their unknown scores (``probability``, and ``cosine`` when ``directions`` (C, d))."""
+    labels, with their unknown scores: ``probability``, each of ``scorers`` (name -> function of the
+    boxes' unit embeddings; None: the model has no embedding space) and ``energy`` when asked."""
     device = device_of(model)
     per_image = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         images, _ = collate([dataset[i] for i in chunk])
         images = images.to(device)
-        predictions = model.predict(images)
+        predictions, class_probabilities = _predictions(model, images, energy)
         boxes = [p["boxes"][p["scores"] >= threshold] for p in predictions]
-        embedded = box_embeddings(model, images, boxes) if directions is not None else [None] * len(chunk)
-        for i, p, b, e in zip(chunk, predictions, boxes, embedded):  # loop over images
+        embedded = box_embeddings(model, images, boxes) if scorers is not None else [None] * len(chunk)
+        for i, p, b, e, q in zip(chunk, predictions, boxes, embedded, class_probabilities):  # loop over images
             keep = p["scores"] >= threshold
             if e is not None:  # a duplicate box (same box, other class) may get no anchor: left out
                 usable = e.norm(dim=1) > 0
@@ -124,8 +233,10 @@ def _scored_detections(model: nn.Module, directions: Tensor | None, dataset: Coc
             det = {"boxes": (b / scale).cpu(), "scores": p["scores"][keep].cpu(),
                    "labels": known[p["labels"][keep].cpu()]}
             det["probability"] = probability_unknown_score(det["scores"][:, None]) if len(b) else torch.zeros(0)
-            if e is not None:
-                det["cosine"] = cosine_unknown_score(e.cpu(), directions.cpu()) if len(b) else torch.zeros(0)
+            for kind, score in (scorers or {}).items():  # a few scores
+                det[kind] = score(e.cpu()) if len(b) else torch.zeros(0)
+            if q is not None:
+                det["energy"] = energy_unknown_score(log_odds(q[keep])) if len(b) else torch.zeros(0)
             per_image.append(det)
     return per_image
 
@@ -150,15 +261,31 @@ def _score_metrics(per_image: Sequence[Mapping[str, Tensor]], kinds: Sequence[st
     return metrics, scores
 
 
-def _flagged(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: float) -> list[dict[str, Tensor]]:
-    """The detections with label -1 where ``score`` exceeds ``threshold`` (none flagged when NaN)."""
+def _flagged(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: float, *,
+             drop: bool = False) -> list[dict[str, Tensor]]:
+    """The detections with label -1 where ``score`` exceeds ``threshold`` (none flagged when it is not
+    finite); with ``drop``, only the others, with their ``scores``."""
     flagged = []
     for d in per_image:  # loop over images
         labels = d["labels"].clone()
         if math.isfinite(threshold):
             labels[d[score] > threshold] = -1
-        flagged.append({"boxes": d["boxes"], "labels": labels})
+        if drop:
+            kept = labels >= 0
+            flagged.append({"boxes": d["boxes"][kept], "scores": d["scores"][kept], "labels": labels[kept]})
+        else:
+            flagged.append({"boxes": d["boxes"], "labels": labels})
     return flagged
+
+
+def _flagged_metrics(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: float,
+                     targets: Sequence[Tensor], closed: np.ndarray, known: Tensor, unknown_labels: Sequence[int],
+                     iou: float) -> dict[str, Any]:
+    """WI and A-OSE of the detections that ``score`` keeps as known at ``threshold`` (the flagged ones
+    leave): ``wilderness_impact_flagged``, ``A-OSE_flagged``."""
+    kept = _flagged(per_image, score, threshold, drop=True)
+    return {"wilderness_impact_flagged": _wilderness(kept, targets, closed, known, iou),
+            "A-OSE_flagged": absolute_open_set_error(kept, targets, unknown_labels, iou=iou)}
 
 
 def _object_kind(boxes: Tensor, target: Tensor, known: Tensor, iou: float) -> np.ndarray:

@@ -304,8 +304,8 @@ class DirectionalClassification(ClassificationHead):
         return self.weight.detach()[donors].mean(), self.bias.detach()[donors].mean()
 
     @torch.no_grad()
-    def grow(self, k: int) -> None:
-        """Add ``k`` classes without touching the existing ones.
+    def grow(self, k: int, *, generator: torch.Generator | None = None) -> None:
+        """Add ``k`` classes without touching the existing ones (no random draw: ``generator`` is unused).
 
         Rule for the new classes: a zero mean (the class scores 0 until :meth:`imprint` or
         tracking sets it), and ``w``, ``b`` equal to the mean ``w`` and ``b`` of the existing

@@ -11,7 +11,8 @@ from .heads import ClassificationHead, check_growth
 from .modes import evaluating
 
 
-def add_classes(model: nn.Module, k: int, names: Sequence[str] | None = None) -> list[int]:
+def add_classes(model: nn.Module, k: int, names: Sequence[str] | None = None, *,
+                generator: torch.Generator | None = None) -> list[int]:
     """Grow the classifier by ``k`` classes (labels ``C .. C + k - 1``) without touching any
     existing parameter or class mean (the head's ``grow``: see
     :meth:`dlde.DirectionalClassification.grow`, :meth:`dlde.SigmoidClassification.grow`,
@@ -24,6 +25,9 @@ def add_classes(model: nn.Module, k: int, names: Sequence[str] | None = None) ->
     Args:
         k: number of classes to add (>= 1).
         names: their names (default: their labels as strings).
+        generator: source of the new classes' random start, for heads that draw one (the learned
+            prototypes); None draws from torch's global generator, so the result then depends on
+            what ran before in the process.
 
     Returns:
         The new labels.
@@ -36,7 +40,7 @@ def add_classes(model: nn.Module, k: int, names: Sequence[str] | None = None) ->
     clash = sorted(set(names) & set(model.class_names))
     if clash:
         raise ValueError(f"add_classes: class names {clash} already exist")
-    model.classification.grow(k)
+    model.classification.grow(k, generator=generator)
     model.classes += k
     model.hyperparameters["classes"] = model.classes
     model.hyperparameters["class_names"] = model.class_names + names

@@ -64,8 +64,8 @@ class HeadTower(nn.Module):
         """
         old = self.last
         anchors = old.out_channels // self.outputs
-        new = nn.Conv2d(old.in_channels, anchors * (self.outputs + k), old.kernel_size, padding=old.padding)
-        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        new = nn.utils.skip_init(nn.Conv2d, old.in_channels, anchors * (self.outputs + k), old.kernel_size,
+                                 padding=old.padding, device=old.weight.device, dtype=old.weight.dtype)  # no draw
         weight = new.weight.view(anchors, self.outputs + k, *old.weight.shape[1:])  # (K, outputs + k, in, 3, 3)
         weight.zero_()
         weight[:, :self.outputs] = old.weight.view(anchors, self.outputs, *old.weight.shape[1:])
@@ -150,8 +150,9 @@ class ClassificationHead(nn.Module):
         return None
 
     # Class growth (few-shot): see dlde.model.growth.
-    def grow(self, k: int) -> None:
-        """Add ``k`` classes after the existing ones without changing any existing parameter."""
+    def grow(self, k: int, *, generator: torch.Generator | None = None) -> None:
+        """Add ``k`` classes after the existing ones without changing any existing parameter;
+        ``generator`` is the source of any random start of the new classes (heads that draw none ignore it)."""
         raise NotImplementedError(f"the {self.name or type(self).__name__!r} head cannot add classes")
 
     def imprint(self, label: int, embeddings: Tensor) -> None:
@@ -204,7 +205,7 @@ class SigmoidClassification(ClassificationHead):
                 annotations: Tensor | None = None, *, assignment=None) -> Tensor:
         return torch.sigmoid(self.logits(feature_maps).float())
 
-    def grow(self, k: int) -> None:
+    def grow(self, k: int, *, generator: torch.Generator | None = None) -> None:
         """Add ``k`` classes: ``k`` more output channels per anchor in the last convolution, with
         zero weights and the prior's bias (every new class starts at probability ``prior``
         everywhere); the old classes' outputs are unchanged (:meth:`HeadTower.grow_outputs`).

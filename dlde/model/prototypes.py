@@ -144,7 +144,12 @@ class CosinePrototypeClassification(ClassificationHead):
         """Add ``k`` classes: random unit prototypes (as at construction; a zero prototype has no
         gradient direction) and the starting bias (the prior's logit, or :meth:`prior_start`'s), so
         every new class starts as the first ones did. Existing rows are unchanged; ``prototypes``
-        and ``bias`` become new Parameters."""
+        and ``bias`` become new Parameters.
+
+        Args:
+            k: classes to add (>= 1).
+            generator: source of the new prototypes; None draws from torch's global generator.
+        """
         k = check_growth(k)
         draws = F.normalize(torch.randn(k, self.embedding_size, generator=generator), dim=1)
         self.prototypes = nn.Parameter(torch.cat([self.prototypes.detach(), draws.to(self.prototypes)]))

@@ -10,16 +10,19 @@ ten-digit datasets, as notebooks 05 and 06 and ``benchmarks/few_shot.py`` use th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dlde.analysis.fewshot import BASE_CLASSES, digits_params, few_shot_datasets
 from dlde.data.coco import CocoDetection
 from dlde.data.digits import default_digits_root
 from dlde.train import TrainConfig, train
+from dlde.train.reproducibility import rng_state, set_rng_state
 from dlde.train.runs import RunFolder
 
 __all__ = ["base_config", "ensure_base_run", "prepare"]
@@ -63,6 +66,8 @@ def ensure_base_run(config: TrainConfig) -> Path:
     same configuration (fields outside :data:`dlde.train.runs.NUMBER_NEUTRAL_FIELDS` equal,
     ``config.epochs`` epochs written) is reused as it is; an unfinished one with a checkpoint is
     resumed; one stopped before its first epoch is started afresh; an empty folder is trained.
+    Training leaves the process as it found it (:func:`_process_state_kept`), so what runs next
+    gives the same numbers whether the run was trained here or read from the folder.
 
     Raises:
         ValueError: the folder holds a run of another configuration (the differing fields are named).
@@ -74,11 +79,25 @@ def ensure_base_run(config: TrainConfig) -> Path:
                           in sorted(folder.config_changes(config).items()))
         raise ValueError(f"{folder.path} holds another run than the base run asked for ({shown}): "
                          "delete it or choose another base runs folder")
-    if state == "partial":
-        train(dataclasses.replace(config, resume=True))
-    elif state == "new":  # the same run without a finished epoch replaces only its own files
-        train(dataclasses.replace(config, overwrite=folder.config_file.exists()))
+    if state in ("partial", "new"):  # a new run without a finished epoch replaces only its own files
+        wanted = dataclasses.replace(config, resume=True) if state == "partial" else \
+            dataclasses.replace(config, overwrite=folder.config_file.exists())
+        with _process_state_kept():
+            train(wanted)
     return folder.path
+
+
+@contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Restore afterwards what training sets for the whole process: torch's intra-op thread count
+    (``TrainConfig.threads``; it decides the last bits of CPU reductions) and the global random
+    generators (seeded by the trainer)."""
+    threads, generators = torch.get_num_threads(), rng_state()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        set_rng_state(generators)
 
 
 def prepare(like, base_runs_dir: str | Path, heads: Sequence[str] = ("dlde", "retinanet", "prototypes"), *,

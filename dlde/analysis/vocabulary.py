@@ -1,0 +1,166 @@
+"""The large-vocabulary sweeps read back: per head and number of classes, what the runs measured.
+
+The sweeps ``vocabulary_heads`` and ``vocabulary_levers`` of ``figures.yaml`` train the heads on
+``glyphs`` datasets of several sizes C (:mod:`dlde.data.glyphs`). Here their run folders become
+plain rows for :mod:`dlde.analysis.vocabulary_plots` and the tables of
+:mod:`dlde.analysis.aggregate`: which runs are missing, the mean and t-interval of every metric
+per arm with the arm's head and C, the training images per class of a dataset, and detections of
+one run per head for example canvases. Each function takes ``arm -> run folders`` (as a sweep plan
+gives them), so it is tested on hand-made folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlde.data.generated import GeneratedPaths
+from dlde.data.long_tail import frequency
+from dlde.model.registry import HEADS
+from dlde.train.runs import RunFolder, load_run, run_identity
+
+from .aggregate import run_summary, summarize_arms
+from .inspection import detection_samples
+
+Arms = Mapping[str, Sequence[str | os.PathLike]]  # arm name -> its run folders (one per seed)
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    """Whether the folder holds a run with every epoch of its saved config written."""
+    folder = RunFolder(run_dir)
+    try:
+        saved = folder.saved_config()
+    except ValueError:
+        return False
+    return saved is not None and folder.finished_epochs() >= int(saved["epochs"])
+
+
+def missing_runs(arms: Arms) -> list[Path]:
+    """The run folders of ``arms`` that hold no finished run (:func:`is_finished`), in order."""
+    return [Path(d) for dirs in arms.values() for d in dirs if not is_finished(d)]
+
+
+def missing_report(name: str, arms: Arms, root: str | os.PathLike | None = None) -> str:
+    """One line per sweep saying how many of its runs are finished, then one per missing run
+    folder (relative to ``root`` when inside it)."""
+    missing = missing_runs(arms)
+    total = sum(len(dirs) for dirs in arms.values())
+    lines = [f"{name}: {total - len(missing)} of {total} runs finished"]
+    for path in missing:
+        shown = path.resolve()
+        if root is not None and Path(root).resolve() in shown.parents:
+            shown = shown.relative_to(Path(root).resolve())
+        lines.append(f"  missing: {shown}")
+    return "\n".join(lines)
+
+
+def _head_and_classes(run_dir: Path) -> tuple[str, int]:
+    """``(head, C)`` of a run: its model and its number of classes."""
+    record = RunFolder(run_dir).record()
+    return str(record["config"]["model"]), len(record["class_names"])
+
+
+def _head_options(run_dir: Path) -> dict[str, Any]:
+    """The options of a run's head (defaults resolved), e.g. ``embedding_size``, ``classifier_init``."""
+    identity = run_identity(RunFolder(run_dir).saved_config())
+    head = HEADS.get(identity.get("model"))
+    return {f.name: identity[f.name] for f in fields(head.Options)} if head is not None else {}
+
+
+def arm_rows(arms: Arms) -> list[dict[str, Any]]:
+    """Per arm with a finished run, :func:`dlde.analysis.aggregate.summarize_arms` over its finished
+    runs, with its ``head`` (the model) and ``classes`` (C) added; arms without one are left out.
+
+    Returns:
+        Rows in the order of ``arms``: ``arm``, ``n``, ``head``, ``classes``, the options of the
+        head (``embedding_size``, ``classifier_init``, ...: those of the arm's first finished run)
+        and per metric ``m`` ``m_mean``, ``m_sd``, ``m_low``, ``m_high`` (APr/APc/APf and
+        ``epoch_time_s`` when the runs have them).
+    """
+    finished = {arm: [Path(d) for d in dirs if is_finished(d)] for arm, dirs in arms.items()}
+    finished = {arm: dirs for arm, dirs in finished.items() if dirs}
+    rows = []
+    for row in summarize_arms({arm: [run_summary(d) for d in dirs] for arm, dirs in finished.items()}):
+        dirs = finished[row["arm"]]
+        head, classes = _head_and_classes(dirs[0])
+        rows.append({"arm": row["arm"], "n": row["n"], "head": head, "classes": classes, **_head_options(dirs[0]),
+                     **row})
+    return rows
+
+
+def train_annotations(run_dir: str | os.PathLike) -> Path:
+    """The training annotation file of a run's dataset: the generated layout under its
+    ``data_root`` (digits, glyphs), or its ``train_annotations`` (COCO, LVIS)."""
+    config = load_run(run_dir).config
+    if config.get("dataset") == "coco":
+        return Path(config["train_annotations"])
+    return GeneratedPaths.under(Path(config["data_root"])).train_annotations
+
+
+def training_sets(arms: Arms) -> dict[int, Path]:
+    """Number of classes -> the training annotation file of the runs with that many classes
+    (:func:`train_annotations` of the first run folder holding a record, finished or not), in
+    increasing C; the file itself may be missing."""
+    found: dict[int, Path] = {}
+    for run_dir in (Path(d) for dirs in arms.values() for d in dirs):
+        if RunFolder(run_dir).config_file.exists():
+            found.setdefault(_head_and_classes(run_dir)[1], train_annotations(run_dir))
+    return dict(sorted(found.items()))
+
+
+def class_image_counts(annotations_file: str | os.PathLike) -> dict[str, Any]:
+    """Training images containing each class, and its LVIS bucket, from a COCO / LVIS file.
+
+    A category's ``image_count`` and ``frequency`` are taken when it carries them (LVIS, glyphs);
+    otherwise the images are counted from the annotations and the bucket follows from the count
+    (:func:`dlde.data.long_tail.frequency`).
+
+    Returns:
+        ``image_count`` (C,) int64 and ``frequency`` (C,) letters ``r``/``c``/``f`` (``""`` for a
+        class in no image), in the file's category order.
+    """
+    data = json.loads(Path(annotations_file).read_text())
+    categories = data["categories"]
+    images_of: dict[int, set[int]] = {c["id"]: set() for c in categories}
+    if not all("image_count" in c for c in categories):
+        for annotation in data.get("annotations", []):
+            images_of.setdefault(annotation["category_id"], set()).add(annotation["image_id"])
+    counts = np.array([c["image_count"] if "image_count" in c else len(images_of[c["id"]]) for c in categories],
+                      dtype=np.int64)  # (C,)
+    letters = [c.get("frequency") or (frequency(int(n)) if n > 0 else "") for c, n in zip(categories, counts)]
+    return {"image_count": counts, "frequency": letters}
+
+
+def example_detections(arms: Arms, *, images: int, score_threshold: float) -> dict[str, dict[str, Any]]:
+    """Detections on the first validation images of one finished run per head, at the largest C.
+
+    For each head, the first run (arms in order, seeds in order) at the largest number of classes
+    of that head that has a checkpoint; its model and validation set are loaded (the dataset is
+    generated when its folder is missing).
+
+    Returns:
+        Head -> ``run`` (its folder), ``samples`` (for
+        :func:`dlde.analysis.detection_plots.detection_grid`) and ``class_names``; heads without
+        such a run are left out.
+    """
+    chosen: dict[str, tuple[int, Path]] = {}
+    for dirs in arms.values():
+        for run_dir in map(Path, dirs):
+            if not (is_finished(run_dir) and RunFolder(run_dir).checkpoint_file.exists()):
+                continue
+            head, classes = _head_and_classes(run_dir)
+            if head not in chosen or classes > chosen[head][0]:
+                chosen[head] = (classes, run_dir)
+    examples = {}
+    for head, (_, run_dir) in chosen.items():
+        run = load_run(run_dir)
+        _, val_set = run.datasets()
+        samples = detection_samples(run.load_model(), val_set, range(min(images, len(val_set))),
+                                    score_threshold=score_threshold)
+        examples[head] = {"run": run_dir, "samples": samples, "class_names": run.class_names}
+    return examples

@@ -1,0 +1,200 @@
+"""Figures of the large-vocabulary sweeps: metrics against the number of classes per head, DLDENet's
+levers against the embedding size, and the class frequencies of a long-tailed dataset.
+
+Sized for one column of a paper (3.4 inches wide, 7-8 pt text) and colour-blind safe: the heads
+and the frequency buckets take colours of the Okabe-Ito palette, and each head also has its own
+marker and line style, so the figures read in grey too. Every function returns a
+:class:`matplotlib.figure.Figure` (save it with :func:`dlde.analysis.plotting.save_figure`).
+The inputs are the plain rows of :func:`dlde.analysis.vocabulary.arm_rows` and the counts of
+:func:`dlde.analysis.vocabulary.class_image_counts`; examples of detections are drawn by
+:func:`dlde.analysis.detection_plots.detection_grid`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dlde.data.long_tail import BUCKETS
+
+from .aggregate import METRICS, VOCABULARY_METRICS
+from .stats import CONFIDENCE
+
+__all__ = ["BUCKET_COLORS", "HEAD_STYLES", "WIDTH", "plot_against_classes", "plot_class_frequency", "plot_levers"]
+
+WIDTH = 3.4  # inches: one column of a two-column paper
+#: Okabe & Ito's colour-blind-safe palette (black left out: it draws the single points).
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442")
+#: Head -> (label, colour, marker, line style); a head not listed takes the next free colour.
+HEAD_STYLES: dict[str, tuple[str, str, str, str]] = {
+    "dlde": ("DLDENet", OKABE_ITO[0], "o", "-"),
+    "retinanet": ("sigmoid", OKABE_ITO[1], "s", "--"),
+    "prototypes": ("learned prototypes", OKABE_ITO[2], "^", ":"),
+}
+_SPARE_MARKERS = ("D", "v", "P", "X")
+#: LVIS bucket letter -> (name, colour of its shading).
+BUCKET_COLORS: dict[str, tuple[str, str]] = {"r": ("rare", OKABE_ITO[1]), "c": ("common", OKABE_ITO[3]),
+                                             "f": ("frequent", OKABE_ITO[0])}
+
+
+Style = tuple[str, str, str, str]  # (label, colour, marker, line style)
+
+
+def _head_style(head: str, index: int) -> Style:
+    if head in HEAD_STYLES:
+        return HEAD_STYLES[head]
+    spare = index % len(_SPARE_MARKERS)
+    return head, OKABE_ITO[3 + spare % (len(OKABE_ITO) - 3)], _SPARE_MARKERS[spare], "-."
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _metric_lines(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, x: str,
+                  series: Callable[[Mapping], str], style: Callable[[str, int], Style], xlabel: str, title: str):
+    """Panels of metrics against the numeric row field ``x`` (log axis), one line per series.
+
+    Args:
+        rows: with ``x`` and ``<metric>_mean``, ``_low``, ``_high`` (a missing metric is NaN).
+        metrics: one panel each, two per row.
+        series: the series of a row (rows of one series share a line).
+        style: ``(series, index) -> (label, colour, marker, line style)``.
+        xlabel: the label of the x axes; title: the figure's title ("" names the interval).
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(series(r) for r in rows))
+    legend_columns = len(names) if len(names) <= 3 else 2
+    ncols = min(2, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    height = 0.35 + 1.55 * nrows + 0.2 * math.ceil(len(names) / max(1, legend_columns))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, height), squeeze=False, sharex=True, layout="constrained")
+    ticks = sorted({float(r[x]) for r in rows})
+    for ax, metric in zip(axes.flat, metrics):
+        for index, name in enumerate(names):
+            label, color, marker, line = style(name, index)
+            mine = sorted((r for r in rows if series(r) == name), key=lambda r: float(r[x]))
+            dodge = 1.07 ** (index - (len(names) - 1) / 2)  # multiplicative: equal gaps on the log axis
+            at = np.array([float(r[x]) for r in mine], dtype=np.float64) * dodge  # (points,)
+            mean, low, high = (np.array([r.get(f"{metric}_{k}", math.nan) for r in mine], dtype=np.float64)
+                               for k in ("mean", "low", "high"))
+            errors = np.where(np.isfinite(low) & np.isfinite(high), np.stack([mean - low, high - mean]), 0.0)
+            ax.errorbar(at, mean, yerr=errors, color=color, marker=marker, linestyle=line, markersize=4,
+                        linewidth=1.2, capsize=2.5, label=label)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [_number(t) for t in ticks])
+        ax.minorticks_off()
+        if ticks:
+            ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 1.6)
+        ax.set_title(METRICS.get(metric) or VOCABULARY_METRICS.get(metric, metric), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        if metric != "epoch_time_s":
+            ax.set_ylim(bottom=0.0)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=max(1, legend_columns), fontsize=7, frameon=False)
+    fig.suptitle(title or f"mean and {100 * CONFIDENCE:g} % t-interval over seeds", fontsize=8)
+    return fig
+
+
+def plot_against_classes(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"),
+                         *, title: str = ""):
+    """Metrics against the number of classes C, one line per head, with the t-interval over seeds.
+
+    Args:
+        rows: one per arm, with ``head``, ``classes`` and ``<metric>_mean``, ``_low``, ``_high``
+            (:func:`dlde.analysis.vocabulary.arm_rows`); a metric a row lacks counts as NaN.
+        metrics: one panel each (two per row), e.g. ``("AP", "APr", "APc", "APf")`` or
+            ``("epoch_time_s",)``.
+        title: the figure's title.
+
+    Returns:
+        A figure with one axis per metric: x = C (log scale, ticks at the C of the rows), per head
+        the mean as a marker and line and the interval as error bars (heads dodged sideways).
+    """
+    return _metric_lines(rows, metrics, x="classes", series=lambda r: str(r["head"]), style=_head_style,
+                         xlabel="classes C", title=title)
+
+
+def plot_levers(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"), *,
+                title: str = ""):
+    """DLDENet's levers: metrics against the embedding size, one line per start of ``w``, ``b``
+    (``classifier_init``: colour and marker) and step of the tracked means (``means_lr_schedule``:
+    line style), with the t-interval over seeds.
+
+    Args:
+        rows: one per arm, with ``embedding_size``, ``classifier_init``, ``means_lr_schedule`` and
+            ``<metric>_mean``, ``_low``, ``_high`` (:func:`dlde.analysis.vocabulary.arm_rows`).
+        metrics: one panel each (two per row).
+        title: the figure's title.
+    """
+    inits = list(dict.fromkeys(str(r["classifier_init"]) for r in rows))
+    schedules = list(dict.fromkeys(str(r["means_lr_schedule"]) for r in rows))
+
+    def style(name: str, index: int) -> Style:
+        init, schedule = name.split(" / ")
+        k, j = inits.index(init), schedules.index(schedule)
+        return (f"{init} start, {schedule} step", OKABE_ITO[k % len(OKABE_ITO)], "o^sDv"[k % 5],
+                ("-", "--", ":", "-.")[j % 4])
+
+    return _metric_lines(rows, metrics, x="embedding_size",
+                         series=lambda r: f"{r['classifier_init']} / {r['means_lr_schedule']}", style=style,
+                         xlabel="embedding size d", title=title)
+
+
+def _edges(largest: int) -> np.ndarray:
+    """Bin edges at half-integers, about evenly spaced on a log axis from 1 to ``largest``, with the
+    bucket boundaries among them (every bin holds at least one integer)."""
+    edges = np.round(np.geomspace(1, largest + 1, 24)) - 0.5
+    bounds = [BUCKETS["r"][1] + 0.5, BUCKETS["c"][1] + 0.5]
+    return np.unique(np.concatenate([edges, [b for b in bounds if b < largest + 0.5], [largest + 0.5]]))
+
+
+def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *, title: str = ""):
+    """Histogram of the training images per class, on a log axis, with the LVIS buckets shaded.
+
+    Args:
+        image_count: (C,) training images containing each class
+            (:func:`dlde.analysis.vocabulary.class_image_counts`); classes in no image are left out.
+        frequency: (C,) each class's bucket letter ``r``, ``c`` or ``f``; the legend counts them.
+        title: the axis title (default: the number of classes).
+
+    Returns:
+        A figure with one axis: x = images per class (log), y = classes per bin; the legend
+        names each bucket's range and number of classes.
+    """
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(image_count, dtype=np.int64)  # (C,)
+    letters = np.asarray(list(frequency), dtype=object)
+    if counts.shape != letters.shape:
+        raise ValueError(f"image_count {counts.shape} and frequency {letters.shape} must have one entry per class")
+    shown = counts > 0
+    fig, ax = plt.subplots(figsize=(WIDTH, 2.4), layout="constrained")
+    largest = int(counts.max()) if shown.any() else 1
+    spans = {"r": (0.5, BUCKETS["r"][1] + 0.5), "c": (BUCKETS["c"][0] - 0.5, BUCKETS["c"][1] + 0.5),
+             "f": (BUCKETS["f"][0] - 0.5, max(largest, BUCKETS["f"][0]) + 0.5)}
+    for letter, (name, color) in BUCKET_COLORS.items():
+        ranges = f"{BUCKETS[letter][0]}–{BUCKETS[letter][1]}" if BUCKETS[letter][1] else f"> {BUCKETS[letter][0] - 1}"
+        ax.axvspan(*spans[letter], color=color, alpha=0.25, linewidth=0,
+                   label=f"{name} {ranges}: {int(np.sum(letters[shown] == letter))}")
+    ax.hist(counts[shown], bins=_edges(largest), color="0.25", edgecolor="white", linewidth=0.4)
+    ax.set_xscale("log")
+    ax.set_xlim(0.5, max(largest, BUCKETS["f"][0]) + 0.5)
+    ticks = [1, 10, 100, 1000][: 2 + int(largest >= 100) + int(largest >= 1000)]
+    ax.set_xticks(ticks, [_number(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training images containing the class", fontsize=8)
+    ax.set_ylabel("classes", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title or f"class frequency ({_number(int(shown.sum()))} classes)", fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom for the legend
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.9, handlelength=1.0)
+    return fig

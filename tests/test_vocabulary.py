@@ -1,0 +1,369 @@
+"""The large-vocabulary sweeps: their plan in figures.yaml and the Makefile, the bucket and time
+columns of the sweep tables, the figures against C and of the class frequencies, and notebook 07
+on a hand-made sweep folder."""
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlde.analysis import aggregate
+from dlde.analysis.aggregate import METRICS, run_summary, summarize_arms, sweep_table, write_csv, write_sweep
+from dlde.analysis.vocabulary import (
+    arm_rows,
+    class_image_counts,
+    example_detections,
+    is_finished,
+    missing_report,
+    missing_runs,
+    training_sets,
+)
+from dlde.analysis.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
+from dlde.pipeline.sweeps import make_sweep_plan
+from dlde.train import PRESETS, TrainConfig, train
+from dlde.train.runs import run_identity
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES_YAML = REPO / "figures.yaml"
+HEADS = ("dlde", "retinanet", "prototypes")
+VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]
+LEVERS = {"embedding_size": [32, 128, 256], "classifier_init": ["fixed", "prior"],
+          "means_lr_schedule": ["constant", "count"]}
+
+
+def makefile_list(name):
+    """The sweep names of a ``NAME := a b c`` line of the Makefile."""
+    return re.search(rf"^{name} := (.*)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
+
+
+# ---------------------------------------------------------------------------------- the plan
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    return make_sweep_plan(FIGURES_YAML, VOCABULARY, runs_dir=tmp_path_factory.mktemp("runs"))
+
+
+def test_the_heads_sweep_trains_three_heads_at_two_sizes_with_three_seeds(plan):
+    heads = plan.sweeps[0]
+    assert list(heads.arms) == [f"C={c},{h}" for c in (100, 1000) for h in HEADS]
+    assert heads.arms["C=100,retinanet"] == [f"glyphs-100/model=retinanet,threads=1,seed={s}" for s in range(3)]
+    assert heads.arms["C=1000,dlde"] == [f"glyphs-1000/threads=1,seed={s}" for s in range(3)]
+    for arm, keys in heads.arms.items():
+        classes, model = int(arm.split(",")[0][2:]), arm.split(",")[1]
+        preset = PRESETS[f"glyphs-{classes}"]
+        for seed, key in enumerate(keys):
+            config = plan.runs[key].config
+            assert (config["model"], config["seed"], config["threads"]) == (model, seed, 1)
+            assert (config["dataset"], config["glyphs_classes"]) == ("glyphs", classes)
+            assert config["epochs"] == preset.epochs and config["eval_every"] == preset.epochs
+            assert Path(config["data_root"]) == REPO / "data" / f"glyphs-{classes}"
+    # Equal budget: at one C the heads differ in the model and its options only.
+    for classes in (100, 1000):
+        budgets = [{k: v for k, v in plan.runs[heads.arms[f"C={classes},{h}"][0]].config.items()
+                    if k not in ("model", "head_options")} for h in HEADS]
+        assert budgets[0] == budgets[1] == budgets[2]
+
+
+def test_the_levers_sweep_is_every_combination_at_1000_classes_and_shares_the_default_arm(plan):
+    heads, levers = plan.sweeps
+    assert len(levers.arms) == 12 and all(len(keys) == 3 for keys in levers.arms.values())
+    assert list(levers.arms) == [f"d={d},{init},{step}" for d in LEVERS["embedding_size"]
+                                 for init in LEVERS["classifier_init"] for step in LEVERS["means_lr_schedule"]]
+    for arm, keys in levers.arms.items():
+        values = dict(zip(LEVERS, [arm.split(",")[0][2:]] + arm.split(",")[1:]))
+        for key in keys:
+            config = plan.runs[key].config
+            assert config["model"] == "dlde" and config["glyphs_classes"] == 1000 and config["epochs"] == 3
+            assert {name: str(run_identity(config)[name]) for name in LEVERS} == values  # defaults resolved
+    assert levers.arms["d=128,fixed,constant"] == heads.arms["C=1000,dlde"]
+    assert levers.arms["d=32,prior,count"] == [
+        f"glyphs-1000/classifier_init=prior,embedding_size=32,means_lr_schedule=count,threads=1,seed={s}"
+        for s in range(3)]
+    assert len(plan.runs) == 18 + 36 - 3  # the default lever arm is the heads sweep's dlde arm at C = 1,000
+    assert sum(key.startswith("glyphs-100/") for key in plan.runs) == 9
+
+
+def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_others(tmp_path):
+    assert makefile_list("VOCABULARY") == VOCABULARY
+    ablations = makefile_list("ABLATIONS")
+    declared = list(make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path).sweeps)
+    assert sorted(ablations + VOCABULARY) == sorted(s.name for s in declared)
+    assert len(make_sweep_plan(FIGURES_YAML, ablations, runs_dir=tmp_path).runs) == 48  # as before the glyphs
+    makefile = (REPO / "Makefile").read_text()
+    assert "--sweeps $(ABLATIONS)" in makefile and "--sweeps $(VOCABULARY)" in makefile
+
+
+def test_tiny_vocabulary_sweeps_still_plan(tmp_path):
+    plan = make_sweep_plan(FIGURES_YAML, VOCABULARY, tiny=True, runs_dir=tmp_path)
+    assert all(key.startswith("tiny/") for key in plan.runs)
+
+
+# ------------------------------------------------------------------------- table columns
+def make_run(folder: Path, *, ap, buckets=None, times=(10.0, 20.0), model="dlde", classes=4, epochs=2,
+             data_root=None, config=None):
+    """A hand-made finished run: config.json (``config``, or a minimal one), metrics.jsonl with the
+    bucket APs and epoch times."""
+    folder.mkdir(parents=True)
+    config = {"model": model, "epochs": epochs, "dataset": "glyphs", "glyphs_classes": classes,
+              **(config or {}), "data_root": str(data_root or folder / "data")}
+    record = {"config": config, "class_names": [f"c{k}" for k in range(classes)],
+              "category_ids": list(range(1, classes + 1))}
+    (folder / "config.json").write_text(json.dumps(record))
+    rows = []
+    for epoch in range(1, epochs + 1):
+        row = {"epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "train_time_s": times[epoch - 1]}
+        if epoch == epochs:
+            row.update({"AP": ap, "AP50": ap + 0.1, "AP75": ap - 0.1} | dict(zip(("APr", "APc", "APf"), buckets or ())))
+        rows.append(row)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_run_summary_adds_the_bucket_metrics_and_the_time_per_epoch_only_when_the_run_has_them(tmp_path):
+    summary = run_summary(make_run(tmp_path / "a", ap=0.3, buckets=(0.1, None, 0.5), times=(10.0, 30.0)))
+    assert summary["APr"] == 0.1 and math.isnan(summary["APc"]) and summary["APf"] == 0.5
+    assert summary["epoch_time_s"] == pytest.approx(20.0)
+    plain = run_summary(make_run(tmp_path / "b", ap=0.3))
+    assert "APr" not in plain and plain["epoch_time_s"] == pytest.approx(15.0)
+
+
+def test_sweep_tables_gain_the_vocabulary_columns_only_with_bucket_metrics(tmp_path):
+    seeds = {"dlde": [{"AP": 0.2, "APr": 0.1, "APc": 0.2, "APf": 0.4, "epoch_time_s": 100.0},
+                      {"AP": 0.3, "APr": 0.2, "APc": 0.3, "APf": 0.5, "epoch_time_s": 110.0}],
+             "retinanet": [{"AP": 0.4, "APr": 0.3, "APc": 0.4, "APf": 0.6, "epoch_time_s": 150.0}]}
+    rows = summarize_arms(seeds)
+    assert rows[0]["APr_mean"] == pytest.approx(0.15) and rows[0]["epoch_time_s_sd"] == pytest.approx(math.sqrt(50))
+    half = 12.706204736 * math.sqrt(50) / math.sqrt(2)
+    assert (rows[0]["epoch_time_s_low"], rows[0]["epoch_time_s_high"]) == pytest.approx((105 - half, 105 + half))
+    header, _, dlde, retinanet = sweep_table(rows).splitlines()
+    titles = [cell.split(" mean ± sd")[0] for cell in header.strip("| ").split(" | ")[2:]]
+    assert titles == ["AP", "AP50", "AP75", "APr", "APc", "APf", "min. angle between means (°)", "final κ̂",
+                      "ECE (IoU ≥ 0.5)", "training time per epoch (s)"]
+    assert dlde.split(" | ")[5] == f"0.150 ± 0.071 [{0.15 - half / 100:.3f}, {0.15 + half / 100:.3f}]"
+    assert dlde.endswith(f"| 105.0 ± 7.1 [{105 - half:.1f}, {105 + half:.1f}] |")
+    assert retinanet.endswith("| 150.0 |")  # one seed: no spread, no interval
+
+    path = write_csv(rows, tmp_path / "vocabulary.csv")
+    with path.open() as handle:
+        saved = list(csv.DictReader(handle))
+    assert "APr_mean" in saved[0] and float(saved[1]["epoch_time_s_mean"]) == 150.0
+    rebuilt = [{"arm": r.pop("arm"), "n": int(r.pop("n"))}
+               | {k: math.nan if v == "" else float(v) for k, v in r.items()} for r in saved]
+    assert sweep_table(rebuilt) == sweep_table(rows)  # as tests/test_tables.py rebuilds the committed tables
+
+
+def test_digits_sweeps_keep_their_columns_even_with_epoch_times(tmp_path):
+    rows = summarize_arms({"a": [{"AP": 0.5, "epoch_time_s": 10.0}, {"AP": 0.6, "epoch_time_s": 12.0}]})
+    committed = (REPO / "figures" / "ablations" / "headline.md").read_text().splitlines()[2]
+    assert sweep_table(rows).splitlines()[0] == committed
+    assert not any(key.startswith(("APr", "epoch_time_s")) for key in rows[0])
+    assert aggregate.tabulated(rows) == list(METRICS)
+
+
+def test_a_vocabulary_sweep_is_written_with_bucket_panels(tmp_path):
+    import matplotlib.pyplot as plt
+
+    runs = {"dlde": [make_run(tmp_path / f"d{s}", ap=0.2 + s / 10, buckets=(0.1, 0.2, 0.3)) for s in range(2)],
+            "retinanet": [make_run(tmp_path / "r0", ap=0.4, buckets=(0.3, 0.4, 0.5), model="retinanet")]}
+    written = write_sweep("vocabulary_demo", runs, tmp_path / "ablations")
+    assert "APr mean ± sd" in written["md"].read_text()
+    rows = summarize_arms({arm: [run_summary(d) for d in dirs] for arm, dirs in runs.items()})
+    fig = aggregate.plot_sweep(rows, "demo")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["AP", "AP50", "AP75", "APr", "APc", "APf", "training time per epoch (s)"]
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------- reading the runs
+def test_arm_rows_name_head_and_classes_and_missing_runs_are_listed(tmp_path):
+    arms = {"C=4,dlde": [make_run(tmp_path / "a0", ap=0.2, buckets=(0.1, 0.2, 0.3)), tmp_path / "a1"],
+            "C=8,retinanet": [make_run(tmp_path / "b0", ap=0.5, buckets=(0.4, 0.5, 0.6), model="retinanet",
+                                       classes=8)],
+            "C=8,dlde": [tmp_path / "c0"]}
+    unfinished = make_run(tmp_path / "a2", ap=0.9, epochs=2)
+    (unfinished / "metrics.jsonl").write_text(unfinished.joinpath("metrics.jsonl").read_text().splitlines()[0] + "\n")
+    arms["C=4,dlde"].append(unfinished)  # one epoch of two
+    assert not is_finished(unfinished) and is_finished(tmp_path / "a0") and not is_finished(tmp_path / "a1")
+    rows = arm_rows(arms)
+    assert [(r["arm"], r["head"], r["classes"], r["n"]) for r in rows] == [("C=4,dlde", "dlde", 4, 1),
+                                                                           ("C=8,retinanet", "retinanet", 8, 1)]
+    assert missing_runs(arms) == [tmp_path / "a1", unfinished, tmp_path / "c0"]
+    report = missing_report("demo", arms, tmp_path)
+    assert report.splitlines() == ["demo: 2 of 5 runs finished", "  missing: a1", "  missing: a2", "  missing: c0"]
+
+
+def test_class_image_counts_from_lvis_fields_or_from_the_annotations(tmp_path):
+    lvis = tmp_path / "lvis.json"
+    lvis.write_text(json.dumps({"categories": [{"id": 1, "name": "a", "image_count": 3, "frequency": "r"},
+                                               {"id": 2, "name": "b", "image_count": 120, "frequency": "f"}]}))
+    counts = class_image_counts(lvis)
+    assert counts["image_count"].tolist() == [3, 120] and counts["frequency"] == ["r", "f"]
+    coco = tmp_path / "coco.json"
+    annotations = [{"image_id": i, "category_id": 1} for i in range(12)] + [{"image_id": 0, "category_id": 2}] * 2
+    coco.write_text(json.dumps({"categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}, {"id": 3, "name": "z"}],
+                                "annotations": annotations}))
+    counts = class_image_counts(coco)
+    assert counts["image_count"].tolist() == [12, 1, 0] and counts["frequency"] == ["c", "r", ""]
+
+
+def test_training_sets_name_one_annotation_file_per_number_of_classes(tmp_path):
+    arms = {"a": [make_run(tmp_path / "a", ap=0.1, classes=8, data_root=tmp_path / "d8"), tmp_path / "none"],
+            "b": [make_run(tmp_path / "b", ap=0.1, classes=4, data_root=tmp_path / "d4")]}
+    assert training_sets(arms) == {4: tmp_path / "d4" / "annotations" / "instances_train.json",
+                                   8: tmp_path / "d8" / "annotations" / "instances_train.json"}
+
+
+@pytest.mark.slow
+def test_example_detections_take_one_run_per_head_with_a_checkpoint(tmp_path):
+    config = TrainConfig.from_dict({"run_dir": str(tmp_path / "run"), "data_root": str(tmp_path / "data"),
+                                    "epochs": 1, "progress": False}, preset="tiny")
+    train(config)
+    examples = example_detections({"tiny": [tmp_path / "run", tmp_path / "missing"]}, images=2, score_threshold=0.0)
+    assert list(examples) == ["dlde"] and examples["dlde"]["run"] == tmp_path / "run"
+    assert len(examples["dlde"]["samples"]) == 2 and examples["dlde"]["class_names"] == ["0", "1", "2"]
+    assert {"image", "boxes", "labels", "scores", "gt_boxes"} <= set(examples["dlde"]["samples"][0])
+
+
+# ---------------------------------------------------------------------------------- figures
+def head_rows():
+    rows = []
+    for index, head in enumerate(HEADS):
+        for classes, level in ((100, 0.4), (1000, 0.3)):
+            stats = {f"{m}_{k}": level - 0.05 * index + offset for m in ("AP", "APr", "APc", "APf")
+                     for k, offset in (("mean", 0.0), ("low", -0.02), ("high", 0.02))}
+            stats |= {"epoch_time_s_mean": classes / 10.0, "epoch_time_s_low": math.nan, "epoch_time_s_high": math.nan}
+            rows.append({"arm": f"C={classes},{head}", "n": 3, "head": head, "classes": classes} | stats)
+    return rows
+
+
+def test_metrics_against_classes_have_a_panel_per_metric_and_a_line_per_head():
+    import matplotlib.pyplot as plt
+
+    fig = plot_against_classes(head_rows())
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["AP", "APr", "APc", "APf"]
+    for ax in axes:
+        assert ax.get_xscale() == "log" and ax.get_xticks().tolist() == [100, 1000]
+        assert len(ax.containers) == len(HEADS)
+    assert [t.get_text() for t in axes[-1].get_xticklabels()] == ["100", "1,000"]  # the shared axis's labels
+    dlde = axes[0].containers[0]
+    x, y = dlde.lines[0].get_data()
+    assert y.tolist() == pytest.approx([0.4, 0.3]) and x[1] / x[0] == pytest.approx(10.0)
+    assert dlde.lines[0].get_color() == HEAD_STYLES["dlde"][1]
+    low, high = dlde.lines[1][0].get_ydata()[0], dlde.lines[1][1].get_ydata()[0]  # the caps at C = 100
+    assert (low, high) == pytest.approx((0.38, 0.42))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["DLDENet", "sigmoid", "learned prototypes"]
+    assert fig.get_size_inches()[0] == pytest.approx(3.4)
+    plt.close(fig)
+    fig = plot_against_classes(head_rows(), ("epoch_time_s",))
+    (ax,) = fig.axes
+    assert ax.get_title() == "training time per epoch (s)"
+    assert ax.containers[2].lines[0].get_ydata().tolist() == [10.0, 100.0]
+    plt.close(fig)
+
+
+def test_levers_figure_has_a_line_per_start_and_step_against_the_embedding_size():
+    import matplotlib.pyplot as plt
+
+    rows = [{"arm": f"d={d},{init},{step}", "n": 3, "embedding_size": d, "classifier_init": init,
+             "means_lr_schedule": step, "AP_mean": d / 1000 + (init == "prior") / 10, "AP_low": math.nan,
+             "AP_high": math.nan} for d in LEVERS["embedding_size"] for init in LEVERS["classifier_init"]
+            for step in LEVERS["means_lr_schedule"]]
+    fig = plot_levers(rows, ("AP", "APr"))
+    ap, apr = fig.axes
+    assert ap.get_xticks().tolist() == [32, 128, 256] and [t.get_text() for t in ap.get_xticklabels()] == [
+        "32", "128", "256"]
+    assert len(ap.containers) == 4 and len(apr.containers) == 4  # APr missing: drawn as NaN, not an error
+    prior_count = ap.containers[3].lines[0]
+    assert prior_count.get_ydata().tolist() == pytest.approx([0.132, 0.228, 0.356])
+    assert prior_count.get_linestyle() == "--" and prior_count.get_marker() == "^"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "fixed start, constant step", "fixed start, count step", "prior start, constant step",
+        "prior start, count step"]
+    plt.close(fig)
+
+
+def test_class_frequency_histogram_is_log_scaled_with_the_buckets_shaded():
+    import matplotlib.pyplot as plt
+
+    counts = np.array([1, 1, 2, 5, 10, 11, 50, 100, 101, 150, 0])
+    letters = ["r"] * 5 + ["c"] * 3 + ["f"] * 2 + [""]
+    fig = plot_class_frequency(counts, letters)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_title() == "class frequency (10 classes)"
+    assert sum(patch.get_height() for patch in ax.patches if patch.get_facecolor()[:3] == (0.25, 0.25, 0.25)) == 10
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rare 1–10: 5", "common 11–100: 3",
+                                                                   "frequent > 100: 2"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one entry per class"):
+        plot_class_frequency([1, 2], ["r"])
+
+
+# ---------------------------------------------------------------------------------- notebook
+def fake_sweeps(runs_dir: Path, data_dir: Path):
+    """Finished fake runs for every run of the heads sweep but one, and for one levers arm; the
+    training annotations of each C."""
+    plan = make_sweep_plan(FIGURES_YAML, VOCABULARY, runs_dir=runs_dir)
+    heads, levers = plan.sweeps
+    skipped = heads.arms["C=1000,prototypes"][2]
+    keys = [k for keys in heads.arms.values() for k in keys if k != skipped]
+    keys += levers.arms["d=32,prior,count"]
+    rng = np.random.default_rng(0)
+    for key in keys:
+        config = plan.runs[key].config
+        classes = config["glyphs_classes"]
+        root = data_dir / f"glyphs-{classes}"
+        folder = make_run(plan.run_dir(key), ap=float(rng.uniform(0.2, 0.4)), buckets=rng.uniform(0.1, 0.5, 3).tolist(),
+                          model=config["model"], classes=classes, epochs=config["epochs"],
+                          times=[float(classes) / 10.0] * config["epochs"], data_root=root, config=config)
+        assert is_finished(folder)
+    for classes in (100, 1000):
+        counts = rng.integers(1, 150, classes)
+        categories = [{"id": k + 1, "name": f"g{k}", "image_count": int(n), "frequency": "r" if n <= 10 else
+                       "c" if n <= 100 else "f"} for k, n in enumerate(counts)]
+        path = data_dir / f"glyphs-{classes}" / "annotations" / "instances_train.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"categories": categories, "images": [], "annotations": []}))
+    return plan, skipped
+
+
+@pytest.mark.slow
+def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    from dlde.pipeline.execute import PAPERMILL_OPTIONS
+    from dlde.pipeline.lock import NOTEBOOKS_DIR
+    from dlde.pipeline.notebook import read_results
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan, skipped = fake_sweeps(tmp_path / "runs", tmp_path / "data")
+    out_dir, figures_dir = tmp_path / "out", tmp_path / "figures"
+    executed = tmp_path / "07_vocabulary.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / "07_vocabulary.ipynb"), str(executed),
+                               parameters={"RUN_DIR": str(tmp_path / "vocabulary"), "RUNS_DIR": str(tmp_path / "runs"),
+                                           "CONFIG": str(FIGURES_YAML), "FIGURES_DIR": str(figures_dir),
+                                           "OUT_DIR": str(out_dir), "DETECTION_IMAGES": 2},
+                               cwd=str(tmp_path), **PAPERMILL_OPTIONS)
+    results = read_results(out_dir)
+    expected = ["vocabulary_ap", "vocabulary_epoch_time", "vocabulary_levers", "vocabulary_class_frequency_100",
+                "vocabulary_class_frequency_1000"]
+    assert results["figures"] == expected
+    for name in expected:
+        assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
+    assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
+    assert results["sweeps"]["vocabulary_levers"]["runs"] == 36
+    assert len(results["sweeps"]["vocabulary_levers"]["missing"]) == 36 - 6  # 3 own runs, 3 shared with heads
+    heads = results["rows"]["vocabulary_heads"]
+    assert [(r["head"], r["classes"], r["n"]) for r in heads] == [(h, c, 2 if (h, c) == ("prototypes", 1000) else 3)
+                                                                  for c in (100, 1000) for h in HEADS]
+    assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
+    levers = results["rows"]["vocabulary_levers"]
+    assert [(r["arm"], r["embedding_size"], r["classifier_init"], r["means_lr_schedule"]) for r in levers] == [
+        ("d=32,prior,count", 32, "prior", "count"), ("d=128,fixed,constant", 128, "fixed", "constant")]
+    streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
+                      if c.cell_type == "code" for o in c.outputs)
+    assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams
+    assert "no finished run with a checkpoint" in streams  # fake runs have no model to draw

@@ -17,8 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .calibration import ece_of_curve
 from .embeddings import to_numpy
-from .plotting import class_colors
-from .vocabulary_plots import BUCKET_COLORS, WIDTH
+from .plotting import BUCKET_COLORS, BUCKET_LINES, WIDTH, class_colors
 
 __all__ = ["MAX_CLASS_BARS", "plot_training_curves", "plot_per_class_ap", "plot_reliability", "plot_score_histograms",
            "plot_roc"]
@@ -26,7 +25,6 @@ __all__ = ["MAX_CLASS_BARS", "plot_training_curves", "plot_per_class_ap", "plot_
 #: Most classes :func:`plot_per_class_ap` draws as bars; beyond, it ranks them in a figure of fixed size.
 MAX_CLASS_BARS = 60
 #: LVIS bucket letter -> line style of its mean in the ranked view (so the buckets read in grey too).
-_BUCKET_LINES = {"r": ":", "c": "--", "f": "-."}
 _NAMED = 3  # classes named at each end of the ranked view
 _NAME_CHARS = 28  # longer class names are cut there in the ranked view
 
@@ -147,7 +145,7 @@ def _plot_ranked_ap(models: Mapping[str, Mapping[str, float]], classes: list[str
     axes[-1, -1].set_xlabel(f"class rank by AP ({len(classes):,} classes)", fontsize=8)
     fig.suptitle(title, fontsize=8)
     if present:
-        handles = [Line2D([], [], color=BUCKET_COLORS[letter][1], linestyle=_BUCKET_LINES[letter],
+        handles = [Line2D([], [], color=BUCKET_COLORS[letter][1], linestyle=BUCKET_LINES[letter],
                           label=f"{BUCKET_COLORS[letter][0]} ({int(np.sum(letters == letter))})")
                    for letter in present]
         handles.append(Line2D([], [], color="black", linewidth=0.8, label="all"))
@@ -178,7 +176,7 @@ def _ranked_panel(ax, model: str, names: list[str], ranked: np.ndarray, letters:
     for letter, (_, color) in BUCKET_COLORS.items():
         mine = letters == letter  # (K,)
         if mine.any():
-            ax.axhline(ranked[mine].mean(), color=color, linestyle=_BUCKET_LINES[letter], linewidth=1.2)
+            ax.axhline(ranked[mine].mean(), color=color, linestyle=BUCKET_LINES[letter], linewidth=1.2)
             means.append(f"{letter} {ranked[mine].mean():.3f}")
     bucket_means = f" ({', '.join(means)})" if means else ""
     ax.set_title(f"{model}: " * bool(model) + f"mean AP {ranked.mean():.3f}{bucket_means}", fontsize=7)

@@ -23,7 +23,16 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["class_colors", "display_names", "as_labels", "save_figure"]
+__all__ = ["class_colors", "display_names", "as_labels", "save_figure", "WIDTH", "OKABE_ITO", "BUCKET_COLORS",
+           "BUCKET_LINES"]
+
+WIDTH = 3.4  # inches: one column of a two-column paper
+#: Okabe & Ito's colour-blind-safe palette (black left out: it draws the single points).
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442")
+#: LVIS bucket letter -> (name, colour), and a line style per bucket so the buckets read in grey too.
+BUCKET_COLORS: dict[str, tuple[str, str]] = {"r": ("rare", OKABE_ITO[1]), "c": ("common", OKABE_ITO[3]),
+                                             "f": ("frequent", OKABE_ITO[0])}
+BUCKET_LINES = {"r": ":", "c": "--", "f": "-."}
 
 # Metadata that would otherwise embed a timestamp or version string in the file.
 _DETERMINISTIC_METADATA = {

@@ -20,13 +20,11 @@ import numpy as np
 from dlde.data.long_tail import BUCKETS
 
 from .aggregate import METRICS, VOCABULARY_METRICS
+from .plotting import BUCKET_COLORS, OKABE_ITO, WIDTH
 from .stats import CONFIDENCE
 
-__all__ = ["BUCKET_COLORS", "HEAD_STYLES", "WIDTH", "plot_against_classes", "plot_class_frequency", "plot_levers"]
+__all__ = ["HEAD_STYLES", "plot_against_classes", "plot_class_frequency", "plot_levers"]
 
-WIDTH = 3.4  # inches: one column of a two-column paper
-#: Okabe & Ito's colour-blind-safe palette (black left out: it draws the single points).
-OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442")
 #: Head -> (label, colour, marker, line style); a head not listed takes the next free colour.
 HEAD_STYLES: dict[str, tuple[str, str, str, str]] = {
     "dlde": ("DLDENet", OKABE_ITO[0], "o", "-"),
@@ -34,9 +32,6 @@ HEAD_STYLES: dict[str, tuple[str, str, str, str]] = {
     "prototypes": ("learned prototypes", OKABE_ITO[2], "^", ":"),
 }
 _SPARE_MARKERS = ("D", "v", "P", "X")
-#: LVIS bucket letter -> (name, colour of its shading).
-BUCKET_COLORS: dict[str, tuple[str, str]] = {"r": ("rare", OKABE_ITO[1]), "c": ("common", OKABE_ITO[3]),
-                                             "f": ("frequent", OKABE_ITO[0])}
 
 
 Style = tuple[str, str, str, str]  # (label, colour, marker, line style)

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .long_tail import BUCKETS
+
 __all__ = ["CocoDetection", "read_image"]
 
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -280,7 +282,7 @@ def _read_images(data: dict, where: str, images_dir: Path) -> tuple[list[int], l
     return image_ids, files, sizes
 
 
-_FREQUENCIES = ("r", "c", "f")  # LVIS's buckets: rare, common, frequent
+_FREQUENCIES = tuple(BUCKETS)  # LVIS's buckets: rare, common, frequent
 
 
 def _all_or_none(records: list[dict], keys: tuple[str, ...], name: str, where: str) -> bool:

@@ -114,10 +114,6 @@ class GlyphsConfig:
         """Returns the arguments as a JSON-ready dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def key(self) -> str:
-        """A short hash of the arguments and of the file format."""
-        return _GLYPHS.key(self.to_json())
-
     def styles(self) -> list[FontStyle]:
         """The font styles of :attr:`families`, the reference style first."""
         return [style for family in self.families for style in FAMILIES[family]]

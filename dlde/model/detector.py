@@ -25,7 +25,7 @@ from .heads import ClassificationHead, Regression, SigmoidClassification
 from .inputs import all_finite, check_image_values, check_norm_sizes
 from .losses import check_annotations, detection_loss, drop_degenerate_boxes
 from .means import TrackedMeans
-from .modes import evaluating, snapshot_buffers
+from .modes import buffers_kept_only_on_success, evaluating
 from .registry import head_factory
 
 DEFAULT_FEATURES = {"pyramid": 256, "regression": 256, "classification": 256}
@@ -176,9 +176,7 @@ class RetinaNet(nn.Module):
         if classification_head is None:
             head = SigmoidClassification(self.features["pyramid"], num_anchors, self.features["classification"],
                                          self.classes, prior=prior, convs=head_convs, group_norm=group_norm)
-        elif isinstance(classification_head, ClassificationHead):
-            head = classification_head
-        elif callable(classification_head):
+        elif callable(classification_head) and not isinstance(classification_head, nn.Module):
             head = classification_head(
                 self.features["pyramid"], num_anchors, self.features["classification"], self.classes,
                 convs=head_convs, group_norm=group_norm, assignation_thresholds=self.assignation_thresholds,
@@ -242,13 +240,8 @@ class RetinaNet(nn.Module):
         if self.training and self.tracked_means is not None and annotations is None:
             raise ValueError(f"the {self.classification.name!r} head needs the annotations in training mode "
                              "to track the class means")
-        restore = snapshot_buffers(self) if self.training and self.check_inputs else None
-        try:
+        with buffers_kept_only_on_success(self, enabled=self.training and self.check_inputs):
             return self._forward(images, annotations)
-        except BaseException:
-            if restore is not None:
-                restore()  # the BatchNorm statistics and means of a refused forward are not kept
-            raise
 
     def _forward(self, images: Tensor, annotations: Tensor | None):
         feature_maps = self.fpn(images)

@@ -53,3 +53,17 @@ def snapshot_buffers(model: nn.Module) -> Callable[[], None]:
                 getattr(module, name).copy_(copy)
 
     return restore
+
+
+@contextmanager
+def buffers_kept_only_on_success(model: nn.Module, *, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, an exception puts every buffer of ``model`` back as it was on entry
+    (:func:`snapshot_buffers`), then propagates: a refused training-mode pass keeps no BatchNorm
+    statistics, means or κ statistics. ``enabled=False`` takes no snapshot."""
+    restore = snapshot_buffers(model) if enabled else None
+    try:
+        yield
+    except BaseException:
+        if restore is not None:
+            restore()
+        raise

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from .losses import check_annotations, drop_degenerate_boxes
-from .modes import snapshot_buffers
+from .modes import buffers_kept_only_on_success
 
 
 @torch.no_grad()
@@ -36,13 +36,8 @@ def track_batch(model: nn.Module, images: Tensor, annotations: Tensor) -> None:
         raise ValueError("an empty batch (0 images) cannot be tracked")
     annotations = check_annotations(annotations, model.classes, images.shape[0]).to(images.device)
     annotations = drop_degenerate_boxes(annotations, images.shape[-2:])
-    restore = snapshot_buffers(model) if model.training and model.check_inputs else None
-    try:
+    with buffers_kept_only_on_success(model, enabled=model.training and model.check_inputs):
         embeddings = model.classification.embed(model.fpn(images))  # (B, A, d)
         assignment = model.assign(model.anchors(images), annotations)
         objects = assignment.objects_mask  # (B, A)
         model.tracked_means.update(embeddings[objects], assignment.assigned_annotations[..., 4][objects])
-    except BaseException:
-        if restore is not None:
-            restore()  # BatchNorm statistics of a refused training-mode pass are not kept
-        raise

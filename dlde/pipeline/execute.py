@@ -159,7 +159,7 @@ def _prepare_training(plan: Plan, step: Step, parameters: dict[str, Any],
     resumed = parameters.get("RESUME", notebook_defaults()["RESUME"])
     done_before = folder.finished_epochs() if resumed else 0
     watch = EpochProgress(folder.path, config.epochs, step.run, done_before=done_before, echo=echo)
-    if step.nproc == 1 or folder.is_complete(config):
+    if step.nproc == 1 or state == "complete":
         return watch
     # Data-parallel: torchrun trains the run, then the notebook only reloads the finished run.
     overrides = overrides_of(parameters)

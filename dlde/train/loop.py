@@ -308,9 +308,11 @@ def _step(run: _Run, images, annotations, where: str) -> dict[str, float] | None
     annotations = annotations.to(device, non_blocking=run.pin_memory)
     if config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    problem = image_problem(images)  # exactly what the model refuses, before any state changes
-    if context.distributed and distributed.any_over_processes(problem is not None, device):
-        problem = problem or "non-finite or absurd pixels in the input images of another process"
+    problem = None  # one process: the model's own check refuses such images (a FloatingPointError below)
+    if context.distributed:  # every process must agree before the forward's collectives start
+        problem = image_problem(images)
+        if distributed.any_over_processes(problem is not None, device):
+            problem = problem or "non-finite or absurd pixels in the input images of another process"
     restore = None
     if problem is None:
         restore = snapshot_buffers(run.model)  # BatchNorm statistics, means, κ: undone if the step is refused

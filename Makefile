@@ -40,7 +40,8 @@ figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
 
 # The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs, about 80 min with one
-# thread per run); make vocabulary the large-vocabulary sweeps on glyphs (51 runs, about 7 h).
+# thread per run); make vocabulary the large-vocabulary sweeps on glyphs (30 runs, about 5 h of one
+# thread; run it twice at once, one per core, and the two share the runs).
 ABLATIONS := means_lr starting_means means_update embedding_size headline
 VOCABULARY := vocabulary_heads vocabulary_levers
 

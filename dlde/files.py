@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -92,3 +94,72 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 break  # torn last line
             raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
     return rows
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    """The ``{"pid", "host"}`` recorded in a lock file, or None when it is absent or torn."""
+    try:
+        holder = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the holder of a lock may still run: a process of another host counts as alive."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: A lock file without a readable holder is taken over only after this many seconds.
+_TORN_GRACE_S = 10.0
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was modified (infinite when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def try_lock(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Take the lock file ``path`` for this process (created exclusively, holding its pid and host).
+
+    A lock whose process has died on this host is taken over. Release it with :func:`release_lock`.
+
+    Returns:
+        None when the lock is now this process's; otherwise the live holder's ``{"pid", "host"}``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _MODE)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is None and _age(path) < _TORN_GRACE_S:
+                return {"pid": None, "host": None}  # being written by its taker this instant
+            if holder is not None and (holder == mine or _alive(holder)):
+                return None if holder == mine else holder
+            path.unlink(missing_ok=True)  # a dead process's (or a torn) lock
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(mine))
+        return None
+    return _holder(path) or {"pid": None, "host": None}
+
+
+def release_lock(path: str | os.PathLike) -> None:
+    """Remove the lock file ``path`` if this process holds it."""
+    path = Path(path)
+    if _holder(path) == {"pid": os.getpid(), "host": socket.gethostname()}:
+        path.unlink(missing_ok=True)

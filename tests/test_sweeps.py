@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from dlde.analysis.aggregate import (
     write_sweep,
 )
 from dlde.analysis.stats import t_interval, t_quantile
+from dlde.files import release_lock, try_lock
 from dlde.pipeline import execute
 from dlde.pipeline.cli import main
 from dlde.pipeline.execute import NotebookFailed, run_pipeline
@@ -421,3 +423,44 @@ def test_max_mean_cosine_shows_a_collapse_and_ece_is_tabulated(tmp_path):
     assert run_summary(run)["ECE"] == 0.125
     fig = plot_collapse({"fast": [run], "empty": [tmp_path / "missing"]})
     assert len(fig.axes[0].lines) == 2  # the arm's curve and the collapse line at 1; the empty arm skipped
+
+
+@pytest.mark.slow
+def test_two_sweeps_share_a_runs_folder_a_run_being_trained_elsewhere_is_skipped(tmp_path, capsys):
+    config = write_yaml(tmp_path, TINY_SWEEPS.split("  shared:")[0])
+    runs = tmp_path / "runs" / "sweeps" / "tiny"
+    held = runs / "embedding_size=4,epochs=1,seed=0" / "sweep.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        held.parent.mkdir(parents=True)
+        held.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        assert main(["--config", str(config), "--sweeps", "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert f"being trained by another sweep (pid {other.pid}" in out and out.count("training (1 epochs)") == 1
+        assert not (held.parent / "metrics.jsonl").exists() and held.exists()  # the other's run and lock untouched
+        assert not (runs / "epochs=1,seed=0" / "sweep.lock").exists()  # this sweep released its own
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["--config", str(config), "--sweeps", "--threads", "1"]) == 0  # its holder died: taken over
+    out = capsys.readouterr().out
+    assert out.count("training (1 epochs)") == 1 and "complete, skipped" in out
+    assert (held.parent / "metrics.jsonl").exists() and not held.exists()
+
+
+def test_a_lock_file_belongs_to_one_live_process(tmp_path):
+    lock = tmp_path / "run" / "sweep.lock"
+    assert try_lock(lock) is None and try_lock(lock) is None  # taken, and this process holds it already
+    assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+    release_lock(lock)
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))  # init: alive, not ours
+    assert try_lock(lock) == {"pid": 1, "host": socket.gethostname()}
+    release_lock(lock)
+    assert lock.exists()  # not this process's to release
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    assert try_lock(lock)["host"] == "another-host"  # another host's process cannot be checked: kept
+    lock.write_text("")  # torn by a taker this instant: kept; taken over once stale
+    assert try_lock(lock) == {"pid": None, "host": None}
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    assert try_lock(lock) is None and json.loads(lock.read_text())["pid"] == os.getpid()

@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
 HEADS = ("dlde", "retinanet", "prototypes")
 VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]
-LEVERS = {"embedding_size": [32, 128, 256], "classifier_init": ["fixed", "prior"],
-          "means_lr_schedule": ["constant", "count"]}
+LEVERS = ("embedding_size", "classifier_init", "means_lr_schedule")
+LEVER_ARMS = ["d=128,prior,count", "d=128,fixed,count", "d=128,prior,constant", "d=32,prior,count",
+              "d=256,prior,count"]
 
 
 def makefile_list(name):
@@ -66,22 +67,21 @@ def test_the_heads_sweep_trains_three_heads_at_two_sizes_with_three_seeds(plan):
         assert budgets[0] == budgets[1] == budgets[2]
 
 
-def test_the_levers_sweep_is_every_combination_at_1000_classes_and_shares_the_default_arm(plan):
+def test_the_levers_sweep_flips_one_lever_at_a_time_around_the_glyphs_default_and_shares_it(plan):
     heads, levers = plan.sweeps
-    assert len(levers.arms) == 12 and all(len(keys) == 3 for keys in levers.arms.values())
-    assert list(levers.arms) == [f"d={d},{init},{step}" for d in LEVERS["embedding_size"]
-                                 for init in LEVERS["classifier_init"] for step in LEVERS["means_lr_schedule"]]
+    assert list(levers.arms) == LEVER_ARMS and all(len(keys) == 3 for keys in levers.arms.values())
     for arm, keys in levers.arms.items():
         values = dict(zip(LEVERS, [arm.split(",")[0][2:]] + arm.split(",")[1:]))
         for key in keys:
             config = plan.runs[key].config
             assert config["model"] == "dlde" and config["glyphs_classes"] == 1000 and config["epochs"] == 3
             assert {name: str(run_identity(config)[name]) for name in LEVERS} == values  # defaults resolved
-    assert levers.arms["d=128,fixed,constant"] == heads.arms["C=1000,dlde"]
-    assert levers.arms["d=32,prior,count"] == [
-        f"glyphs-1000/classifier_init=prior,embedding_size=32,means_lr_schedule=count,threads=1,seed={s}"
-        for s in range(3)]
-    assert len(plan.runs) == 18 + 36 - 3  # the default lever arm is the heads sweep's dlde arm at C = 1,000
+    # The default arm is the glyphs presets' own configuration, so it is the heads sweep's dlde arm.
+    default = dict(zip(LEVERS, ["128", "prior", "count"]))
+    assert {name: str(PRESETS["glyphs-1000"].head_options[name]) for name in LEVERS} == default
+    assert levers.arms["d=128,prior,count"] == heads.arms["C=1000,dlde"]
+    assert levers.arms["d=32,prior,count"] == [f"glyphs-1000/embedding_size=32,threads=1,seed={s}" for s in range(3)]
+    assert len(plan.runs) == 18 + 15 - 3  # the default lever arm is the heads sweep's dlde arm at C = 1,000
     assert sum(key.startswith("glyphs-100/") for key in plan.runs) == 9
 
 
@@ -269,8 +269,8 @@ def test_levers_figure_has_a_line_per_start_and_step_against_the_embedding_size(
 
     rows = [{"arm": f"d={d},{init},{step}", "n": 3, "embedding_size": d, "classifier_init": init,
              "means_lr_schedule": step, "AP_mean": d / 1000 + (init == "prior") / 10, "AP_low": math.nan,
-             "AP_high": math.nan} for d in LEVERS["embedding_size"] for init in LEVERS["classifier_init"]
-            for step in LEVERS["means_lr_schedule"]]
+             "AP_high": math.nan} for d in (32, 128, 256) for init in ("fixed", "prior")
+            for step in ("constant", "count")]
     fig = plot_levers(rows, ("AP", "APr"))
     ap, apr = fig.axes
     assert ap.get_xticks().tolist() == [32, 128, 256] and [t.get_text() for t in ap.get_xticklabels()] == [
@@ -354,15 +354,15 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
     for name in expected:
         assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
     assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
-    assert results["sweeps"]["vocabulary_levers"]["runs"] == 36
-    assert len(results["sweeps"]["vocabulary_levers"]["missing"]) == 36 - 6  # 3 own runs, 3 shared with heads
+    assert results["sweeps"]["vocabulary_levers"]["runs"] == 15
+    assert len(results["sweeps"]["vocabulary_levers"]["missing"]) == 15 - 6  # 3 own runs, 3 shared with heads
     heads = results["rows"]["vocabulary_heads"]
     assert [(r["head"], r["classes"], r["n"]) for r in heads] == [(h, c, 2 if (h, c) == ("prototypes", 1000) else 3)
                                                                   for c in (100, 1000) for h in HEADS]
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
     levers = results["rows"]["vocabulary_levers"]
     assert [(r["arm"], r["embedding_size"], r["classifier_init"], r["means_lr_schedule"]) for r in levers] == [
-        ("d=32,prior,count", 32, "prior", "count"), ("d=128,fixed,constant", 128, "fixed", "constant")]
+        ("d=128,prior,count", 128, "prior", "count"), ("d=32,prior,count", 32, "prior", "count")]
     streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams

@@ -8,7 +8,8 @@ options (passed through ``OVERRIDES_JSON``). Every resolved run trains into
 so arms with the same configuration (in one sweep or several) share one folder and train once.
 A run whose folder already holds the same configuration with its last epoch written is skipped
 (``--force`` retrains it); an interrupted one is resumed from its checkpoint; a failed one is
-reported with its executed notebook and the others go on (``--fail-fast`` stops). Then
+reported with its executed notebook and the others go on (``--fail-fast`` stops). Several sweep
+processes may share a runs folder: a run one of them is training is skipped by the others. Then
 :mod:`dlde.analysis.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
 and 95 % t-interval over seeds) and ``index.md`` lists them.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dlde.analysis.aggregate import write_sweep
+from dlde.files import release_lock, try_lock
 from dlde.model.registry import all_head_options
 from dlde.train import PRESETS, RunFolder
 from dlde.train.config import field_names
@@ -52,6 +54,7 @@ from .reports import write_index
 #: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
 SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
 SWEEPS_FOLDER = "sweeps"  # under runs_dir
+SWEEP_LOCK = "sweep.lock"  # in a run folder while a sweep process trains it
 
 
 @dataclass(frozen=True)
@@ -280,10 +283,28 @@ def _train(plan: SweepPlan, key: str, label: str, *, force: bool, log_output: bo
            echo: Callable[[str], None]) -> tuple[str, float]:
     """Train one run of the sweep unless it is complete; ``(status, seconds)``.
 
+    Several sweeps may run at once on one runs folder (e.g. one per core): each run is trained by
+    the process that takes its lock file (:data:`SWEEP_LOCK`, released when the run ends; a dead
+    process's lock is taken over), and the others skip it as ``busy``.
+
     Raises:
         Exception: why the run failed (the notebook's error, or a missing last epoch).
     """
     run, folder = plan.runs[key], RunFolder(plan.run_dir(key))
+    holder = try_lock(folder.path / SWEEP_LOCK)
+    if holder is not None:
+        echo(f"{label}: being trained by another sweep (pid {holder['pid']} on {holder['host']}), skipped")
+        return "busy", 0.0
+    try:
+        return _train_locked(plan, key, label, run, folder, force=force, log_output=log_output, threads=threads,
+                             echo=echo)
+    finally:
+        release_lock(folder.path / SWEEP_LOCK)
+
+
+def _train_locked(plan: SweepPlan, key: str, label: str, run: SweepRun, folder: RunFolder, *, force: bool,
+                  log_output: bool, threads: int | None, echo: Callable[[str], None]) -> tuple[str, float]:
+    """:func:`_train` once this process holds the run's sweep lock."""
     state = "changed" if force and folder.path.exists() else folder.state(run.config)
     if state == "complete":
         echo(f"{label}: complete, skipped")
@@ -362,7 +383,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
                     break
                 continue
             summary.add(key, status, seconds)
-            if status != "skipped":
+            if status not in ("skipped", "busy"):
                 echo(f"{label}: done in {duration(seconds)}")
     finally:
         _aggregate(plan, echo)

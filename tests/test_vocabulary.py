@@ -31,8 +31,8 @@ FIGURES_YAML = REPO / "figures.yaml"
 HEADS = ("dlde", "retinanet", "prototypes")
 VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]
 LEVERS = ("embedding_size", "classifier_init", "means_lr_schedule")
-LEVER_ARMS = ["d=128,prior,count", "d=128,fixed,count", "d=128,prior,constant", "d=32,prior,count",
-              "d=256,prior,count"]
+LEVER_ARMS = ["d=128,fixed,constant", "d=128,prior,constant", "d=128,fixed,count", "d=32,fixed,constant",
+              "d=256,fixed,constant"]
 
 
 def makefile_list(name):
@@ -77,10 +77,11 @@ def test_the_levers_sweep_flips_one_lever_at_a_time_around_the_glyphs_default_an
             assert config["model"] == "dlde" and config["glyphs_classes"] == 1000 and config["epochs"] == 3
             assert {name: str(run_identity(config)[name]) for name in LEVERS} == values  # defaults resolved
     # The default arm is the glyphs presets' own configuration, so it is the heads sweep's dlde arm.
-    default = dict(zip(LEVERS, ["128", "prior", "count"]))
-    assert {name: str(PRESETS["glyphs-1000"].head_options[name]) for name in LEVERS} == default
-    assert levers.arms["d=128,prior,count"] == heads.arms["C=1000,dlde"]
-    assert levers.arms["d=32,prior,count"] == [f"glyphs-1000/embedding_size=32,threads=1,seed={s}" for s in range(3)]
+    assert PRESETS["glyphs-1000"].head_options["embedding_size"] == 128
+    assert {name: str(run_identity(PRESETS["glyphs-1000"].to_dict())[name]) for name in LEVERS} == dict(
+        zip(LEVERS, ["128", "fixed", "constant"]))
+    assert levers.arms["d=128,fixed,constant"] == heads.arms["C=1000,dlde"]
+    assert levers.arms["d=32,fixed,constant"] == [f"glyphs-1000/embedding_size=32,threads=1,seed={s}" for s in range(3)]
     assert len(plan.runs) == 18 + 15 - 3  # the default lever arm is the heads sweep's dlde arm at C = 1,000
     assert sum(key.startswith("glyphs-100/") for key in plan.runs) == 9
 
@@ -309,7 +310,7 @@ def fake_sweeps(runs_dir: Path, data_dir: Path):
     heads, levers = plan.sweeps
     skipped = heads.arms["C=1000,prototypes"][2]
     keys = [k for keys in heads.arms.values() for k in keys if k != skipped]
-    keys += levers.arms["d=32,prior,count"]
+    keys += levers.arms["d=32,fixed,constant"]
     rng = np.random.default_rng(0)
     for key in keys:
         config = plan.runs[key].config
@@ -362,7 +363,7 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
     levers = results["rows"]["vocabulary_levers"]
     assert [(r["arm"], r["embedding_size"], r["classifier_init"], r["means_lr_schedule"]) for r in levers] == [
-        ("d=128,prior,count", 128, "prior", "count"), ("d=32,prior,count", 32, "prior", "count")]
+        ("d=128,fixed,constant", 128, "fixed", "constant"), ("d=32,fixed,constant", 32, "fixed", "constant")]
     streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams

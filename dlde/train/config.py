@@ -225,8 +225,7 @@ def _glyphs_preset(classes: int, epochs: int) -> TrainConfig:
     return dataclasses.replace(
         PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs", glyphs_classes=classes,
         min_size=GlyphsConfig.canvas_size, max_size=GlyphsConfig.canvas_size,
-        head_options={**PRESETS["digits"].head_options, "embedding_size": 128, "classifier_init": "prior",
-                      "means_lr_schedule": "count"}, epochs=epochs, eval_every=epochs)
+        head_options={**PRESETS["digits"].head_options, "embedding_size": 128}, epochs=epochs, eval_every=epochs)
 
 
 #: Sized for one thread of this 2-core CPU (measured while other jobs held a load of ~2.5):

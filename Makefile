@@ -38,6 +38,7 @@ test-fast: $(STAMP) lint
 
 figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
+	$(PY) -m dlde.pipeline.readme
 
 # The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs, about 80 min with one
 # thread per run); make vocabulary the large-vocabulary sweeps on glyphs (30 runs, about 5 h of one
@@ -47,9 +48,11 @@ VOCABULARY := vocabulary_heads vocabulary_levers
 
 ablations: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(ABLATIONS)
+	$(PY) -m dlde.pipeline.readme
 
 vocabulary: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(VOCABULARY)
+	$(PY) -m dlde.pipeline.readme
 
 figures-tiny: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --tiny

@@ -8,7 +8,9 @@ in the tracked means' all-reduce (:func:`dlde.train.distributed.sum_over_process
 step, so it includes waiting for the slower process) next to the cost of the same all-reduce
 alone, and the bytes one process all-reduces per step for the means: ``C * (d + 1)`` float64
 values, against the gradient all-reduce DDP does anyway (4 bytes per parameter).
-Synthetic images and boxes: no dataset is read.
+Synthetic images and boxes: no dataset is read. ``--table figures/benchmarks/ddp_scaling.md`` also
+writes the README's table there, with the provenance line of
+:func:`dlde.analysis.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.train import PRESETS, build_model, distributed  # noqa: E402
 
 
@@ -125,6 +128,18 @@ def measure(world: int, args) -> dict:
     return out
 
 
+def readme_table(args, one: dict, many: dict) -> str:
+    """The README's table: per process count, the step, samples/s, the means all-reduce (in the step, alone)."""
+    threads = lambda n: f"{n} thread{'' if n == 1 else 's'}"  # noqa: E731
+    share = 100 * many["means_s"] / many["step_s"]
+    rows = [[f"1 ({threads(args.threads)})", f"{one['step_s']:.3f} s", f"{args.global_batch / one['step_s']:.0f}",
+             "–", "–"],
+            [f"{args.processes} ({threads(max(1, args.threads // args.processes))} each, gloo)",
+             f"{many['step_s']:.3f} s", f"{args.global_batch / many['step_s']:.0f}",
+             f"{many['means_s'] * 1e3:.1f} ms ({share:.1f} %)", f"{many['alone_s'] * 1e3:.2f} ms"]]
+    return markdown_table(["processes", "step", "samples/s", "means all-reduce in the step", "alone"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -137,6 +152,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="alternating measurements; the fastest is shown")
     parser.add_argument("--sync-batchnorm", action="store_true")
+    parser.add_argument("--table", default=None, metavar="FILE",
+                        help="also write the README's table to FILE (e.g. figures/benchmarks/ddp_scaling.md)")
     args = parser.parse_args()
     if args.global_batch % args.processes:
         parser.error(f"--global-batch {args.global_batch} must be divisible by --processes {args.processes}")
@@ -157,6 +174,8 @@ def main() -> None:
     print(f"| {args.processes} | {many['step_s']:.3f} | {args.global_batch / many['step_s']:.1f} | "
           f"{many['means_s'] * 1e3:.2f} ms | {100 * many['means_s'] / many['step_s']:.2f} % |")
     print(f"means all-reduce alone ({args.processes} processes, gloo): {many['alone_s'] * 1e6:.0f} us")
+    if args.table:
+        write_table_file(args.table, readme_table(args, one, many))
     gradients = 4 * one["parameters"]
     for classes, dims in ((args.classes, d), (80, 128), (1000, 256)):
         size = distributed.all_reduce_bytes(classes, dims)

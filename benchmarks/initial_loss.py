@@ -15,6 +15,11 @@ Examples::
 
     python benchmarks/initial_loss.py                       # C 10, 80, 1203 x d 32, 128 (about a minute)
     python benchmarks/initial_loss.py --classes 1203 --embedding-sizes 32 64 128 256 --seeds 5
+    python benchmarks/initial_loss.py --table figures/benchmarks/initial_loss.md  # the README's table
+
+``--table`` also writes the README's table (per C and d: the sigmoid head's loss, each start's mean
+loss over head seeds as a ratio to it) with the provenance line of
+:func:`dlde.analysis.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde import CosinePrototypeClassification, DirectionalClassification, build_detector  # noqa: E402
+from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.model.priors import cosine_quadrature, excess_losses  # noqa: E402
 from dlde.model.registry import head_factory  # noqa: E402
 
@@ -47,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=32, help="FPN and head width")
     parser.add_argument("--head-convs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--table", default=None, metavar="FILE",
+                        help="also write the README's table to FILE (e.g. figures/benchmarks/initial_loss.md)")
     return parser.parse_args(argv)
 
 
@@ -99,6 +107,7 @@ def main(argv=None) -> None:
     print("| C | d | sigmoid | " + " | ".join(f"{name} {init}" for name in HEADS for init in INITS)
           + " | expected (prior: dlde / prototypes) |")
     print("|---|---|---|" + "---|" * (len(HEADS) * len(INITS)) + "---|")
+    table_rows = []  # the README's: C, d, the sigmoid head's loss, each start's mean as a ratio to it
     for classes in args.classes:
         torch.manual_seed(0)
         model = build_detector("retinanet", classes, features=features, pretrained=False,
@@ -106,7 +115,7 @@ def main(argv=None) -> None:
         images, annotations = random_batch(classes, args.images, args.size)
         sigmoid = classification_loss(model, images, annotations)
         for d in args.embedding_sizes:
-            cells = []
+            cells, ratios = [], []
             for name in HEADS:
                 for init in INITS:
                     losses = []
@@ -119,11 +128,16 @@ def main(argv=None) -> None:
                             allow_low_quality_matches=model.allow_low_quality_matches).train()
                         losses.append(classification_loss(model, images, annotations))
                     mean = statistics.mean(losses)
+                    ratios.append(f"{ratio(mean / sigmoid)}×")
                     cells.append(f"{mean:.3g} ({ratio(mean / sigmoid)}x; {ratio(min(losses) / sigmoid)}-"
                                  f"{ratio(max(losses) / sigmoid)})")
             expected = " / ".join(f"{expected_excess(name, d):.2f}x" for name in HEADS)
             print(f"| {classes} | {d} | {sigmoid:.3f} | " + " | ".join(cells) + f" | {expected} |")
+            table_rows.append([f"{classes:,}", f"{d}", f"{sigmoid:.3f}"] + ratios)
     print(f"({time.perf_counter() - start:.0f} s)")
+    if args.table:
+        header = ["C", "d", "sigmoid"] + [f"{name} {init}" for name in HEADS for init in INITS]
+        write_table_file(args.table, markdown_table(header, table_rows))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,11 @@ Examples::
     python benchmarks/step_time.py --preset coco-like --classifier-init prior # start near the focal prior
     python benchmarks/step_time.py --preset coco-like --profile 2             # top operators of both models
     python benchmarks/step_time.py --preset coco-like --device cuda --steps 50
+    python benchmarks/step_time.py --threads 2 --table figures/benchmarks/step_time.md  # the README's table
+
+``--table`` measures every configuration of ``TABLE_ROWS`` in turn (the other arguments apply to
+each) and writes the README's speed table there, with the provenance line of
+:func:`dlde.analysis.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN  # noqa:
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7  # noqa: E402
 
 import dlde  # noqa: E402
+from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.model.priors import CLASSIFIER_INITS  # noqa: E402
 from dlde.model.tracking import track_batch  # noqa: E402
 
@@ -75,6 +81,21 @@ PRESETS = {
                       scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=32, classes=80,
                       box_range=(16, 256), steps=6, warmup=1),
 }
+
+#: The rows of the README's speed table (``--table``): label, the arguments that measure it.
+TABLE_ROWS = (
+    ("`coco-like` (384 px, batch 4, P3–P7, width 128, 9 anchors, 80 classes), 128-d (`--embedding-size 128`)",
+     ["--preset", "coco-like", "--embedding-size", "128"]),
+    ("`coco-like`, 64-d (`--embedding-size 64`)", ["--preset", "coco-like", "--embedding-size", "64"]),
+    ("`coco-like`, **32-d (the preset)**", ["--preset", "coco-like"]),
+    ("`coco-like`, 32-d, 365 classes (`--classes 365`)", ["--preset", "coco-like", "--classes", "365"]),
+    ("`coco-like`, 32-d, 1,203 classes (`--classes 1203`, LVIS-sized)",
+     ["--preset", "coco-like", "--classes", "1203"]),
+    ("`coco-like`, learned prototypes (`--head prototypes`), 32-d", ["--preset", "coco-like", "--head", "prototypes"]),
+    ("`digits` (128 px, batch 16, P3–P5, width 64, 3 anchors, 10 classes, 32-d)", ["--preset", "digits"]),
+    ("`digits`, without detections (`--score-threshold 1.0`)", ["--preset", "digits", "--score-threshold", "1.0"]),
+)
+TABLE_HEADER = ("configuration", "training step", "inference", "DLDENet ms per training step", "tracking")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-init", choices=CLASSIFIER_INITS, default=CLASSIFIER_INITS[0],
                         help="start of the cosine head's w, b (scale, bias): the head's fixed values or "
                              "'prior' (dlde.model.priors: the initial loss near the sigmoid head's)")
+    parser.add_argument("--table", default=None, metavar="FILE",
+                        help="measure every configuration of TABLE_ROWS and write the README's speed table "
+                             "to FILE (e.g. figures/benchmarks/step_time.md)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     for key in ("steps", "warmup", "batch", "size", "embedding_size", "classes"):
@@ -189,7 +213,25 @@ def timed(fn, sync) -> tuple[float, object]:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.table is None:
+        measure(args)
+        return
+    rows = []
+    for label, arguments in TABLE_ROWS:  # later arguments win: each row's own over the common ones
+        print(f"\n## {label}", flush=True)
+        result = measure(parse_args(argv + arguments))
+        tracking = "–" if result["track_ms"] is None else f"{result['track_ms']:.1f} ms"
+        rows.append([label, f"{result['train_ratio']:.2f}", f"{result['infer_ratio']:.2f}",
+                     f"{result['train_ms']:.0f}", tracking])
+    write_table_file(args.table, markdown_table(TABLE_HEADER, rows))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time one configuration, print what it measured and return the README's numbers: the ratios
+    ``train_ratio``, ``infer_ratio`` (DLDENet / torchvision), ``train_ms`` (DLDENet's median
+    training step) and ``track_ms`` (None for a head without tracked means)."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -220,16 +262,18 @@ def main(argv=None) -> None:
           f"grad clip {args.grad_clip or 'off'}, seed {args.seed}")
     print(f"trainable parameters: dlde {n_params(dl) / 1e6:.3f} M, torchvision {n_params(tv) / 1e6:.3f} M")
 
-    # Time every call of DLDENet's tracking (it runs inside the forward of training steps).
+    # Time every call of DLDENet's tracking (it runs inside the forward of training steps); a head
+    # without tracked means (prototypes) has none.
     track_times: list[float] = []
-    original_track = dl.classification.track
+    original_track = getattr(dl.classification, "track", None)
 
     def timed_track(*a, **k):
         elapsed, out = timed(lambda: original_track(*a, **k), sync)
         track_times.append(elapsed)
         return out
 
-    dl.classification.track = timed_track
+    if original_track is not None:
+        dl.classification.track = timed_track
 
     def optimizer(model):
         return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
@@ -322,6 +366,9 @@ def main(argv=None) -> None:
         dl.train(), tv.train()
         for name, step in (("dlde", train_dl), ("torchvision", train_tv)):
             print_profile(name, step, args.profile)
+    return {"train_ratio": med(train_times["dlde"]) / med(train_times["torchvision"]),
+            "infer_ratio": med(infer_times["dlde"]) / med(infer_times["torchvision"]),
+            "train_ms": med(train_times["dlde"]), "track_ms": med(track_times) if track_times else None}
 
 
 def print_profile(name: str, step, steps: int, top: int = 12) -> None:

@@ -17,7 +17,8 @@ from dlde import DLDENetWithTrackedMeans, RetinaNet
 from dlde.analysis import fewshot
 from dlde.analysis.openset_protocol import open_set_evaluation
 from dlde.analysis.retrieval_protocol import retrieval_evaluation, retrieval_examples
-from dlde.analysis.tables import few_shot_table
+from dlde.analysis.stats import t_interval
+from dlde.analysis.tables import few_shot_table, interval_cell
 from dlde.model.growth import add_classes, imprint
 from dlde.model.registry import head_factory
 from dlde.pipeline.base_runs import base_config, ensure_base_run
@@ -174,6 +175,38 @@ def test_summarize_gives_the_t_interval_over_draws_and_the_forgetting():
         "| dlde_imprint | 2 | 1 | n/a | 1.000 | 0.750 → 0.500 | 0 | 0.1 |"]
 
 
+def test_summarize_over_base_seeds_is_the_t_interval_of_the_per_seed_means():
+    def row(seed, draw, ap):
+        return {"method": "dlde_imprint", "k": 1, "draw": draw, "base_seed": seed, "steps": 0, "seconds": 0.1,
+                "novel_AP": ap, "novel_AP50": ap, "base_AP": 0.5, "base_AP50": 0.5}
+
+    aps = {0: [0.1, 0.3], 1: [0.4, float("nan")], 2: [0.5, 0.7]}  # a NaN draw leaves its seed's mean to the others
+    rows = [row(seed, j, ap) for seed, values in aps.items() for j, ap in enumerate(values)]
+    (entry,) = fewshot.summarize({"rows": rows, "before": {"dlde": {"AP": 0.75}}})
+    assert entry["base_seeds"] == 3 and entry["draws"] == 2
+    expected = t_interval([0.2, 0.4, 0.6])
+    assert entry["novel_AP"] == pytest.approx(expected) and entry["novel_AP"]["n"] == 3  # n = base seeds, not pairs
+    assert entry["base_AP"]["mean"] == 0.5 and entry["base_AP_drop"] == pytest.approx(0.25)
+    assert fewshot.interval_over([entry]) == "3 base seeds × 2 draws"
+    table = few_shot_table([entry]).splitlines()
+    assert table[0].startswith("| method | k | base seeds × draws | novel AP |")
+    assert table[2].startswith(f"| dlde_imprint | 1 | 3 × 2 | {interval_cell(expected)} |")
+    single = fewshot.summarize({"rows": [r for r in rows if r["base_seed"] == 0], "before": {"dlde": {"AP": 0.75}}})
+    assert "base_seeds" not in single[0] and single[0]["novel_AP"] == pytest.approx(t_interval([0.1, 0.3]))
+    assert fewshot.interval_over(single) == "2 draws"
+
+
+def test_base_run_folders_keep_seed_0_where_one_base_run_per_head_was(tmp_path):
+    from dlde.pipeline.base_runs import base_run_dir, prepare
+
+    assert base_run_dir(tmp_path, "dlde", 0) == tmp_path / "dlde"  # the folder cached before base seeds
+    assert base_run_dir(tmp_path, "prototypes", 2) == tmp_path / "prototypes,seed=2"
+    with pytest.raises(ValueError, match="distinct base seeds"):
+        prepare(None, tmp_path, ["dlde"], seeds=[1, 1], preset="tiny")
+    with pytest.raises(ValueError, match="not a `seed` override"):
+        prepare(None, tmp_path, ["dlde"], seeds=[0], preset="tiny", seed=3)
+
+
 # ------------------------------------------------------------------------- protocol, tiny
 @pytest.fixture(scope="module")
 def tiny_setting(tmp_path_factory):
@@ -259,6 +292,28 @@ def test_open_set_and_retrieval_at_tiny_size(tiny_setting):
     examples = retrieval_examples(val_set, retrieval, [0, 1], k=3)
     assert len(examples["query_crops"]) == 2 and len(examples["result_crops"][0]) == 3
     assert examples["result_labels"].shape == (2, 3)
+
+
+def test_each_base_seed_runs_the_protocol_with_its_own_draws(tiny_setting):
+    models, train_set, val_set = tiny_setting
+    names = [str(c) for c in fewshot.BASE_CLASSES]
+    common = dict(shots=(1,), draws=2, methods=["dlde_imprint"], max_eval_images=2)
+
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "base_seed")} for r in rows]
+
+    pooled = fewshot.run_over_base_seeds({0: models, 3: models}, names, train_set, val_set, seed=5, **common)
+    assert pooled["base_seeds"] == [0, 3] and [r["base_seed"] for r in pooled["rows"]] == [0, 0, 3, 3]
+    for base_seed in (0, 3):  # base seed s runs with seed 5 + 1000 s: seed 0 is the protocol of one base model
+        alone = fewshot.run_protocol(models, names, train_set, val_set, seed=5 + fewshot.SEED_STRIDE * base_seed,
+                                     **common)
+        assert numbers(r for r in pooled["rows"] if r["base_seed"] == base_seed) == numbers(alone["rows"])
+        assert pooled["before_by_seed"][base_seed] == alone["before"]
+    first = fewshot.draw_shots(train_set, list(fewshot.NOVEL_CLASSES), 1, 2, seed=5)
+    other = fewshot.draw_shots(train_set, list(fewshot.NOVEL_CLASSES), 1, 2, seed=5 + 3 * fewshot.SEED_STRIDE)
+    assert [d.boxes for d in first] != [d.boxes for d in other]  # draws nested in base seeds
+    assert pooled["before"]["dlde"]["AP"] == pytest.approx(pooled["before_by_seed"][0]["dlde"]["AP"])  # same models
+    assert fewshot.summarize(pooled)[0]["base_seeds"] == 2
 
 
 # ------------------------------------------------------------ no global random state (issue 18)
@@ -350,19 +405,32 @@ def test_ensure_base_run_leaves_threads_and_global_generators_as_it_found_them(t
 
 @pytest.mark.slow
 def test_a_cached_rerun_of_the_few_shot_path_repeats_a_fresh_one(tmp_path):
-    """Base runs trained here (fresh), then read back from their folders (cached), in one process."""
+    """Base runs of two base seeds trained here (fresh), then read back from their folders (cached), in
+    one process: the few-shot rows, the unknown-object numbers of every score and retrieval repeat."""
+    from dlde.analysis.openset_protocol import SCORES, open_set_over_seeds, pool_open_set
+    from dlde.analysis.retrieval_protocol import pool_retrieval, retrieval_over_seeds
     from dlde.pipeline.base_runs import prepare
+    from dlde.pipeline.notebook import jsonable
 
     def run():
-        models, names, train_set, val_set = prepare(None, tmp_path / "base", preset="tiny", epochs=1,
-                                                    data_dir=tmp_path / "data", digits_train_images=48)
-        result = fewshot.run_protocol(models, names, train_set, val_set, shots=(1, 2), draws=1,
-                                      settings=fewshot.FineTune(steps=2, batch_size=2), max_eval_images=6)
-        return json.dumps({"before": result["before"],
-                           "rows": [{k: v for k, v in r.items() if k != "seconds"} for r in result["rows"]]})
+        base = prepare(None, tmp_path / "base", seeds=(0, 1), preset="tiny", epochs=1, data_dir=tmp_path / "data",
+                       digits_train_images=48)
+        result = fewshot.run_over_base_seeds(base.models, base.base_names, base.train_set, base.val_set,
+                                             shots=(1, 2), draws=1, settings=fewshot.FineTune(steps=2, batch_size=2),
+                                             max_eval_images=6)
+        open_set = pool_open_set(open_set_over_seeds(base.models, base.val_set, base.base_names, max_images=6,
+                                                     concentrations=base.concentrations, scores=SCORES,
+                                                     train_set=base.train_set, gallery_images=8, knn_k=2))
+        retrieval = pool_retrieval(retrieval_over_seeds(base.models, base.val_set, max_images=6))
+        for pooled in retrieval.values():
+            pooled.pop("seconds_per_query")
+        return json.dumps(jsonable({"before": result["before_by_seed"], "open_set": open_set, "retrieval": retrieval,
+                                    "rows": [{k: v for k, v in r.items() if k != "seconds"} for r in result["rows"]]}))
 
     fresh = run()
     assert (tmp_path / "base" / "prototypes" / "checkpoint.pt").exists()
+    assert (tmp_path / "base" / "prototypes,seed=1" / "checkpoint.pt").exists()
+    assert '"base_seed": 1' in fresh and '"vmf"' in fresh
     assert run() == fresh
 
 
@@ -483,28 +551,67 @@ def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
     run_dir, figures_dir, base_dir = tmp_path / "runs" / "dlde", tmp_path / "figures", tmp_path / "runs" / "base"
     train(TrainConfig.from_dict({"run_dir": str(run_dir), "data_root": str(tmp_path / "data" / "digits"),
                                  "epochs": 1, "digits_train_images": 48}, preset="tiny"))
-    common = dict(RUN_DIR=str(run_dir), BASE_RUNS_DIR=str(base_dir), FIGURES_DIR=str(figures_dir), MAX_IMAGES=8)
+    common = dict(RUN_DIR=str(run_dir), BASE_RUNS_DIR=str(base_dir), FIGURES_DIR=str(figures_dir), MAX_IMAGES=8,
+                  BASE_SEEDS="0,1")
     few = execute("05_few_shot.ipynb", tmp_path, **common, SHOTS="1,2", DRAWS=2, FINETUNE_STEPS=2,
                   DETECTION_IMAGES=2, FIGURE_PREFIX="f_")
     for head in ("dlde", "retinanet", "prototypes"):
-        saved = TrainConfig.from_dict(__import__("json").loads((base_dir / head / "config.json").read_text())["config"])
-        assert saved.model == head and saved.digits_classes == fewshot.BASE_CLASSES
-        assert saved.epochs == 1 and saved.head_options == PRESETS["tiny"].head_options  # the run's budget
+        for folder, seed in ((head, 0), (f"{head},seed=1", 1)):  # one base run per head and base seed
+            saved = TrainConfig.from_dict(json.loads((base_dir / folder / "config.json").read_text())["config"])
+            assert saved.model == head and saved.digits_classes == fewshot.BASE_CLASSES and saved.seed == seed
+            assert saved.epochs == 1 and saved.head_options == PRESETS["tiny"].head_options  # the run's budget
     assert few["shots"] == [1, 2] and few["draws"] == 2 and few["novel_names"] == ["7", "8", "9"]
-    assert set(few["before"]) == {"dlde", "retinanet", "prototypes"}
-    assert len(few["rows"]) == 2 * 2 * len(fewshot.METHODS) and len(few["summary"]) == 2 * len(fewshot.METHODS)
+    assert few["base_seeds"] == [0, 1] and few["interval"] == "95 % t-interval over 2 base seeds × 2 draws"
+    assert set(few["before"]) == {"dlde", "retinanet", "prototypes"} and set(few["before_by_seed"]) == {"0", "1"}
+    assert len(few["rows"]) == 2 * 2 * 2 * len(fewshot.METHODS) and len(few["summary"]) == 2 * len(fewshot.METHODS)
+    assert all(e["base_seeds"] == 2 and e["novel_AP"]["n"] <= 2 for e in few["summary"])
     expected = ["f_few_shot_novel_ap", "f_few_shot_novel_ap50", "f_few_shot_base_ap", "f_few_shot_detections",
                 "f_few_shot_means_umap"]
     assert few["figures"] == expected
     mtimes = {head: (base_dir / head / "checkpoint.pt").stat().st_mtime for head in ("dlde", "retinanet")}
     opened = execute("06_open_set.ipynb", tmp_path, **common, HEADS="dlde,retinanet", RETRIEVAL_QUERIES=2,
-                     RETRIEVAL_K=2, FIGURE_PREFIX="o_")
+                     RETRIEVAL_K=2, GALLERY_IMAGES=8, FIGURE_PREFIX="o_")
     # the cached base runs are reused, not retrained
     assert mtimes == {head: (base_dir / head / "checkpoint.pt").stat().st_mtime for head in mtimes}
-    models = opened["open_set"]["models"]
-    assert set(models) == {"dlde", "retinanet"} and models["dlde"]["primary_score"] == "cosine"
-    assert set(opened["retrieval"]) == {"dlde"} and 0.0 <= opened["retrieval"]["dlde"]["MAP@R"] <= 1.0
-    assert "o_retrieval_examples" in opened["figures"] and "o_unknown_scores_dlde_cosine" in opened["figures"]
+    pooled = opened["open_set"]
+    assert pooled["base_seeds"] == [0, 1] and set(pooled["models"]) == {"dlde", "retinanet"}
+    assert list(pooled["models"]["dlde"]["scores"]) == ["probability", "cosine", "vmf", "energy", "knn"]
+    assert list(pooled["models"]["retinanet"]["scores"]) == ["probability", "energy"]
+    assert pooled["models"]["dlde"]["scores"]["vmf"]["auroc"]["n"] <= 2
+    by_seed = pooled["by_seed"]["1"]["models"]["dlde"]
+    assert by_seed["primary_score"] == "cosine" and by_seed["vmf_kappa_source"] == "given"  # the tracked κ̂
+    assert set(opened["retrieval"]) == {"dlde"} and 0.0 <= opened["retrieval"]["dlde"]["MAP@R"]["mean"] <= 1.0
+    assert opened["retrieval"]["dlde"]["base_seeds"] == 2 and set(opened["retrieval_by_seed"]) == {"0", "1"}
+    for name in ("retrieval_examples", "unknown_scores_dlde_cosine", "unknown_scores_over_seeds", "unknown_roc"):
+        assert f"o_{name}" in opened["figures"]
+    assert "o_unknown_scores_dlde_vmf" not in opened["figures"]  # SHOWN_SCORES: probability and cosine
     for name in few["figures"] + opened["figures"]:
         for suffix in (".png", ".pdf"):
             assert (figures_dir / f"{name}{suffix}").stat().st_size > 0, name
+
+
+@pytest.mark.slow
+def test_notebook_04_flags_unknown_objects_by_a_named_score(tmp_path):
+    """UNKNOWN_SCORE picks the score of 04_inference's unknown flag; its threshold keeps
+    UNKNOWN_KNOWN_RECALL of the run's validation detections of objects."""
+    import shutil
+
+    from dlde.train import TrainConfig, train
+
+    run_dir = tmp_path / "runs" / "dlde"
+    train(TrainConfig.from_dict({"run_dir": str(run_dir), "data_root": str(tmp_path / "data" / "digits"),
+                                 "epochs": 1, "digits_train_images": 48}, preset="tiny"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in sorted((tmp_path / "data" / "digits" / "val").glob("*.png"))[:3]:
+        shutil.copy(source, images / source.name)
+    common = dict(RUN_DIR=str(run_dir), IMAGES_DIR=str(images), SCORE_THRESHOLD=0.0, FIGURES_DIR=str(tmp_path / "f"),
+                  UNKNOWN_CALIBRATION_IMAGES=8, UNKNOWN_KNOWN_RECALL=0.5)
+    for name in ("vmf", "energy", "none"):
+        (tmp_path / name).mkdir()
+    for score in ("vmf", "energy"):
+        results = execute("04_inference.ipynb", tmp_path / score, **common, UNKNOWN_SCORE=score)
+        flag = results["unknown_flag"]
+        assert flag["score"] == score and flag["known_recall"] == 0.5 and math.isfinite(flag["threshold"])
+        assert 0 < results["unknown_detections"] < results["detections"]  # some flagged, not all
+    assert execute("04_inference.ipynb", tmp_path / "none", **common)["unknown_flag"] is None

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.testing import assert_close
 
+from dlde.analysis.fewshot_plots import plot_unknown_scores
 from dlde.analysis.metric_plots import plot_roc, plot_score_histograms
 from dlde.analysis.openset import (
     absolute_open_set_error,
@@ -15,7 +19,9 @@ from dlde.analysis.openset import (
     concentration_about,
     cosine_unknown_score,
     energy_unknown_score,
+    exceeds,
     knn_unknown_score,
+    known_recall_threshold,
     log_odds,
     probability_unknown_score,
     roc_curve,
@@ -25,8 +31,18 @@ from dlde.analysis.openset import (
     vmf_unknown_score,
     wilderness_impact,
 )
-from dlde.analysis.openset_protocol import SCORES, _flagged, _precision_at_recall, open_set_evaluation
+from dlde.analysis.openset_protocol import (
+    SCORES,
+    _flagged,
+    _precision_at_recall,
+    calibrate_unknown_flag,
+    open_set_evaluation,
+    pool_open_set,
+)
 from dlde.analysis.retrieval import EmbeddingIndex
+from dlde.analysis.stats import t_interval
+from dlde.analysis.tables import interval_cell, open_set_table
+from dlde.analysis.unknown_flag import UnknownFlag
 
 
 def test_cosine_unknown_score_is_one_minus_nearest_cosine():
@@ -320,6 +336,92 @@ def test_flagged_drops_or_relabels_by_threshold():
     assert _flagged(per_image, "vmf", math.nan)[0]["labels"].tolist() == [0, 1, 2]  # no operating point
 
 
+def test_flagged_at_minus_infinity_flags_every_detection():
+    """-inf is the threshold of a score that never reaches the known precision: everything flagged
+    (unknown recall 1, known recall 0), so after flagging no detection is left as known."""
+    per_image = [{"boxes": torch.zeros(3, 4), "scores": torch.tensor([0.9, 0.8, 0.7]),
+                  "labels": torch.tensor([0, 1, 2]), "vmf": torch.tensor([-1e300, 2.0, 0.5], dtype=torch.float64)}]
+    assert unknown_recall_at_known_precision([1.0, 2.0], [0.5], 1.0)["threshold"] == -math.inf
+    assert _flagged(per_image, "vmf", -math.inf)[0]["labels"].tolist() == [-1, -1, -1]
+    assert len(_flagged(per_image, "vmf", -math.inf, drop=True)[0]["labels"]) == 0
+
+
+def test_exceeds_and_known_recall_threshold():
+    scores = torch.tensor([0.1, 0.5, 0.9])
+    assert exceeds(scores, 0.5).tolist() == [False, False, True]
+    assert exceeds(scores, -math.inf).all() and not exceeds(scores, math.nan).any()
+    known = np.array([0.4, 0.1, 0.3, 0.2])
+    assert known_recall_threshold(known, 0.75) == 0.3 and known_recall_threshold(known, 1.0) == 0.4
+    assert known_recall_threshold(known, 0.2) == 0.1  # at least 20 % kept: the smallest score
+    assert unknown_recall_at_known_recall(known, [0.35, 0.5], 0.75)["threshold"] == 0.3
+    with pytest.raises(ValueError, match="recall"):
+        known_recall_threshold(known, 0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        known_recall_threshold([], 0.5)
+
+
+def test_unknown_flag_scores_each_detection_by_its_score():
+    means, known, unknown, gallery, labels, probabilities = toy_open_set()
+    p = probabilities(torch.cat([known[:2], unknown[:2]]))
+    e = torch.cat([known[:2], unknown[:2]])
+    flag = UnknownFlag("probability", 0.5)
+    assert_close(flag.scores(p), probability_unknown_score(p).double())
+    assert_close(UnknownFlag("energy", 0.0).scores(p), energy_unknown_score(log_odds(p)))
+    cosine = UnknownFlag("cosine", 0.5, partial(cosine_unknown_score, means=means))
+    scores = cosine.scores(p, e)
+    assert_close(scores, cosine_unknown_score(e, means).double())
+    assert (scores[2:] > 0.5).all() and (scores[:2] < 0.5).all()  # the unknown ones score high
+    with_zero = cosine.scores(p[:2], torch.stack([e[0], torch.zeros(e.shape[1])]))
+    assert not math.isnan(with_zero[0]) and math.isnan(with_zero[1])  # a box without an anchor: no score
+    assert not exceeds(with_zero, -math.inf)[1]  # and never flagged
+    assert UnknownFlag("vmf", 1.0, lambda x: x[:, 0], known_recall=0.9).summary() == {
+        "score": "vmf", "threshold": 1.0, "known_recall": 0.9}
+    with pytest.raises(ValueError, match="options"):
+        UnknownFlag("mahalanobis", 0.0)
+    with pytest.raises(ValueError, match="needs embedding_score"):
+        UnknownFlag("knn", 0.0)
+    with pytest.raises(ValueError, match="takes no embedding_score"):
+        UnknownFlag("energy", 0.0, lambda x: x[:, 0])
+    with pytest.raises(ValueError, match="needs the detections' embeddings"):
+        cosine.scores(p)
+
+
+def _seed_result(auroc, wi, aose, flagged):
+    """An open_set_summary-like result of one base seed: one head, two scores."""
+    return {"images": 4, "known_objects": 6, "unknown_objects": 2, "closed_images": 2,
+            "models": {"dlde": {"probability": {"auroc": auroc, "unknown_recall": 0.5, "known_recall": 0.25,
+                                                "threshold": 0.1, "wilderness_impact_flagged": wi,
+                                                "A-OSE_flagged": flagged},
+                                "vmf": {"auroc": auroc + 0.1, "unknown_recall": 1.0, "known_recall": 0.75,
+                                        "threshold": -3.0, "wilderness_impact_flagged": None, "A-OSE_flagged": 0},
+                                "primary_score": "cosine", "wilderness_impact": wi, "A-OSE": aose,
+                                "known_detections": 5, "unknown_detections": 2,
+                                "skipped": {}}}}
+
+
+def test_pool_open_set_gives_t_intervals_over_base_seeds():
+    results = {0: _seed_result(0.6, 0.1, 10, 3), 1: _seed_result(0.7, 0.3, 14, 5), 2: _seed_result(0.8, 0.2, 12, 4)}
+    pooled = pool_open_set(results)
+    assert pooled["base_seeds"] == [0, 1, 2] and pooled["images"] == 4 and set(pooled["by_seed"]) == {0, 1, 2}
+    dlde = pooled["models"]["dlde"]
+    assert list(dlde["scores"]) == ["probability", "vmf"]  # SCORES order
+    assert dlde["scores"]["probability"]["auroc"] == t_interval([0.6, 0.7, 0.8])
+    assert dlde["scores"]["vmf"]["auroc"]["mean"] == pytest.approx(0.8)
+    assert dlde["scores"]["vmf"]["wilderness_impact_flagged"]["n"] == 0  # NaN (None) left out
+    assert dlde["A-OSE"] == t_interval([10, 14, 12]) and dlde["scores"]["probability"]["A-OSE_flagged"]["mean"] == 4.0
+    table = open_set_table(pooled).splitlines()
+    assert table[0].startswith("| model | score | AUROC |") and len(table) == 2 + 3
+    assert table[2].startswith("| dlde | no flag |  |  |  | 0.200 [")
+    auroc_cell = interval_cell(t_interval([0.6, 0.7, 0.8]))
+    assert table[3].startswith(f"| dlde | probability | {auroc_cell} | 0.500 [0.500, 0.500]")
+    assert table[4].endswith("| n/a | 0.0 [0.0, 0.0] |")
+    fig = plot_unknown_scores(pooled)
+    assert [ax.get_xticklabels()[1].get_text() for ax in fig.axes] == ["vmf", "vmf"]
+    assert "3 base seeds" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="at least one base seed"):
+        pool_open_set({})
+
+
 # ------------------------------------------------------------------------ the protocol, tiny
 @pytest.fixture(scope="module")
 def tiny_open_set(tmp_path_factory):
@@ -337,11 +439,11 @@ def tiny_open_set(tmp_path_factory):
         models[name] = build_model(config, len(fewshot.BASE_CLASSES)).eval()
         models[name].score_threshold = 0.0  # untrained: the sigmoid head scores about its prior, 0.01
     train_set, val_set = fewshot.few_shot_datasets(config)
-    return models, [str(c) for c in fewshot.BASE_CLASSES], train_set, val_set
+    return models, [str(c) for c in fewshot.BASE_CLASSES], train_set, val_set, config
 
 
 def test_open_set_evaluation_every_score_at_tiny_size(tiny_open_set):
-    models, names, train_set, val_set = tiny_open_set
+    models, names, train_set, val_set, _ = tiny_open_set
     common = {"max_images": 8, "iou": 0.3}  # untrained boxes: a looser match
     default = open_set_evaluation(models, val_set, names, **common)
     given = np.full(len(names), 40.0)
@@ -375,3 +477,38 @@ def test_open_set_evaluation_every_score_at_tiny_size(tiny_open_set):
         open_set_evaluation(models, val_set, names, **common, scores=["knn"])
     with pytest.raises(ValueError, match="distinct names"):
         open_set_evaluation(models, val_set, names, **common, scores=["cosine", "mahalanobis"])
+
+
+def test_calibrate_unknown_flag_then_flag_a_folder(tiny_open_set, tmp_path):
+    """The flag of a run (notebook 04): its threshold keeps the asked fraction of the known
+    detections of the validation images; detect_folder labels what scores above it -1."""
+    from dlde.analysis import fewshot
+    from dlde.analysis.inspection import detect_folder
+
+    models, _, _, _, config = tiny_open_set  # the base runs' configuration: their 7 digits
+    flags = {score: calibrate_unknown_flag(models["dlde"], score, config, known_recall=0.5, max_images=4, iou=0.3,
+                                           knn_k=2)
+             for score in SCORES}
+    assert all(math.isfinite(f.threshold) and f.known_recall == 0.5 for f in flags.values())
+    energy = calibrate_unknown_flag(models["retinanet"], "energy", config, known_recall=0.5, max_images=4, iou=0.3)
+    assert math.isfinite(energy.threshold) and energy.embedding_score is None
+    with pytest.raises(ValueError, match="no embedding space"):
+        calibrate_unknown_flag(models["retinanet"], "vmf", config, max_images=4, iou=0.3)
+    history = np.full((2, len(fewshot.BASE_CLASSES)), 30.0)
+    given = calibrate_unknown_flag(models["dlde"], "vmf", config, kappa_history=history, max_images=4, iou=0.3)
+    assert given.threshold != flags["vmf"].threshold  # the run's last κ̂ row, not the estimate
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(Path(config.data_root).glob("val/*.png"))[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    plain = detect_folder(models["dlde"], folder, min_size=64, max_size=64, score_threshold=0.0)
+    for score, flag in flags.items():
+        flagged = detect_folder(models["dlde"], folder, min_size=64, max_size=64, score_threshold=0.0,
+                                unknown_flag=flag)
+        for a, b in zip(plain, flagged):
+            assert len(b["unknown_score"]) == len(a["labels"]) == len(b["labels"])
+            np.testing.assert_array_equal(b["unknown"], np.nan_to_num(b["unknown_score"], nan=-np.inf) > flag.threshold)
+            np.testing.assert_array_equal(b["labels"], np.where(b["unknown"], -1, a["labels"]))
+        assert any(b["unknown"].any() for b in flagged) and not all(b["unknown"].all() for b in flagged), score
+    with pytest.raises(ValueError, match="not both"):
+        detect_folder(models["dlde"], folder, min_size=64, max_size=64, unknown_below=0.5, unknown_flag=flags["cosine"])

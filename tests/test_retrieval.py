@@ -17,6 +17,9 @@ from dlde.analysis.retrieval import (
     per_class,
     recall_at_k,
 )
+from dlde.analysis.retrieval_protocol import pool_retrieval
+from dlde.analysis.stats import t_interval
+from dlde.analysis.tables import retrieval_table
 
 
 def _brute_force(gallery, queries, k):
@@ -162,3 +165,21 @@ def test_box_embeddings_are_normalized_sums_of_matched_anchors():
         matched = ((iou[:, j] >= 0.5) | (iou[:, j] == iou[:, j].max())) & (best == j)
         reference = torch.nn.functional.normalize(embeddings[0, matched].sum(0), dim=0)
         torch.testing.assert_close(out[0][j], reference)
+
+
+def test_pool_retrieval_gives_t_intervals_over_base_seeds():
+    def seed(map_r, recall, classes):
+        return {"MAP@R": map_r, "Recall@1": recall, "Recall@5": 1.0, "gallery": 40, "seconds_per_query": 1e-5,
+                "per_class": {c: {"MAP@R": map_r, "Recall@1": recall} for c in classes}}
+
+    results = {0: {"dlde": seed(0.5, 0.8, ["0", "7"]), "prototypes": seed(0.3, 0.7, ["0"])},
+               1: {"dlde": seed(0.7, 0.9, ["0"]), "prototypes": seed(0.4, 0.6, ["0"])}}
+    pooled = pool_retrieval(results)
+    assert list(pooled) == ["dlde", "prototypes"] and pooled["dlde"]["base_seeds"] == 2
+    assert pooled["dlde"]["MAP@R"] == t_interval([0.5, 0.7])
+    assert pooled["prototypes"]["Recall@1"] == t_interval([0.7, 0.6])
+    assert pooled["dlde"]["per_class"]["7"]["MAP@R"]["n"] == 1  # a class one seed did not see counts once
+    table = retrieval_table(pooled).splitlines()
+    assert table[0] == "| model | base seeds | gallery | MAP@R | Recall@1 | Recall@5 | ms per query |"
+    assert table[2].startswith("| dlde | 2 | 40 | 0.600 [") and table[2].endswith("| 1.000 [1.000, 1.000] | 0.010 |")
+    assert table[-2] == "| dlde | 0.600 | 0.500 |" and table[-1] == "| prototypes | 0.350 | n/a |"

@@ -29,7 +29,7 @@ from dlde.train.runs import RunFolder
 
 from .plotting import save_figure
 from .stats import CONFIDENCE, t_interval
-from .tables import interval_cell, markdown_table
+from .tables import interval_cell, markdown_table, write_table_file
 
 #: The numbers tabulated per arm, in order, with their column titles.
 METRICS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "AP75": "AP75",
@@ -219,6 +219,15 @@ def sweep_table(rows: Sequence[Mapping[str, Any]], confidence: float = CONFIDENC
     return markdown_table(header, cells) + "\n"
 
 
+def sweep_markdown(name: str, rows: Sequence[Mapping[str, Any]], *, collapse: bool = False) -> str:
+    """The content of ``<sweep>.md`` (before its provenance line): a title, :func:`sweep_table` and,
+    with ``collapse``, a link to the collapse figure ``<sweep>_collapse.png``."""
+    text = f"# Sweep `{name}`\n\n" + sweep_table(rows)
+    if collapse:
+        text += f"\nCollapse of the class means per epoch: ![{name} collapse]({name}_collapse.png)\n"
+    return text
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """The rows of :func:`summarize_arms` as CSV (full precision; blank for NaN), the metrics of :func:`tabulated`."""
     path = Path(path)
@@ -302,8 +311,8 @@ def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = {arm: [run_summary(d) for d in dirs if RunFolder(d).metrics()] for arm, dirs in arms.items()}
     rows = summarize_arms(summaries)
-    md = out_dir / f"{name}.md"
-    md.write_text(f"# Sweep `{name}`\n\n" + sweep_table(rows))
+    collapse = any((Path(d) / "means_history.npy").exists() for dirs in arms.values() for d in dirs)
+    md = write_table_file(out_dir / f"{name}.md", sweep_markdown(name, rows, collapse=collapse))
     csv_path = write_csv(rows, out_dir / f"{name}.csv")
 
     def shown(path) -> str:
@@ -321,9 +330,7 @@ def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_
     json_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     png, pdf = save_figure(plot_sweep(rows, name, summaries), out_dir, name)
     written = {"md": md, "csv": csv_path, "json": json_path, "png": png, "pdf": pdf}
-    if any((Path(d) / "means_history.npy").exists() for dirs in arms.values() for d in dirs):
+    if collapse:
         written["collapse_png"], written["collapse_pdf"] = save_figure(
             plot_collapse(arms, f"{name}: largest cosine between two class means"), out_dir, f"{name}_collapse")
-        with md.open("a") as file:
-            file.write(f"\nCollapse of the class means per epoch: ![{name} collapse]({name}_collapse.png)\n")
     return written

@@ -24,8 +24,12 @@
   ``FineTune.steps`` steps of the classification loss; DLDENet's means keep being tracked from
   the fine-tuning batches, as in training.
 * *Metrics*: novel AP / AP50 (COCO, on the novel categories of the full validation set) and
-  base AP / AP50 (base categories, same images) before and after; mean and 95 % t-interval over
-  draws (:func:`summarize`); steps and seconds per method on this machine.
+  base AP / AP50 (base categories, same images) before and after; steps and seconds per method
+  on this machine.
+* *Base seeds* (:func:`run_over_base_seeds`): the protocol runs on the base models of several
+  training seeds per head (:data:`BASE_SEEDS`), each with its own k-shot draws (draws nested in
+  base seeds). :func:`summarize` gives the mean and 95 % t-interval **over base seeds of each
+  seed's mean over its draws** (``n`` = base seeds); with one base seed, over its draws.
 
 The same base models meet unknown objects in :mod:`dlde.analysis.openset_protocol` and serve
 retrieval in :mod:`dlde.analysis.retrieval_protocol`; the tables are in :mod:`dlde.analysis.tables`,
@@ -59,15 +63,19 @@ from .inspection import device_of, matched_embeddings
 from .stats import t_interval
 
 __all__ = [
-    "BASE_CLASSES", "NOVEL_CLASSES", "SHOTS", "DRAWS", "METHODS", "SUMMARY_METRICS", "FineTune", "Shots",
-    "digits_params", "few_shot_datasets", "draw_shots", "fine_tune", "adapt", "group_metrics", "run_protocol",
-    "summarize", "images_with", "embedding_view",
+    "BASE_CLASSES", "NOVEL_CLASSES", "SHOTS", "DRAWS", "BASE_SEEDS", "SEED_STRIDE", "METHODS", "SUMMARY_METRICS",
+    "FineTune", "Shots", "digits_params", "few_shot_datasets", "draw_shots", "fine_tune", "adapt", "group_metrics",
+    "run_protocol", "run_over_base_seeds", "summarize", "interval_over", "images_with", "embedding_view",
 ]
 
 BASE_CLASSES = (0, 1, 2, 3, 4, 5, 6)  # digits of the base training
 NOVEL_CLASSES = (7, 8, 9)  # digits added from k shots
 SHOTS = (1, 2, 5, 10, 30)  # k: annotated boxes per novel class
 DRAWS = 5  # random k-shot sets per k
+BASE_SEEDS = (0, 1, 2)  # training seeds of the base runs of each head
+#: Base seed ``s`` runs the protocol with seed ``seed + SEED_STRIDE * s``: its own draws and
+#: fine-tuning batches, never sharing a generator seed with another base seed's (below 1,000 draws).
+SEED_STRIDE = 1000
 #: method -> (base model, imprint the novel classes, fine-tune the classifier layer).
 METHODS: dict[str, tuple[str, bool, bool]] = {
     "dlde_imprint": ("dlde", True, False),
@@ -432,22 +440,88 @@ def run_protocol(base_models: Mapping[str, nn.Module], base_names: Sequence[str]
             "skipped_shots": skipped, "draws": draws}
 
 
+def run_over_base_seeds(base_models: Mapping[int, Mapping[str, nn.Module]], base_names: Sequence[str],
+                        train_set: CocoDetection, val_set: CocoDetection, *, seed: int = 0, progress: bool = False,
+                        **protocol: Any) -> dict[str, Any]:
+    """:func:`run_protocol` on the base models of every base seed, pooled.
+
+    Base seed ``s`` runs with the seed ``seed + SEED_STRIDE * s`` (:data:`SEED_STRIDE`): its own
+    k-shot draws and fine-tuning batches (draws nested in base seeds), so a per-seed mean over
+    draws varies with the training seed and the draws alike; base seed 0 repeats the protocol of
+    one base model per head exactly.
+
+    Args:
+        base_models: base seed -> head -> base detector (:class:`dlde.pipeline.base_runs.BaseModels`).
+        base_names, train_set, val_set: as :func:`run_protocol`.
+        seed: the protocol's seed for base seed 0.
+        progress: print the base seed, then one line per (method, k, draw).
+        **protocol: further arguments of :func:`run_protocol` (``shots``, ``draws``, ``settings``, ...).
+
+    Returns:
+        What :func:`run_protocol` returns, with ``base_seed`` in every row, ``before``: head ->
+        base AP/AP50 averaged over the base seeds, ``before_by_seed``: base seed -> that seed's
+        ``before``, and ``base_seeds``.
+    """
+    if not base_models:
+        raise ValueError("run_over_base_seeds needs the base models of at least one base seed")
+    results = {}
+    for base_seed, models in base_models.items():  # a few base seeds
+        if progress:
+            print(f"base seed {base_seed}", flush=True)
+        results[int(base_seed)] = run_protocol(models, base_names, train_set, val_set,
+                                               seed=seed + SEED_STRIDE * int(base_seed), progress=progress, **protocol)
+    first = next(iter(results.values()))
+    heads = list(first["before"])
+    before = {head: {key: float(np.mean([r["before"][head][key] for r in results.values()])) for key in ("AP", "AP50")}
+              for head in heads}
+    rows = [{"base_seed": s, **row} for s, r in results.items() for row in r["rows"]]
+    return {**first, "before": before, "before_by_seed": {s: r["before"] for s, r in results.items()}, "rows": rows,
+            "base_seeds": list(results)}
+
+
 # ---------------------------------------------------------------------------------- summary
 #: The per-draw numbers :func:`summarize` gives an interval of.
 SUMMARY_METRICS = ("novel_AP", "novel_AP50", "base_AP", "base_AP50", "seconds")
 
 
+def interval_over(entries: Sequence[Mapping[str, Any]]) -> str:
+    """What the intervals of :func:`summarize` rows are over, for captions and titles: ``"3 base seeds
+    × 5 draws"`` (the t-interval over the base seeds of each seed's mean over its 5 draws) or
+    ``"5 draws"`` (one base seed)."""
+    seeds = max((e.get("base_seeds", 1) for e in entries), default=1)
+    draws = max((e["draws"] for e in entries), default=0)
+    return f"{seeds} base seeds × {draws} draws" if seeds > 1 else f"{draws} draws"
+
+
 def summarize(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per (method, k): :func:`dlde.analysis.stats.t_interval` of each metric over the
-    draws, the steps, and the forgetting ``base_AP_drop`` (base AP before minus after, mean over draws)."""
+    """One row per (method, k): :func:`dlde.analysis.stats.t_interval` of each metric, the steps, and the
+    forgetting ``base_AP_drop`` (base AP before minus after, means).
+
+    With rows of several base seeds (:func:`run_over_base_seeds`) the interval is over the base
+    seeds of each seed's mean over its draws (``n`` = base seeds; the row gets ``base_seeds`` and
+    ``draws`` per seed). Draws of one base seed share its model, so they are not independent
+    replicates of a training: pooling all seed × draw pairs into one t-interval would count them as
+    such and make it too narrow when the seeds differ; the two-stage mean is the standard analysis
+    of draws nested in seeds (its variance holds the seed-to-seed variance plus the draw variance
+    over the draws per seed). With one base seed (rows without ``base_seed``) the interval is over
+    the draws, as before there were base seeds.
+    """
     table = []
     keys = sorted({(r["method"], r["k"]) for r in result["rows"]},
                   key=lambda mk: (list(METHODS).index(mk[0]), mk[1]))
     for method, k in keys:
         rows = [r for r in result["rows"] if r["method"] == method and r["k"] == k]
-        entry = {"method": method, "k": k, "draws": len(rows), "steps": rows[0]["steps"]}
-        for metric in SUMMARY_METRICS:
-            entry[metric] = t_interval([r[metric] for r in rows])
+        by_seed: dict[int, list[Mapping[str, Any]]] = {}
+        for r in rows:  # the draws, grouped by base seed
+            by_seed.setdefault(int(r.get("base_seed", 0)), []).append(r)
+        entry = {"method": method, "k": k, "draws": max(len(v) for v in by_seed.values()), "steps": rows[0]["steps"]}
+        if len(by_seed) > 1:
+            entry["base_seeds"] = len(by_seed)
+            for metric in SUMMARY_METRICS:
+                entry[metric] = t_interval([t_interval([r[metric] for r in v])["mean"] for v in by_seed.values()])
+        else:
+            for metric in SUMMARY_METRICS:
+                entry[metric] = t_interval([r[metric] for r in rows])
         before = result["before"][METHODS[method][0]]["AP"]
         entry["base_AP_before"] = before
         after = entry["base_AP"]["mean"]

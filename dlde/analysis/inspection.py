@@ -65,14 +65,18 @@ def display_image(path: Path) -> np.ndarray:
 
 
 def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTransform,
-            score_threshold: float, unknown_below: float | None = None) -> list[dict]:
+            score_threshold: float, unknown_below: float | None = None, unknown_flag=None) -> list[dict]:
     """Run the model on RGB uint8 images ``(H, W, 3)``; boxes come back in their pixels.
 
     With ``unknown_below`` (heads with class directions: DLDENet's means, learned prototypes)
     each detection also gets ``cosine``, the cosine of its box embedding to the nearest class
     direction, and a detection whose cosine is below ``unknown_below`` is flagged: its label
-    becomes :data:`UNKNOWN_LABEL` (-1) and ``unknown`` is True.
+    becomes :data:`UNKNOWN_LABEL` (-1) and ``unknown`` is True. With ``unknown_flag`` (a
+    :class:`dlde.analysis.unknown_flag.UnknownFlag`) its score flags instead: ``unknown_score``
+    and ``unknown`` per detection.
     """
+    if unknown_flag is not None and unknown_below is not None:
+        raise ValueError("flag unknown objects by unknown_below or by an UnknownFlag, not both")
     device = device_of(model)
     directions = model.class_directions() if unknown_below is not None else None
     if unknown_below is not None and directions is None:
@@ -93,6 +97,10 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
             unknown = cosine < unknown_below
             labels = np.where(unknown, UNKNOWN_LABEL, labels)
             result.update(cosine=cosine, unknown=unknown)
+        if unknown_flag is not None:
+            flagged = unknown_flag.flag_predictions(model, batch[None].to(device), keep)
+            labels = np.where(flagged["unknown"], UNKNOWN_LABEL, labels)
+            result.update(flagged)
         boxes = (prediction["boxes"][keep] / scale).cpu()
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, rgb.shape[1])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, rgb.shape[0])
@@ -124,17 +132,18 @@ def image_files(folder: str | Path) -> list[Path]:
 
 def detect_folder(model: nn.Module, folder: str | Path, *, min_size: int, max_size: int,
                   score_threshold: float = 0.3, size_divisor: int = 32,
-                  unknown_below: float | None = None) -> list[dict]:
+                  unknown_below: float | None = None, unknown_flag=None) -> list[dict]:
     """Detect objects in every image of a folder.
 
     Returns one dict per image: ``path``, ``image (H, W, 3) uint8``, ``boxes (N, 4)`` x1, y1, x2, y2 in
     the image's pixels, ``scores (N,)``, ``labels (N,)``; with ``unknown_below`` also ``cosine (N,)``
-    and ``unknown (N,)``, and flagged detections labelled -1 (see :func:`_detect`).
+    and ``unknown (N,)``, with ``unknown_flag`` (an :class:`dlde.analysis.unknown_flag.UnknownFlag`)
+    ``unknown_score (N,)`` and ``unknown (N,)``, and flagged detections labelled -1 (see :func:`_detect`).
     """
     files = image_files(folder)
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisor=size_divisor)
     results = _detect(model, [display_image(path) for path in files], transform, score_threshold,
-                      unknown_below=unknown_below)
+                      unknown_below=unknown_below, unknown_flag=unknown_flag)
     for result, path in zip(results, files):
         result["path"] = str(path)
     return results

@@ -34,12 +34,16 @@ from .retrieval import EmbeddingIndex
 __all__ = [
     "DEFAULT_KNN_K",
     "DEFAULT_KNOWN_PRECISION",
+    "EMBEDDING_SCORES",
+    "SCORES",
     "absolute_open_set_error",
     "auroc",
     "concentration_about",
     "cosine_unknown_score",
     "energy_unknown_score",
+    "exceeds",
     "knn_unknown_score",
+    "known_recall_threshold",
     "log_odds",
     "probability_unknown_score",
     "roc_curve",
@@ -52,6 +56,11 @@ __all__ = [
 
 DEFAULT_KNOWN_PRECISION = 0.95  # operating point of unknown_recall_at_known_precision/_recall
 DEFAULT_KNN_K = 10  # neighbour of knn_unknown_score (a gallery of a few thousand training boxes)
+#: The unknown scores by name: 1 - max probability, 1 - nearest cosine, minus the vMF log-likelihood,
+#: the energy of the class logits, the kNN distance (the functions below).
+SCORES = ("probability", "cosine", "vmf", "energy", "knn")
+#: The scores of a detection's box embedding: only heads with an embedding space have them.
+EMBEDDING_SCORES = ("cosine", "vmf", "knn")
 
 
 def cosine_unknown_score(embeddings: Any, means: Any) -> torch.Tensor:
@@ -318,17 +327,19 @@ def knn_unknown_score(embeddings: Any, gallery: Any, k: int = DEFAULT_KNN_K) -> 
 
 
 def _scores(known: Any, unknown: Any) -> tuple[np.ndarray, np.ndarray]:
-    out = []
-    for name, x in (("known_scores", known), ("unknown_scores", unknown)):
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 1 or x.size == 0:
-            raise ValueError(f"{name} must be a non-empty (N,) array, got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name} must be finite")
-        out.append(x)
-    return out[0], out[1]
+    return _score_array("known_scores", known), _score_array("unknown_scores", unknown)
+
+
+def _score_array(name: str, x: Any) -> np.ndarray:
+    """``x`` as a non-empty finite (N,) float64 array (else a ValueError naming ``name``)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{name} must be a non-empty (N,) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} must be finite")
+    return x
 
 
 def auroc(known_scores: Any, unknown_scores: Any) -> float:
@@ -439,13 +450,36 @@ def unknown_recall_at_known_recall(
         ``unknown_recall`` (fraction of unknown flagged), ``known_recall`` (reached) and
         ``threshold``.
     """
+    known, unknown = _scores(known_scores, unknown_scores)
+    threshold = known_recall_threshold(known, recall)  # checks recall
+    return {"unknown_recall": float(np.mean(unknown > threshold)),
+            "known_recall": float(np.mean(known <= threshold)), "threshold": threshold}
+
+
+def known_recall_threshold(known_scores: Any, recall: float = DEFAULT_KNOWN_PRECISION) -> float:
+    """The smallest observed known score ``t`` with at least a fraction ``recall`` of the known
+    scores ``<= t``: flagging the scores ``> t`` keeps that fraction of the known detections.
+
+    Args:
+        known_scores: (N,) unknown scores of known objects (finite, N >= 1).
+        recall: fraction of known detections to keep, in (0, 1].
+    """
     if not 0.0 < recall <= 1.0:
         raise ValueError(f"recall must lie in (0, 1], got {recall}")
-    known, unknown = _scores(known_scores, unknown_scores)
-    known = np.sort(known)
-    threshold = known[int(np.ceil(recall * known.size - 1e-9)) - 1]
-    return {"unknown_recall": float(np.mean(unknown > threshold)),
-            "known_recall": float(np.mean(known <= threshold)), "threshold": float(threshold)}
+    known = np.sort(_score_array("known_scores", known_scores))
+    return float(known[int(np.ceil(recall * known.size - 1e-9)) - 1])
+
+
+def exceeds(scores: Any, threshold: float) -> torch.Tensor:
+    """``(N,)`` bool: the detections an unknown score flags at ``threshold`` (score ``> threshold``).
+
+    ``threshold`` -inf flags every detection (what :func:`unknown_recall_at_known_precision`
+    returns when no threshold reaches the precision); NaN (no operating point) flags none.
+    """
+    scores = torch.as_tensor(scores)
+    if np.isnan(threshold):
+        return torch.zeros(scores.shape, dtype=torch.bool)
+    return scores > threshold
 
 
 def wilderness_impact(precision_closed: Any, precision_open: Any) -> Any:

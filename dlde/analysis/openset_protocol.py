@@ -2,10 +2,14 @@
 
 On the digits, the base models of the few-shot protocol (:mod:`dlde.analysis.fewshot`, trained
 on 0-6) meet validation images that also hold 7-9; each detection is scored with the unknown
-scores of :mod:`dlde.analysis.openset` and counted by its metrics.
+scores of :mod:`dlde.analysis.openset` and counted by its metrics. Over several base seeds
+(:func:`open_set_over_seeds`) every number gets a t-interval over the seeds (:func:`pool_open_set`).
+:func:`calibrate_unknown_flag` turns one score into the unknown flag of a trained run
+(:class:`dlde.analysis.unknown_flag.UnknownFlag`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -19,18 +23,23 @@ from torchvision.ops import box_iou
 from dlde.data.coco import CocoDetection
 from dlde.data.transforms import collate
 from dlde.model.modes import evaluating
+from dlde.train import TrainConfig, build_datasets
 
 from .calibration import DEFAULT_IOU, match_detections
 from .inspection import device_of
 from .openset import (
     DEFAULT_KNN_K,
     DEFAULT_KNOWN_PRECISION,
+    EMBEDDING_SCORES,
+    SCORES,
     absolute_open_set_error,
     auroc,
     concentration_about,
     cosine_unknown_score,
     energy_unknown_score,
+    exceeds,
     knn_unknown_score,
+    known_recall_threshold,
     log_odds,
     probability_unknown_score,
     roc_curve,
@@ -39,14 +48,14 @@ from .openset import (
     wilderness_impact,
 )
 from .retrieval import EmbeddingIndex, box_embeddings
+from .stats import t_interval
+from .unknown_flag import UnknownFlag
 
-__all__ = ["SCORES", "WI_RECALL", "open_set_evaluation", "open_set_summary"]
+__all__ = ["POOLED_MODEL_METRICS", "POOLED_SCORE_METRICS", "SCORES", "WI_RECALL", "calibrate_unknown_flag",
+           "open_set_evaluation", "open_set_over_seeds", "open_set_summary", "pool_open_set"]
 
 #: Operating recall of ORE's wilderness impact.
 WI_RECALL = 0.8
-#: Every unknown score :func:`open_set_evaluation` can compute (``scores=``); the last three are opt-in.
-SCORES = ("probability", "cosine", "vmf", "energy", "knn")
-_EMBEDDING_SCORES = ("cosine", "vmf", "knn")  # need the box's embedding: heads with an embedding space
 
 
 @torch.no_grad()
@@ -54,7 +63,8 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
                         max_images: int | None = None, score_threshold: float | None = None, iou: float = DEFAULT_IOU,
                         precision: float = DEFAULT_KNOWN_PRECISION, batch_size: int = 32,
                         scores: Sequence[str] | None = None, train_set: CocoDetection | None = None,
-                        concentrations: Mapping[str, Any] | None = None, knn_k: int = DEFAULT_KNN_K) -> dict[str, Any]:
+                        concentrations: Mapping[str, Any] | None = None, knn_k: int = DEFAULT_KNN_K,
+                        gallery_images: int | None = None) -> dict[str, Any]:
     """Unknown-object detection by base models on images that also hold unknown classes.
 
     Every detection (``model.predict``: one label per box) is matched to the ground-truth object
@@ -91,7 +101,7 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
         train_set: images whose known-class boxes give the ``knn`` gallery and the estimated κ̂.
         concentrations: name -> (C,) κ̂ of the model's classes (e.g. the last row of a DLDENet
             run's ``kappa_history.npy``: the tracked means' statistics); NaN: a class left out.
-        knn_k: the neighbour of ``knn``.
+        knn_k, gallery_images: the neighbour of ``knn``; the first images of ``train_set`` only, for its gallery and κ̂.
 
     Returns:
         ``{"models": name -> metrics, "scores": name -> {score: {"known", "unknown"} arrays},
@@ -109,14 +119,14 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
     for name, model in models.items():  # a few models
         threshold = float(model.score_threshold if score_threshold is None else score_threshold)
         kinds, scorers, statistics = _score_plan(model, wanted, train_set, known, batch_size,
-                                                 kappa=(concentrations or {}).get(name), knn_k=knn_k)
+                                                 kappa=(concentrations or {}).get(name), knn_k=knn_k,
+                                                 gallery_images=gallery_images)
         per_image = _scored_detections(model, scorers, dataset, indices, known, threshold, batch_size,
                                        energy="energy" in kinds)
         kind_of = np.concatenate([_object_kind(d["boxes"], t, known, iou) for d, t in zip(per_image, targets)]) \
             if per_image else np.zeros(0, np.int64)
         metrics, score_arrays = _score_metrics(per_image, kinds, kind_of, precision)
-        primary = "cosine" if "cosine" in kinds else "probability"
-        metrics["primary_score"] = primary
+        metrics["primary_score"] = primary = "cosine" if "cosine" in kinds else "probability"
         metrics["wilderness_impact"] = _wilderness(per_image, targets, closed, known, iou)
         metrics["A-OSE"] = absolute_open_set_error(per_image, targets, unknown_labels, iou=iou)
         metrics["A-OSE_flagged"] = absolute_open_set_error(_flagged(per_image, primary, metrics[primary]["threshold"]),
@@ -126,8 +136,7 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
                 metrics[kind] |= _flagged_metrics(per_image, kind, metrics[kind]["threshold"], targets, closed, known,
                                                   unknown_labels, iou)
             metrics |= statistics | {"skipped": {k: "no embedding space" for k in wanted if k not in kinds}}
-        metrics["known_detections"] = int((kind_of == 0).sum())
-        metrics["unknown_detections"] = int((kind_of == 1).sum())
+        metrics |= {"known_detections": int((kind_of == 0).sum()), "unknown_detections": int((kind_of == 1).sum())}
         out["models"][name], out["scores"][name] = metrics, score_arrays
     return out
 
@@ -144,21 +153,22 @@ def _check_scores(scores: Sequence[str] | None) -> list[str]:
 
 
 def _score_plan(model: nn.Module, wanted: Sequence[str], train_set: CocoDetection | None, known: Tensor,
-                batch_size: int, *, kappa: Any | None, knn_k: int
+                batch_size: int, *, kappa: Any | None, knn_k: int, gallery_images: int | None = None
                 ) -> tuple[list[str], dict[str, Callable[[Tensor], Tensor]] | None, dict[str, Any]]:
     """The scores of ``wanted`` that apply to ``model``; for a model with an embedding space, score
     name -> function of the boxes' unit embeddings ``(N, d)`` (else None); what those scores were
     computed with (``vmf_kappa``, ``vmf_kappa_source``, ``knn_k``, ``knn_gallery``)."""
     directions = model.class_directions()
     if directions is None:
-        return [k for k in wanted if k not in _EMBEDDING_SCORES], None, {}
+        return [k for k in wanted if k not in EMBEDDING_SCORES], None, {}
     directions, kinds = directions.cpu(), list(wanted)
     scorers: dict[str, Callable[[Tensor], Tensor]] = {}
     statistics: dict[str, Any] = {}
     needs_train = "knn" in kinds or ("vmf" in kinds and kappa is None)
     if needs_train and train_set is None:
         raise ValueError("the 'knn' score, and 'vmf' without concentrations for the model, need train_set")
-    embeddings, labels = _training_embeddings(model, train_set, known, batch_size) if needs_train else (None, None)
+    embeddings, labels = _training_embeddings(model, train_set, known, batch_size, gallery_images) \
+        if needs_train else (None, None)
     for kind in kinds:  # a few scores
         if kind == "cosine":
             scorers[kind] = partial(cosine_unknown_score, means=directions)
@@ -175,17 +185,19 @@ def _score_plan(model: nn.Module, wanted: Sequence[str], train_set: CocoDetectio
     return kinds, scorers, statistics
 
 
-def _training_embeddings(model: nn.Module, train_set: CocoDetection, known: Tensor, batch_size: int
-                         ) -> tuple[Tensor, Tensor]:
+def _training_embeddings(model: nn.Module, train_set: CocoDetection, known: Tensor, batch_size: int,
+                         max_images: int | None = None) -> tuple[Tensor, Tensor]:
     """``(embeddings (N, d), labels (N,))``: the unit box embeddings of the known-class ground-truth
-    boxes of ``train_set`` and their labels in the model's order (boxes without an anchor left out)."""
+    boxes of the first ``max_images`` images of ``train_set`` (None: all) and their labels in the
+    model's order (boxes without an anchor left out)."""
     device = device_of(model)
     to_model = torch.full((len(train_set.class_names),), -1, dtype=torch.long)
     to_model[known] = torch.arange(len(known))
     embeddings, labels = [], []
+    count = len(train_set) if max_images is None else min(max_images, len(train_set))
     with evaluating(model):
-        for start in range(0, len(train_set), batch_size):
-            images, annotations = collate([train_set[i] for i in range(start, min(start + batch_size, len(train_set)))])
+        for start in range(0, count, batch_size):
+            images, annotations = collate([train_set[i] for i in range(start, min(start + batch_size, count))])
             rows = [a[(a[:, 4] >= 0) & torch.isin(a[:, 4].long(), known)] for a in annotations]
             for r, e in zip(rows, box_embeddings(model, images.to(device), [r[:, :4] for r in rows])):
                 embeddings.append(e.cpu())
@@ -263,13 +275,12 @@ def _score_metrics(per_image: Sequence[Mapping[str, Tensor]], kinds: Sequence[st
 
 def _flagged(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: float, *,
              drop: bool = False) -> list[dict[str, Tensor]]:
-    """The detections with label -1 where ``score`` exceeds ``threshold`` (none flagged when it is not
-    finite); with ``drop``, only the others, with their ``scores``."""
+    """The detections with label -1 where ``score`` exceeds ``threshold`` (:func:`dlde.analysis.openset.exceeds`:
+    all at -inf, none at NaN); with ``drop``, only the others, with their ``scores``."""
     flagged = []
     for d in per_image:  # loop over images
         labels = d["labels"].clone()
-        if math.isfinite(threshold):
-            labels[d[score] > threshold] = -1
+        labels[exceeds(d[score], threshold)] = -1
         if drop:
             kept = labels >= 0
             flagged.append({"boxes": d["boxes"][kept], "scores": d["scores"][kept], "labels": labels[kept]})
@@ -338,3 +349,109 @@ def open_set_summary(result: Mapping[str, Any]) -> dict[str, Any]:
                      for key, value in metrics.items()}
               for name, metrics in result["models"].items()}
     return {key: value for key, value in result.items() if key not in ("models", "scores")} | {"models": models}
+
+
+# ---------------------------------------------------------------------------- over base seeds
+#: The numbers :func:`pool_open_set` gives an interval of: per score, and per model (without a flag).
+POOLED_SCORE_METRICS = ("auroc", "unknown_recall", "known_recall", "wilderness_impact_flagged", "A-OSE_flagged")
+POOLED_MODEL_METRICS = ("wilderness_impact", "A-OSE", "known_detections", "unknown_detections")
+
+
+def open_set_over_seeds(models: Mapping[int, Mapping[str, nn.Module]], dataset: CocoDetection,
+                        known_names: Sequence[str], *, concentrations: Mapping[int, Mapping[str, Any]] | None = None,
+                        **options: Any) -> dict[int, dict[str, Any]]:
+    """:func:`open_set_evaluation` of the base models of each base seed.
+
+    Args:
+        models: base seed -> name -> base detector (e.g. :class:`dlde.pipeline.base_runs.BaseModels`).
+        dataset, known_names: as :func:`open_set_evaluation`.
+        concentrations: base seed -> name -> (C,) κ̂ (see ``concentrations`` there).
+        **options: further arguments of :func:`open_set_evaluation` (``scores``, ``train_set``, ...).
+
+    Returns:
+        base seed -> its result, in the order of ``models``.
+    """
+    return {seed: open_set_evaluation(per_head, dataset, known_names,
+                                      concentrations=(concentrations or {}).get(seed), **options)
+            for seed, per_head in models.items()}
+
+
+def pool_open_set(results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and 95 % t-interval over base seeds (:func:`dlde.analysis.stats.t_interval`) of every number
+    of :func:`open_set_over_seeds` (or of the :func:`open_set_summary` of each seed).
+
+    Each base seed is one independent training of every head, so its AUROC, unknown recall, WI and
+    A-OSE are one draw each: the interval has ``n = len(results)`` (no k-shot draws here).
+
+    Returns:
+        ``base_seeds``; ``images``, ``known_objects``, ``unknown_objects`` (those of the first seed:
+        the same images for every seed); ``models``: name -> ``scores`` (score -> metric -> interval
+        for :data:`POOLED_SCORE_METRICS`, the scores in :data:`SCORES` order) and an interval for
+        each of :data:`POOLED_MODEL_METRICS` (WI and A-OSE without a flag); ``by_seed``: base seed ->
+        its :func:`open_set_summary`.
+    """
+    if not results:
+        raise ValueError("pool_open_set needs the results of at least one base seed")
+    per_seed = list(results.values())
+    first = per_seed[0]
+    models: dict[str, Any] = {}
+    for name in first["models"]:  # a few heads
+        seen = [r["models"][name] for r in per_seed if name in r["models"]]
+        kinds = [k for k in SCORES if any(isinstance(m.get(k), Mapping) for m in seen)]
+        models[name] = {"scores": {kind: {metric: t_interval([m.get(kind, {}).get(metric) for m in seen])
+                                          for metric in POOLED_SCORE_METRICS} for kind in kinds}}
+        models[name] |= {metric: t_interval([m.get(metric) for m in seen]) for metric in POOLED_MODEL_METRICS}
+    return {"base_seeds": [int(s) for s in results], "images": first["images"],
+            "known_objects": first["known_objects"], "unknown_objects": first["unknown_objects"], "models": models,
+            "by_seed": {int(s): open_set_summary(r) for s, r in results.items()}}
+
+
+# ---------------------------------------------------------------------- the flag of a trained run
+def calibrate_unknown_flag(model: nn.Module, score: str, config: Mapping[str, Any] | TrainConfig, *,
+                           known_recall: float = DEFAULT_KNOWN_PRECISION, kappa_history: Any | None = None,
+                           max_images: int | None = 200, knn_k: int = DEFAULT_KNN_K, iou: float = DEFAULT_IOU,
+                           score_threshold: float | None = None, batch_size: int = 32) -> UnknownFlag:
+    """The unknown flag of a trained run by the score ``score``, its threshold set on known objects.
+
+    The run's own classes are all known: the threshold is the score that keeps a fraction
+    ``known_recall`` of the run's validation detections matched to an object (at IoU >= ``iou``)
+    (:func:`dlde.analysis.openset.known_recall_threshold`, the out-of-distribution convention of
+    95 % known recall); a new image's detection scoring above it is flagged. The kNN gallery and,
+    without ``kappa_history``, the κ̂ of ``vmf`` come from the run's training images (unflipped).
+
+    Args:
+        model: the run's detector.
+        score: a name of :data:`SCORES` (``cosine``, ``vmf``, ``knn`` need an embedding space).
+        config: the run's TrainConfig (or its ``config.json`` dict): the datasets.
+        known_recall: fraction of known detections kept, in (0, 1].
+        kappa_history: the run's ``(epochs + 1, C)`` κ̂ (:class:`dlde.train.runs.Run`); its last
+            row (the tracked means' statistics at the end of training) is the ``vmf`` κ̂.
+        max_images: validation images for the threshold, and training images for the gallery and κ̂.
+        knn_k: the neighbour of ``knn``.
+        iou: IoU of a match.
+        score_threshold: smallest detection score used (None: the model's ``score_threshold``).
+        batch_size: images per forward pass.
+
+    Raises:
+        ValueError: the score needs an embedding space the head lacks, or no detection matches an object.
+    """
+    config = TrainConfig.from_dict(dict(config)) if isinstance(config, Mapping) else config
+    train_set, val_set = build_datasets(dataclasses.replace(config, flip_prob=0.0))
+    known = torch.arange(len(val_set.class_names))
+    kappa = None if kappa_history is None or not len(kappa_history) else np.asarray(kappa_history)[-1]
+    kinds, scorers, _ = _score_plan(model, _check_scores([score]), train_set, known, batch_size, kappa=kappa,
+                                    knn_k=knn_k, gallery_images=max_images)
+    if score not in kinds:
+        raise ValueError(f"the {model.classification.name!r} head has no embedding space for the {score!r} score")
+    indices = list(range(len(val_set) if max_images is None else min(max_images, len(val_set))))
+    threshold = float(model.score_threshold if score_threshold is None else score_threshold)
+    per_image = _scored_detections(model, scorers, val_set, indices, known, threshold, batch_size,
+                                   energy=score == "energy")
+    matched = [d[score][_object_kind(d["boxes"], val_set.targets(i), known, iou) == 0]
+               for i, d in zip(indices, per_image)]
+    values = torch.cat(matched).numpy() if matched else np.zeros(0)
+    if not values.size:
+        raise ValueError(f"no detection of {len(indices)} validation images matches an object: nothing to set "
+                         "the threshold on")
+    return UnknownFlag(score, known_recall_threshold(values, known_recall),
+                       scorers.get(score) if scorers else None, known_recall=known_recall)

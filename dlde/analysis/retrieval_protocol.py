@@ -2,7 +2,9 @@
 
 Each box of a dataset is embedded by a detector with an embedding space and searched with the
 index and metrics of :mod:`dlde.analysis.retrieval`; on the digits the gallery is the
-ten-digit validation set seen by the few-shot base models (:mod:`dlde.analysis.fewshot`).
+ten-digit validation set seen by the few-shot base models (:mod:`dlde.analysis.fewshot`). Over
+several base seeds (:func:`retrieval_over_seeds`) each number gets a t-interval over the seeds
+(:func:`pool_retrieval`).
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from dlde.model.modes import evaluating
 
 from .inspection import device_of, display_image
 from .retrieval import EmbeddingIndex, box_embeddings, crop_boxes, map_at_r, per_class, recall_at_k
+from .stats import t_interval
 
-__all__ = ["retrieval_evaluation", "retrieval_examples", "retrieval_summary"]
+__all__ = ["pool_retrieval", "retrieval_evaluation", "retrieval_examples", "retrieval_over_seeds",
+           "retrieval_summary"]
 
 
 @torch.no_grad()
@@ -105,3 +109,43 @@ def retrieval_examples(dataset: CocoDetection, retrieval: Mapping[str, Any], que
 def retrieval_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers of :func:`retrieval_evaluation` (without the index), JSON-able."""
     return {key: value for key, value in result.items() if key not in ("index", "items")}
+
+
+def retrieval_over_seeds(models: Mapping[int, Mapping[str, nn.Module]], dataset: CocoDetection,
+                         **options: Any) -> dict[int, dict[str, dict[str, Any]]]:
+    """:func:`retrieval_evaluation` of every base model with an embedding space, per base seed.
+
+    Args:
+        models: base seed -> name -> detector (heads without class directions are left out).
+        dataset: the gallery images.
+        **options: further arguments of :func:`retrieval_evaluation` (``max_images``, ``ks``, ...).
+
+    Returns:
+        base seed -> name -> its result.
+    """
+    return {seed: {name: retrieval_evaluation(model, dataset, **options) for name, model in per_head.items()
+                   if model.class_directions() is not None} for seed, per_head in models.items()}
+
+
+def pool_retrieval(results: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Mean and 95 % t-interval over base seeds (:func:`dlde.analysis.stats.t_interval`, ``n`` = seeds)
+    of MAP@R, every Recall@k, ``seconds_per_query`` and each class's MAP@R, per model.
+
+    Args:
+        results: base seed -> name -> :func:`retrieval_evaluation` result (or its summary).
+
+    Returns:
+        name -> ``base_seeds`` (how many), ``gallery`` (of the first seed), the intervals, and
+        ``per_class``: class name -> ``{"MAP@R": interval}``.
+    """
+    pooled: dict[str, dict[str, Any]] = {}
+    names = list(dict.fromkeys(name for per_head in results.values() for name in per_head))
+    for name in names:  # a few models
+        seen = [per_head[name] for per_head in results.values() if name in per_head]
+        keys = ["MAP@R"] + [key for key in seen[0] if key.startswith("Recall@")] + ["seconds_per_query"]
+        classes = list(dict.fromkeys(c for r in seen for c in r["per_class"]))
+        pooled[name] = {"base_seeds": len(seen), "gallery": seen[0]["gallery"],
+                        **{key: t_interval([r[key] for r in seen]) for key in keys},
+                        "per_class": {c: {"MAP@R": t_interval([r["per_class"].get(c, {}).get("MAP@R") for r in seen])}
+                                      for c in classes}}
+    return pooled

@@ -1,16 +1,41 @@
-"""Markdown tables of the analyses: one table writer, one cell of a mean and its interval, and
-the tables of the few-shot, unknown-object and retrieval protocols.
+"""Markdown tables of the analyses: one table writer, one cell of a mean and its interval, the
+tables of the few-shot, unknown-object and retrieval protocols, and the one writer of table files.
 
 Every table of :mod:`dlde.analysis` (these and the sweep tables of :mod:`dlde.analysis.aggregate`)
 is written by :func:`markdown_table`; a mean with its t-interval
 (:func:`dlde.analysis.stats.t_interval`) by :func:`interval_cell`. The functions read plain
 dicts (results or their JSON), so a table can be rebuilt from a saved ``results.json``.
+
+Every table *file* (``figures/metrics.md``, ``figures/ablations/<sweep>.md``, the benchmarks'
+tables) is written by :func:`write_table_file`, which ends it with one provenance line naming the
+commit of ``dlde/``, the command and the UTC date that produced it::
+
+    <sub>commit 25dee26 · `.venv/bin/python -m dlde.pipeline --config figures.yaml` · 2026-11-30</sub>
+
+:func:`split_provenance` separates that line from what the numbers made (so a test can rebuild the
+rest byte for byte from the saved numbers); :func:`missing_provenance` names files without one.
 """
 from __future__ import annotations
 
 import math
+import os
+import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+
+from dlde.files import atomic_write_text
+
+#: The folder whose last commit a table file names (relative to the checkout's root).
+CODE_FOLDER = "dlde"
+#: The provenance line of a table file (its last line): commit (``+changes`` when ``dlde/`` had
+#: uncommitted changes; ``unknown`` outside a git checkout), command, UTC date.
+PROVENANCE = re.compile(r"^<sub>commit (?P<commit>[0-9a-f]{4,40}(?:\+changes)?|unknown) · "
+                        r"`(?P<command>[^`\n]+)` · (?P<date>\d{4}-\d{2}-\d{2})</sub>$")
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -56,9 +81,13 @@ def interval_cell(stat: Mapping[str, float], digits: int = 3, *, sd: bool = Fals
 
 def few_shot_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """The few-shot summary (:func:`dlde.analysis.fewshot.summarize`) as a markdown table: mean
-    [95 % interval] over draws."""
-    header = ["method", "k", "draws", "novel AP", "novel AP50", "base AP (before → after)", "steps", "seconds"]
-    return markdown_table(header, ([f"{e['method']}", f"{e['k']}", f"{e['draws']}", interval_cell(e["novel_AP"]),
+    [95 % interval] over draws, or over base seeds of the per-seed means (column ``base seeds × draws``)."""
+    seeds = any("base_seeds" in e for e in summary)
+    header = ["method", "k", "base seeds × draws" if seeds else "draws", "novel AP", "novel AP50",
+              "base AP (before → after)", "steps", "seconds"]
+    return markdown_table(header, ([f"{e['method']}", f"{e['k']}",
+                                    f"{e.get('base_seeds', 1)} × {e['draws']}" if seeds else f"{e['draws']}",
+                                    interval_cell(e["novel_AP"]),
                                     interval_cell(e["novel_AP50"]),
                                     f"{e['base_AP_before']:.3f} → {interval_cell(e['base_AP'])}", f"{e['steps']}",
                                     interval_cell(e["seconds"], 1)] for e in summary))
@@ -66,7 +95,10 @@ def few_shot_table(summary: Sequence[Mapping[str, Any]]) -> str:
 
 def open_set_table(result: Mapping[str, Any]) -> str:
     """One row per model and score of :func:`dlde.analysis.openset_protocol.open_set_evaluation`
-    (or its summary): AUROC, unknown recall at the known-precision point, WI, A-OSE."""
+    (or its summary): AUROC, unknown recall at the known-precision point, WI, A-OSE; for a result
+    pooled over base seeds (``base_seeds``), :func:`open_set_seeds_table`."""
+    if "base_seeds" in result:
+        return open_set_seeds_table(result)
     header = ["model", "score", "AUROC", "unknown recall (known recall) at 95 % known precision", "WI @ recall 0.8",
               "A-OSE (flagged)"]
     rows = []
@@ -82,9 +114,44 @@ def open_set_table(result: Mapping[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+def open_set_seeds_table(pooled: Mapping[str, Any]) -> str:
+    """One row per model and unknown score of :func:`dlde.analysis.openset_protocol.pool_open_set`: mean
+    [95 % interval over base seeds] of AUROC, unknown and known recall at 95 % known precision, and WI
+    and A-OSE after flagging by the score at that point; first per model a row ``no flag`` (WI, A-OSE)."""
+    header = ["model", "score", "AUROC", "unknown recall at 95 % known precision", "known recall there",
+              "WI @ recall 0.8", "A-OSE"]
+    rows = []
+    for name, m in pooled["models"].items():
+        rows.append([f"{name}", "no flag", "", "", "", interval_cell(m["wilderness_impact"]),
+                     interval_cell(m["A-OSE"], 1)])
+        for kind, s in m["scores"].items():
+            rows.append([f"{name}", f"{kind}", interval_cell(s["auroc"]), interval_cell(s["unknown_recall"]),
+                         interval_cell(s["known_recall"]), interval_cell(s["wilderness_impact_flagged"]),
+                         interval_cell(s["A-OSE_flagged"], 1)])
+    return markdown_table(header, rows)
+
+
+def retrieval_seeds_table(pooled: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per model of :func:`dlde.analysis.retrieval_protocol.pool_retrieval`: mean [95 % interval over base
+    seeds] of MAP@R and Recall@k, then a second table of MAP@R per class (means over base seeds)."""
+    ks = sorted(int(key.split("@")[1]) for key in next(iter(pooled.values())) if key.startswith("Recall@"))
+    header = ["model", "base seeds", "gallery", "MAP@R"] + [f"Recall@{k}" for k in ks] + ["ms per query"]
+    rows = [[f"{name}", f"{r['base_seeds']}", f"{r['gallery']}", interval_cell(r["MAP@R"])]
+            + [interval_cell(r[f"Recall@{k}"]) for k in ks]
+            + [f"{1000 * r['seconds_per_query']['mean']:.3f}"] for name, r in pooled.items()]
+    classes = sorted({c for r in pooled.values() for c in r["per_class"]})
+    per_class = [[f"{name}"] + [f"{r['per_class'][c]['MAP@R']['mean']:.3f}" if c in r["per_class"] else "n/a"
+                                for c in classes] for name, r in pooled.items()]
+    return (markdown_table(header, rows) + "\n\n"
+            + markdown_table(["model"] + [f"MAP@R {c}" for c in classes], per_class))
+
+
 def retrieval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Per model (results of :func:`dlde.analysis.retrieval_protocol.retrieval_evaluation`) MAP@R
-    and Recall@k, then a second table of MAP@R per class."""
+    and Recall@k, then a second table of MAP@R per class; for results pooled over base seeds
+    (``base_seeds`` per model), :func:`retrieval_seeds_table`."""
+    if any("base_seeds" in r for r in results.values()):
+        return retrieval_seeds_table(results)
     ks = sorted(int(key.split("@")[1]) for key in next(iter(results.values())) if key.startswith("Recall@"))
     header = ["model", "gallery", "MAP@R"] + [f"Recall@{k}" for k in ks] + ["ms per query"]
     rows = [[f"{name}", f"{r['gallery']}", f"{r['MAP@R']:.3f}"] + [f"{r[f'Recall@{k}']:.3f}" for k in ks]
@@ -94,3 +161,111 @@ def retrieval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
                                 for c in classes] for name, r in results.items()]
     return (markdown_table(header, rows) + "\n\n"
             + markdown_table(["model"] + [f"MAP@R {c}" for c in classes], per_class))
+
+
+# ------------------------------------------------------------------------------ table files
+def code_commit(root: str | os.PathLike | None = None) -> str:
+    """The last commit that changed ``dlde/`` in a checkout (``git log -1 --format=%h -- dlde``).
+
+    Args:
+        root: the checkout's root (default: the one holding this package).
+
+    Returns:
+        The short hash, with ``+changes`` when ``dlde/`` holds uncommitted (or untracked, not
+        ignored) changes; ``unknown`` outside a git checkout or without git.
+    """
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
+    try:
+        commit = _git(root, "log", "-1", "--format=%h", "--", CODE_FOLDER)
+        changed = _git(root, "status", "--porcelain", "--", CODE_FOLDER)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+def _git(root: Path, *arguments: str) -> str:
+    """The stripped output of ``git -C root ...``; raises when git fails."""
+    return subprocess.run(["git", "-C", str(root), *arguments], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def command_line(argv: Sequence[str] | None = None, executable: str | None = None) -> str:
+    """The running command as it was typed: ``<python> -m <module> ...`` or ``<python> <script> ...``.
+
+    Args:
+        argv: the arguments (default ``sys.argv``); ``argv[0]`` a module's file (run with ``-m``
+            when it lies in a package: the dotted name, without ``__main__``) or a script.
+        executable: the interpreter (default ``sys.executable``).
+
+    Paths under the working folder are shown relative to it (``.venv/bin/python``,
+    ``benchmarks/step_time.py``).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]) if argv and argv[0] else None
+    words = [_shown(executable or sys.executable or "python")]
+    if program is not None and program.suffix == ".py" and (program.parent / "__init__.py").exists():
+        parts = [] if program.stem == "__main__" else [program.stem]
+        folder = program.resolve().parent
+        while (folder / "__init__.py").exists():
+            parts.insert(0, folder.name)
+            folder = folder.parent
+        words += ["-m", ".".join(parts)]
+    elif program is not None:
+        words.append(_shown(str(program)))
+    return shlex.join(words + argv[1:]).replace("`", "'")
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working folder when inside it, else as given."""
+    try:
+        return Path(path).absolute().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path
+
+
+def provenance_line(command: str | None = None, *, commit: str | None = None, date: str | None = None) -> str:
+    """The last line of a table file: ``<sub>commit C · `command` · YYYY-MM-DD</sub>``.
+
+    Args:
+        command: what produced the table (default: :func:`command_line`).
+        commit: default :func:`code_commit`.
+        date: default today's UTC date.
+    """
+    command = (command_line() if command is None else command).replace("`", "'").replace("\n", " ")
+    commit = code_commit() if commit is None else commit
+    date = datetime.now(timezone.utc).date().isoformat() if date is None else date
+    return f"<sub>commit {commit} · `{command}` · {date}</sub>"
+
+
+def write_table_file(path: str | os.PathLike, text: str, *, command: str | None = None) -> Path:
+    """Write a table file atomically: ``text``, an empty line, the :func:`provenance_line`.
+
+    Args:
+        path: e.g. ``figures/metrics.md``.
+        text: the file's content (tables, headings, notes); trailing newlines are normalized to one.
+        command: what produced it (default: the running command line).
+
+    Returns:
+        The path.
+    """
+    return atomic_write_text(path, text.rstrip("\n") + "\n\n" + provenance_line(command) + "\n")
+
+
+def split_provenance(text: str) -> tuple[str, dict[str, str] | None]:
+    """A table file's content and its provenance (``commit``, ``command``, ``date``; None without one).
+
+    The content is what :func:`write_table_file` was given (ending with one newline) when the file
+    has a provenance line, else ``text`` unchanged.
+    """
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    match = PROVENANCE.match(last)
+    if match is None:
+        return text, None
+    return body.rstrip("\n") + "\n", match.groupdict()
+
+
+def missing_provenance(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The table files among ``paths`` whose last line is not a provenance line (in order)."""
+    return [Path(p) for p in paths if split_provenance(Path(p).read_text(encoding="utf-8"))[1] is None]

@@ -1,31 +1,35 @@
-"""The base runs of the few-shot protocol: trained once per head on the base digits, then reused.
+"""The base runs of the few-shot protocol: trained once per head and base seed on the base digits, then reused.
 
 The few-shot, unknown-object and retrieval protocols (:mod:`dlde.analysis.fewshot`,
 :mod:`dlde.analysis.openset_protocol`, :mod:`dlde.analysis.retrieval_protocol`) measure base
-models trained on the digits ``BASE_CLASSES`` only. :func:`base_config` derives such a run's
-configuration from another run (or a preset), :func:`ensure_base_run` trains it unless its
-folder already holds it, and :func:`prepare` returns the base models of several heads with the
-ten-digit datasets, as notebooks 05 and 06 and ``benchmarks/few_shot.py`` use them.
+models trained on the digits ``BASE_CLASSES`` only, several training seeds per head (the *base
+seeds*, :data:`dlde.analysis.fewshot.BASE_SEEDS`), so their intervals cover another training
+seed too. :func:`base_config` derives such a run's configuration from another run (or a preset),
+:func:`ensure_base_run` trains it unless its folder (:func:`base_run_dir`) already holds it, and
+:func:`prepare` returns the base models of several heads and base seeds with the ten-digit
+datasets (:class:`BaseModels`), as notebooks 05 and 06 and ``benchmarks/few_shot.py`` use them.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from dlde.analysis.fewshot import BASE_CLASSES, digits_params, few_shot_datasets
+from dlde.analysis.fewshot import BASE_CLASSES, BASE_SEEDS, digits_params, few_shot_datasets
 from dlde.data.coco import CocoDetection
 from dlde.data.digits import default_digits_root
 from dlde.train import TrainConfig, train
 from dlde.train.reproducibility import rng_state, set_rng_state
 from dlde.train.runs import RunFolder
 
-__all__ = ["base_config", "ensure_base_run", "prepare"]
+__all__ = ["BaseModels", "base_config", "base_run_dir", "ensure_base_run", "prepare"]
 
 
 def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "digits",
@@ -100,39 +104,79 @@ def _process_state_kept() -> Iterator[None]:
         set_rng_state(generators)
 
 
+def base_run_dir(base_runs_dir: str | Path, head: str, seed: int) -> Path:
+    """The folder of the base run of ``head`` and base seed ``seed``.
+
+    ``<base_runs_dir>/<head>`` for seed 0 and ``<base_runs_dir>/<head>,seed=<seed>`` for the others
+    (the sweeps' naming): seed 0 keeps the folder of the protocol with one base model per head, so
+    base runs cached before there were base seeds (trained with the seed of the copied run, 0 for the
+    figures' ``dlde`` run) stay in use.
+    """
+    return Path(base_runs_dir) / (head if int(seed) == 0 else f"{head},seed={int(seed)}")
+
+
+@dataclass
+class BaseModels:
+    """The base models of several heads and base seeds, with the ten-digit datasets.
+
+    Attributes:
+        models: base seed -> head -> base detector in eval mode (seeds in the order asked).
+        concentrations: base seed -> head -> ``(C,)`` κ̂ of the tracked means at the end of training
+            (the last row of the run's ``kappa_history.npy``; heads with tracked means only).
+        base_names: the base class names in label order.
+        train_set: the ten-digit training set (unflipped).
+        val_set: the ten-digit validation set.
+    """
+
+    models: dict[int, dict[str, nn.Module]]
+    concentrations: dict[int, dict[str, np.ndarray]]
+    base_names: list[str]
+    train_set: CocoDetection
+    val_set: CocoDetection
+
+    @property
+    def seeds(self) -> list[int]:
+        """The base seeds, in the order asked."""
+        return list(self.models)
+
+
 def prepare(like, base_runs_dir: str | Path, heads: Sequence[str] = ("dlde", "retinanet", "prototypes"), *,
-            epochs: int | None = None, base_classes: Sequence[int] = BASE_CLASSES, preset: str = "digits",
-            data_dir: str | Path | None = None, **overrides: Any
-            ) -> tuple[dict[str, nn.Module], list[str], CocoDetection, CocoDetection]:
-    """Base models (trained on ``base_classes`` if not cached) and the ten-digit datasets.
+            seeds: Sequence[int] = BASE_SEEDS, epochs: int | None = None, base_classes: Sequence[int] = BASE_CLASSES,
+            preset: str = "digits", data_dir: str | Path | None = None, **overrides: Any) -> BaseModels:
+    """Base models of every head and base seed (trained on ``base_classes`` if not cached) and the ten-digit datasets.
 
     Args:
         like: the TrainConfig (or ``config.json`` dict) the base runs copy, or None for the
             preset ``preset`` (see :func:`base_config`).
-        base_runs_dir: folder holding one base run per head (``<base_runs_dir>/<head>``).
+        base_runs_dir: folder holding one base run per head and seed (:func:`base_run_dir`).
         heads: head names.
+        seeds: the base seeds: the training ``seed`` of each head's base runs (distinct).
         epochs: epochs of the base runs (None: those of ``like`` or the preset).
         base_classes: digits of the base training.
         preset: the preset when ``like`` is None.
         data_dir: see :func:`base_config`.
-        **overrides: further TrainConfig fields of the base runs (``seed``, ...).
-
-    Returns:
-        ``(models, base_names, train_set, val_set)``: head -> base detector in eval mode, the base
-        class names in label order, and the ten-digit train (unflipped) and validation sets.
+        **overrides: further TrainConfig fields of the base runs (not ``seed``).
     """
+    seeds = [int(s) for s in seeds]
+    if not heads or not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"prepare needs at least one head and distinct base seeds, got {list(heads)} and {seeds}")
+    if "seed" in overrides:
+        raise ValueError("the base runs' seeds are `seeds`, not a `seed` override")
     if epochs:
         overrides["epochs"] = int(epochs)
-    models, names, config = {}, None, None
-    for head in heads:  # a few heads
-        config = base_config(head, Path(base_runs_dir) / head, like=like, preset=preset, base_classes=base_classes,
-                             data_dir=data_dir, **overrides)
-        run = RunFolder(ensure_base_run(config)).load()
-        models[head] = run.load_model()
-        if names is not None and run.class_names != names:
-            raise ValueError(f"base runs disagree on the classes: {names} vs {run.class_names} ({run.run_dir})")
-        names = run.class_names
-    if config is None:
-        raise ValueError("prepare needs at least one head")
+    models: dict[int, dict[str, nn.Module]] = {seed: {} for seed in seeds}
+    concentrations: dict[int, dict[str, np.ndarray]] = {seed: {} for seed in seeds}
+    names, config = None, None
+    for seed in seeds:  # a few base seeds
+        for head in heads:  # a few heads
+            config = base_config(head, base_run_dir(base_runs_dir, head, seed), like=like, preset=preset,
+                                 base_classes=base_classes, data_dir=data_dir, seed=seed, **overrides)
+            run = RunFolder(ensure_base_run(config)).load()
+            models[seed][head] = run.load_model()
+            if run.kappa_history is not None and len(run.kappa_history):
+                concentrations[seed][head] = np.asarray(run.kappa_history[-1], dtype=np.float64)
+            if names is not None and run.class_names != names:
+                raise ValueError(f"base runs disagree on the classes: {names} vs {run.class_names} ({run.run_dir})")
+            names = run.class_names
     train_set, val_set = few_shot_datasets(config)
-    return models, list(names), train_set, val_set
+    return BaseModels(models, concentrations, list(names), train_set, val_set)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dlde.analysis.aggregate import SWEEP_RECORD_SUFFIX
-from dlde.analysis.tables import markdown_table
+from dlde.analysis.tables import markdown_table, write_table_file
 
 from .notebook import RESULTS_FILE, read_results
 from .plan import ABLATIONS_FOLDER, PATH_PARAMETERS, STEP_FILE, TRAIN_NOTEBOOK, Plan, Step
@@ -181,6 +181,4 @@ def write_metrics_table(plan: Plan) -> Path:
     table = markdown_table(["run", "model", "preset", "epochs", "AP", "AP50", "AP75", "val loss", "train time (min)"],
                            rows)
     plan.figures_dir.mkdir(parents=True, exist_ok=True)
-    path = plan.figures_dir / "metrics.md"
-    path.write_text(table + "\n")
-    return path
+    return write_table_file(plan.figures_dir / "metrics.md", table)

@@ -1,0 +1,241 @@
+"""The README's results tables, copied from the table files the pipeline and the benchmarks write.
+
+A table of README.md that a file holds sits between two markers naming that file (relative to the
+README's folder)::
+
+    <!-- table: figures/metrics.md -->
+    ...
+    <!-- /table -->
+
+``#k`` after the path picks the k-th table (1-based) of a file holding several
+(``figures/few_shot_benchmark.md#2``). :func:`render` puts between the markers the file's table
+verbatim and then its provenance line (:func:`dlde.analysis.tables.write_table_file`), each after
+an empty line; an indented marker (a table inside a list item) indents the whole block.
+
+A table made by hand from files (a pivot of one, a summary of several) sits between::
+
+    <!-- derived: figures/ablations/means_lr.md figures/ablations/means_update.md -->
+    ...
+    <!-- /derived -->
+
+It is not rewritten, but every number it shows must appear in one of its files
+(:func:`unquoted_numbers`).
+
+::
+
+    python -m dlde.pipeline.readme [--check] [--readme README.md]
+
+rewrites every table block from its file (``make figures``, ``make ablations`` and ``make
+vocabulary`` end with it); ``--check`` writes nothing and exits 1 naming each block that differs.
+Both exit 1 when a derived table quotes a number none of its files holds, 2 on a missing file or a
+broken marker (one line naming README line and file), and warn about table files without a
+provenance line (:data:`TABLE_FILES`), without changing the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlde.analysis.tables import missing_provenance, split_provenance
+from dlde.files import atomic_write_text
+
+#: The repository's README (the one next to this package).
+README = Path(__file__).resolve().parents[2] / "README.md"
+#: The table files (relative to the README's folder) that must name their commit, command and date,
+#: besides every file a README block names: every markdown file under ``figures/`` but the index.
+TABLE_FILES = "figures/**/*.md"
+NOT_TABLE_FILES = frozenset({"figures/index.md"})
+REWRITE_COMMAND = ".venv/bin/python -m dlde.pipeline.readme"
+
+OPEN = re.compile(r"^(?P<indent>[ \t]*)<!-- (?P<kind>table|derived): (?P<sources>\S.*?) -->[ \t]*$")
+CLOSE = re.compile(r"^[ \t]*<!-- /(?P<kind>table|derived) -->[ \t]*$")
+MARKER_LIKE = re.compile(r"^\s*<!--\s*/?\s*(table|derived)\b")  # a line that meant to be a marker
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+class ReadmeError(ValueError):
+    """A README block that cannot be rendered: a broken marker or a missing or unfitting file."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One marked block of the README."""
+
+    kind: str  # "table" (rewritten from its file) or "derived" (checked against its files)
+    sources: tuple[str, ...]  # as written in the marker (a table's with its "#k")
+    start: int  # index of the opening marker's line
+    end: int  # index of the closing marker's line
+    indent: str  # the opening marker's indentation, given to every line of the block
+
+
+def parse_blocks(lines: Sequence[str], name: str = "README.md") -> list[Block]:
+    """The marked blocks of ``lines``, in order.
+
+    Raises:
+        ReadmeError: a marker that is malformed, unclosed, closed twice, or closed by the other kind.
+    """
+    blocks, opened = [], None
+    for index, line in enumerate(lines):
+        start, end = OPEN.match(line), CLOSE.match(line)
+        if start is None and end is None:
+            if MARKER_LIKE.search(line):
+                raise ReadmeError(f"{name}:{index + 1}: malformed marker {line.strip()!r}: write "
+                                  "'<!-- table: PATH[#k] -->', '<!-- derived: PATH ... -->' or '<!-- /table -->'")
+            continue
+        if opened is not None and start is not None:
+            raise ReadmeError(f"{name}:{opened[0] + 1}: unclosed marker {lines[opened[0]].strip()!r}: another "
+                              f"opens at line {index + 1} before its '<!-- /{opened[1].group('kind')} -->'")
+        if start is not None:
+            opened = (index, start)
+            continue
+        if opened is None:
+            raise ReadmeError(f"{name}:{index + 1}: {line.strip()!r} closes no marker")
+        first, match = opened
+        if end.group("kind") != match.group("kind"):
+            raise ReadmeError(f"{name}:{index + 1}: {line.strip()!r} closes '{lines[first].strip()}' "
+                              f"(line {first + 1}); write '<!-- /{match.group('kind')} -->'")
+        sources = tuple(match.group("sources").split())
+        if match.group("kind") == "table" and len(sources) != 1:
+            raise ReadmeError(f"{name}:{first + 1}: a table block names one file, not {len(sources)}")
+        blocks.append(Block(match.group("kind"), sources, first, index, match.group("indent")))
+        opened = None
+    if opened is not None:
+        raise ReadmeError(f"{name}:{opened[0] + 1}: unclosed marker {lines[opened[0]].strip()!r}: "
+                          f"no '<!-- /{opened[1].group('kind')} -->' follows")
+    return blocks
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """The tables of a markdown text: runs of consecutive lines starting with ``|``."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.lstrip().startswith("|"):
+            current.append(line.strip())
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _read(root: Path, path: str, where: str) -> str:
+    file = root / path
+    if not file.is_file():
+        raise ReadmeError(f"{where}: the table file {path} does not exist")
+    return file.read_text(encoding="utf-8")
+
+
+def block_lines(block: Block, root: Path, where: str) -> list[str]:
+    """What a table block holds between its markers: the file's table and provenance line.
+
+    Raises:
+        ReadmeError: the file is missing, holds no table, or several without ``#k`` picking one.
+    """
+    path, _, pick = block.sources[0].partition("#")
+    text = _read(root, path, where)
+    body, provenance = split_provenance(text)
+    tables = markdown_tables(body)
+    if pick:
+        if not pick.isdigit() or not 1 <= int(pick) <= len(tables):
+            raise ReadmeError(f"{where}: {path} holds {len(tables)} table(s); #{pick} is not one of them")
+        table = tables[int(pick) - 1]
+    elif len(tables) != 1:
+        raise ReadmeError(f"{where}: {path} holds {len(tables)} tables; pick one with {path}#k (1-based)")
+    else:
+        table = tables[0]
+    lines = ["", *table] + (["", text.rstrip("\n").rpartition("\n")[2]] if provenance else []) + [""]
+    return [block.indent + line if line else line for line in lines]
+
+
+def unquoted_numbers(block: Block, lines: Sequence[str], root: Path, where: str) -> list[str]:
+    """The numbers a derived block shows that none of its files holds (in order, each once)."""
+    known: set[str] = set()
+    for path in block.sources:
+        known.update(NUMBER.findall(split_provenance(_read(root, path, where))[0]))
+    shown = NUMBER.findall("\n".join(lines[block.start + 1:block.end]))
+    return list(dict.fromkeys(number for number in shown if number not in known))
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`render` found: the rewritten text and one line per finding."""
+
+    text: str
+    differing: list[str]  # table blocks whose content is not their file's
+    unquoted: list[str]  # derived blocks quoting numbers none of their files holds
+    sources: list[str]  # every file a block names (without "#k"), in order
+
+
+def render(text: str, root: str | os.PathLike, name: str = "README.md") -> Report:
+    """Rewrite every table block of ``text`` from its file; check every derived block.
+
+    Args:
+        text: the README.
+        root: the folder the markers' paths are relative to (the README's).
+        name: the README's name in messages.
+
+    Raises:
+        ReadmeError: a broken marker or an unusable file (the message names line and file).
+    """
+    root, lines = Path(root), text.split("\n")
+    blocks = parse_blocks(lines, name)
+    out, done, differing, unquoted, sources = [], 0, [], [], []
+    for block in blocks:
+        where = f"{name}:{block.start + 1}"
+        sources += [source.partition("#")[0] for source in block.sources]
+        out += lines[done:block.start + 1]
+        if block.kind == "table":
+            content = block_lines(block, root, where)
+            if content != lines[block.start + 1:block.end]:
+                differing.append(f"{where}: the table differs from {block.sources[0]} (run {REWRITE_COMMAND})")
+            out += content
+        else:
+            out += lines[block.start + 1:block.end]
+            missing = unquoted_numbers(block, lines, root, where)
+            if missing:
+                unquoted.append(f"{where}: the table derived from {', '.join(block.sources)} shows "
+                                f"{', '.join(missing)}, which none of them holds: update it by hand")
+        done = block.end
+    out += lines[done:]
+    return Report("\n".join(out), differing, unquoted, list(dict.fromkeys(sources)))
+
+
+def table_files(root: str | os.PathLike, named: Iterable[str] = ()) -> list[Path]:
+    """The table files under ``root``: those of :data:`TABLE_FILES` and the ``named`` ones that exist."""
+    root = Path(root)
+    found = {p.relative_to(root).as_posix() for p in root.glob(TABLE_FILES)} - NOT_TABLE_FILES
+    found |= {path for path in named if (root / path).is_file()}
+    return [root / path for path in sorted(found)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dlde.pipeline.readme [--check]``: the exit status (0 ok, 1 differing, 2 error)."""
+    parser = argparse.ArgumentParser(prog="python -m dlde.pipeline.readme",
+                                     description="Rewrite the README's results tables from their table files.")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a table differs")
+    parser.add_argument("--readme", default=str(README), help="the README (default: the repository's)")
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    try:
+        text = readme.read_text(encoding="utf-8")
+        report = render(text, readme.parent, readme.name)
+    except (ReadmeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in missing_provenance(table_files(readme.parent, report.sources)):
+        print(f"warning: {path.relative_to(readme.parent).as_posix()} has no provenance line (commit, command, "
+              "date): re-run what writes it", file=sys.stderr)
+    for line in report.unquoted + (report.differing if args.check else []):
+        print(line, file=sys.stderr)
+    if not args.check and report.text != text:
+        atomic_write_text(readme, report.text)
+        print(f"{readme.name}: rewrote {len(report.differing)} table(s) from their files")
+    return 1 if report.unquoted or (args.check and report.differing) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

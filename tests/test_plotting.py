@@ -312,3 +312,49 @@ def test_save_figure_writes_identical_bytes_on_rerun(tmp_path):
         assert p.read_bytes() == q.read_bytes()
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[1].read_bytes()[:5] == b"%PDF-"
+
+
+def _png_chunks(data: bytes) -> list[str]:
+    """The chunk types of a PNG, in order."""
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        chunks.append(data[at + 4:at + 8].decode("ascii"))
+        at += 12 + length
+    return chunks
+
+
+def test_save_figure_png_holds_the_canvas_pixels_and_dpi_only(tmp_path):
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(3, 2), dpi=150)  # no layout engine: every draw is the same
+    ax.plot([0, 1, 2], [1, 0, 2], marker="o")
+    ax.set_title("déjà vu κ̂")
+    fig.canvas.draw()
+    canvas = np.asarray(fig.canvas.buffer_rgba()).copy()  # (300, 450, 4)
+    (path,) = save_figure(fig, tmp_path, "heat", formats=("png",), dpi=150)
+    with Image.open(path) as image:
+        assert [round(d) for d in image.info["dpi"]] == [150, 150]  # stored as pixels per metre
+        assert_array_equal(np.asarray(image), canvas)
+    chunks = _png_chunks(path.read_bytes())
+    assert chunks[:2] == ["IHDR", "pHYs"] and chunks[-1] == "IEND" and set(chunks[2:-1]) == {"IDAT"}
+
+
+def test_save_figure_pdf_and_svg_carry_no_version_or_date_and_repeat(tmp_path):
+    first = save_figure(_figure_for_saving(), tmp_path / "a", "heat", formats=("pdf", "svg"))
+    again = save_figure(_figure_for_saving(), tmp_path / "b", "heat", formats=("pdf", "svg"))
+    for p, q in zip(first, again):
+        assert p.read_bytes() == q.read_bytes()  # the SVG ids too (svg.hashsalt)
+    pdf, svg = (p.read_bytes() for p in first)
+    for key in (b"/Creator", b"/Producer", b"/CreationDate", b"Matplotlib"):
+        assert key not in pdf
+    assert b"<dc:date>" not in svg and b"Matplotlib v" not in svg
+
+
+def test_save_figure_ignores_save_settings_of_a_matplotlibrc(tmp_path):
+    plain = save_figure(_figure_for_saving(), tmp_path / "plain", "heat", formats=("png", "pdf", "svg"))
+    with matplotlib.rc_context({"savefig.bbox": "tight", "savefig.transparent": True, "pdf.compression": 0,
+                                "pdf.fonttype": 42, "svg.hashsalt": None, "svg.fonttype": "none"}):
+        other = save_figure(_figure_for_saving(), tmp_path / "rc", "heat", formats=("png", "pdf", "svg"))
+    for p, q in zip(plain, other):
+        assert p.read_bytes() == q.read_bytes()

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .embeddings import to_numpy
-from .plotting import as_labels, class_colors, display_names
+from .plotting import HATCH, as_labels, class_colors, display_names
 
 __all__ = [
     "plot_angular_drift",
@@ -237,7 +237,7 @@ def plot_cosine_histograms(own: Any, nearest_other: Any, *, bins: int = 40) -> F
     edges = np.linspace(-1.0, 1.0, bins + 1)
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ax.hist(own[np.isfinite(own)], bins=edges, alpha=0.6, label="own class mean")
-    ax.hist(other[np.isfinite(other)], bins=edges, alpha=0.6, label="nearest other mean")
+    ax.hist(other[np.isfinite(other)], bins=edges, alpha=0.6, hatch=HATCH, label="nearest other mean")
     both = np.isfinite(own) & np.isfinite(other)
     title = "cosine to class means"
     if both.any():

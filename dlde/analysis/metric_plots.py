@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .calibration import ece_of_curve
 from .embeddings import to_numpy
-from .plotting import BUCKET_COLORS, BUCKET_LINES, WIDTH, class_colors
+from .plotting import BUCKET_COLORS, BUCKET_LINES, HATCH, MARKERS, WIDTH, class_colors
 
 __all__ = ["MAX_CLASS_BARS", "plot_training_curves", "plot_per_class_ap", "plot_reliability", "plot_score_histograms",
            "plot_roc"]
@@ -46,7 +46,7 @@ def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
         (ax_ap, ("AP", "AP50"), "COCO box AP"),
     ):
         drawn = False
-        for key in keys:
+        for key, marker in zip(keys, MARKERS):
             pts = [
                 (row.get("epoch", i), float(row[key]))
                 for i, row in enumerate(rows)
@@ -54,7 +54,7 @@ def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
             ]
             if pts:
                 x, y = zip(*pts)
-                ax.plot(x, y, marker="o", label=key)
+                ax.plot(x, y, marker=marker, label=key)
                 drawn = True
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -244,7 +244,7 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
         ax.bar(edges[:-1] + k * width, np.nan_to_num(accuracy), width=width, align="edge",
                color=colors[k], alpha=0.3, edgecolor=colors[k], label="_nolegend_")
         filled = np.asarray(curve["count"]) > 0
-        ax.plot(confidence[filled], accuracy[filled], marker="o", color=colors[k],
+        ax.plot(confidence[filled], accuracy[filled], marker=MARKERS[k % len(MARKERS)], color=colors[k],
                 label=f"{name} (ECE {ece_of_curve(curve):.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (score)", ylabel="accuracy",
            title="reliability of detection scores")
@@ -282,7 +282,7 @@ def plot_score_histograms(
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ax.hist(known, bins=edges, density=bool(known.size), alpha=0.6,
             label=f"known ({known.size})")
-    ax.hist(unknown, bins=edges, density=bool(unknown.size), alpha=0.6,
+    ax.hist(unknown, bins=edges, density=bool(unknown.size), alpha=0.6, hatch=HATCH,
             label=f"unknown ({unknown.size})")
     ax.set(xlabel=xlabel, ylabel="density", title=title or "known vs unknown")
     ax.legend()
@@ -305,8 +305,8 @@ def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="chance")
     colors = class_colors(len(curves))
     for k, (name, curve) in enumerate(curves.items()):
-        ax.plot(to_numpy(curve["fpr"]), to_numpy(curve["tpr"]), color=colors[k],
-                label=f"{name} (AUROC {float(curve['auroc']):.3f})")
+        ax.plot(to_numpy(curve["fpr"]), to_numpy(curve["tpr"]), color=colors[k], marker=MARKERS[k % len(MARKERS)],
+                markevery=0.1, markersize=5, label=f"{name} (AUROC {float(curve['auroc']):.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (known flagged)",
            ylabel="true positive rate (unknown flagged)", title="unknown-object ROC")
     ax.set_aspect("equal")

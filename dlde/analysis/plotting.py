@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["class_colors", "display_names", "as_labels", "save_figure", "WIDTH", "OKABE_ITO", "BUCKET_COLORS",
-           "BUCKET_LINES"]
+           "BUCKET_LINES", "MARKERS", "HATCH"]
 
 WIDTH = 3.4  # inches: one column of a two-column paper
 #: Okabe & Ito's colour-blind-safe palette (black left out: it draws the single points).
@@ -33,13 +33,26 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "
 BUCKET_COLORS: dict[str, tuple[str, str]] = {"r": ("rare", OKABE_ITO[1]), "c": ("common", OKABE_ITO[3]),
                                              "f": ("frequent", OKABE_ITO[0])}
 BUCKET_LINES = {"r": ":", "c": "--", "f": "-."}
+#: A marker per series (model, method, loss), so series drawn in class_colors also read apart in grey.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+#: The hatch that tells the second of two overlaid histograms from the first in grey.
+HATCH = "//"
 
-# Metadata that would otherwise embed a timestamp or version string in the file.
-_DETERMINISTIC_METADATA = {
-    "png": {"Software": None},
-    "pdf": {"CreationDate": None, "Producer": None},
-    "svg": {"Date": None},
+# What save_figure passes to savefig per format: metadata without the timestamps and version strings
+# matplotlib would write, and Pillow's PNG settings written out (zlib level 6, what Pillow's default
+# -1 means; no extra optimization pass). A PNG then holds IHDR, pHYs (the dpi), IDAT and IEND only:
+# its bytes depend on the pixels, the dpi, Pillow's row filters and the zlib library (libz.so.1).
+_SAVE_OPTIONS: dict[str, dict[str, Any]] = {
+    "png": {"metadata": {"Software": None}, "pil_kwargs": {"compress_level": 6, "optimize": False}},
+    "pdf": {"metadata": {"CreationDate": None, "Producer": None, "Creator": None}},
+    "svg": {"metadata": {"Date": None, "Creator": None}},
 }
+# What matplotlib reads from its rc settings while writing (not while drawing), pinned to
+# matplotlib's defaults so a matplotlibrc cannot change the files; svg.hashsalt replaces the random
+# salt of the SVG element ids.
+_SAVE_RC = {"savefig.bbox": None, "savefig.facecolor": "auto", "savefig.edgecolor": "auto",
+            "savefig.transparent": False, "pdf.compression": 6, "pdf.fonttype": 3, "svg.fonttype": "path",
+            "svg.hashsalt": "dlde"}
 
 
 def class_colors(num_classes: int) -> np.ndarray:
@@ -86,8 +99,10 @@ def save_figure(
 ) -> list[Path]:
     """Writes ``directory/name.<fmt>`` for each format and closes the figure.
 
-    Timestamps and version strings are left out of the file metadata, so saving the same
-    figure again gives identical bytes.
+    Timestamps and version strings are left out of the file metadata, and the compression and
+    other save-time settings are fixed, so saving the same figure again gives identical bytes: a
+    PNG's bytes depend only on its pixels and dpi (given Pillow and the zlib library; compare two
+    PNGs' pixels with :mod:`dlde.analysis.figure_compare`), a PDF's on the drawing.
 
     Args:
         fig: the figure.
@@ -99,16 +114,18 @@ def save_figure(
     Returns:
         The written paths, in the order of ``formats``.
     """
+    import matplotlib as mpl
     import matplotlib.pyplot as plt
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     try:
-        for fmt in formats:
-            path = directory / f"{name}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=dpi, metadata=_DETERMINISTIC_METADATA.get(fmt))
-            paths.append(path)
+        with mpl.rc_context(_SAVE_RC):
+            for fmt in formats:
+                path = directory / f"{name}.{fmt}"
+                fig.savefig(path, format=fmt, dpi=dpi, **_SAVE_OPTIONS.get(fmt, {}))
+                paths.append(path)
     finally:
         plt.close(fig)
     return paths

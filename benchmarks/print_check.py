@@ -1,0 +1,399 @@
+"""Print check: every committed figure read at the width of one column of a paper (3.5 in).
+
+For each PNG under ``figures/`` (subfolders included) it reports the figure's width in inches at
+its dpi and the scale that fits it to one column, and flags
+
+- **text**: the smallest text the figure prints at that scale, if below 6 pt;
+- **colour only**: legend entries told apart by colour alone (same line style and marker, same
+  patch hatch, same scatter marker), which grey printing merges; a group of more entries than
+  :data:`~dlde.analysis.plotting.MARKERS` holds is a figure's classes, coloured by design, and noted
+  rather than failed;
+
+then the colour pairs of the shared palettes (:data:`~dlde.analysis.plotting.OKABE_ITO`,
+:data:`~dlde.analysis.plotting.BUCKET_COLORS`, the first :func:`~dlde.analysis.plotting.class_colors`)
+whose grey levels differ by less than 0.1. A PNG records neither its font sizes nor its legend, so
+both are read from the figure its plot function draws from small made-up inputs
+(:data:`SAMPLES`, matched by file name); the width is read from the file. A file no sample
+matches (a screenshot) gets its width only.
+
+Usage::
+
+    python benchmarks/print_check.py                    # figures/, one column of 3.5 in
+    python benchmarks/print_check.py --column 7.0       # at the width of two columns
+
+Exit status 1 when a figure fails. The checks are functions (``text_sizes``, ``colour_only_series``,
+``grey_level``, ``close_grey_pairs``) that ``tests/test_print_check.py`` tests.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.collections import Collection  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dlde.analysis import (  # noqa: E402
+    aggregate,
+    detection_plots,
+    embedding_plots,
+    fewshot_plots,
+    metric_plots,
+    vocabulary_plots,
+)
+from dlde.analysis.interactive import MeansExplorer  # noqa: E402
+from dlde.analysis.plotting import BUCKET_COLORS, MARKERS, OKABE_ITO, class_colors  # noqa: E402
+
+COLUMN_IN = 3.5  # inches: one column of a two-column paper
+MIN_TEXT_PT = 6.0  # the smallest text a printed figure should have
+MIN_GREY_STEP = 0.1  # grey levels (0 black .. 1 white) closer than this read as one in print
+#: More series than there are markers are classes, coloured by design (read in colour, named in the legend).
+MAX_SERIES = len(MARKERS)
+
+
+# ------------------------------------------------------------------------------------ checks
+def png_geometry(path: str | Path) -> tuple[int, int, float]:
+    """``(width px, height px, dpi)`` of a PNG (72 dpi when it records none), the dpi rounded to 0.1 (the
+    file stores whole pixels per metre: 150 dpi reads back as 150.0124)."""
+    with Image.open(path) as image:
+        return image.width, image.height, round(float(image.info.get("dpi", (72.0, 72.0))[0]), 1)
+
+
+def column_scale(width_in: float, column_in: float = COLUMN_IN) -> float:
+    """The factor that prints a figure ``width_in`` inches wide at ``column_in`` inches."""
+    return column_in / width_in
+
+
+def text_sizes(fig: Figure) -> list[tuple[float, str]]:
+    """``(size pt, text)`` of every non-blank text the figure draws (ticks, labels, legends, titles,
+    annotations), recorded from the renderer so hidden axes and removed tick labels are not counted."""
+    canvas = FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    drawn: list[tuple[float, str]] = []
+    draw_text = renderer.draw_text
+
+    def record(gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if s.strip():
+            drawn.append((float(prop.get_size_in_points()), s))
+        return draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+
+    renderer.draw_text = record
+    fig.draw(renderer)
+    return drawn
+
+
+def _legends(fig: Figure) -> list:
+    """The legends of a figure: its own, then each axis's."""
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+
+
+def _handle_style(handle) -> tuple[tuple, tuple[float, float, float] | None]:
+    """``(what tells a legend handle apart besides colour, its colour)``."""
+    if isinstance(handle, Line2D):
+        line = handle.get_linestyle() if handle.get_linewidth() > 0 else "None"
+        return ("line", line, str(handle.get_marker())), to_rgb(handle.get_color())
+    if isinstance(handle, Patch):
+        return ("patch", handle.get_hatch(), handle.get_linestyle(), handle.get_fill()), to_rgb(handle.get_facecolor())
+    if isinstance(handle, Collection):
+        paths = handle.get_paths()
+        shape = tuple(np.round(paths[0].vertices, 3).ravel()) if paths else ()
+        colours = handle.get_facecolor()
+        return ("points", shape), (to_rgb(colours[0]) if len(colours) else None)
+    return (type(handle).__name__,), None
+
+
+def colour_only_series(fig: Figure) -> list[list[str]]:
+    """Groups of legend entries (two or more per group) that differ in colour and nothing else.
+
+    Two entries with the same line style and marker (lines), hatch and edge (patches) or marker
+    shape (scatter points) but different colours are told apart by colour only.
+    """
+    groups = []
+    for legend in _legends(fig):
+        by_style: dict[tuple, list[tuple[str, tuple | None]]] = {}
+        for handle, text in zip(legend.legend_handles, legend.get_texts()):
+            style, colour = _handle_style(handle)
+            by_style.setdefault(style, []).append((text.get_text(), colour))
+        for entries in by_style.values():
+            if len(entries) > 1 and len({colour for _, colour in entries}) > 1:
+                groups.append([label for label, _ in entries])
+    return groups
+
+
+def grey_level(colour) -> float:
+    """Grey level in [0, 1] of a matplotlib colour printed in grey: ITU-R 601 luma
+    (0.299 R + 0.587 G + 0.114 B), as Pillow's ``convert("L")`` computes it."""
+    red, green, blue = to_rgb(colour)
+    return 0.299 * red + 0.587 * green + 0.114 * blue
+
+
+def close_grey_pairs(colours: Mapping[str, object], min_step: float = MIN_GREY_STEP) -> list[tuple[str, str, float]]:
+    """``(name, name, grey difference)`` of the colour pairs whose grey levels differ by less than ``min_step``."""
+    levels = {name: grey_level(colour) for name, colour in colours.items()}
+    return [(a, b, abs(levels[a] - levels[b])) for a, b in combinations(levels, 2)
+            if abs(levels[a] - levels[b]) < min_step]
+
+
+def palettes() -> dict[str, dict[str, object]]:
+    """The shared palettes: name -> (colour name -> colour)."""
+    tab10 = {f"C{c}": colour for c, colour in enumerate(class_colors(10))}
+    return {"OKABE_ITO": {hex_: hex_ for hex_ in OKABE_ITO},
+            "BUCKET_COLORS": {name: colour for name, colour in BUCKET_COLORS.values()},
+            "class_colors(3) (models, methods)": dict(list(tab10.items())[:3]),
+            "class_colors(10) (classes)": tab10}
+
+
+# --------------------------------------------------------------------------------- samples
+NAMES = [str(c) for c in range(10)]  # the digits
+
+
+def _curve(rng) -> dict:
+    edges = np.linspace(0, 1, 11)
+    return {"bin_edges": edges, "confidence": edges[:-1] + 0.05, "accuracy": rng.uniform(0, 1, 10),
+            "count": np.full(10, 5)}
+
+
+def _detections(rng, n: int = 8) -> list[dict]:
+    boxes = np.array([[4.0, 4.0, 30.0, 30.0], [34.0, 20.0, 60.0, 50.0]])
+    return [{"image": rng.uniform(0, 1, (3, 64, 64)), "boxes": boxes, "labels": np.array([1, 7]),
+             "scores": np.array([0.9, 0.6]), "gt_boxes": boxes} for _ in range(n)]
+
+
+def _few_shot_rows() -> list[dict]:
+    interval = {"mean": 0.5, "low": 0.4, "high": 0.6}
+    return [{"method": method, "k": k, "draws": 3, "steps": 20, "novel_AP": interval, "novel_AP50": interval,
+             "base_AP": interval, "base_AP_before": 0.7}
+            for method in ("dlde_imprint", "dlde_finetune", "prototypes_finetune") for k in (1, 5, 30)]
+
+
+def _vocabulary_rows(x: str, series: Mapping[str, object]) -> list[dict]:
+    values = {f"{m}_{k}": v for m in ("AP", "APr", "APc", "APf", "epoch_time_s")
+              for k, v in (("mean", 0.5), ("low", 0.4), ("high", 0.6))}
+    return [{x: size, **series, **values} for size in (10, 100, 1000)]
+
+
+def _unknown_scores() -> Figure:
+    interval = {"mean": 0.7, "low": 0.6, "high": 0.8}
+    scores = {kind: {"auroc": interval, "unknown_recall": interval} for kind in ("probability", "cosine", "energy")}
+    return fewshot_plots.plot_unknown_scores({"models": {head: {"scores": scores} for head in ("dlde", "retinanet")},
+                                              "base_seeds": [0, 1, 2]})
+
+
+def _collapse(title: str) -> Figure:
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        arms = {}
+        for arm in ("a", "b"):
+            run = Path(folder) / arm
+            run.mkdir()
+            np.save(run / "means_history.npy", rng.normal(size=(5, 10, 8)))
+            arms[arm] = [run]
+        return aggregate.plot_collapse(arms, title)
+
+
+def _sweep(title: str) -> Figure:
+    summaries = [{"AP": 0.5, "AP50": 0.8, "AP75": 0.5, "min_angle_deg": 50.0, "kappa": 40.0, "ECE": 0.1}] * 3
+    return aggregate.plot_sweep(aggregate.summarize_arms({"x=1": summaries, "x=2": summaries}), title,
+                                {"x=1": summaries, "x=2": summaries})
+
+
+def _means_explorer() -> Figure:
+    rng = np.random.default_rng(0)
+    return MeansExplorer(rng.normal(size=(5, 10, 8)), NAMES, rng.normal(size=(100, 8)),
+                         rng.integers(0, 10, 100)).figure
+
+
+def _embedding_2d() -> Figure:
+    rng = np.random.default_rng(0)
+    return embedding_plots.plot_embedding_2d(rng.normal(size=(100, 2)), np.arange(100) % 10,
+                                             rng.normal(size=(10, 2)), NAMES)
+
+
+def _sphere() -> Figure:
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(size=(100, 3))
+    return embedding_plots.plot_sphere(xyz / np.linalg.norm(xyz, axis=1, keepdims=True), np.arange(100) % 10,
+                                       rng.normal(size=(10, 3)), NAMES)
+
+
+def _retrieval() -> Figure:
+    rng = np.random.default_rng(0)
+    crops = [rng.uniform(0, 1, (3, 24, 24)) for _ in range(3)]
+    return detection_plots.plot_retrieval_grid(crops, [crops] * 3, query_labels=[0, 1, 2],
+                                               result_labels=[[0, 1, 2]] * 3, result_scores=[[0.9, 0.8, 0.7]] * 3,
+                                               class_names=NAMES)
+
+
+def _levers() -> Figure:
+    rows = [row for init in ("focal", "zero") for schedule in ("constant", "count")
+            for row in _vocabulary_rows("embedding_size", {"classifier_init": init, "means_lr_schedule": schedule})]
+    return vocabulary_plots.plot_levers(rows)
+
+
+def _per_class_ap() -> Figure:
+    return metric_plots.plot_per_class_ap({name: 0.5 + 0.04 * c for c, name in enumerate(NAMES)})
+
+
+def _training_curves() -> Figure:
+    return metric_plots.plot_training_curves([{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "AP": 0.1 * e,
+                                               "AP50": 0.12 * e} for e in range(1, 6)])
+
+
+def _drift() -> Figure:
+    rng = np.random.default_rng(0)
+    return embedding_plots.plot_angular_drift(rng.uniform(0, 20, (4, 10)), rng.uniform(0, 60, (5, 10)), NAMES)
+
+
+#: (file-name pattern, full match on the path relative to the figures folder without suffix) ->
+#: (the function that drew it, a figure of that function from made-up inputs). First match wins.
+SAMPLES: dict[str, tuple[str, Callable[[], Figure]]] = {
+    r"(sigmoid_)?train_curves": ("plot_training_curves", _training_curves),
+    r"(sigmoid_)?per_class_ap": ("plot_per_class_ap", _per_class_ap),
+    r"(sigmoid_)?reliability": ("plot_reliability", lambda: metric_plots.plot_reliability(
+        {"dlde": _curve(np.random.default_rng(0)), "sigmoid": _curve(np.random.default_rng(1))})),
+    r"(sigmoid_)?(val_detections|inference)|few_shot_detections": ("detection_grid", lambda: (
+        detection_plots.detection_grid(_detections(np.random.default_rng(0)), NAMES))),
+    r"vocabulary_detections_.*": ("detection_grid", lambda: detection_plots.detection_grid(
+        _detections(np.random.default_rng(0), 4), NAMES, cols=2)),
+    r"mean_drift": ("plot_angular_drift", _drift),
+    r"mean_cosines": ("plot_cosine_heatmaps", lambda: embedding_plots.plot_cosine_heatmaps(
+        np.eye(10), np.full((10, 10), 0.3), NAMES)),
+    r"concentration": ("plot_concentration", lambda: embedding_plots.plot_concentration(
+        np.linspace(1, 50, 50).reshape(5, 10), NAMES)),
+    r"embeddings_umap|few_shot_means_umap": ("plot_embedding_2d", _embedding_2d),
+    r"embeddings(_raw)?_sphere": ("plot_sphere", _sphere),
+    r"means_through_training": ("MeansExplorer", _means_explorer),
+    r"cosine_margins": ("plot_cosine_histograms", lambda: embedding_plots.plot_cosine_histograms(
+        np.linspace(-1, 1, 50), np.linspace(-0.5, 0.9, 50))),
+    r"few_shot_novel_ap(50)?": ("plot_shots", lambda: fewshot_plots.plot_shots(_few_shot_rows())),
+    r"few_shot_base_ap": ("plot_forgetting", lambda: fewshot_plots.plot_forgetting(_few_shot_rows())),
+    r"unknown_scores_over_seeds": ("plot_unknown_scores", _unknown_scores),
+    r"unknown_scores_.*": ("plot_score_histograms", lambda: metric_plots.plot_score_histograms(
+        np.linspace(0, 1, 50), np.linspace(0.3, 1, 30), xlabel="unknown score (cosine)")),
+    r"unknown_roc": ("plot_roc", lambda: metric_plots.plot_roc(
+        {name: {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1], "auroc": 0.6} for name in ("dlde", "sigmoid", "prototypes")})),
+    r"retrieval_examples": ("plot_retrieval_grid", _retrieval),
+    r"vocabulary_ap|vocabulary_epoch_time": ("plot_against_classes", lambda: vocabulary_plots.plot_against_classes(
+        [row for head in ("dlde", "retinanet", "prototypes")
+         for row in _vocabulary_rows("classes", {"head": head})])),
+    r"vocabulary_levers": ("plot_levers", _levers),
+    r"vocabulary_class_frequency_.*": ("plot_class_frequency", lambda: vocabulary_plots.plot_class_frequency(
+        list(range(1, 301)), ["r"] * 100 + ["c"] * 100 + ["f"] * 100)),
+    r"ablations/.*_collapse": ("plot_collapse", lambda: _collapse("sweep: largest cosine between two class means")),
+    r"ablations/.*": ("plot_sweep", lambda: _sweep("sweep")),
+}
+
+
+def sample_for(name: str) -> tuple[str, Callable[[], Figure]] | None:
+    """The entry of :data:`SAMPLES` whose pattern matches ``name`` (relative path without suffix), or None."""
+    return next((entry for pattern, entry in SAMPLES.items() if re.fullmatch(pattern, name)), None)
+
+
+# ---------------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class FigureCheck:
+    """The print check of one figure file.
+
+    Attributes:
+        name: path relative to the figures folder.
+        width_in: printed width at the file's dpi.
+        scale: the factor to one column.
+        drawn_by: the plot function matched, or None.
+        smallest_pt: the smallest text at the figure's own size (None without a sample).
+        colour_only: groups of legend entries told apart by colour only (classes included).
+    """
+
+    name: str
+    width_in: float
+    scale: float
+    drawn_by: str | None
+    smallest_pt: float | None
+    colour_only: list[list[str]]
+
+    @property
+    def printed_pt(self) -> float | None:
+        """The smallest text at one column."""
+        return None if self.smallest_pt is None else self.smallest_pt * self.scale
+
+    @property
+    def failures(self) -> list[str]:
+        """What fails in print, as short phrases (empty when the figure passes)."""
+        found = []
+        if self.printed_pt is not None and self.printed_pt < MIN_TEXT_PT - 1e-9:
+            needed = self.width_in * MIN_TEXT_PT / self.smallest_pt  # the printed width where it reaches 6 pt
+            found.append(f"text {self.printed_pt:.1f} pt (6 pt when printed {needed:.1f} in wide)")
+        found += [f"colour only: {', '.join(group)}" for group in self.colour_only if len(group) <= MAX_SERIES]
+        return found
+
+    @property
+    def notes(self) -> list[str]:
+        """What the check leaves to the reader: classes coloured by design (groups of more than
+        :data:`MAX_SERIES` entries), or a file no sample matches."""
+        if self.drawn_by is None:
+            return ["not a plot of dlde (no sample): width only"]
+        return [f"{len(group)} classes in colour only" for group in self.colour_only if len(group) > MAX_SERIES]
+
+
+def check_figure(path: Path, figures: Path, column_in: float = COLUMN_IN) -> FigureCheck:
+    """The :class:`FigureCheck` of one PNG under ``figures``."""
+    width_px, _, dpi = png_geometry(path)
+    name = path.relative_to(figures).with_suffix("").as_posix()
+    width_in = width_px / dpi
+    sample = sample_for(name)
+    smallest, colour_only, drawn_by = None, [], None
+    if sample is not None:
+        drawn_by, build = sample
+        fig = build()
+        try:
+            smallest = min(size for size, _ in text_sizes(fig))
+            colour_only = colour_only_series(fig)
+        finally:
+            plt.close(fig)
+    return FigureCheck(name, width_in, column_scale(width_in, column_in), drawn_by, smallest, colour_only)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the check of every PNG under ``--figures`` and of the palettes; 1 when a figure fails."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--figures", type=Path, default=ROOT / "figures", help="folder of committed figures")
+    parser.add_argument("--column", type=float, default=COLUMN_IN, help="printed width in inches")
+    args = parser.parse_args(argv)
+    checks = [check_figure(path, args.figures, args.column) for path in sorted(args.figures.rglob("*.png"))]
+    print(f"| figure | drawn by | width (in) | scale to {args.column:g} in | smallest text (pt) | printed (pt) "
+          "| fails |")
+    print("|---|---|---|---|---|---|---|")
+    for c in checks:
+        small = "–" if c.smallest_pt is None else f"{c.smallest_pt:.1f}"
+        printed = "–" if c.printed_pt is None else f"{c.printed_pt:.1f}"
+        print(f"| {c.name} | {c.drawn_by or 'no sample'} | {c.width_in:.2f} | {c.scale:.2f} | {small} | {printed} | "
+              f"{'; '.join(c.failures + c.notes) or 'passes'} |")
+    print("\nPalette pairs closer than 0.1 in grey (ITU-R 601 luma):")
+    for palette, colours in palettes().items():
+        pairs = close_grey_pairs(colours)
+        print(f"- {palette}: " + (", ".join(f"{a}/{b} {d:.3f}" for a, b, d in pairs) or "none"))
+    failing = [c for c in checks if c.failures]
+    print(f"\n{len(checks)} figures, {len(failing)} fail at {args.column:g} in")
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,15 +11,19 @@ from PIL import Image
 
 from dlde.pipeline import execute as executing
 from dlde.pipeline import plan as planning
+from dlde.pipeline import sweeps as sweeping
 from dlde.pipeline.cli import main
 from dlde.pipeline.execute import NotebookFailed, run_pipeline, torchrun_command
 from dlde.pipeline.notebook import demo_images, mean_drift_results, write_results
 from dlde.pipeline.plan import TINY_NOTEBOOK, make_plan, train_config
 from dlde.pipeline.sweeps import make_sweep_plan
-from dlde.train import PRESETS, TrainConfig, build_datasets
+from dlde.train import PRESETS, RunFolder, TrainConfig, build_datasets
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
+
+
+ONE_SWEEP = "sweeps: {s: {base: {PRESET: tiny, EPOCHS: 1}, arms: {a: {}}, seeds: [0]}}\n"
 
 
 def write_yaml(tmp_path, text):
@@ -34,8 +38,9 @@ def test_default_plan_trains_every_run_first_and_prefixes_all_but_the_first(tmp_
     order = [(s.run, s.notebook) for s in plan.steps]
     assert order[:2] == [("dlde", "01_train.ipynb"), ("sigmoid", "01_train.ipynb")]
     assert {notebook for _, notebook in order} == {"01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb",
-                                                   "04_inference.ipynb", "05_few_shot.ipynb", "06_open_set.ipynb"}
-    assert {s.run: s.prefix for s in plan.steps} == {"dlde": "", "sigmoid": "sigmoid_"}
+                                                   "04_inference.ipynb", "05_few_shot.ipynb", "06_open_set.ipynb",
+                                                   "07_vocabulary.ipynb"}
+    assert {s.run: s.prefix for s in plan.steps} == {"dlde": "", "sigmoid": "sigmoid_", "07_vocabulary": ""}
     train = plan.parameters(plan.steps[0])
     assert train["PRESET"] == "digits" and train["MODEL"] == "dlde"
     assert train["RUN_DIR"] == str(tmp_path / "runs" / "dlde")
@@ -57,6 +62,22 @@ def test_tiny_plan_uses_tiny_parameters_and_its_own_folders(tmp_path):
             assert values["MAX_IMAGES"] == TINY_NOTEBOOK["MAX_IMAGES"]
 
 
+@pytest.mark.parametrize("tiny", [False, True])
+def test_a_notebook_that_reads_sweeps_needs_no_run_and_is_told_where_they_are(tmp_path, tiny):
+    plan = make_plan(FIGURES_YAML, tiny=tiny, runs_dir=tmp_path)
+    step = plan.steps[-1]
+    assert (step.run, step.notebook, step.sweeps, step.prefix) == ("07_vocabulary", "07_vocabulary.ipynb",
+                                                                   ("vocabulary_figures",), "")
+    values = plan.parameters(step)
+    assert values["RUN_DIR"] == str(plan.runs_dir / "07_vocabulary")
+    assert (values["CONFIG"], values["RUNS_DIR"], values["TINY"]) == (str(FIGURES_YAML), str(tmp_path), tiny)
+    # What the notebook plans from these is what the pipeline trains: the figure plan's sweep runs.
+    read = make_sweep_plan(values["CONFIG"], [values["HEADS_SWEEP"]], tiny=values["TINY"], runs_dir=values["RUNS_DIR"])
+    assert read.sweeps_dir == plan.runs_dir / "sweeps" and len(read.runs) == 3
+    assert all(key.startswith("tiny/" if tiny else "glyphs-100/") for key in read.runs)
+    assert "RUNS_DIR" not in plan.parameters(plan.steps[0])  # only a notebook that reads sweeps is told
+
+
 def test_only_selects_runs_or_notebooks(tmp_path):
     steps = make_plan(FIGURES_YAML, only=["sigmoid"], runs_dir=tmp_path).steps
     assert {s.run for s in steps} == {"sigmoid"} and len(steps) == 2
@@ -75,6 +96,11 @@ def test_only_selects_runs_or_notebooks(tmp_path):
     ("runs: {a: {}}\nnotebooks: [{notebook: 01_train.ipynb, run: a}]", "appears twice"),
     ("runs: {a: {}}\nfigure_dir: x", "unknown keys"),
     ("notebooks: []", "'runs' must map"),
+    ("runs: {a: {}}\nnotebooks: [{notebook: 07_vocabulary.ipynb}]", "needs 'notebook' and 'run' or 'sweeps'"),
+    (f"{ONE_SWEEP}notebooks: [{{notebook: 07_vocabulary.ipynb, sweeps: s}}]", "'sweeps' must list sweep names"),
+    (f"{ONE_SWEEP}notebooks: [{{notebook: 02_mean_drift.ipynb, sweeps: [s]}}]", r"declares no \['CONFIG', 'RUNS_DIR'"),
+    (f"{ONE_SWEEP}notebooks: [{{notebook: 07_vocabulary.ipynb, sweeps: [s], parameters: {{TINY: true}}}}]",
+     "set by the pipeline"),
 ])
 def test_a_bad_figures_yaml_fails_before_anything_runs(tmp_path, text, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -84,6 +110,16 @@ def test_a_bad_figures_yaml_fails_before_anything_runs(tmp_path, text, message):
 def test_main_reports_a_bad_config_with_exit_status_2(tmp_path, capsys):
     assert main(["--config", str(write_yaml(tmp_path, "runs: {a: {EPOCH: 1}}"))]) == 2
     assert "EPOCH" in capsys.readouterr().err
+
+
+def test_an_unknown_sweep_of_a_notebook_fails_in_one_line_before_anything_runs(tmp_path, capsys):
+    config = write_yaml(tmp_path, f"runs: {{a: {{}}}}\n{ONE_SWEEP}"
+                                  "notebooks: [{notebook: 07_vocabulary.ipynb, sweeps: [s, vocabulary_heads]}]\n")
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {config}: notebook 07_vocabulary.ipynb reads sweeps ['vocabulary_heads'], "
+                   "which are not in sweeps ['s']\n")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_notebook_edited_in_lab_cannot_change_what_the_pipeline_runs(tmp_path, monkeypatch):
@@ -182,6 +218,68 @@ def test_figures_of_a_failed_training_run_are_listed_as_stale_never_as_current(t
     assert index.read_text() == all_current
 
 
+def test_the_sweeps_a_notebook_reads_are_trained_just_before_it_and_a_failed_run_fails_it(tmp_path, monkeypatch,
+                                                                                             capsys):
+    config = write_yaml(tmp_path, f"runs: {{a: {{EPOCHS: 1}}}}\n{ONE_SWEEP}notebooks:\n"
+                                  "  - {notebook: 07_vocabulary.ipynb, sweeps: [s]}\n"
+                                  "  - {notebook: 02_mean_drift.ipynb, run: a}\n")
+    calls = []
+
+    def fake_papermill(notebook, executed, parameters, cwd, log_output):
+        calls.append((notebook, parameters["RUN_DIR"]))
+        if "broken" in calls:
+            raise RuntimeError("kernel died")
+        write_results(parameters.get("OUT_DIR") or Path(parameters["RUN_DIR"]) / "01_train", {"figures": []})
+
+    monkeypatch.setattr(executing, "papermill_execute", fake_papermill)
+    monkeypatch.setattr(sweeping, "papermill_execute", fake_papermill)
+    for module in (executing, sweeping):
+        monkeypatch.setattr(module, "kernel_argv", lambda: [sys.executable])
+    monkeypatch.setattr(RunFolder, "is_complete", lambda folder, config: "broken" not in calls)
+    assert main(["--config", str(config)]) == 0
+    sweep_run = str(tmp_path / "runs" / "sweeps" / "tiny" / "epochs=1,seed=0")
+    assert calls == [("01_train.ipynb", str(tmp_path / "runs" / "a")), ("01_train.ipynb", sweep_run),
+                     ("07_vocabulary.ipynb", str(tmp_path / "runs" / "07_vocabulary")),
+                     ("02_mean_drift.ipynb", str(tmp_path / "runs" / "a"))]
+    assert not (tmp_path / "figures" / "ablations").exists()  # the notebook shows the sweep, not a table
+
+    calls[:] = ["broken"]  # the sweep's run now fails: so does 07, before it runs, naming the run's notebook
+    assert main(["--config", str(config), "--only", "07"]) == 1
+    err = capsys.readouterr().err
+    assert ("07_vocabulary.ipynb (run '07_vocabulary') failed: sweep run tiny/epochs=1,seed=0 failed: "
+            "RuntimeError: kernel died") in err
+    assert f"the traceback is in {sweep_run}/01_train.ipynb" in err and len(calls) == 2
+    assert "| 07_vocabulary | `notebooks/07_vocabulary.ipynb` |" in (tmp_path / "figures" / "index.md").read_text()
+    with pytest.raises(ValueError, match="needs train_sweeps"):
+        run_pipeline(make_plan(config, only=["07"]))
+
+
+def test_notebook_option_executes_one_notebook_with_its_parameters_and_fails_with_status_1(tmp_path, monkeypatch,
+                                                                                         capsys):
+    seen = {}
+
+    def fake_papermill(notebook, executed, parameters, cwd, log_output):
+        seen.update(parameters, executed=executed)
+        if parameters.get("DETECTION_IMAGES") == 0:
+            raise RuntimeError("kernel died")
+
+    monkeypatch.setattr(executing, "papermill_execute", fake_papermill)
+    monkeypatch.setattr(executing, "kernel_argv", lambda: [sys.executable])
+    args = ["--config", str(FIGURES_YAML), "--runs-dir", str(tmp_path), "--tiny", "--notebook", "07_vocabulary.ipynb",
+            "-p", "LEVERS_SWEEP", "", "-p", "FIGURES_DIR", "figures/vocabulary", "-p", "DETECTION_IMAGES", "2"]
+    assert main(args) == 0
+    assert seen["executed"] == REPO / "runs" / "vocabulary" / "07_vocabulary.ipynb"  # the notebook's RUN_DIR
+    assert (seen["LEVERS_SWEEP"], seen["DETECTION_IMAGES"], seen["FIGURES_DIR"]) == ("", 2, str(REPO / "figures" /
+                                                                                               "vocabulary"))
+    assert (seen["CONFIG"], seen["RUNS_DIR"], seen["TINY"]) == (str(FIGURES_YAML), str(tmp_path), True)
+    assert "HEADS_SWEEP" not in seen  # its own default
+    assert main(args[:-1] + ["0"]) == 1
+    assert "07_vocabulary.ipynb (run 'vocabulary') failed: RuntimeError: kernel died" in capsys.readouterr().err
+    for bad, message in [(["-p", "TINY", "True"], "set from --config"), (["-p", "NOPE", "1"], "no such parameter"),
+                         (["-p", "DETECTION_IMAGES", "two"], "not a Python literal"), (["--only", "02"], "--only")]:
+        assert main(args + bad) == 2 and message in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
@@ -215,6 +313,37 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     before = checkpoint.stat().st_mtime_ns
     assert main(args[:-6] + ["--threads", "1"]) == 0  # only 01: both runs again
     assert checkpoint.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_trains_the_sweep_07_reads_then_07_draws_it(tmp_path, capsys):
+    # 07 alone (about a minute): the three tiny runs of its sweep, then the notebook on them; then as
+    # make vocabulary draws it (--notebook), on the same runs into other folders.
+    args = ["--config", str(FIGURES_YAML), "--tiny", "--runs-dir", str(tmp_path), "--threads", "1"]
+    assert main(args + ["--only", "07"]) == 0
+    out = capsys.readouterr().out
+    sweep = make_sweep_plan(FIGURES_YAML, ["vocabulary_figures"], tiny=True, runs_dir=tmp_path)
+    for key, run in sweep.runs.items():
+        assert f"  {key}: epoch 1/1, " in out and RunFolder(sweep.run_dir(key)).is_complete(run.config)
+    assert re.search(r"\[1/1\] 07_vocabulary: 07_vocabulary.ipynb done in [\d.]+ s \(6 figures\)", out)
+    results = json.loads((tmp_path / "tiny" / "07_vocabulary" / "07_vocabulary" / "results.json").read_text())
+    rows = results["rows"]["vocabulary_figures"]
+    assert [(r["arm"], r["head"], r["n"]) for r in rows] == [(f"C=100,{h}", h, 1) for h in ("dlde", "retinanet",
+                                                                                             "prototypes")]
+    assert results["sweeps"] == {"vocabulary_figures": {"runs": 3, "missing": []}}
+    drawn = ["vocabulary_ap", "vocabulary_epoch_time", f"vocabulary_class_frequency_{rows[0]['classes']}"]
+    expected = drawn + [f"vocabulary_detections_{r['head']}" for r in rows]
+    figures = tmp_path / "tiny" / "figures"
+    assert results["figures"] == expected == re.findall(r"\| \[(\w+)\]\(\1\.png\)", (figures / "index.md").read_text())
+    for name in expected:
+        assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
+
+    alone = ["--notebook", "07_vocabulary.ipynb", "-p", "HEADS_SWEEP", "vocabulary_figures", "-p", "LEVERS_SWEEP", "",
+             "-p", "DETECTION_IMAGES", "0", "-p", "RUN_DIR", str(tmp_path / "alone"),
+             "-p", "FIGURES_DIR", str(tmp_path / "alone" / "figures")]
+    assert main(args + alone) == 0
+    assert json.loads((tmp_path / "alone" / "07_vocabulary" / "results.json").read_text())["figures"] == drawn
+    assert sorted(p.stem for p in (tmp_path / "alone" / "figures").glob("*.png")) == sorted(drawn)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from dlde.analysis.vocabulary import (
     training_sets,
 )
 from dlde.analysis.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
+from dlde.pipeline.plan import load_config, notebook_defaults
 from dlde.pipeline.sweeps import make_sweep_plan
 from dlde.train import PRESETS, TrainConfig, train
 from dlde.train.runs import run_identity
@@ -90,10 +91,32 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
     assert makefile_list("VOCABULARY") == VOCABULARY
     ablations = makefile_list("ABLATIONS")
     declared = list(make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path).sweeps)
-    assert sorted(ablations + VOCABULARY) == sorted(s.name for s in declared)
+    # Every sweep is run by one make target: the ablations, the vocabulary, or the figures (a notebook
+    # entry that reads it); none by two.
+    read = [name for entry in load_config(FIGURES_YAML)["notebooks"] for name in entry.get("sweeps", [])]
+    assert read == ["vocabulary_figures"]
+    assert sorted(ablations + VOCABULARY + read) == sorted(s.name for s in declared)
     assert len(make_sweep_plan(FIGURES_YAML, ablations, runs_dir=tmp_path).runs) == 48  # as before the glyphs
     makefile = (REPO / "Makefile").read_text()
     assert "--sweeps $(ABLATIONS)" in makefile and "--sweeps $(VOCABULARY)" in makefile
+    # make vocabulary then draws 07 on its full sweeps (the notebook's defaults) into figures/vocabulary/.
+    recipe = re.search(r"^vocabulary: .*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1).splitlines()
+    assert recipe[0].endswith("--sweeps $(VOCABULARY)") and recipe[1].endswith(
+        "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
+    defaults = notebook_defaults("07_vocabulary.ipynb")
+    assert [defaults["HEADS_SWEEP"], defaults["LEVERS_SWEEP"]] == VOCABULARY
+
+
+def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):
+    figures = make_sweep_plan(FIGURES_YAML, ["vocabulary_figures"], runs_dir=tmp_path)
+    heads = make_sweep_plan(FIGURES_YAML, ["vocabulary_heads"], runs_dir=tmp_path)
+    assert figures.sweeps[0].arms == {arm: keys[:1] for arm, keys in heads.sweeps[0].arms.items()
+                                      if arm.startswith("C=100,")}
+    assert len(figures.runs) == 3 and all(run == heads.runs[key] for key, run in figures.runs.items())  # same config
+    entry = load_config(FIGURES_YAML)["notebooks"][-1]
+    assert (entry["notebook"], entry["sweeps"]) == ("07_vocabulary.ipynb", ["vocabulary_figures"])
+    assert "run" not in entry  # it trains nothing of its own
+    assert entry["parameters"]["HEADS_SWEEP"] == "vocabulary_figures" and entry["parameters"]["LEVERS_SWEEP"] == ""
 
 
 def test_tiny_vocabulary_sweeps_still_plan(tmp_path):

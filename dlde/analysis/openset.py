@@ -29,7 +29,7 @@ from torchvision.ops import box_iou
 from dlde.model.means import kappa_from_resultant
 
 from .calibration import DEFAULT_IOU
-from .retrieval import EmbeddingIndex
+from .retrieval import EmbeddingIndex, unit_rows
 
 __all__ = [
     "DEFAULT_KNN_K",
@@ -176,18 +176,6 @@ def _log_bessel_iv_debye(v: float, kappa: np.ndarray) -> np.ndarray:
     return v * eta - 0.5 * np.log(2 * np.pi * v) - 0.5 * np.log(root) + np.log1p(u1 / v + u2 / v**2 + u3 / v**3)
 
 
-def _unit_embeddings(embeddings: Any) -> torch.Tensor:
-    """(N, d) float64 unit rows; a zero row raises."""
-    e = torch.as_tensor(embeddings).detach().cpu().double()
-    if e.ndim != 2:
-        raise ValueError(f"need embeddings (N, d), got {tuple(e.shape)}")
-    norm = e.norm(dim=1, keepdim=True)
-    if (norm == 0).any():
-        raise ValueError(f"embeddings rows {torch.nonzero(norm[:, 0] == 0)[:5, 0].tolist()} "
-                         "are zero and have no direction")
-    return e / norm
-
-
 def vmf_unknown_score(embeddings: Any, means: Any, kappa: Any) -> torch.Tensor:
     """``−max_c [log C_d(κ_c) + κ_c μ_cᵀ e]``: minus the vMF log-likelihood of the most likely class.
 
@@ -210,7 +198,7 @@ def vmf_unknown_score(embeddings: Any, means: Any, kappa: Any) -> torch.Tensor:
     Returns:
         (N,) float64 scores (any sign; high = unknown).
     """
-    e = _unit_embeddings(embeddings)
+    e = unit_rows(embeddings, "embeddings", dtype=torch.float64).cpu()
     m = torch.as_tensor(means).detach().cpu().double()
     kappa = torch.as_tensor(kappa).detach().cpu().double()
     if m.ndim != 2 or m.shape[1] != e.shape[1] or kappa.shape != (m.shape[0],):
@@ -242,7 +230,7 @@ def concentration_about(embeddings: Any, labels: Any, directions: Any) -> np.nda
     Returns:
         (C,) float64 κ̂; NaN for classes with fewer than 2 embeddings or no direction.
     """
-    e = _unit_embeddings(embeddings)
+    e = unit_rows(embeddings, "embeddings", dtype=torch.float64).cpu()
     m = torch.as_tensor(directions).detach().cpu().double()
     labels = torch.as_tensor(labels).detach().cpu().long()
     if m.ndim != 2 or m.shape[1] != e.shape[1] or labels.shape != (e.shape[0],):

@@ -36,9 +36,10 @@ BACKENDS = ("torch", "faiss")
 DEFAULT_CHUNK_ELEMENTS = 2**24  # queries x gallery-chunk similarities held at once (64 MiB)
 
 
-def _unit_rows(x: Any, name: str, d: int | None = None) -> torch.Tensor:
-    """(N, d) float32 rows scaled to unit norm; zero or non-finite rows raise."""
-    x = torch.as_tensor(x).detach().float()
+def unit_rows(x: Any, name: str, d: int | None = None, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, d) rows of ``dtype`` scaled to unit norm (the one check of embeddings given to the
+    analyses); zero or non-finite rows raise, naming ``name``."""
+    x = torch.as_tensor(x).detach().to(dtype)
     if x.ndim != 2 or (d is not None and x.shape[1] != d):
         want = f"(N, {d})" if d is not None else "(N, d)"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
@@ -80,7 +81,7 @@ class EmbeddingIndex:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if chunk_elements < 1:
             raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
-        self.embeddings = _unit_rows(embeddings, "embeddings").cpu().contiguous()
+        self.embeddings = unit_rows(embeddings, "embeddings").cpu().contiguous()
         self.labels = None
         if labels is not None:
             labels = torch.as_tensor(labels).detach().cpu()
@@ -120,7 +121,7 @@ class EmbeddingIndex:
         Returns:
             ``scores`` (Q, k) float32 cosines and ``indices`` (Q, k) int64 gallery indices.
         """
-        queries = _unit_rows(queries, "queries", self.dim).cpu().contiguous()
+        queries = unit_rows(queries, "queries", self.dim).cpu().contiguous()
         n = len(self) - (exclude is not None)
         if not 1 <= k <= n:
             raise ValueError(f"k must lie in [1, {n}] for a gallery of {len(self)}"

@@ -6,9 +6,10 @@ notebooks on them, run sweeps.
     python -m dlde.pipeline --config figures.yaml [--only NAME ...] [--tiny] [--threads N]
                             [--runs-dir DIR] [--figures-dir DIR] [--log-output]
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] [--force] [--fail-fast] [--tiny]
+    python -m dlde.pipeline --config figures.yaml --notebook NAME [-p PARAMETER VALUE ...] [--tiny]
 
 ``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``) and
-``notebooks`` (a list of ``{notebook, run, parameters}``), planned by :mod:`.plan`. Each run is
+``notebooks`` (a list of ``{notebook, run, sweeps, parameters}``), planned by :mod:`.plan`. Each run is
 trained by executing ``01_train.ipynb`` into ``<runs_dir>/<run>/01_train.ipynb``; then every
 listed notebook is executed with papermill into ``<runs_dir>/<run>/<notebook>`` (:mod:`.execute`).
 A notebook writes its figures (PNG + PDF) into the figures folder and its numbers into
@@ -20,7 +21,13 @@ failing notebook stops the pipeline with exit status 1 and the path of the execu
 holding the traceback; ``index.md`` then lists that step as not current.
 
 ``sweeps`` (run with ``--sweeps``, separately from the figures) declares ablations over seeds:
-see :mod:`.sweeps`.
+see :mod:`.sweeps`. A notebook entry may name sweeps it reads (``sweeps: [NAME]``, then ``run``
+is optional): their runs are trained (cached, as ``--sweeps`` does) just before it is executed.
+
+``--notebook NAME`` executes one notebook on its own with its defaults and the ``-p`` values (its
+executed copy goes to its ``RUN_DIR``); a notebook that reads sweeps reads those of ``--config``
+under ``--runs-dir`` (``--tiny``: the tiny ones). It trains nothing and writes no index.md
+(``make vocabulary`` draws notebook 07 on the full sweeps this way).
 
 While a training notebook runs, one line per finished epoch reports its loss and the elapsed
 and remaining time; a summary table of every step and its time ends the output (:mod:`.progress`).
@@ -38,10 +45,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .execute import NotebookFailed, run_pipeline
-from .plan import make_plan
+from .execute import NotebookFailed, kernel_threads, run_notebook, run_pipeline
+from .plan import make_plan, notebook_values
 from .progress import Summary
-from .sweeps import make_sweep_plan, run_sweeps
+from .sweeps import make_sweep_plan, run_sweeps, train_step_sweeps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="run only the steps of this run or notebook (e.g. sigmoid, 03_embeddings, 03); repeatable")
     parser.add_argument("--sweeps", nargs="*", default=None, metavar="NAME",
                         help="run the sweeps of the config (all, or those named) instead of the figures")
+    parser.add_argument("--notebook", default=None, metavar="NAME",
+                        help="execute this notebook of notebooks/ alone, with its defaults and the -p values")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="with --notebook: a parameter value (a Python literal unless the parameter is a str)")
     parser.add_argument("--force", action="store_true", help="with --sweeps: retrain runs that are already complete")
     parser.add_argument("--fail-fast", action="store_true", help="with --sweeps: stop at the first failed run")
     parser.add_argument("--tiny", action="store_true",
@@ -78,6 +89,18 @@ def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
     return 1 if failures else 0
 
 
+def _notebook(args: argparse.Namespace) -> int:
+    """``--notebook``: execute it alone; the exit status."""
+    if args.only or args.sweeps is not None or args.force or args.fail_fast:
+        raise ValueError("--notebook executes one notebook: not with --only, --sweeps, --force or --fail-fast")
+    values = notebook_values(args.notebook, args.parameter)
+    plan = make_plan(args.config, tiny=args.tiny, runs_dir=args.runs_dir, figures_dir=args.figures_dir)
+    with kernel_threads(args.threads):
+        executed = run_notebook(plan, args.notebook, values, log_output=args.log_output)
+    print(f"{args.notebook} done: executed copy {plan.display(executed)}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad input)."""
     args = _parser().parse_args(argv)
@@ -90,13 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
     try:
+        if args.notebook is not None:
+            return _notebook(args)
+        if args.parameter:
+            raise ValueError("-p sets a parameter of --notebook")
         if args.sweeps is not None:
             return finish(_sweeps(args, summary))
         if args.force or args.fail_fast:
             raise ValueError("--force and --fail-fast apply to --sweeps only")
         figure_plan = make_plan(args.config, tiny=args.tiny, only=args.only, runs_dir=args.runs_dir,
                                 figures_dir=args.figures_dir)
-        run_pipeline(figure_plan, log_output=args.log_output, threads=args.threads, summary=summary)
+        run_pipeline(figure_plan, log_output=args.log_output, threads=args.threads, summary=summary,
+                     train_sweeps=train_step_sweeps)
     except NotebookFailed as failure:
         print(f"FAILED {failure}\n  the traceback is in {failure.executed}", file=sys.stderr, flush=True)
         return finish(1)

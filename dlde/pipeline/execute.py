@@ -6,6 +6,8 @@ figures into the figures folder and its numbers into ``<runs_dir>/<run>/<stem>/r
 The first failing notebook stops the pipeline (:class:`NotebookFailed`, naming the executed
 notebook that holds the traceback); ``index.md`` and ``metrics.md`` are written in any case, and
 index.md lists the figures that step made in earlier pipeline runs as stale (:mod:`.reports`).
+A notebook that reads sweeps has their runs trained first (a :data:`SweepTrainer`).
+:func:`run_notebook` executes one notebook on its own, outside the plan's steps.
 """
 from __future__ import annotations
 
@@ -24,7 +26,17 @@ from dlde.train.cli import arguments
 
 from .lock import NOTEBOOKS_DIR
 from .notebook import RESULTS_FILE, jsonable, read_results
-from .plan import STEP_FILE, TRAIN_NOTEBOOK, Plan, Step, notebook_defaults, overrides_of, train_config
+from .plan import (
+    STEP_FILE,
+    SWEEP_PARAMETERS,
+    TRAIN_NOTEBOOK,
+    Plan,
+    Step,
+    declared,
+    notebook_defaults,
+    overrides_of,
+    train_config,
+)
 from .progress import EpochProgress, Summary
 from .reports import clear_stale, mark_failed, step_figures, write_index, write_metrics_table
 
@@ -35,6 +47,10 @@ KERNEL_NAME = "python3"  # the native ipykernel spec: resolves to this interpret
 #: the notebook is done, which saves the ~3 s a graceful shutdown takes after importing torch.
 PAPERMILL_OPTIONS = {"kernel_name": KERNEL_NAME, "progress_bar": False,
                      "extra_arguments": ["--IPKernelApp.log_level=ERROR"], "shutdown_kernel": "immediate"}
+#: ``train_sweeps(plan, step, log_output)``: trains (cached) the runs of the sweeps ``step`` reads
+#: before it is executed, raising :class:`NotebookFailed` when one is not complete afterwards:
+#: :func:`dlde.pipeline.sweeps.train_step_sweeps`, passed in because :mod:`.sweeps` builds on this module.
+SweepTrainer = Callable[[Plan, Step, bool], None]
 
 
 class NotebookFailed(RuntimeError):
@@ -172,20 +188,21 @@ def _prepare_training(plan: Plan, step: Step, parameters: dict[str, Any],
     return None
 
 
-def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[[str], None] | None = None
-            ) -> dict[str, Any]:
+def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[[str], None] | None = None,
+            train_sweeps: SweepTrainer | None = None) -> dict[str, Any]:
     """Execute one notebook with papermill and return its results.json.
 
-    A training notebook reports its epochs as they finish (:class:`EpochProgress`). When the
+    A training notebook reports its epochs as they finish (:class:`EpochProgress`); the runs of
+    the sweeps a notebook reads are trained first (``train_sweeps``, required then). When the
     step fails (or is interrupted), the figures it made in earlier pipeline runs are marked
     stale (:func:`~dlde.pipeline.reports.mark_failed`); when it succeeds, its figures are current.
 
     Raises:
-        NotebookFailed: the notebook raised, or wrote no results.json.
+        NotebookFailed: the notebook raised, or wrote no results.json, or a run of its sweeps failed.
     """
     earlier = step_figures(plan, step)  # read before _execute_step removes results.json
     try:
-        results = _execute_step(plan, step, log_output, echo)
+        results = _execute_step(plan, step, log_output, echo, train_sweeps)
     except BaseException as error:
         mark_failed(plan, step, error.reason if isinstance(error, NotebookFailed) else repr(error), earlier)
         raise
@@ -193,13 +210,16 @@ def execute(plan: Plan, step: Step, *, log_output: bool = False, echo: Callable[
     return results
 
 
-def _execute_step(plan: Plan, step: Step, log_output: bool, echo: Callable[[str], None] | None) -> dict[str, Any]:
+def _execute_step(plan: Plan, step: Step, log_output: bool, echo: Callable[[str], None] | None,
+                  train_sweeps: SweepTrainer | None) -> dict[str, Any]:
     """:func:`execute` without the stale bookkeeping."""
     executed = plan.executed(step)
     out_dir = plan.out_dir(step)
     stale = out_dir / RESULTS_FILE
     for old in (stale, out_dir / STEP_FILE):  # a failure must not leave the previous numbers behind
         old.unlink(missing_ok=True)
+    if step.sweeps:
+        train_sweeps(plan, step, log_output)
     parameters = plan.parameters(step)
     watch = _prepare_training(plan, step, parameters, echo) if step.notebook == TRAIN_NOTEBOOK else None
     try:
@@ -216,7 +236,8 @@ def _execute_step(plan: Plan, step: Step, log_output: bool, echo: Callable[[str]
 
 # ------------------------------------------------------------------------------ the pipeline
 def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = None,
-                 summary: Summary | None = None) -> list[tuple[Step, dict[str, Any]]]:
+                 summary: Summary | None = None, train_sweeps: SweepTrainer | None = None
+                 ) -> list[tuple[Step, dict[str, Any]]]:
     """Execute the plan's steps in order; then (also after a failure) write index.md and metrics.md.
 
     Args:
@@ -226,14 +247,19 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
             machine one thread per kernel avoids oversubscribed cores, which can make
             training many times slower.
         summary: collects each step's outcome and time (for the final table).
+        train_sweeps: trains the runs of the sweeps a step reads (needed when a step has ``sweeps``).
 
     Returns:
         ``(step, results)`` of each executed step.
 
     Raises:
         NotebookFailed: at the first failing notebook.
+        ValueError: a step reads sweeps and no ``train_sweeps`` is given.
     """
     kernel_argv()  # fail before any work if the kernel is not this interpreter
+    reading = [step.notebook for step in plan.steps if step.sweeps]
+    if reading and train_sweeps is None:
+        raise ValueError(f"{reading} read sweeps: run_pipeline needs train_sweeps to train them")
     summary = summary if summary is not None else Summary()
     done: list[tuple[Step, dict[str, Any]]] = []
     try:
@@ -243,7 +269,7 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
             started = time.perf_counter()
             try:
                 with kernel_threads(threads):
-                    results = execute(plan, step, log_output=log_output)
+                    results = execute(plan, step, log_output=log_output, train_sweeps=train_sweeps)
             except NotebookFailed:
                 summary.add(f"{step.run}: {step.notebook}", "FAILED", time.perf_counter() - started)
                 raise
@@ -255,3 +281,32 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
         write_index(plan)
         write_metrics_table(plan)
     return done
+
+
+# ------------------------------------------------------------------------- one notebook alone
+def run_notebook(plan: Plan, notebook: str, values: Mapping[str, Any], *, log_output: bool = False) -> Path:
+    """Execute one notebook on its own, not as a step of the plan (``--notebook``).
+
+    It runs with its own defaults and ``values`` (checked by
+    :func:`~dlde.pipeline.plan.notebook_values`; relative paths are relative to the config folder),
+    into ``<RUN_DIR>/<notebook>``. A notebook that reads sweeps (declares
+    :data:`~dlde.pipeline.plan.SWEEP_PARAMETERS`) reads those of ``plan`` (``--config``,
+    ``--runs-dir``, ``--tiny``); nothing is trained and no index.md is written.
+
+    Returns:
+        The executed copy.
+
+    Raises:
+        NotebookFailed: the notebook raised.
+    """
+    kernel_argv()
+    parameters = plan.absolute_paths({"RUN_DIR": notebook_defaults(notebook)["RUN_DIR"], **values})
+    if set(SWEEP_PARAMETERS) <= set(declared(notebook)):
+        parameters.update(plan.sweep_parameters())
+    executed = Path(parameters["RUN_DIR"]) / notebook
+    try:
+        papermill_execute(notebook, executed, parameters, plan.root, log_output)
+    except Exception as error:
+        step = Step(executed.parent.name, notebook, dict(values), "")
+        raise NotebookFailed(step, executed, failure_reason(error)) from None
+    return executed

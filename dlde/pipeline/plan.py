@@ -2,9 +2,10 @@
 which order, with which parameters, and where each writes.
 
 ``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``),
-``notebooks`` (a list of ``{notebook, run, parameters}``) and ``sweeps`` (planned by
-:mod:`.sweeps`). :func:`load_config` checks its shape; :func:`make_plan` turns it into
-:class:`Step` s of a :class:`Plan`.
+``notebooks`` (a list of ``{notebook, run, sweeps, parameters}``) and ``sweeps`` (planned by
+:mod:`.sweeps`). A notebook entry that names ``sweeps`` reads their runs (the pipeline trains them
+before it executes the notebook) and may omit ``run``. :func:`load_config` checks its shape;
+:func:`make_plan` turns it into :class:`Step` s of a :class:`Plan`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ TRAIN_NOTEBOOK = "01_train.ipynb"
 NPROC_KEY = "nproc"
 #: Parameters the pipeline sets itself; figures.yaml may not set them.
 MANAGED_PARAMETERS = ("RUN_DIR", "FIGURES_DIR", "FIGURE_PREFIX", "OUT_DIR")
+#: Parameters a notebook that reads sweeps declares and the pipeline sets: the pipeline file, the
+#: ``runs_dir`` its sweeps were run with (``--runs-dir``) and whether they are the tiny ones (``--tiny``).
+SWEEP_PARAMETERS = ("CONFIG", "RUNS_DIR", "TINY")
 #: Parameters holding paths: relative values in figures.yaml are relative to its folder.
 PATH_PARAMETERS = ("RUN_DIR", "DATA_ROOT", "FIGURES_DIR", "OUT_DIR", "IMAGES_DIR")
 #: ``--tiny``: parameters replaced in every training run / every notebook that declares them.
@@ -40,6 +44,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 #: The top-level keys of figures.yaml, and those of one sweep.
 CONFIG_KEYS = ("runs_dir", "figures_dir", "runs", "notebooks", "sweeps")
 SWEEP_KEYS = ("base", "grid", "arms", "seeds")
+NOTEBOOK_KEYS = ("notebook", "run", "sweeps", "parameters")
 
 
 def check_name(path: Path, kind: str, name: Any) -> str:
@@ -68,6 +73,7 @@ class Step:
     parameters: dict[str, Any]  # as given in figures.yaml (plus --tiny), before paths are added
     prefix: str
     nproc: int = 1  # a training run: processes of its torchrun (1: trained inside the notebook)
+    sweeps: tuple[str, ...] = ()  # the sweeps whose runs the notebook reads (trained before it runs)
 
     @property
     def stem(self) -> str:
@@ -88,6 +94,13 @@ class Plan:
     figures_dir: Path
     steps: list[Step]  # to execute (after --only)
     all_steps: list[Step]  # of the whole file: index.md and metrics.md cover them all
+    config: Path  # figures.yaml
+    tiny: bool  # --tiny: runs_dir ends in tiny/
+
+    @property
+    def sweeps_runs_dir(self) -> Path:
+        """``runs_dir`` as :func:`~dlde.pipeline.sweeps.make_sweep_plan` takes it (``--tiny`` adds ``tiny/``)."""
+        return self.runs_dir.parent if self.tiny else self.runs_dir
 
     @property
     def ablations_dir(self) -> Path:
@@ -103,11 +116,18 @@ class Plan:
         return self.run_dir(step.run) / step.stem
 
     def parameters(self, step: Step) -> dict[str, Any]:
-        """Everything injected into the notebook: the step's parameters with absolute paths."""
+        """Everything injected into the notebook: the step's parameters with absolute paths (and,
+        for a notebook that reads sweeps, where they are: :data:`SWEEP_PARAMETERS`)."""
         values = self.absolute_paths(step.parameters)
         values.update(RUN_DIR=str(self.run_dir(step.run)), FIGURES_DIR=str(self.figures_dir),
                       FIGURE_PREFIX=step.prefix, OUT_DIR=str(self.out_dir(step)))
+        if step.sweeps:
+            values.update(self.sweep_parameters())
         return values
+
+    def sweep_parameters(self) -> dict[str, Any]:
+        """:data:`SWEEP_PARAMETERS` of a notebook that reads this file's sweeps."""
+        return dict(zip(SWEEP_PARAMETERS, (str(self.config), str(self.sweeps_runs_dir), self.tiny)))
 
     def absolute_paths(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         """``parameters`` with every non-empty path parameter made absolute (relative to the config folder)."""
@@ -184,8 +204,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
     _check_runs(path, config)
-    _check_notebooks(path, config.get("notebooks") or [], config.get("runs") or {})
     _check_sweeps(path, config.get("sweeps") or {})
+    _check_notebooks(path, config.get("notebooks") or [], config.get("runs") or {}, config.get("sweeps") or {})
     return config
 
 
@@ -199,17 +219,25 @@ def _check_runs(path: Path, config: Mapping[str, Any]) -> None:
             raise ValueError(f"{path}: run {name!r} must map parameters to values, got {parameters!r}")
 
 
-def _check_notebooks(path: Path, entries: Sequence[Any], runs: Mapping[str, Any]) -> None:
+def _check_notebooks(path: Path, entries: Sequence[Any], runs: Mapping[str, Any], sweeps: Mapping[str, Any]) -> None:
     for entry in entries:
         if not isinstance(entry, Mapping):
             raise ValueError(f"{path}: each notebooks entry must be a mapping, got {entry!r}")
-        extra = sorted(set(entry) - {"notebook", "run", "parameters"})
-        if extra or "notebook" not in entry or "run" not in entry:
-            raise ValueError(f"{path}: each notebooks entry needs 'notebook' and 'run' "
+        extra = sorted(set(entry) - set(NOTEBOOK_KEYS))
+        if extra or "notebook" not in entry or ("run" not in entry and "sweeps" not in entry):
+            raise ValueError(f"{path}: each notebooks entry needs 'notebook' and 'run' or 'sweeps' "
                              f"(optional 'parameters'); got {dict(entry)}")
-        if entry["run"] not in runs:
+        if "run" in entry and entry["run"] not in runs:
             raise ValueError(f"{path}: notebook {entry['notebook']} uses run {entry['run']!r}, "
                              f"which is not in runs {sorted(runs)}")
+        names = entry.get("sweeps", [])
+        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                or ("sweeps" in entry and not names)):
+            raise ValueError(f"{path}: notebook {entry['notebook']}: 'sweeps' must list sweep names, got {names!r}")
+        unknown = [name for name in names if name not in sweeps]
+        if unknown:
+            raise ValueError(f"{path}: notebook {entry['notebook']} reads sweeps {unknown}, "
+                             f"which are not in sweeps {sorted(sweeps)}")
 
 
 def _check_sweeps(path: Path, sweeps: Any) -> None:
@@ -251,11 +279,13 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
 
     run_names = list(config.get("runs") or {})
     prefixes = {name: "" if index == 0 else f"{name}_" for index, name in enumerate(run_names)}
-    entries = [(name, TRAIN_NOTEBOOK, dict(config["runs"][name] or {})) for name in run_names]
-    entries += [(e["run"], e["notebook"], dict(e.get("parameters") or {})) for e in config.get("notebooks") or []]
+    entries = [(name, TRAIN_NOTEBOOK, dict(config["runs"][name] or {}), ()) for name in run_names]
+    # A notebook that reads sweeps only (no run) writes into <runs_dir>/<its stem>.
+    entries += [(e.get("run", Path(e["notebook"]).stem), e["notebook"], dict(e.get("parameters") or {}),
+                 tuple(e.get("sweeps", ()))) for e in config.get("notebooks") or []]
 
     steps, seen = [], set()
-    for run, notebook, parameters in entries:
+    for run, notebook, parameters, sweeps in entries:
         nproc = parameters.pop(NPROC_KEY, 1) if notebook == TRAIN_NOTEBOOK else 1
         if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
             raise ValueError(f"{config_path}: run {run!r}: {NPROC_KEY} must be a positive integer, got {nproc!r}")
@@ -264,34 +294,67 @@ def make_plan(config_path: str | os.PathLike, *, tiny: bool = False, only: Seque
                              "add another run to run it with other parameters")
         seen.add((run, notebook))
         confined(runs_root, run)
-        _check_step_parameters(config_path, run, notebook, parameters)
+        _check_step_parameters(config_path, run, notebook, parameters, sweeps)
         if tiny:
             _make_tiny(notebook, parameters, runs_root)
-        steps.append(Step(run, notebook, parameters, prefixes[run], nproc))
+        steps.append(Step(run, notebook, parameters, prefixes.get(run, ""), nproc, sweeps))
 
     if not only:
-        return Plan(root, runs_root, figures, steps, steps)
+        return Plan(root, runs_root, figures, steps, steps, config_path, tiny)
     unmatched = sorted(name for name in only if not any(name in step.names for step in steps))
     if unmatched:
         raise ValueError(f"--only {unmatched} matches no run or notebook; runs: {run_names}, "
                          f"notebooks: {sorted({step.stem for step in steps})}")
-    return Plan(root, runs_root, figures, [step for step in steps if step.names & set(only)], steps)
+    return Plan(root, runs_root, figures, [step for step in steps if step.names & set(only)], steps, config_path,
+                tiny)
 
 
-def _check_step_parameters(config_path: Path, run: str, notebook: str, parameters: Mapping[str, Any]) -> None:
-    """The notebook exists, its parameters cell is the committed one, and it declares ``parameters``."""
+def _check_step_parameters(config_path: Path, run: str, notebook: str, parameters: Mapping[str, Any],
+                           sweeps: Sequence[str]) -> None:
+    """The notebook exists, its parameters cell is the committed one, and it declares ``parameters``
+    (and, when it reads ``sweeps``, :data:`SWEEP_PARAMETERS`)."""
     source = NOTEBOOKS_DIR / notebook
     if not source.exists():
         raise FileNotFoundError(f"{config_path}: notebook {source} does not exist")
     check_parameters_cell(source)  # a notebook edited in Lab cannot change what the pipeline computes
-    managed = sorted(set(parameters) & set(MANAGED_PARAMETERS))
+    managed = sorted(set(parameters) & set(MANAGED_PARAMETERS + (SWEEP_PARAMETERS if sweeps else ())))
     if managed:
         raise ValueError(f"{config_path}: {managed} of {notebook} (run {run!r}) are set by the pipeline; "
-                         "use runs_dir / figures_dir instead")
+                         "use runs_dir / figures_dir (and --tiny) instead")
+    lacking = [name for name in SWEEP_PARAMETERS if sweeps and name not in declared(notebook)]
+    if lacking:
+        raise ValueError(f"{config_path}: {notebook} reads sweeps {list(sweeps)} but declares no {lacking}")
     unknown = sorted(set(parameters) - set(declared(notebook)))
     if unknown:
         raise ValueError(f"{config_path}: {notebook} (run {run!r}) has no parameters {unknown}; "
                          f"it declares {sorted(declared(notebook))}")
+
+
+def notebook_values(notebook: str, pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``--notebook``'s ``-p NAME VALUE`` pairs as parameter values: a ``str`` parameter takes the
+    text as it is, any other a Python literal (``4``, ``0.5``, ``True``).
+
+    Raises:
+        FileNotFoundError: the notebook does not exist.
+        ValueError: its parameters cell is not the committed one, it declares no such parameter,
+            the parameter is one of :data:`SWEEP_PARAMETERS` (``--config``, ``--runs-dir`` and
+            ``--tiny`` set them), or the value is not a literal.
+    """
+    source = NOTEBOOKS_DIR / notebook
+    if not source.exists():
+        raise FileNotFoundError(f"notebook {source} does not exist")
+    check_parameters_cell(source)
+    values = {}
+    for name, text in pairs:
+        if name not in declared(notebook):
+            raise ValueError(f"-p {name}: {notebook} has no such parameter; it declares {sorted(declared(notebook))}")
+        if name in SWEEP_PARAMETERS:
+            raise ValueError(f"-p {name}: set from --config, --runs-dir and --tiny")
+        try:
+            values[name] = text if declared(notebook)[name]["inferred_type_name"] == "str" else ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"-p {name} {text!r}: not a Python literal") from None
+    return values
 
 
 def _make_tiny(notebook: str, parameters: dict[str, Any], runs_root: Path) -> None:

@@ -11,7 +11,8 @@ A run whose folder already holds the same configuration with its last epoch writ
 reported with its executed notebook and the others go on (``--fail-fast`` stops). Several sweep
 processes may share a runs folder: a run one of them is training is skipped by the others. Then
 :mod:`dlde.analysis.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
-and 95 % t-interval over seeds) and ``index.md`` lists them.
+and 95 % t-interval over seeds) and ``index.md`` lists them. A notebook of the figure pipeline that
+reads sweeps has their runs trained the same way first (:func:`train_step_sweeps`).
 """
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ from dlde.train import PRESETS, RunFolder
 from dlde.train.config import field_names
 from dlde.train.runs import run_identity
 
-from .execute import failure_reason, kernel_argv, kernel_threads, papermill_execute
+from .execute import NotebookFailed, failure_reason, kernel_argv, kernel_threads, papermill_execute
 from .lock import NOTEBOOKS_DIR, check_parameters_cell
 from .plan import (
     MANAGED_PARAMETERS,
     TINY_RUN,
     TRAIN_NOTEBOOK,
     Plan,
+    Step,
     check_name,
     confined,
     declared,
@@ -338,14 +340,14 @@ def _aggregate(plan: SweepPlan, echo: Callable[[str], None]) -> None:
 
 def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False, log_output: bool = False,
                threads: int | None = None, summary: Summary | None = None,
-               echo: Callable[[str], None] | None = None) -> list[RunFailure]:
+               echo: Callable[[str], None] | None = None, aggregate: bool = True) -> list[RunFailure]:
     """Train every run of the plan that is not already complete, then aggregate each sweep.
 
     A complete run (same config, last epoch written) is skipped unless ``force``; a partial
     one resumes from its checkpoint; a run of another config (or any run with ``force``) is retrained
     in its folder with ``overwrite``, which replaces only the run's own files.
     After all runs (also after failures) every sweep is aggregated over its finished runs
-    (:func:`dlde.analysis.aggregate.write_sweep`) and ``index.md`` is rewritten.
+    (:func:`dlde.analysis.aggregate.write_sweep`) and ``index.md`` is rewritten, unless not ``aggregate``.
 
     Args:
         plan: from :func:`make_sweep_plan`.
@@ -355,6 +357,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
         threads: ``OMP_NUM_THREADS`` of the kernels.
         summary: collects each run's outcome and time.
         echo: where progress lines go (default: print).
+        aggregate: write the tables and figures of the sweeps (and index.md) at the end.
 
     Returns:
         The failed runs (empty when all succeeded).
@@ -386,5 +389,25 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
             if status not in ("skipped", "busy"):
                 echo(f"{label}: done in {duration(seconds)}")
     finally:
-        _aggregate(plan, echo)
+        if aggregate:
+            _aggregate(plan, echo)
     return failures
+
+
+def train_step_sweeps(figures: Plan, step: Step, log_output: bool = False) -> None:
+    """Train the runs of the sweeps a notebook of the figure pipeline reads (``step.sweeps``), before
+    it is executed (:data:`dlde.pipeline.execute.SweepTrainer`): as ``--sweeps`` (with ``--tiny``
+    and ``--runs-dir`` as the figures'), so complete runs are skipped, but not aggregated.
+
+    Raises:
+        NotebookFailed: a run failed, or is not complete (being trained by another process).
+    """
+    plan = make_sweep_plan(figures.config, step.sweeps, tiny=figures.tiny, runs_dir=figures.sweeps_runs_dir)
+    failures = run_sweeps(plan, log_output=log_output, fail_fast=True, aggregate=False)
+    if failures:
+        raise NotebookFailed(step, failures[0].executed, f"sweep run {failures[0].key} failed: {failures[0].reason}")
+    unfinished = [key for key, run in plan.runs.items() if not RunFolder(plan.run_dir(key)).is_complete(run.config)]
+    if unfinished:
+        raise NotebookFailed(step, plan.executed(unfinished[0]),
+                             f"{len(unfinished)} sweep runs are not complete, {unfinished[0]} first: another "
+                             "sweep process is training them; rerun when it is done")

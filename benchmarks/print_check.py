@@ -1,9 +1,14 @@
-"""Print check: every committed figure read at the width of one column of a paper (3.5 in).
+"""Print check: every figure read at the width it is printed at.
 
-For each PNG under ``figures/`` (subfolders included) it reports the figure's width in inches at
-its dpi and the scale that fits it to one column, and flags
+Every figure of dlde is drawn at its print width (:func:`dlde.analysis.plotting.figure_size`): one
+column (:data:`~dlde.analysis.plotting.WIDTH`, 3.4 in) or, where one column cannot hold it, two
+(:data:`~dlde.analysis.plotting.TEXT_WIDTH`, 7.0 in). A PNG's physical width (pixels / dpi) is
+therefore the width it declares. For each PNG under ``figures/`` (subfolders included) the check
+reads that width and flags
 
-- **text**: the smallest text the figure prints at that scale, if below 6 pt;
+- **width**: a figure not drawn at a print width; it is then read as if printed one column wide;
+- **text**: the smallest text the figure prints at that width, if below
+  :data:`~dlde.analysis.plotting.MIN_TEXT_PT` (6 pt);
 - **colour only**: legend entries told apart by colour alone (same line style and marker, same
   patch hatch, same scatter marker), which grey printing merges; a group of more entries than
   :data:`~dlde.analysis.plotting.MARKERS` holds is a figure's classes, coloured by design, and noted
@@ -13,13 +18,17 @@ then the colour pairs of the shared palettes (:data:`~dlde.analysis.plotting.OKA
 :data:`~dlde.analysis.plotting.BUCKET_COLORS`, the first :func:`~dlde.analysis.plotting.class_colors`)
 whose grey levels differ by less than 0.1. A PNG records neither its font sizes nor its legend, so
 both are read from the figure its plot function draws from small made-up inputs
-(:data:`SAMPLES`, matched by file name); the width is read from the file. A file no sample
-matches (a screenshot) gets its width only.
+(:data:`SAMPLES`, matched by file name) by the current code, so a committed figure drawn by older
+code is measured with today's text sizes: check the committed figures after drawing them again, or
+check ``--drawn``. The width is read from the file. A file no sample matches (a screenshot) gets
+its width only.
 
 Usage::
 
-    python benchmarks/print_check.py                    # figures/, one column of 3.5 in
-    python benchmarks/print_check.py --column 7.0       # at the width of two columns
+    python benchmarks/print_check.py                    # figures/, each at the width it is drawn
+    python benchmarks/print_check.py --column 3.4       # every figure printed 3.4 in wide
+    python benchmarks/print_check.py --drawn            # the samples drawn now by the current code
+    python benchmarks/print_check.py --drawn --save DIR # ... and kept in DIR as PNG files to look at
 
 Exit status 1 when a figure fails. The checks are functions (``text_sizes``, ``colour_only_series``,
 ``grey_level``, ``close_grey_pairs``) that ``tests/test_print_check.py`` tests.
@@ -34,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -61,10 +71,18 @@ from dlde.analysis import (  # noqa: E402
     vocabulary_plots,
 )
 from dlde.analysis.interactive import MeansExplorer  # noqa: E402
-from dlde.analysis.plotting import BUCKET_COLORS, MARKERS, OKABE_ITO, class_colors  # noqa: E402
+from dlde.analysis.plotting import (  # noqa: E402
+    BUCKET_COLORS,
+    MARKERS,
+    MIN_TEXT_PT,
+    OKABE_ITO,
+    PRINT_WIDTHS,
+    WIDTH,
+    class_colors,
+    save_figure,
+)
 
-COLUMN_IN = 3.5  # inches: one column of a two-column paper
-MIN_TEXT_PT = 6.0  # the smallest text a printed figure should have
+WIDTH_TOLERANCE = 0.01  # inches: a figure this close to a print width is drawn at it (pixels are whole)
 MIN_GREY_STEP = 0.1  # grey levels (0 black .. 1 white) closer than this read as one in print
 #: More series than there are markers are classes, coloured by design (read in colour, named in the legend).
 MAX_SERIES = len(MARKERS)
@@ -78,9 +96,16 @@ def png_geometry(path: str | Path) -> tuple[int, int, float]:
         return image.width, image.height, round(float(image.info.get("dpi", (72.0, 72.0))[0]), 1)
 
 
-def column_scale(width_in: float, column_in: float = COLUMN_IN) -> float:
+def column_scale(width_in: float, column_in: float = WIDTH) -> float:
     """The factor that prints a figure ``width_in`` inches wide at ``column_in`` inches."""
     return column_in / width_in
+
+
+def print_columns(width_in: float) -> int | None:
+    """The columns (:data:`~dlde.analysis.plotting.PRINT_WIDTHS`) a figure ``width_in`` inches wide is
+    drawn for, or None when it is drawn at no print width."""
+    return next((columns for columns, width in PRINT_WIDTHS.items() if abs(width_in - width) <= WIDTH_TOLERANCE),
+                None)
 
 
 def text_sizes(fig: Figure) -> list[tuple[float, str]]:
@@ -263,49 +288,72 @@ def _drift() -> Figure:
     return embedding_plots.plot_angular_drift(rng.uniform(0, 20, (4, 10)), rng.uniform(0, 60, (5, 10)), NAMES)
 
 
-#: (file-name pattern, full match on the path relative to the figures folder without suffix) ->
-#: (the function that drew it, a figure of that function from made-up inputs). First match wins.
-SAMPLES: dict[str, tuple[str, Callable[[], Figure]]] = {
-    r"(sigmoid_)?train_curves": ("plot_training_curves", _training_curves),
-    r"(sigmoid_)?per_class_ap": ("plot_per_class_ap", _per_class_ap),
-    r"(sigmoid_)?reliability": ("plot_reliability", lambda: metric_plots.plot_reliability(
+class Sample(NamedTuple):
+    """A plot function and a figure it draws from made-up inputs."""
+
+    example: str  # a file name (relative, no suffix) the pattern matches: what ``--drawn`` saves it as
+    drawn_by: str
+    build: Callable[[], Figure]
+
+
+#: File-name pattern (full match on the path relative to the figures folder, without suffix) ->
+#: :class:`Sample`. First match wins.
+SAMPLES: dict[str, Sample] = {
+    r"(sigmoid_)?train_curves": Sample("train_curves", "plot_training_curves", _training_curves),
+    r"(sigmoid_)?per_class_ap": Sample("per_class_ap", "plot_per_class_ap", _per_class_ap),
+    r"(sigmoid_)?reliability": Sample("reliability", "plot_reliability", lambda: metric_plots.plot_reliability(
         {"dlde": _curve(np.random.default_rng(0)), "sigmoid": _curve(np.random.default_rng(1))})),
-    r"(sigmoid_)?(val_detections|inference)|few_shot_detections": ("detection_grid", lambda: (
+    r"(sigmoid_)?(val_detections|inference)|few_shot_detections": Sample("val_detections", "detection_grid", lambda: (
         detection_plots.detection_grid(_detections(np.random.default_rng(0)), NAMES))),
-    r"vocabulary_detections_.*": ("detection_grid", lambda: detection_plots.detection_grid(
-        _detections(np.random.default_rng(0), 4), NAMES, cols=2)),
-    r"mean_drift": ("plot_angular_drift", _drift),
-    r"mean_cosines": ("plot_cosine_heatmaps", lambda: embedding_plots.plot_cosine_heatmaps(
+    r"vocabulary_detections_.*": Sample("vocabulary_detections_dlde", "detection_grid", lambda: (
+        detection_plots.detection_grid(_detections(np.random.default_rng(0), 4), NAMES, cols=2))),
+    r"mean_drift": Sample("mean_drift", "plot_angular_drift", _drift),
+    r"mean_cosines": Sample("mean_cosines", "plot_cosine_heatmaps", lambda: embedding_plots.plot_cosine_heatmaps(
         np.eye(10), np.full((10, 10), 0.3), NAMES)),
-    r"concentration": ("plot_concentration", lambda: embedding_plots.plot_concentration(
+    r"concentration": Sample("concentration", "plot_concentration", lambda: embedding_plots.plot_concentration(
         np.linspace(1, 50, 50).reshape(5, 10), NAMES)),
-    r"embeddings_umap|few_shot_means_umap": ("plot_embedding_2d", _embedding_2d),
-    r"embeddings(_raw)?_sphere": ("plot_sphere", _sphere),
-    r"means_through_training": ("MeansExplorer", _means_explorer),
-    r"cosine_margins": ("plot_cosine_histograms", lambda: embedding_plots.plot_cosine_histograms(
-        np.linspace(-1, 1, 50), np.linspace(-0.5, 0.9, 50))),
-    r"few_shot_novel_ap(50)?": ("plot_shots", lambda: fewshot_plots.plot_shots(_few_shot_rows())),
-    r"few_shot_base_ap": ("plot_forgetting", lambda: fewshot_plots.plot_forgetting(_few_shot_rows())),
-    r"unknown_scores_over_seeds": ("plot_unknown_scores", _unknown_scores),
-    r"unknown_scores_.*": ("plot_score_histograms", lambda: metric_plots.plot_score_histograms(
-        np.linspace(0, 1, 50), np.linspace(0.3, 1, 30), xlabel="unknown score (cosine)")),
-    r"unknown_roc": ("plot_roc", lambda: metric_plots.plot_roc(
+    r"embeddings_umap|few_shot_means_umap": Sample("embeddings_umap", "plot_embedding_2d", _embedding_2d),
+    r"embeddings(_raw)?_sphere": Sample("embeddings_sphere", "plot_sphere", _sphere),
+    r"means_through_training": Sample("means_through_training", "MeansExplorer", _means_explorer),
+    r"cosine_margins": Sample("cosine_margins", "plot_cosine_histograms", lambda: (
+        embedding_plots.plot_cosine_histograms(np.linspace(-1, 1, 50), np.linspace(-0.5, 0.9, 50)))),
+    r"few_shot_novel_ap(50)?": Sample("few_shot_novel_ap", "plot_shots", lambda: fewshot_plots.plot_shots(
+        _few_shot_rows())),
+    r"few_shot_base_ap": Sample("few_shot_base_ap", "plot_forgetting", lambda: fewshot_plots.plot_forgetting(
+        _few_shot_rows())),
+    r"unknown_scores_over_seeds": Sample("unknown_scores_over_seeds", "plot_unknown_scores", _unknown_scores),
+    r"unknown_scores_.*": Sample("unknown_scores_dlde_cosine", "plot_score_histograms", lambda: (
+        metric_plots.plot_score_histograms(np.linspace(0, 1, 50), np.linspace(0.3, 1, 30),
+                                           xlabel="unknown score (cosine)"))),
+    r"unknown_roc": Sample("unknown_roc", "plot_roc", lambda: metric_plots.plot_roc(
         {name: {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1], "auroc": 0.6} for name in ("dlde", "sigmoid", "prototypes")})),
-    r"retrieval_examples": ("plot_retrieval_grid", _retrieval),
-    r"vocabulary_ap|vocabulary_epoch_time": ("plot_against_classes", lambda: vocabulary_plots.plot_against_classes(
-        [row for head in ("dlde", "retinanet", "prototypes")
-         for row in _vocabulary_rows("classes", {"head": head})])),
-    r"vocabulary_levers": ("plot_levers", _levers),
-    r"vocabulary_class_frequency_.*": ("plot_class_frequency", lambda: vocabulary_plots.plot_class_frequency(
-        list(range(1, 301)), ["r"] * 100 + ["c"] * 100 + ["f"] * 100)),
-    r"ablations/.*_collapse": ("plot_collapse", lambda: _collapse("sweep: largest cosine between two class means")),
-    r"ablations/.*": ("plot_sweep", lambda: _sweep("sweep")),
+    r"retrieval_examples": Sample("retrieval_examples", "plot_retrieval_grid", _retrieval),
+    r"vocabulary_ap|vocabulary_epoch_time": Sample("vocabulary_ap", "plot_against_classes", lambda: (
+        vocabulary_plots.plot_against_classes([row for head in ("dlde", "retinanet", "prototypes")
+                                               for row in _vocabulary_rows("classes", {"head": head})]))),
+    r"vocabulary_levers": Sample("vocabulary_levers", "plot_levers", _levers),
+    r"vocabulary_class_frequency_.*": Sample("vocabulary_class_frequency_1000", "plot_class_frequency", lambda: (
+        vocabulary_plots.plot_class_frequency(list(range(1, 301)), ["r"] * 100 + ["c"] * 100 + ["f"] * 100))),
+    r"ablations/.*_collapse": Sample("ablations/means_lr_collapse", "plot_collapse", lambda: (
+        _collapse("sweep: largest cosine between two class means"))),
+    r"ablations/.*": Sample("ablations/means_lr", "plot_sweep", lambda: _sweep("sweep")),
 }
 
 
-def sample_for(name: str) -> tuple[str, Callable[[], Figure]] | None:
-    """The entry of :data:`SAMPLES` whose pattern matches ``name`` (relative path without suffix), or None."""
+def sample_for(name: str) -> Sample | None:
+    """The :class:`Sample` whose pattern in :data:`SAMPLES` matches ``name`` (relative path without suffix), or
+    None."""
     return next((entry for pattern, entry in SAMPLES.items() if re.fullmatch(pattern, name)), None)
+
+
+def draw_samples(folder: Path, dpi: int = 150) -> list[Path]:
+    """Draws every :data:`SAMPLES` figure with the current plot code and saves it as ``folder/<example>.png``,
+    as the pipeline saves its figures (:func:`~dlde.analysis.plotting.save_figure`, 150 dpi)."""
+    paths = []
+    for sample in SAMPLES.values():
+        where = folder / sample.example
+        paths += save_figure(sample.build(), where.parent, where.name, formats=("png",), dpi=dpi)
+    return paths
 
 
 # ---------------------------------------------------------------------------------- report
@@ -315,32 +363,45 @@ class FigureCheck:
 
     Attributes:
         name: path relative to the figures folder.
-        width_in: printed width at the file's dpi.
-        scale: the factor to one column.
+        width_in: the file's width at its dpi: its print width when it is drawn at one.
+        print_in: the width it is read at: its own print width, the width asked for, or one column
+            (:data:`~dlde.analysis.plotting.WIDTH`) for a figure drawn at no print width.
         drawn_by: the plot function matched, or None.
         smallest_pt: the smallest text at the figure's own size (None without a sample).
         colour_only: groups of legend entries told apart by colour only (classes included).
+        at_print_width: drawn at a print width (or read at the width asked for); a file no sample
+            matches (a screenshot) is not held to it.
     """
 
     name: str
     width_in: float
-    scale: float
+    print_in: float
     drawn_by: str | None
     smallest_pt: float | None
     colour_only: list[list[str]]
+    at_print_width: bool = True
+
+    @property
+    def scale(self) -> float:
+        """The factor from the figure's own size to its printed size."""
+        return column_scale(self.width_in, self.print_in)
 
     @property
     def printed_pt(self) -> float | None:
-        """The smallest text at one column."""
+        """The smallest text when printed ``print_in`` inches wide."""
         return None if self.smallest_pt is None else self.smallest_pt * self.scale
 
     @property
     def failures(self) -> list[str]:
         """What fails in print, as short phrases (empty when the figure passes)."""
         found = []
+        if not self.at_print_width and self.drawn_by is not None:
+            widths = " or ".join(f"{width:g}" for width in PRINT_WIDTHS.values())
+            found.append(f"drawn {self.width_in:.2f} in wide, at no print width ({widths} in)")
         if self.printed_pt is not None and self.printed_pt < MIN_TEXT_PT - 1e-9:
             needed = self.width_in * MIN_TEXT_PT / self.smallest_pt  # the printed width where it reaches 6 pt
-            found.append(f"text {self.printed_pt:.1f} pt (6 pt when printed {needed:.1f} in wide)")
+            found.append(f"text {self.printed_pt:.1f} pt at {self.print_in:g} in (6 pt when printed {needed:.1f} in "
+                         "wide)")
         found += [f"colour only: {', '.join(group)}" for group in self.colour_only if len(group) <= MAX_SERIES]
         return found
 
@@ -353,46 +414,76 @@ class FigureCheck:
         return [f"{len(group)} classes in colour only" for group in self.colour_only if len(group) > MAX_SERIES]
 
 
-def check_figure(path: Path, figures: Path, column_in: float = COLUMN_IN) -> FigureCheck:
-    """The :class:`FigureCheck` of one PNG under ``figures``."""
+def check_figure(path: Path, figures: Path, column_in: float | None = None) -> FigureCheck:
+    """The :class:`FigureCheck` of one PNG under ``figures``, read at its own print width or, given, at
+    ``column_in`` inches."""
     width_px, _, dpi = png_geometry(path)
     name = path.relative_to(figures).with_suffix("").as_posix()
     width_in = width_px / dpi
+    columns = print_columns(width_in)
+    if column_in is not None:
+        print_in, at_print_width = column_in, True
+    elif columns is not None:
+        print_in, at_print_width = PRINT_WIDTHS[columns], True
+    else:
+        print_in, at_print_width = WIDTH, False
     sample = sample_for(name)
     smallest, colour_only, drawn_by = None, [], None
     if sample is not None:
-        drawn_by, build = sample
-        fig = build()
+        drawn_by = sample.drawn_by
+        fig = sample.build()
         try:
             smallest = min(size for size, _ in text_sizes(fig))
             colour_only = colour_only_series(fig)
         finally:
             plt.close(fig)
-    return FigureCheck(name, width_in, column_scale(width_in, column_in), drawn_by, smallest, colour_only)
+    return FigureCheck(name, width_in, print_in, drawn_by, smallest, colour_only, at_print_width)
+
+
+def report(checks: Sequence[FigureCheck]) -> list[str]:
+    """The markdown table of ``checks``, the close palette pairs and a closing count."""
+    lines = ["| figure | drawn by | width (in) | columns | printed at (in) | smallest text (pt) | printed (pt) "
+             "| fails |", "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        columns = print_columns(c.width_in)
+        small = "–" if c.smallest_pt is None else f"{c.smallest_pt:.1f}"
+        printed = "–" if c.printed_pt is None else f"{c.printed_pt:.1f}"
+        lines.append(f"| {c.name} | {c.drawn_by or 'no sample'} | {c.width_in:.2f} | {columns or '–'} | "
+                     f"{c.print_in:g} | {small} | {printed} | {'; '.join(c.failures + c.notes) or 'passes'} |")
+    lines.append("\nPalette pairs closer than 0.1 in grey (ITU-R 601 luma):")
+    for palette, colours in palettes().items():
+        pairs = close_grey_pairs(colours)
+        lines.append(f"- {palette}: " + (", ".join(f"{a}/{b} {d:.3f}" for a, b, d in pairs) or "none"))
+    failing = [c for c in checks if c.failures]
+    lines.append(f"\n{len(checks)} figures, {len(failing)} fail in print")
+    return lines
+
+
+def check_folder(figures: Path, column_in: float | None = None) -> list[FigureCheck]:
+    """The :class:`FigureCheck` of every PNG under ``figures``, in path order."""
+    return [check_figure(path, figures, column_in) for path in sorted(figures.rglob("*.png"))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Prints the check of every PNG under ``--figures`` and of the palettes; 1 when a figure fails."""
+    """Prints the check of every PNG under ``--figures`` (or of the samples drawn now) and of the palettes;
+    1 when a figure fails."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--figures", type=Path, default=ROOT / "figures", help="folder of committed figures")
-    parser.add_argument("--column", type=float, default=COLUMN_IN, help="printed width in inches")
+    parser.add_argument("--column", type=float, default=None,
+                        help="print every figure this many inches wide (default: the print width it is drawn at)")
+    parser.add_argument("--drawn", action="store_true",
+                        help="check the samples drawn now by the current plot code instead of --figures")
+    parser.add_argument("--save", type=Path, default=None, help="with --drawn: keep the drawn PNGs in this folder")
     args = parser.parse_args(argv)
-    checks = [check_figure(path, args.figures, args.column) for path in sorted(args.figures.rglob("*.png"))]
-    print(f"| figure | drawn by | width (in) | scale to {args.column:g} in | smallest text (pt) | printed (pt) "
-          "| fails |")
-    print("|---|---|---|---|---|---|---|")
-    for c in checks:
-        small = "–" if c.smallest_pt is None else f"{c.smallest_pt:.1f}"
-        printed = "–" if c.printed_pt is None else f"{c.printed_pt:.1f}"
-        print(f"| {c.name} | {c.drawn_by or 'no sample'} | {c.width_in:.2f} | {c.scale:.2f} | {small} | {printed} | "
-              f"{'; '.join(c.failures + c.notes) or 'passes'} |")
-    print("\nPalette pairs closer than 0.1 in grey (ITU-R 601 luma):")
-    for palette, colours in palettes().items():
-        pairs = close_grey_pairs(colours)
-        print(f"- {palette}: " + (", ".join(f"{a}/{b} {d:.3f}" for a, b, d in pairs) or "none"))
-    failing = [c for c in checks if c.failures]
-    print(f"\n{len(checks)} figures, {len(failing)} fail at {args.column:g} in")
-    return 1 if failing else 0
+    if args.drawn:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = args.save or Path(scratch)
+            draw_samples(folder)
+            checks = check_folder(folder, args.column)
+    else:
+        checks = check_folder(args.figures, args.column)
+    print("\n".join(report(checks)))
+    return 1 if any(c.failures for c in checks) else 0
 
 
 if __name__ == "__main__":

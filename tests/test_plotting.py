@@ -27,7 +27,17 @@ from dlde.analysis.embedding_plots import (  # noqa: E402
     plot_sphere,
 )
 from dlde.analysis.metric_plots import MAX_CLASS_BARS, plot_per_class_ap, plot_training_curves  # noqa: E402
-from dlde.analysis.plotting import class_colors, save_figure  # noqa: E402
+from dlde.analysis.plotting import (  # noqa: E402
+    FONT_PT,
+    LABEL_PT,
+    PRINT_WIDTHS,
+    TEXT_WIDTH,
+    WIDTH,
+    class_colors,
+    figure_size,
+    print_style,
+    save_figure,
+)
 
 NAMES = ["cat", "dog", "car"]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -54,6 +64,32 @@ def test_class_colors_are_distinct_and_categorical(num_classes, cmap):
     assert len({tuple(c) for c in colors}) == num_classes
     if cmap is not None:
         assert_allclose(colors, matplotlib.colormaps[cmap](np.arange(num_classes)))
+
+
+def test_figure_size_is_one_or_two_columns_wide():
+    assert figure_size(2.0) == (WIDTH, 2.0) and figure_size(3.0, columns=2) == (TEXT_WIDTH, 3.0)
+    assert PRINT_WIDTHS == {1: 3.4, 2: 7.0}
+    with pytest.raises(ValueError, match="1 or 2 columns wide, not 3"):
+        figure_size(2.0, columns=3)
+
+
+def test_print_style_sizes_the_text_of_the_figure_it_draws_only():
+    @print_style
+    def plot():
+        fig, ax = plt.subplots(figsize=figure_size(2.0))
+        ax.plot([0, 10], [0, 100], label="a")
+        ax.set(xlabel="x", title="title")
+        ax.legend()
+        return fig
+
+    fig = plot()
+    fig.canvas.draw()  # outside the style: the tick labels drawn now keep the sizes they were made with
+    ax = fig.axes[0]
+    assert {t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()} == {FONT_PT}
+    assert ax.get_legend().get_texts()[0].get_fontsize() == FONT_PT
+    assert ax.xaxis.label.get_fontsize() == ax.title.get_fontsize() == LABEL_PT
+    assert plt.rcParams["font.size"] == 10.0  # matplotlib's default, back after the plot
+    assert plot.__name__ == "plot"
 
 
 def test_training_curves_skip_missing_values():
@@ -89,7 +125,7 @@ DIGITS_AP = {str(c): round(0.05 + 0.09 * c, 3) for c in range(10)}
     (True, "two", 50, "per_class_ap_10_two_models_dpi50.png"),
 ])
 def test_per_class_ap_bars_unchanged_for_ten_classes(tmp_path, models, title, dpi, fixture):
-    # the fixtures are the bytes plot_per_class_ap wrote before the ranked view was added
+    # the fixtures are the bytes of the bar view drawn one column wide (redraw them when it changes on purpose)
     ap = DIGITS_AP
     if models:
         ap = {"dlde": DIGITS_AP, "sigmoid": {k: 1 - v for k, v in list(DIGITS_AP.items())[:-1]}}
@@ -102,9 +138,14 @@ def test_per_class_ap_bars_up_to_max_classes():
     ap = {f"class_{c}": c / MAX_CLASS_BARS for c in range(MAX_CLASS_BARS)}
     fig = plot_per_class_ap({"a": ap, "b": ap})
     (ax,) = fig.axes
-    assert_allclose(fig.get_size_inches(), [0.5 * MAX_CLASS_BARS * 2 + 2, 4])
+    assert_allclose(fig.get_size_inches(), [TEXT_WIDTH, 2.4])  # 120 bars: two columns
     assert [len(bars) for bars in ax.containers] == [MAX_CLASS_BARS, MAX_CLASS_BARS]
     assert [t.get_text() for t in ax.get_xticklabels()] == list(ap)
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {90.0}  # long names upright
+    assert [ax.containers[k][0].get_hatch() for k in (0, 1)] == [None, "//"]  # the models read apart in grey
+    digits = plot_per_class_ap({str(c): 0.5 for c in range(10)})
+    assert_allclose(digits.get_size_inches(), [WIDTH, 2.4])  # ten bars: one column, names flat
+    assert {t.get_rotation() for t in digits.axes[0].get_xticklabels()} == {0.0}
 
 
 def _thousand_classes():
@@ -204,8 +245,8 @@ def test_embedding_2d_scatter_per_class_and_means():
     (ax,) = fig.axes
     assert len(ax.collections) == 3  # classes 0 and 2, plus the means
     assert len(ax.collections[-1].get_offsets()) == 2  # NaN mean skipped
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["cat", "car", "class mean"]
+    (legend,) = fig.legends  # beside the axes
+    assert [t.get_text() for t in legend.get_texts()] == ["cat", "car", "class mean"]
 
 
 @pytest.mark.parametrize("arrows", [True, False])

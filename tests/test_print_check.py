@@ -1,4 +1,5 @@
-"""Tests for benchmarks/print_check.py: text size at one column, series told apart by colour only, grey levels."""
+"""Tests for benchmarks/print_check.py: figures drawn at their print width, text size there, series told apart by
+colour only, grey levels."""
 
 import importlib.util
 import sys
@@ -13,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from dlde.analysis import embedding_plots, metric_plots, vocabulary_plots  # noqa: E402
-from dlde.analysis.plotting import BUCKET_COLORS, WIDTH, save_figure  # noqa: E402
+from dlde.analysis.plotting import BUCKET_COLORS, MIN_TEXT_PT, PRINT_WIDTHS, WIDTH, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("print_check", ROOT / "benchmarks" / "print_check.py")
@@ -68,24 +69,35 @@ def test_grey_levels_and_close_pairs():
     assert print_check.close_grey_pairs({name: colour for name, colour in BUCKET_COLORS.values()}) == []
 
 
-def test_figure_check_flags_small_text_and_says_the_width_it_needs(tmp_path):
-    fig, ax = plt.subplots(figsize=(7, 3))
+def test_a_figure_at_no_print_width_fails_and_is_read_at_one_column(tmp_path):
+    fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot([0, 1], [0, 1], label="one")
     (path,) = save_figure(fig, tmp_path, "train_curves", formats=("png",), dpi=50)
-    assert print_check.png_geometry(path) == (350, 150, 50.0)
+    assert print_check.png_geometry(path) == (250, 150, 50.0)
     check = print_check.check_figure(path, tmp_path)
-    assert check.drawn_by == "plot_training_curves" and check.width_in == 7.0
-    assert check.scale == 0.5 and check.smallest_pt == 10.0  # the sample's tick labels
-    assert check.failures == ["text 5.0 pt (6 pt when printed 4.2 in wide)"]
-    assert print_check.check_figure(path, tmp_path, column_in=4.2).failures == []
+    assert check.drawn_by == "plot_training_curves" and check.width_in == 5.0 and check.print_in == WIDTH
+    assert check.scale == pytest.approx(0.68) and check.smallest_pt == 7.0  # the sample's tick labels
+    assert check.failures == ["drawn 5.00 in wide, at no print width (3.4 or 7 in)",
+                              "text 4.8 pt at 3.4 in (6 pt when printed 4.3 in wide)"]
+    assert print_check.check_figure(path, tmp_path, column_in=4.3).failures == []  # the width asked for
+
+
+@pytest.mark.parametrize("columns", sorted(PRINT_WIDTHS))
+def test_a_figure_drawn_at_a_print_width_is_read_at_it(tmp_path, columns):
+    fig, ax = plt.subplots(figsize=(PRINT_WIDTHS[columns], 2))
+    (path,) = save_figure(fig, tmp_path, "per_class_ap", formats=("png",), dpi=150)
+    check = print_check.check_figure(path, tmp_path)
+    assert print_check.print_columns(check.width_in) == columns and check.print_in == PRINT_WIDTHS[columns]
+    assert check.scale == pytest.approx(1.0) and check.failures == []
 
 
 def test_classes_in_colour_are_a_note_and_a_screenshot_is_width_only(tmp_path):
-    check = print_check.FigureCheck("embeddings_umap", 3.5, 1.0, "plot_embedding_2d", 8.0,
+    check = print_check.FigureCheck("embeddings_umap", 3.4, 3.4, "plot_embedding_2d", 8.0,
                                     [[str(c) for c in range(10)], ["a", "b"]])
     assert check.failures == ["colour only: a, b"] and check.notes == ["10 classes in colour only"]
-    screenshot = print_check.FigureCheck("jupyterlab", 19.4, 0.18, None, None, [])
-    assert screenshot.failures == [] and screenshot.notes == ["not a plot of dlde (no sample): width only"]
+    screenshot = print_check.FigureCheck("jupyterlab", 19.4, 3.4, None, None, [], at_print_width=False)
+    assert screenshot.failures == []  # not a figure of dlde: no print width to keep
+    assert screenshot.notes == ["not a plot of dlde (no sample): width only"]
 
 
 def test_every_committed_figure_has_a_sample():
@@ -95,11 +107,26 @@ def test_every_committed_figure_has_a_sample():
     assert unmatched == ["jupyterlab"]  # the screenshot of the README
 
 
-@pytest.mark.parametrize("name", sorted({name for name, _ in print_check.SAMPLES.values()}))
-def test_every_sample_draws_text(name):
-    build = next(build for drawn_by, build in print_check.SAMPLES.values() if drawn_by == name)
-    fig = build()
-    assert min(size for size, _ in print_check.text_sizes(fig)) >= 5.0
+@pytest.mark.parametrize("pattern", list(print_check.SAMPLES))
+def test_every_plot_is_drawn_at_a_print_width_and_reads_there(pattern):
+    sample = print_check.SAMPLES[pattern]
+    assert print_check.sample_for(sample.example) is sample  # what --drawn saves it as finds it again
+    fig = sample.build()
+    assert print_check.print_columns(fig.get_figwidth()) in PRINT_WIDTHS
+    assert min(size for size, _ in print_check.text_sizes(fig)) >= MIN_TEXT_PT  # printed at its own size
+    assert all(len(group) > print_check.MAX_SERIES for group in print_check.colour_only_series(fig))  # classes
+
+
+def test_drawn_option_checks_the_figures_of_the_current_code(tmp_path, monkeypatch, capsys):
+    samples = {pattern: print_check.SAMPLES[pattern] for pattern in (r"(sigmoid_)?train_curves", r"ablations/.*")}
+    monkeypatch.setattr(print_check, "SAMPLES", samples)
+    assert print_check.main(["--drawn", "--save", str(tmp_path)]) == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
+        "ablations/means_lr.png", "train_curves.png"]
+    out = capsys.readouterr().out
+    assert "| train_curves | plot_training_curves | 3.40 | 1 | 3.4 | 7.0 | 7.0 | passes |" in out
+    assert "| ablations/means_lr | plot_sweep | 7.00 | 2 | 7 | 7.0 | 7.0 | passes |" in out
+    assert out.rstrip().endswith("2 figures, 0 fail in print")
 
 
 def test_figures_fixed_for_grey_tell_their_series_apart_without_colour():
@@ -114,6 +141,7 @@ def test_figures_fixed_for_grey_tell_their_series_apart_without_colour():
         metric_plots.plot_roc({"dlde": roc, "sigmoid": roc, "prototypes": roc}),
         metric_plots.plot_score_histograms(rng.uniform(size=20), rng.uniform(size=20)),
         embedding_plots.plot_cosine_histograms(rng.uniform(-1, 1, 20), rng.uniform(-1, 1, 20)),
+        metric_plots.plot_per_class_ap({model: {"cat": 0.5, "dog": 0.6} for model in ("dlde", "sigmoid", "protos")}),
     ]
     assert [print_check.colour_only_series(fig) for fig in figures] == [[]] * len(figures)
 
@@ -134,4 +162,4 @@ def test_one_column_figures_pass_at_one_column():
                                             ("ablations/means_lr_collapse", "plot_collapse"),
                                             ("ablations/means_lr", "plot_sweep")])
 def test_file_names_find_the_function_that_drew_them(name, drawn_by):
-    assert print_check.sample_for(name)[0] == drawn_by
+    assert print_check.sample_for(name).drawn_by == drawn_by

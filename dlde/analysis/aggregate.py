@@ -27,7 +27,7 @@ import numpy as np
 from dlde.evaluation.lvis_eval import FREQUENCY_BUCKETS
 from dlde.train.runs import RunFolder
 
-from .plotting import save_figure
+from .plotting import LINES, MARKERS, figure_size, print_style, save_figure
 from .stats import CONFIDENCE, t_interval
 from .tables import interval_cell, markdown_table, write_table_file
 
@@ -143,14 +143,16 @@ def max_mean_cosine(means_history: Any) -> np.ndarray:
     return np.where(np.isfinite(out), out, np.nan)
 
 
+@print_style
 def plot_collapse(arms: Mapping[str, Sequence[str | os.PathLike]], title: str = ""):
-    """The collapse of class means, as a figure: per arm, the largest cosine between two class
-    means after every epoch (mean over seeds, band = min..max). Arms without means are skipped.
+    """The collapse of class means, as a figure one column wide: per arm, the largest cosine between
+    two class means after every epoch (mean over seeds, band = min..max), each arm with its own
+    marker and line style. Arms without means are skipped.
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for arm, dirs in arms.items():
+    fig, ax = plt.subplots(figsize=figure_size(2.6))
+    for index, (arm, dirs) in enumerate(arms.items()):
         curves = [max_mean_cosine(np.load(Path(d) / "means_history.npy", allow_pickle=False))
                   for d in dirs if (Path(d) / "means_history.npy").exists()]
         if not curves:
@@ -161,14 +163,15 @@ def plot_collapse(arms: Mapping[str, Sequence[str | os.PathLike]], title: str = 
         with warnings.catch_warnings():  # epoch 0 of zero starting means has no cosine: NaN, not a warning
             warnings.simplefilter("ignore", RuntimeWarning)
             mean, low, high = np.nanmean(stacked, axis=0), np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0)
-        line, = ax.plot(epochs, mean, marker="o", ms=3, label=f"{arm} (n={len(curves)})")
+        line, = ax.plot(epochs, mean, marker=MARKERS[index % len(MARKERS)], linestyle=LINES[index % len(LINES)],
+                        ms=3, label=f"{arm} (n={len(curves)})")
         ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch (0 = before training)")
-    ax.set_ylabel("max cosine between two class means")
+    ax.set_ylabel("max cosine between\ntwo class means")
     ax.set_ylim(-0.1, 1.05)
     ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax.set_title(title or "collapse of the class means")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
@@ -242,6 +245,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     return path
 
 
+@print_style
 def plot_sweep(rows: Sequence[Mapping[str, Any]], title: str = "",
                seeds: Mapping[str, Sequence[Mapping[str, float]]] | None = None, columns: int = 3):
     """Error-bar figure of a sweep: one panel per metric, per arm its mean and confidence interval.
@@ -254,14 +258,16 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], title: str = "",
         columns: panels per row of the figure.
 
     Returns:
-        A matplotlib figure; metrics no arm has (e.g. κ̂ in a sigmoid-only sweep) are omitted.
+        A matplotlib figure two columns wide (one for a single panel); metrics no arm has (e.g. κ̂
+        in a sigmoid-only sweep) are omitted.
     """
     import matplotlib.pyplot as plt
 
     metrics = [m for m in tabulated(rows) if any(math.isfinite(r[f"{m}_mean"]) for r in rows)] or ["AP"]
     ncols = min(columns, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figure_size(0.3 + 2.2 * nrows, columns=2 if ncols > 1 else 1),
+                             squeeze=False)
     x = np.arange(len(rows))
     labels = [str(r["arm"]) for r in rows]
     for ax, metric in zip(axes.flat, metrics):
@@ -276,16 +282,15 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], title: str = "",
                                   dtype=np.float64)
                 ax.plot(np.full(values.shape, position + 0.15), values, ".", color="0.55", markersize=5)
         ax.errorbar(x, mean, yerr=errors, fmt="o", capsize=4, color="tab:blue")
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(x, labels, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_xlim(-0.5, len(rows) - 0.5)
-        ax.set_title(_title(metric), fontsize=10)
+        ax.set_title(_title(metric))
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
     if title:
         fig.suptitle(f"{title}: mean and {100 * CONFIDENCE:g} % t-interval over seeds (grey: single seeds)"
-                     if seeds is not None else f"{title}: mean and {100 * CONFIDENCE:g} % t-interval over seeds",
-                     fontsize=11)
+                     if seeds is not None else f"{title}: mean and {100 * CONFIDENCE:g} % t-interval over seeds")
     fig.tight_layout()
     return fig
 

@@ -2,7 +2,8 @@
 
 Images may be (3, H, W) float in [0, 1], (H, W, 3) uint8 or float, or (H, W) grayscale, as numpy
 arrays or torch tensors; boxes are (N, 4) as x1, y1, x2, y2 in pixels. Each function returns a
-:class:`matplotlib.figure.Figure`; class ``c`` is drawn in
+:class:`matplotlib.figure.Figure`: one image one column wide, grids of images two columns wide
+(the full text width, shared by the grid's columns); class ``c`` is drawn in
 :func:`dlde.analysis.plotting.class_colors` ``(C)[c]``.
 """
 
@@ -20,7 +21,7 @@ from matplotlib.patches import Rectangle
 
 from .embeddings import to_numpy
 from .inspection import UNKNOWN_LABEL
-from .plotting import as_labels, class_colors
+from .plotting import FONT_PT, TEXT_WIDTH, WIDTH, as_labels, class_colors, figure_size, print_style
 
 __all__ = ["UNKNOWN_COLOR", "draw_detections", "detection_grid", "plot_retrieval_grid"]
 
@@ -63,12 +64,13 @@ def _draw_on(ax, image, boxes, labels, scores, names, colors, *, gt_boxes, score
         color = UNKNOWN_COLOR if unknown else colors[label]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
                                linewidth=2, linestyle=":" if unknown else "-"))
-        ax.text(x1, y1, f"{'unknown' if unknown else names[label]} {score:.2f}", fontsize=7, color="white",
+        ax.text(x1, y1, f"{'unknown' if unknown else names[label]} {score:.2f}", color="white",
                 va="bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
     ax.set_axis_off()
 
 
+@print_style
 def draw_detections(
     image: Any,
     boxes: Any,
@@ -95,13 +97,13 @@ def draw_detections(
         and a "name score" label per detection.
     """
     img = _image_hwc(image)
-    fig, ax = plt.subplots(figsize=(6, 6 * img.shape[0] / img.shape[1] + 0.2),
-                           layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(WIDTH * img.shape[0] / img.shape[1] + 0.2), layout="constrained")
     _draw_on(ax, img, boxes, labels, scores, list(class_names), class_colors(len(class_names)),
              gt_boxes=gt_boxes, score_thresh=score_thresh)
     return fig
 
 
+@print_style
 def detection_grid(
     samples: Sequence[Mapping[str, Any]],
     class_names: Sequence[str],
@@ -127,7 +129,8 @@ def detection_grid(
     rows = math.ceil(len(samples) / cols)
     first = _image_hwc(samples[0]["image"])
     aspect = first.shape[0] / first.shape[1]  # H / W sets the cell height
-    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 3.5 * rows * aspect + 0.2),
+    cell = TEXT_WIDTH / cols  # inches per image
+    fig, axes = plt.subplots(rows, cols, figsize=figure_size(cell * rows * aspect + 0.2, columns=2),
                              squeeze=False, layout="constrained")
     names, colors = list(class_names), class_colors(len(class_names))
     for ax, sample in zip(axes.flat, samples):
@@ -138,6 +141,7 @@ def detection_grid(
     return fig
 
 
+@print_style
 def plot_retrieval_grid(
     query_crops: Sequence[Any],
     result_crops: Sequence[Sequence[Any]],
@@ -171,13 +175,13 @@ def plot_retrieval_grid(
     q_labels = None if query_labels is None else as_labels(query_labels)
     r_labels = None if result_labels is None else as_labels(result_labels).reshape(rows, -1)
     r_scores = None if result_scores is None else to_numpy(result_scores).reshape(rows, -1)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.8 * rows), squeeze=False,
+    cell = TEXT_WIDTH / (k + 1)  # inches per crop, and a line of title above it
+    fig, axes = plt.subplots(rows, k + 1, figsize=figure_size((cell + 0.2) * rows, columns=2), squeeze=False,
                              layout="constrained")
     for q in range(rows):  # a small grid of thumbnails
         img = _image_hwc(query_crops[q])
         axes[q, 0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0)
-        axes[q, 0].set_title("query" + ("" if q_labels is None else f" {name(q_labels[q])}"),
-                             fontsize=8)
+        axes[q, 0].set_title("query" + ("" if q_labels is None else f" {name(q_labels[q])}"), fontsize=FONT_PT)
         for j in range(k):
             ax = axes[q, j + 1]
             if j >= len(result_crops[q]):
@@ -190,7 +194,7 @@ def plot_retrieval_grid(
                 parts.append(name(r_labels[q, j]))
             if r_scores is not None:
                 parts.append(f"{r_scores[q, j]:.2f}")
-            ax.set_title(" ".join(parts), fontsize=8)
+            ax.set_title(" ".join(parts), fontsize=FONT_PT)
             if q_labels is not None and r_labels is not None:
                 color = "tab:green" if r_labels[q, j] == q_labels[q] else "tab:red"
                 for spine in ax.spines.values():
@@ -198,5 +202,5 @@ def plot_retrieval_grid(
         for ax in axes[q]:
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[q, 0].set_ylabel(f"#{q}", fontsize=8)
+        axes[q, 0].set_ylabel(f"#{q}", fontsize=FONT_PT)
     return fig

@@ -2,8 +2,9 @@
 
 How the means move and spread during training (angular drift, cosine matrices, concentration)
 and where the embeddings lie (a 2-D layout, the unit sphere, cosine margins). Each function
-returns a :class:`matplotlib.figure.Figure`; class ``c`` is drawn in
-:func:`dlde.analysis.plotting.class_colors` ``(C)[c]``.
+returns a :class:`matplotlib.figure.Figure` one column wide, but the two side-by-side panels of
+the drift and the cosine matrices, which take two; class ``c`` is drawn in
+:func:`dlde.analysis.plotting.class_colors` ``(C)[c]`` and named in a legend beside the axes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .embeddings import to_numpy
-from .plotting import HATCH, as_labels, class_colors, display_names
+from .plotting import HATCH, MIN_TEXT_PT, as_labels, class_colors, display_names, figure_size, print_style
 
 __all__ = [
     "plot_angular_drift",
@@ -30,7 +31,11 @@ __all__ = [
     "plot_cosine_histograms",
 ]
 
+#: Most entries of a class legend in one column beside the axes (more go under them).
+_LEGEND_ROWS = 13
 
+
+@print_style
 def plot_angular_drift(steps: Any, to_final: Any, class_names: Sequence[str] | None) -> Figure:
     """How far each class mean moves per epoch and how far it is from its final direction.
 
@@ -46,7 +51,7 @@ def plot_angular_drift(steps: Any, to_final: Any, class_names: Sequence[str] | N
     steps, to_final = to_numpy(steps), to_numpy(to_final)
     num_classes = steps.shape[1]
     names, colors = display_names(class_names, num_classes), class_colors(num_classes)
-    fig, (ax_step, ax_final) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig, (ax_step, ax_final) = plt.subplots(1, 2, figsize=figure_size(2.6, columns=2), layout="constrained")
     for c in range(num_classes):
         ax_step.plot(np.arange(1, steps.shape[0] + 1), steps[:, c], marker=".",
                      color=colors[c], label=names[c])
@@ -56,10 +61,20 @@ def plot_angular_drift(steps: Any, to_final: Any, class_names: Sequence[str] | N
     ax_final.set(title="angle to final mean", xlabel="epoch", ylabel="degrees")
     for ax in (ax_step, ax_final):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_final.legend(fontsize="small", ncols=max(1, num_classes // 12))
+    _class_legend(fig, ax_final.get_legend_handles_labels()[0])
     return fig
 
 
+def _class_legend(fig: Figure, handles: list, **kwargs: Any) -> None:
+    """The legend naming the classes: one column right of the axes, or four under them for more than
+    :data:`_LEGEND_ROWS` entries."""
+    if len(handles) <= _LEGEND_ROWS:
+        fig.legend(handles=handles, loc="outside right upper", **kwargs)
+    else:
+        fig.legend(handles=handles, loc="outside lower center", ncols=4, **kwargs)
+
+
+@print_style
 def plot_cosine_heatmaps(
     first: Any,
     last: Any,
@@ -83,7 +98,7 @@ def plot_cosine_heatmaps(
     num_classes = mats[0].shape[0]
     names = display_names(class_names, num_classes)
     cmap = colormaps["RdBu_r"].with_extremes(bad="0.8")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=figure_size(3.4, columns=2), layout="constrained")
     for ax, mat, title in zip(axes, mats, titles):
         image = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=-1.0, vmax=1.0)
         ax.set_title(title)
@@ -92,12 +107,13 @@ def plot_cosine_heatmaps(
         if num_classes <= 12:
             for (i, j), value in np.ndenumerate(mat):
                 if np.isfinite(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=MIN_TEXT_PT,
                             color="white" if abs(value) > 0.6 else "black")
     fig.colorbar(image, ax=list(axes), label="cosine", shrink=0.8)
     return fig
 
 
+@print_style
 def plot_concentration(kappa_history: Any, class_names: Sequence[str] | None) -> Figure:
     """Estimated concentration κ̂ of each class per epoch, on a log axis.
 
@@ -112,7 +128,7 @@ def plot_concentration(kappa_history: Any, class_names: Sequence[str] | None) ->
     kappa = to_numpy(kappa_history)
     num_classes = kappa.shape[1]
     names, colors = display_names(class_names, num_classes), class_colors(num_classes)
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(2.6), layout="constrained")
     kappa = np.where(kappa > 0, kappa, np.nan)
     for c in range(num_classes):
         ax.plot(np.arange(kappa.shape[0]), kappa[:, c], marker=".", color=colors[c],
@@ -120,10 +136,11 @@ def plot_concentration(kappa_history: Any, class_names: Sequence[str] | None) ->
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title="class concentration", xlabel="epoch", ylabel="κ̂ (vMF)")
-    ax.legend(fontsize="small", ncols=max(1, num_classes // 12))
+    _class_legend(fig, ax.get_legend_handles_labels()[0])
     return fig
 
 
+@print_style
 def plot_embedding_2d(
     points: Any,
     labels: Any,
@@ -147,7 +164,7 @@ def plot_embedding_2d(
     points, labels = to_numpy(points), as_labels(labels)
     num_classes = len(class_names) if class_names is not None else int(labels.max(initial=-1)) + 1
     names, colors = display_names(class_names, num_classes), class_colors(num_classes)
-    fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(2.8), layout="constrained")
     for c in np.unique(labels):
         sel = labels == c
         ax.scatter(points[sel, 0], points[sel, 1], s=point_size, color=colors[c], alpha=0.7,
@@ -156,16 +173,17 @@ def plot_embedding_2d(
     if mean_points is not None:
         mean_points = to_numpy(mean_points)
         ok = np.isfinite(mean_points).all(axis=1)
-        ax.scatter(mean_points[ok, 0], mean_points[ok, 1], s=300, marker="*",
-                   c=colors[ok], edgecolors="black", linewidths=1.2, zorder=3)
-        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=12,
+        ax.scatter(mean_points[ok, 0], mean_points[ok, 1], s=110, marker="*",
+                   c=colors[ok], edgecolors="black", linewidths=0.8, zorder=3)
+        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=8,
                               markerfacecolor="white", markeredgecolor="black",
                               label="class mean"))
     ax.set(xticks=[], yticks=[], title="embeddings (UMAP)")
-    ax.legend(handles=handles, fontsize="small", loc="best")
+    _class_legend(fig, handles, markerscale=1.5)
     return fig
 
 
+@print_style
 def plot_sphere(
     xyz: Any,
     labels: Any,
@@ -194,7 +212,7 @@ def plot_sphere(
     xyz, labels = to_numpy(xyz), as_labels(labels)
     num_classes = len(class_names) if class_names is not None else int(labels.max(initial=-1)) + 1
     names, colors = display_names(class_names, num_classes), class_colors(num_classes)
-    fig = plt.figure(figsize=(6, 6), layout="constrained")
+    fig = plt.figure(figsize=figure_size(2.8), layout="constrained")
     ax = fig.add_subplot(projection="3d")
     theta, phi = np.meshgrid(np.linspace(0, np.pi, 13), np.linspace(0, 2 * np.pi, 25))
     ax.plot_wireframe(np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta),
@@ -213,15 +231,16 @@ def plot_sphere(
             ax.quiver(zeros, zeros, zeros, u[:, 0], u[:, 1], u[:, 2], colors=colors[ok],
                       linewidths=2.5, arrow_length_ratio=0.12)
         else:
-            ax.scatter(u[:, 0], u[:, 1], u[:, 2], s=250, marker="*", c=colors[ok],
+            ax.scatter(u[:, 0], u[:, 1], u[:, 2], s=90, marker="*", c=colors[ok],
                        edgecolors="black", depthshade=False)
     lim = (-1.05, 1.05)
     ax.set(xlim=lim, ylim=lim, zlim=lim, xlabel="x", ylabel="y", zlabel="z")
-    ax.set_box_aspect((1, 1, 1))
-    ax.legend(fontsize="small", markerscale=2, loc="upper left")
+    ax.set_box_aspect((1, 1, 1), zoom=0.85)  # room for the z label beside the legend
+    _class_legend(fig, ax.get_legend_handles_labels()[0], markerscale=2)
     return fig
 
 
+@print_style
 def plot_cosine_histograms(own: Any, nearest_other: Any, *, bins: int = 40) -> Figure:
     """Overlaid histograms of the cosine to the own mean and to the nearest other mean.
 
@@ -235,7 +254,7 @@ def plot_cosine_histograms(own: Any, nearest_other: Any, *, bins: int = 40) -> F
     """
     own, other = to_numpy(own).ravel(), to_numpy(nearest_other).ravel()
     edges = np.linspace(-1.0, 1.0, bins + 1)
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(2.4), layout="constrained")
     ax.hist(own[np.isfinite(own)], bins=edges, alpha=0.6, label="own class mean")
     ax.hist(other[np.isfinite(other)], bins=edges, alpha=0.6, hatch=HATCH, label="nearest other mean")
     both = np.isfinite(own) & np.isfinite(other)

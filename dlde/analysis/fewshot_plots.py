@@ -3,7 +3,9 @@ comparison over base seeds.
 
 :func:`plot_shots` and :func:`plot_forgetting` read the rows of :func:`dlde.analysis.fewshot.summarize`,
 :func:`plot_unknown_scores` the result of :func:`dlde.analysis.openset_protocol.pool_open_set`; all
-return matplotlib figures.
+return matplotlib figures, one column wide but the two panels of :func:`plot_unknown_scores` (two
+columns). Each method or model has its own marker (:data:`dlde.analysis.plotting.MARKERS`) besides
+its colour, so the series read apart in grey.
 """
 from __future__ import annotations
 
@@ -15,60 +17,69 @@ import numpy as np
 
 from .fewshot import interval_over
 from .openset import SCORES
-from .plotting import OKABE_ITO, WIDTH, class_colors
+from .plotting import MARKERS, OKABE_ITO, class_colors, figure_size, print_style
 
 __all__ = ["plot_shots", "plot_forgetting", "plot_unknown_scores"]
 
-#: Marker per model in :func:`plot_unknown_scores`, so the heads read apart in grey too.
-_MARKERS = ("o", "s", "^", "D", "v", "P")
 #: Axis titles of the metrics :func:`plot_unknown_scores` draws.
 _UNKNOWN_METRICS = {"auroc": "AUROC (0.5: chance)", "unknown_recall": "unknown recall\nat 95 % known precision",
                     "known_recall": "known recall\nat 95 % known precision", "wilderness_impact_flagged":
                     "WI after flagging", "A-OSE_flagged": "A-OSE after flagging"}
 
 
+@print_style
 def plot_shots(summary: Sequence[Mapping[str, Any]], metric: str = "novel_AP"):
-    """``metric`` against k per method: the mean with its 95 % interval as a band (over draws, or over
-    base seeds of the per-seed means: :func:`dlde.analysis.fewshot.summarize`; the title says which).
+    """``metric`` against k per method: the mean with its 95 % interval as an error bar (over draws, or over
+    base seeds of the per-seed means: :func:`dlde.analysis.fewshot.summarize`; the title says which), the
+    methods dodged sideways so that each interval reads as its own in grey too.
 
     Args:
         summary: :func:`dlde.analysis.fewshot.summarize` rows.
         metric: one of :data:`dlde.analysis.fewshot.SUMMARY_METRICS`.
     """
     fig, ax, series = _per_method(summary)
-    for color, method, rows, k in series:
-        mean = np.array([e[metric]["mean"] for e in rows], dtype=np.float64)
-        low = np.array([e[metric]["low"] for e in rows], dtype=np.float64)
-        high = np.array([e[metric]["high"] for e in rows], dtype=np.float64)
-        ax.plot(k, mean, marker="o", color=color, label=method)
-        ax.fill_between(k, np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean),
-                        color=color, alpha=0.2, linewidth=0)
+    for color, marker, method, rows, k in series:
+        _mean_and_interval(ax, k, [e[metric] for e in rows], color=color, marker=marker, label=method)
     _shots_axis(ax, summary, metric.replace("_", " "),
-                f"{metric.replace('_', ' ')} (mean, 95 % interval over {interval_over(summary)})")
+                f"{metric.replace('_', ' ')}\n(mean, 95 % interval over {interval_over(summary)})")
     return fig
 
 
+@print_style
 def plot_forgetting(summary: Sequence[Mapping[str, Any]]):
-    """Base AP after adding the novel classes against k per method, the base model's AP dashed."""
+    """Base AP after adding the novel classes against k per method, with its 95 % interval as an error bar
+    (as :func:`plot_shots`), and the base model's AP before as a dashed line ending in the method's marker."""
     fig, ax, series = _per_method(summary)
-    for color, method, rows, k in series:
-        mean = np.array([e["base_AP"]["mean"] for e in rows], dtype=np.float64)
-        ax.plot(k, mean, marker="o", color=color, label=method)
-        ax.axhline(rows[0]["base_AP_before"], color=color, linestyle="--", linewidth=1)
-    _shots_axis(ax, summary, "base AP", "base classes after adding the novel ones (dashed: before)")
+    for color, marker, method, rows, k in series:
+        _mean_and_interval(ax, k, [e["base_AP"] for e in rows], color=color, marker=marker, label=method)
+        ax.axhline(rows[0]["base_AP_before"], color=color, linestyle="--", linewidth=1, marker=marker,
+                   markevery=[1], markersize=4, clip_on=False)  # the marker on the right edge
+    _shots_axis(ax, summary, "base AP", f"base classes after adding the novel ones\n(mean, 95 % interval over "
+                f"{interval_over(summary)}; dashed: before)")
     return fig
 
 
 def _per_method(summary: Sequence[Mapping[str, Any]]):
-    """A figure, its axes and per method (in order of appearance) ``(color, method, rows, k (n,))``."""
+    """A figure, its axes and per method (in order of appearance) ``(color, marker, method, rows, k (n,))``,
+    k dodged: multiplied by a factor per method, equal gaps on the log axis."""
     methods = list(dict.fromkeys(e["method"] for e in summary))
     colors = class_colors(len(methods))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(2.6), layout="constrained")
     series = []
-    for color, method in zip(colors, methods):
+    for index, (color, method) in enumerate(zip(colors, methods)):
         rows = [e for e in summary if e["method"] == method]
-        series.append((color, method, rows, np.array([e["k"] for e in rows], dtype=np.float64)))
+        dodge = 1.06 ** (index - (len(methods) - 1) / 2)
+        series.append((color, MARKERS[index % len(MARKERS)], method, rows,
+                       np.array([e["k"] for e in rows], dtype=np.float64) * dodge))
     return fig, ax, series
+
+
+def _mean_and_interval(ax, k: np.ndarray, stats: Sequence[Mapping[str, float]], **style: Any) -> None:
+    """The means of ``stats`` (``mean``, ``low``, ``high`` per k) as a line with markers and their intervals
+    as error bars (none where the interval is NaN)."""
+    mean, low, high = (np.array([s[key] for s in stats], dtype=np.float64) for key in ("mean", "low", "high"))
+    errors = np.where(np.isfinite(low) & np.isfinite(high), np.stack([mean - low, high - mean]), 0.0)  # (2, n)
+    ax.errorbar(k, mean, yerr=errors, capsize=2.5, markersize=5, **style)
 
 
 def _shots_axis(ax, summary: Sequence[Mapping[str, Any]], ylabel: str, title: str) -> None:
@@ -77,9 +88,10 @@ def _shots_axis(ax, summary: Sequence[Mapping[str, Any]], ylabel: str, title: st
     ks = sorted({e["k"] for e in summary})
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set(xlabel="shots per novel class (k)", ylabel=ylabel, title=title)
-    ax.legend(fontsize="small")
+    ax.legend()
 
 
+@print_style
 def plot_unknown_scores(pooled: Mapping[str, Any], metrics: Sequence[str] = ("auroc", "unknown_recall")):
     """Each unknown score (x) of each model (marker), one panel per metric: the mean over base seeds with
     its 95 % t-interval as an error bar.
@@ -90,7 +102,7 @@ def plot_unknown_scores(pooled: Mapping[str, Any], metrics: Sequence[str] = ("au
     """
     models = list(pooled["models"])
     kinds = [k for k in SCORES if any(k in m["scores"] for m in pooled["models"].values())]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2 * WIDTH, 3.2), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=figure_size(3.2, columns=2), layout="constrained", squeeze=False)
     offsets = (np.arange(len(models)) - (len(models) - 1) / 2) * 0.2
     for ax, metric in zip(axes[0], metrics):
         for j, name in enumerate(models):
@@ -101,7 +113,7 @@ def plot_unknown_scores(pooled: Mapping[str, Any], metrics: Sequence[str] = ("au
             low = np.array([s["low"] for s in stats], dtype=np.float64)
             high = np.array([s["high"] for s in stats], dtype=np.float64)
             error = np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0)  # one seed: no interval
-            ax.errorbar(x + offsets[j], mean, yerr=error, fmt=_MARKERS[j % len(_MARKERS)], linestyle="none",
+            ax.errorbar(x + offsets[j], mean, yerr=error, fmt=MARKERS[j % len(MARKERS)], linestyle="none",
                         color=OKABE_ITO[j % len(OKABE_ITO)], capsize=3, markersize=5, label=name)
         if metric == "auroc":
             ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
@@ -109,6 +121,6 @@ def plot_unknown_scores(pooled: Mapping[str, Any], metrics: Sequence[str] = ("au
         ax.set(xlim=(-0.5, len(kinds) - 0.5), ylabel=_UNKNOWN_METRICS.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=len(models),
-               fontsize="small", frameon=False)
-    fig.suptitle(f"unknown scores: mean, 95 % interval over {len(pooled['base_seeds'])} base seeds", fontsize="medium")
+               frameon=False)
+    fig.suptitle(f"unknown scores: mean, 95 % interval over {len(pooled['base_seeds'])} base seeds")
     return fig

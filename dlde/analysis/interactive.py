@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .plotting import class_colors
+from .plotting import LABEL_PT, class_colors, figure_size, print_style
 
 #: ``1``/``0`` forces widgets on/off; unset: on when the kernel was started by a Jupyter server.
 WIDGETS_ENV = "DLDE_WIDGETS"
@@ -104,6 +104,7 @@ class MeansExplorer:
         points: (E + 1, C, 2) projected means.
     """
 
+    @print_style
     def __init__(self, means_history: Any, class_names: Sequence[str], embeddings: Any = None,
                  labels: Any = None) -> None:
         from matplotlib.figure import Figure
@@ -128,7 +129,7 @@ class MeansExplorer:
         self.class_names = list(class_names)
         self.colors = class_colors(classes)  # (C, 4) RGBA
 
-        self.figure = Figure(figsize=(6.0, 5.0), layout="constrained")
+        self.figure = Figure(figsize=figure_size(2.9), layout="constrained")  # one column, print text sizes
         ax = self.axes = self.figure.add_subplot()
         self._embedding_labels = None
         if embeddings is not None and len(embeddings):
@@ -137,10 +138,10 @@ class MeansExplorer:
             self._embeddings = ax.scatter(xy[:, 0], xy[:, 1], s=6, c=self.colors[labels], alpha=0.25,
                                           linewidths=0)
         self._paths = [ax.plot([], [], "-", color=self.colors[c], lw=1.2)[0] for c in range(classes)]
-        self._stars = ax.scatter(self.points[-1, :, 0], self.points[-1, :, 1], marker="*", s=220,
+        self._stars = ax.scatter(self.points[-1, :, 0], self.points[-1, :, 1], marker="*", s=90,
                                  c=self.colors, edgecolors="black", linewidths=0.6, zorder=3)
-        self._texts = [ax.annotate(name, self.points[-1, c], xytext=(6, 6), textcoords="offset points",
-                                   fontsize=9) for c, name in enumerate(self.class_names)]
+        self._texts = [ax.annotate(name, self.points[-1, c], xytext=(6, 6), textcoords="offset points")
+                       for c, name in enumerate(self.class_names)]
         everything = self.points.reshape(-1, 2)
         low, high = everything.min(axis=0), everything.max(axis=0)
         if embeddings is not None and len(embeddings):
@@ -188,7 +189,7 @@ class MeansExplorer:
             self._embeddings.set_alpha(0.25 * alpha[self._embedding_labels])
         chosen = "all classes" if self.highlight is None else f"class {self.class_names[self.highlight]}"
         when = "before training" if epoch == 0 else f"after epoch {epoch}"
-        self.axes.set_title(f"class means {when} ({chosen})")
+        self.axes.set_title(f"class means {when} ({chosen})", fontsize=LABEL_PT)  # also called outside __init__
         self.figure.canvas.draw_idle()
 
     def controls(self):

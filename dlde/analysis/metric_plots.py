@@ -1,7 +1,8 @@
 """Charts of measured numbers: training curves, AP per class, reliability, open-set scores and ROC.
 
-Each function returns a :class:`matplotlib.figure.Figure` (see :mod:`dlde.analysis.plotting` for
-the shared colors and :func:`~dlde.analysis.plotting.save_figure`).
+Each function returns a :class:`matplotlib.figure.Figure` one column wide (see
+:mod:`dlde.analysis.plotting` for the shared colors, print sizes and
+:func:`~dlde.analysis.plotting.save_figure`); AP bars for many classes take two columns.
 """
 
 from __future__ import annotations
@@ -17,18 +18,33 @@ from matplotlib.ticker import MaxNLocator
 
 from .calibration import ece_of_curve
 from .embeddings import to_numpy
-from .plotting import BUCKET_COLORS, BUCKET_LINES, HATCH, MARKERS, WIDTH, class_colors
+from .plotting import (
+    BUCKET_COLORS,
+    BUCKET_LINES,
+    FONT_PT,
+    HATCH,
+    HATCHES,
+    MARKERS,
+    MIN_TEXT_PT,
+    WIDTH,
+    class_colors,
+    figure_size,
+    print_style,
+)
 
 __all__ = ["MAX_CLASS_BARS", "plot_training_curves", "plot_per_class_ap", "plot_reliability", "plot_score_histograms",
            "plot_roc"]
 
 #: Most classes :func:`plot_per_class_ap` draws as bars; beyond, it ranks them in a figure of fixed size.
 MAX_CLASS_BARS = 60
+#: Most bars (classes x models) :func:`plot_per_class_ap` draws one column wide; more take two columns.
+_ONE_COLUMN_BARS = 24
 #: LVIS bucket letter -> line style of its mean in the ranked view (so the buckets read in grey too).
 _NAMED = 3  # classes named at each end of the ranked view
 _NAME_CHARS = 28  # longer class names are cut there in the ranked view
 
 
+@print_style
 def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
     """Losses and AP per epoch.
 
@@ -40,7 +56,7 @@ def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
         Figure with two axes: losses (left) and AP/AP50 (right).
     """
     rows = list(metrics)
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=figure_size(2.3), layout="constrained")
     for ax, keys, title in (
         (ax_loss, ("train_loss", "val_loss"), "loss"),
         (ax_ap, ("AP", "AP50"), "COCO box AP"),
@@ -67,6 +83,7 @@ def plot_training_curves(metrics: Iterable[Mapping[str, Any]]) -> Figure:
 
 
 
+@print_style
 def plot_per_class_ap(
     per_class_ap: Mapping[str, float] | Mapping[str, Mapping[str, float]],
     title: str | None = None,
@@ -87,8 +104,9 @@ def plot_per_class_ap(
 
     Returns:
         Up to :data:`MAX_CLASS_BARS` classes: a figure with one axis holding one bar container
-        per model, one bar per class, its width growing with the classes. More classes: a figure
-        3.4 inches wide whatever their number: per model a panel of its AP per class sorted in
+        per model, one bar per class, one column wide for up to 24 bars and two beyond (class names
+        turned upright where they would not fit side by side). More classes: a figure
+        one column wide whatever their number: per model a panel of its AP per class sorted in
         descending order with the mean AP (and each bucket's) as horizontal lines and the highest
         and lowest classes named, and with frequencies a strip under it marking each bucket's
         classes by rank (see :func:`_plot_ranked_ap`).
@@ -106,22 +124,24 @@ def plot_per_class_ap(
     colors = class_colors(len(models))
     width = 0.8 / len(models)
     x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(classes) * len(models) + 2), 4),
-                           layout="constrained")
+    columns = 1 if len(classes) * len(models) <= _ONE_COLUMN_BARS else 2
+    fig, ax = plt.subplots(figsize=figure_size(2.4, columns), layout="constrained")
     for k, (model, ap) in enumerate(models.items()):
         values = np.array([ap.get(c, np.nan) for c in classes], dtype=np.float64)
         ax.bar(x - 0.4 + (k + 0.5) * width, np.nan_to_num(values), width=width, color=colors[k],
-               label=model or "_nolegend_")
-    ax.set_xticks(x, classes)
+               hatch=HATCHES[k % len(HATCHES)] or None, label=model or "_nolegend_")
+    # a class name about 0.6 em per character; the axis about 85 % of the figure's width
+    flat = max(len(c) for c in classes) * 0.6 * FONT_PT <= 0.85 * 72 * fig.get_figwidth() / len(classes)
+    ax.set_xticks(x, classes, rotation=0 if flat else 90)
     ax.set(ylim=(0, 1), ylabel="AP", title=title)
     if len(models) > 1:
-        ax.legend(fontsize="small")
+        ax.legend()
     return fig
 
 
 def _plot_ranked_ap(models: Mapping[str, Mapping[str, float]], classes: list[str], title: str,
                     buckets: Mapping[str, str]) -> Figure:
-    """The ranked view of :func:`plot_per_class_ap`, 3.4 inches wide whatever the number of classes.
+    """The ranked view of :func:`plot_per_class_ap`, one column wide whatever the number of classes.
 
     Per model a panel of its AP per class in descending order (:func:`_ranked_panel`) and, with
     ``buckets`` (class name -> ``r``/``c``/``f``), a strip under it marking the rank of each
@@ -132,7 +152,7 @@ def _plot_ranked_ap(models: Mapping[str, Mapping[str, float]], classes: list[str
     present = [letter for letter in BUCKET_COLORS if np.any(letters == letter)]
     rows = (2.0, 0.12 + 0.12 * len(present)) if present else (2.0,)  # panel, strip: inches
     fig, axes = plt.subplots(len(rows) * len(models), 1, sharex=True, layout="constrained",
-                             figsize=(WIDTH, 0.55 + sum(rows) * len(models)),
+                             figsize=figure_size(0.55 + sum(rows) * len(models)),
                              gridspec_kw={"height_ratios": rows * len(models)})
     axes = np.atleast_1d(axes).reshape(len(models), len(rows))  # (models, panel [+ strip])
     for row, (model, ap) in zip(axes, models.items()):
@@ -142,15 +162,15 @@ def _plot_ranked_ap(models: Mapping[str, Mapping[str, float]], classes: list[str
         _ranked_panel(row[0], model, [classes[c] for c in order], values[order], letters[order])
         if present:
             _bucket_strip(row[1], letters[order], present)
-    axes[-1, -1].set_xlabel(f"class rank by AP ({len(classes):,} classes)", fontsize=8)
-    fig.suptitle(title, fontsize=8)
+    axes[-1, -1].set_xlabel(f"class rank by AP ({len(classes):,} classes)")
+    fig.suptitle(title)
     if present:
         handles = [Line2D([], [], color=BUCKET_COLORS[letter][1], linestyle=BUCKET_LINES[letter],
                           label=f"{BUCKET_COLORS[letter][0]} ({int(np.sum(letters == letter))})")
                    for letter in present]
         handles.append(Line2D([], [], color="black", linewidth=0.8, label="all"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=6,
-                   title="classes per bucket; lines: mean AP", title_fontsize=6, frameon=False,
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=MIN_TEXT_PT,
+                   title="classes per bucket; lines: mean AP", title_fontsize=MIN_TEXT_PT, frameon=False,
                    handlelength=2.2, columnspacing=1.0)
     return fig
 
@@ -179,16 +199,15 @@ def _ranked_panel(ax, model: str, names: list[str], ranked: np.ndarray, letters:
             ax.axhline(ranked[mine].mean(), color=color, linestyle=BUCKET_LINES[letter], linewidth=1.2)
             means.append(f"{letter} {ranked[mine].mean():.3f}")
     bucket_means = f" ({', '.join(means)})" if means else ""
-    ax.set_title(f"{model}: " * bool(model) + f"mean AP {ranked.mean():.3f}{bucket_means}", fontsize=7)
+    ax.set_title(f"{model}: " * bool(model) + f"mean AP {ranked.mean():.3f}{bucket_means}", fontsize=FONT_PT)
     named = {"highest": (range(min(_NAMED, len(ranked))), 0.02, 0.03, "left", "bottom"),
              "lowest": (range(len(ranked) - 1, max(len(ranked) - 1 - _NAMED, -1), -1), 0.98, 0.97, "right", "top")}
     for head, (picked, x, y, ha, va) in named.items():
         text = "\n".join([f"{head} AP:", *(f"{_short(names[k])} {ranked[k]:.2f}" for k in picked)])
-        ax.text(x, y, text, transform=ax.transAxes, fontsize=6, ha=ha, va=va,
+        ax.text(x, y, text, transform=ax.transAxes, fontsize=MIN_TEXT_PT, ha=ha, va=va,
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.0})
     ax.set(ylim=(0, 1), xlim=(0.5, max(len(ranked), 1) + 0.5))
-    ax.set_ylabel("AP", fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.set_ylabel("AP")
 
 
 def _bucket_strip(ax, letters: np.ndarray, present: list[str]) -> None:
@@ -205,8 +224,8 @@ def _bucket_strip(ax, letters: np.ndarray, present: list[str]) -> None:
                  colors=[BUCKET_COLORS[letter][1] for letter in present])
     ax.set_yticks(np.arange(len(present))[::-1], [BUCKET_COLORS[letter][0] for letter in present])
     ax.set_ylim(-0.5, len(present) - 0.5)
-    ax.tick_params(labelsize=6, length=0)
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(length=0)
+    ax.tick_params(axis="y", labelsize=MIN_TEXT_PT)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 
@@ -217,6 +236,7 @@ def _short(name: str) -> str:
 
 
 
+@print_style
 def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Reliability diagram: accuracy against confidence per score bin, one set per model.
 
@@ -232,7 +252,7 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """
     if not curves:
         raise ValueError("curves is empty")
-    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(WIDTH), layout="constrained")
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="perfect calibration")
     colors = class_colors(len(curves))
     for k, (name, curve) in enumerate(curves.items()):
@@ -249,11 +269,12 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (score)", ylabel="accuracy",
            title="reliability of detection scores")
     ax.set_aspect("equal")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left")
     return fig
 
 
 
+@print_style
 def plot_score_histograms(
     known: Any,
     unknown: Any,
@@ -279,7 +300,7 @@ def plot_score_histograms(
     both = np.concatenate([known, unknown])
     lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(2.4), layout="constrained")
     ax.hist(known, bins=edges, density=bool(known.size), alpha=0.6,
             label=f"known ({known.size})")
     ax.hist(unknown, bins=edges, density=bool(unknown.size), alpha=0.6, hatch=HATCH,
@@ -289,6 +310,7 @@ def plot_score_histograms(
     return fig
 
 
+@print_style
 def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """ROC curves of unknown detection (unknown is the positive class).
 
@@ -301,7 +323,7 @@ def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """
     if not curves:
         raise ValueError("curves is empty")
-    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(WIDTH), layout="constrained")
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="chance")
     colors = class_colors(len(curves))
     for k, (name, curve) in enumerate(curves.items()):
@@ -310,6 +332,6 @@ def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (known flagged)",
            ylabel="true positive rate (unknown flagged)", title="unknown-object ROC")
     ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="lower right")
     return fig
 

@@ -1,9 +1,9 @@
 """Figures of the large-vocabulary sweeps: metrics against the number of classes per head, DLDENet's
 levers against the embedding size, and the class frequencies of a long-tailed dataset.
 
-Sized for one column of a paper (3.4 inches wide, 7-8 pt text) and colour-blind safe: the heads
-and the frequency buckets take colours of the Okabe-Ito palette, and each head also has its own
-marker and line style, so the figures read in grey too. Every function returns a
+Sized for one column of a paper (:func:`dlde.analysis.plotting.figure_size`, 7-8 pt text) and
+colour-blind safe: the heads and the frequency buckets take colours of the Okabe-Ito palette, and
+each head also has its own marker and line style, so the figures read in grey too. Every function returns a
 :class:`matplotlib.figure.Figure` (save it with :func:`dlde.analysis.plotting.save_figure`).
 The inputs are the plain rows of :func:`dlde.analysis.vocabulary.arm_rows` and the counts of
 :func:`dlde.analysis.vocabulary.class_image_counts`; examples of detections are drawn by
@@ -20,7 +20,7 @@ import numpy as np
 from dlde.data.long_tail import BUCKETS
 
 from .aggregate import METRICS, VOCABULARY_METRICS
-from .plotting import BUCKET_COLORS, OKABE_ITO, WIDTH
+from .plotting import BUCKET_COLORS, BUCKET_HATCHES, OKABE_ITO, figure_size, print_style
 from .stats import CONFIDENCE
 
 __all__ = ["HEAD_STYLES", "plot_against_classes", "plot_class_frequency", "plot_levers"]
@@ -66,7 +66,8 @@ def _metric_lines(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, 
     ncols = min(2, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     height = 0.35 + 1.55 * nrows + 0.2 * math.ceil(len(names) / max(1, legend_columns))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, height), squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=figure_size(height), squeeze=False, sharex=True,
+                             layout="constrained")
     ticks = sorted({float(r[x]) for r in rows})
     for ax, metric in zip(axes.flat, metrics):
         for index, name in enumerate(names):
@@ -84,21 +85,21 @@ def _metric_lines(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, 
         ax.minorticks_off()
         if ticks:
             ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 1.6)
-        ax.set_title(METRICS.get(metric) or VOCABULARY_METRICS.get(metric, metric), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(METRICS.get(metric) or VOCABULARY_METRICS.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)
         if metric != "epoch_time_s":
             ax.set_ylim(bottom=0.0)
     for ax in axes[-1]:
-        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_xlabel(xlabel)
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center",
-               ncols=max(1, legend_columns), fontsize=7, frameon=False)
-    fig.suptitle(title or f"mean and {100 * CONFIDENCE:g} % t-interval over seeds", fontsize=8)
+               ncols=max(1, legend_columns), frameon=False)
+    fig.suptitle(title or f"mean and {100 * CONFIDENCE:g} % t-interval over seeds")
     return fig
 
 
+@print_style
 def plot_against_classes(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"),
                          *, title: str = ""):
     """Metrics against the number of classes C, one line per head, with the t-interval over seeds.
@@ -118,6 +119,7 @@ def plot_against_classes(rows: Sequence[Mapping[str, Any]], metrics: Sequence[st
                          xlabel="classes C", title=title)
 
 
+@print_style
 def plot_levers(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"), *,
                 title: str = ""):
     """DLDENet's levers: metrics against the embedding size, one line per start of ``w``, ``b``
@@ -152,8 +154,10 @@ def _edges(largest: int) -> np.ndarray:
     return np.unique(np.concatenate([edges, [b for b in bounds if b < largest + 0.5], [largest + 0.5]]))
 
 
+@print_style
 def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *, title: str = ""):
-    """Histogram of the training images per class, on a log axis, with the LVIS buckets shaded.
+    """Histogram of the training images per class, on a log axis, with the LVIS buckets shaded (each in its
+    colour and hatch).
 
     Args:
         image_count: (C,) training images containing each class
@@ -166,30 +170,30 @@ def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *
         names each bucket's range and number of classes.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
 
     counts = np.asarray(image_count, dtype=np.int64)  # (C,)
     letters = np.asarray(list(frequency), dtype=object)
     if counts.shape != letters.shape:
         raise ValueError(f"image_count {counts.shape} and frequency {letters.shape} must have one entry per class")
     shown = counts > 0
-    fig, ax = plt.subplots(figsize=(WIDTH, 2.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=figure_size(2.4), layout="constrained")
     largest = int(counts.max()) if shown.any() else 1
     spans = {"r": (0.5, BUCKETS["r"][1] + 0.5), "c": (BUCKETS["c"][0] - 0.5, BUCKETS["c"][1] + 0.5),
              "f": (BUCKETS["f"][0] - 0.5, max(largest, BUCKETS["f"][0]) + 0.5)}
     for letter, (name, color) in BUCKET_COLORS.items():
         ranges = f"{BUCKETS[letter][0]}–{BUCKETS[letter][1]}" if BUCKETS[letter][1] else f"> {BUCKETS[letter][0] - 1}"
-        ax.axvspan(*spans[letter], color=color, alpha=0.25, linewidth=0,
-                   label=f"{name} {ranges}: {int(np.sum(letters[shown] == letter))}")
+        ax.axvspan(*spans[letter], facecolor=to_rgba(color, 0.25), edgecolor=to_rgba(color, 0.5), linewidth=0,
+                   hatch=BUCKET_HATCHES[letter], label=f"{name} {ranges}: {int(np.sum(letters[shown] == letter))}")
     ax.hist(counts[shown], bins=_edges(largest), color="0.25", edgecolor="white", linewidth=0.4)
     ax.set_xscale("log")
     ax.set_xlim(0.5, max(largest, BUCKETS["f"][0]) + 0.5)
     ticks = [1, 10, 100, 1000][: 2 + int(largest >= 100) + int(largest >= 1000)]
     ax.set_xticks(ticks, [_number(t) for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("training images containing the class", fontsize=8)
-    ax.set_ylabel("classes", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_title(title or f"class frequency ({_number(int(shown.sum()))} classes)", fontsize=8)
+    ax.set_xlabel("training images containing the class")
+    ax.set_ylabel("classes")
+    ax.set_title(title or f"class frequency ({_number(int(shown.sum()))} classes)")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom for the legend
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.9, handlelength=1.0)
+    ax.legend(loc="upper left", framealpha=0.9, handlelength=1.0)
     return fig

@@ -144,7 +144,8 @@ def write_index(plan: Plan) -> Path:
     lines = ["# Figures", "",
              "Written by `python -m dlde.pipeline`; edit `figures.yaml` and rerun it rather than this file.",
              "Every figure exists as PNG and PDF. Parameters not listed keep the notebook's defaults; "
-             "`RUN_DIR`, `FIGURES_DIR`, `FIGURE_PREFIX` and `OUT_DIR` are set by the pipeline.", "",
+             "`RUN_DIR`, `FIGURES_DIR`, `FIGURE_PREFIX` and `OUT_DIR` are set by the pipeline (and "
+             "`CONFIG`, `RUNS_DIR` and `TINY` for a notebook that reads sweeps).", "",
              markdown_table(["figure", "run", "notebook", "executed copy", "parameters"], _figure_rows(plan, done))]
     current = {(step.run, step.notebook) for step, _, _ in done}
     missing = [step for step in plan.all_steps if (step.run, step.notebook) not in current]

@@ -31,6 +31,7 @@ from dlde.pipeline.plan import STEP_FILE, confined, make_plan, train_config
 from dlde.pipeline.progress import EpochProgress, Summary
 from dlde.pipeline.reports import write_index
 from dlde.pipeline.sweeps import make_sweep_plan, run_key
+from dlde.train import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
@@ -48,6 +49,7 @@ def make_run(folder: Path, *, ap: float, means=None, kappa=None, epochs: int = 2
     rows = [{"epoch": e, "train_loss": 1.0 / e, "AP": ap - 0.1 * (epochs - e), "AP50": ap + 0.1,
              "AP75": None if e < epochs else ap - 0.1} for e in range(1, epochs + 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.json").write_text(json.dumps({"config": {"epochs": epochs}}))
     if means is not None:
         np.save(folder / "means_history.npy", np.stack([np.zeros_like(means), means]))
         np.save(folder / "kappa_history.npy", np.asarray(kappa, dtype=np.float64))
@@ -121,8 +123,9 @@ def test_summarize_and_write_a_sweep_on_hand_made_runs(tmp_path):
     runs = {"dlde": [make_run(tmp_path / f"d{i}", ap=ap, means=means, kappa=[[1.0, 1.0], [2.0, 4.0]])
                      for i, ap in enumerate([0.1, 0.2, 0.3])],
             "retinanet": [make_run(tmp_path / f"r{i}", ap=ap) for i, ap in enumerate([0.5, 0.7])]
-            + [tmp_path / "unfinished"]}
-    rows = summarize_arms({arm: [run_summary(d) for d in dirs if (d / "metrics.jsonl").exists()]
+            + [tmp_path / "unfinished", make_run(tmp_path / "interrupted", ap=0.9)]}
+    (tmp_path / "interrupted" / "config.json").write_text(json.dumps({"config": {"epochs": 3}}))  # 2 of 3 epochs
+    rows = summarize_arms({arm: [run_summary(d) for d in dirs if RunFolder(d).is_finished()]
                            for arm, dirs in runs.items()})
     assert [r["arm"] for r in rows] == ["dlde", "retinanet"] and [r["n"] for r in rows] == [3, 2]
     assert rows[0]["AP_mean"] == pytest.approx(0.2) and rows[0]["AP_sd"] == pytest.approx(0.1)

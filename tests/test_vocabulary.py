@@ -16,7 +16,6 @@ from dlde.analysis.vocabulary import (
     arm_rows,
     class_image_counts,
     example_detections,
-    is_finished,
     missing_report,
     missing_runs,
     training_sets,
@@ -25,7 +24,7 @@ from dlde.analysis.vocabulary_plots import HEAD_STYLES, plot_against_classes, pl
 from dlde.pipeline.plan import load_config, notebook_defaults
 from dlde.pipeline.sweeps import make_sweep_plan
 from dlde.train import PRESETS, TrainConfig, train
-from dlde.train.runs import run_identity
+from dlde.train.runs import RunFolder, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
@@ -209,7 +208,8 @@ def test_arm_rows_name_head_and_classes_and_missing_runs_are_listed(tmp_path):
     unfinished = make_run(tmp_path / "a2", ap=0.9, epochs=2)
     (unfinished / "metrics.jsonl").write_text(unfinished.joinpath("metrics.jsonl").read_text().splitlines()[0] + "\n")
     arms["C=4,dlde"].append(unfinished)  # one epoch of two
-    assert not is_finished(unfinished) and is_finished(tmp_path / "a0") and not is_finished(tmp_path / "a1")
+    assert not RunFolder(unfinished).is_finished() and RunFolder(tmp_path / "a0").is_finished()
+    assert not RunFolder(tmp_path / "a1").is_finished()
     rows = arm_rows(arms)
     assert [(r["arm"], r["head"], r["classes"], r["n"]) for r in rows] == [("C=4,dlde", "dlde", 4, 1),
                                                                            ("C=8,retinanet", "retinanet", 8, 1)]
@@ -342,7 +342,7 @@ def fake_sweeps(runs_dir: Path, data_dir: Path):
         folder = make_run(plan.run_dir(key), ap=float(rng.uniform(0.2, 0.4)), buckets=rng.uniform(0.1, 0.5, 3).tolist(),
                           model=config["model"], classes=classes, epochs=config["epochs"],
                           times=[float(classes) / 10.0] * config["epochs"], data_root=root, config=config)
-        assert is_finished(folder)
+        assert RunFolder(folder).is_finished()
     for classes in (100, 1000):
         counts = rng.integers(1, 150, classes)
         categories = [{"id": k + 1, "name": f"g{k}", "image_count": int(n), "frequency": "r" if n <= 10 else
@@ -391,3 +391,22 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams
     assert "no finished run with a checkpoint" in streams  # fake runs have no model to draw
+
+
+def test_tables_only_writes_the_sweep_tables_from_the_finished_runs_and_trains_nothing(tmp_path, capsys):
+    from dlde.pipeline.cli import main
+
+    plan, skipped = fake_sweeps(tmp_path / "runs", tmp_path / "data")
+    figures = tmp_path / "figures"
+    args = ["--config", str(FIGURES_YAML), "--runs-dir", str(tmp_path / "runs"), "--figures-dir", str(figures),
+            "--sweeps", *VOCABULARY, "--tables-only"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "training" not in out and "(finished runs only)" in out
+    assert not plan.run_dir(skipped).exists()  # the missing run was not started
+    heads = (figures / "ablations" / "vocabulary_heads.md").read_text()
+    assert "| C=1000,prototypes | 2 |" in heads and "| C=100,dlde | 3 |" in heads
+    levers = (figures / "ablations" / "vocabulary_levers.md").read_text()
+    assert "| d=32,fixed,constant | 3 |" in levers and "| d=256,fixed,constant | 0 |" in levers
+    assert main(args + ["--force"]) == 2
+    assert "--tables-only trains nothing" in capsys.readouterr().err

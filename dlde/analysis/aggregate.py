@@ -314,7 +314,7 @@ def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = {arm: [run_summary(d) for d in dirs if RunFolder(d).metrics()] for arm, dirs in arms.items()}
+    summaries = {arm: [run_summary(d) for d in dirs if RunFolder(d).is_finished()] for arm, dirs in arms.items()}
     rows = summarize_arms(summaries)
     collapse = any((Path(d) / "means_history.npy").exists() for dirs in arms.values() for d in dirs)
     md = write_table_file(out_dir / f"{name}.md", sweep_markdown(name, rows, collapse=collapse))

@@ -30,19 +30,9 @@ from .inspection import detection_samples
 Arms = Mapping[str, Sequence[str | os.PathLike]]  # arm name -> its run folders (one per seed)
 
 
-def is_finished(run_dir: str | os.PathLike) -> bool:
-    """Whether the folder holds a run with every epoch of its saved config written."""
-    folder = RunFolder(run_dir)
-    try:
-        saved = folder.saved_config()
-    except ValueError:
-        return False
-    return saved is not None and folder.finished_epochs() >= int(saved["epochs"])
-
-
 def missing_runs(arms: Arms) -> list[Path]:
-    """The run folders of ``arms`` that hold no finished run (:func:`is_finished`), in order."""
-    return [Path(d) for dirs in arms.values() for d in dirs if not is_finished(d)]
+    """The run folders of ``arms`` that hold no finished run (:meth:`dlde.train.RunFolder.is_finished`), in order."""
+    return [Path(d) for dirs in arms.values() for d in dirs if not RunFolder(d).is_finished()]
 
 
 def missing_report(name: str, arms: Arms, root: str | os.PathLike | None = None) -> str:
@@ -82,7 +72,7 @@ def arm_rows(arms: Arms) -> list[dict[str, Any]]:
         and per metric ``m`` ``m_mean``, ``m_sd``, ``m_low``, ``m_high`` (APr/APc/APf and
         ``epoch_time_s`` when the runs have them).
     """
-    finished = {arm: [Path(d) for d in dirs if is_finished(d)] for arm, dirs in arms.items()}
+    finished = {arm: [Path(d) for d in dirs if RunFolder(d).is_finished()] for arm, dirs in arms.items()}
     finished = {arm: dirs for arm, dirs in finished.items() if dirs}
     rows = []
     for row in summarize_arms({arm: [run_summary(d) for d in dirs] for arm, dirs in finished.items()}):
@@ -151,7 +141,7 @@ def example_detections(arms: Arms, *, images: int, score_threshold: float) -> di
     chosen: dict[str, tuple[int, Path]] = {}
     for dirs in arms.values():
         for run_dir in map(Path, dirs):
-            if not (is_finished(run_dir) and RunFolder(run_dir).checkpoint_file.exists()):
+            if not (RunFolder(run_dir).is_finished() and RunFolder(run_dir).checkpoint_file.exists()):
                 continue
             head, classes = _head_and_classes(run_dir)
             if head not in chosen or classes > chosen[head][0]:

@@ -6,6 +6,7 @@ notebooks on them, run sweeps.
     python -m dlde.pipeline --config figures.yaml [--only NAME ...] [--tiny] [--threads N]
                             [--runs-dir DIR] [--figures-dir DIR] [--log-output]
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] [--force] [--fail-fast] [--tiny]
+    python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] --tables-only
     python -m dlde.pipeline --config figures.yaml --notebook NAME [-p PARAMETER VALUE ...] [--tiny]
 
 ``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``) and
@@ -47,8 +48,8 @@ from collections.abc import Sequence
 
 from .execute import NotebookFailed, kernel_threads, run_notebook, run_pipeline
 from .plan import make_plan, notebook_values
-from .progress import Summary
-from .sweeps import make_sweep_plan, run_sweeps, train_step_sweeps
+from .progress import Summary, echo_line
+from .sweeps import aggregate_sweeps, make_sweep_plan, run_sweeps, train_step_sweeps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --notebook: a parameter value (a Python literal unless the parameter is a str)")
     parser.add_argument("--force", action="store_true", help="with --sweeps: retrain runs that are already complete")
     parser.add_argument("--fail-fast", action="store_true", help="with --sweeps: stop at the first failed run")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="with --sweeps: train nothing; write the tables and figures from the runs finished so far")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny parameters, outputs under <runs_dir>/tiny (about a minute; used by the tests)")
     parser.add_argument("--runs-dir", default=None, help="overrides runs_dir of the config file")
@@ -80,6 +83,12 @@ def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
         raise ValueError("--only selects figure steps; with --sweeps name the sweeps instead")
     plan = make_sweep_plan(args.config, args.sweeps, tiny=args.tiny, runs_dir=args.runs_dir,
                            figures_dir=args.figures_dir)
+    if args.tables_only:
+        if args.force or args.fail_fast:
+            raise ValueError("--tables-only trains nothing: not with --force or --fail-fast")
+        aggregate_sweeps(plan, echo_line)
+        print(f"tables and figures in {plan.ablations_dir} (finished runs only)", flush=True)
+        return 0
     failures = run_sweeps(plan, force=args.force, fail_fast=args.fail_fast, log_output=args.log_output,
                           threads=args.threads, summary=summary)
     for failure in failures:

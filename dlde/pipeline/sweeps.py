@@ -328,8 +328,9 @@ def _train_locked(plan: SweepPlan, key: str, label: str, run: SweepRun, folder: 
     return ("resumed" if resume else "trained"), time.perf_counter() - started
 
 
-def _aggregate(plan: SweepPlan, echo: Callable[[str], None]) -> None:
-    """Aggregate every sweep over its finished runs and rewrite index.md."""
+def aggregate_sweeps(plan: SweepPlan, echo: Callable[[str], None]) -> None:
+    """Aggregate every sweep over its finished runs (tables and figures under ``ablations/``) and
+    rewrite index.md; runs not finished are left out (the table shows each arm's seeds)."""
     for sweep in plan.sweeps:
         arms = {arm: [plan.run_dir(k) for k in keys] for arm, keys in sweep.arms.items()}
         written = write_sweep(sweep.name, arms, plan.ablations_dir, parameters=sweep.declaration,
@@ -390,7 +391,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
                 echo(f"{label}: done in {duration(seconds)}")
     finally:
         if aggregate:
-            _aggregate(plan, echo)
+            aggregate_sweeps(plan, echo)
     return failures
 
 

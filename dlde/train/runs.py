@@ -168,6 +168,15 @@ class RunFolder:
             return 0
         return int(rows[-1].get("epoch", 0)) if rows else 0
 
+    def is_finished(self) -> bool:
+        """Whether the folder holds a run with every epoch of its own saved config written (whatever
+        config asked for it; :meth:`is_complete` also checks the config)."""
+        try:
+            saved = self.saved_config()
+        except ValueError:
+            return False
+        return saved is not None and self.finished_epochs() >= int(saved["epochs"])
+
     def config_changes(self, config: Any) -> dict[str, tuple[Any, Any]]:
         """``{field: (saved, new)}`` for every field of :func:`run_identity` whose saved value
         differs from ``config``'s (a field the saved record lacks is not a change).

@@ -399,3 +399,17 @@ def test_save_figure_ignores_save_settings_of_a_matplotlibrc(tmp_path):
         other = save_figure(_figure_for_saving(), tmp_path / "rc", "heat", formats=("png", "pdf", "svg"))
     for p, q in zip(plain, other):
         assert p.read_bytes() == q.read_bytes()
+
+
+def test_a_long_class_name_is_cut_at_the_image_and_does_not_shrink_the_grid(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sample = {"image": rng.random((3, 96, 96)), "boxes": np.array([[60.0, 10, 90, 30]]), "labels": np.array([0]),
+              "scores": np.array([0.9]), "gt_boxes": None}
+    widths = []
+    for name in ("a", "latin_small_letter_n_preceded_by_apostrophe_and_more"):
+        save_figure(detection_grid([sample] * 4, [name], cols=2), tmp_path, name)
+        with Image.open(tmp_path / f"{name}.png") as image:
+            widths.append(image.size)
+    assert widths[0] == widths[1]  # the label is clipped to its axes: the saved figure keeps its size

@@ -65,7 +65,7 @@ def _draw_on(ax, image, boxes, labels, scores, names, colors, *, gt_boxes, score
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
                                linewidth=2, linestyle=":" if unknown else "-"))
         ax.text(x1, y1, f"{'unknown' if unknown else names[label]} {score:.2f}", color="white",
-                va="bottom",
+                va="bottom", clip_on=True,  # a long class name is cut at the image's edge, not drawn beside it
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
     ax.set_axis_off()
 

@@ -343,7 +343,11 @@ SAMPLES: dict[str, Sample] = {
 def sample_for(name: str) -> Sample | None:
     """The :class:`Sample` whose pattern in :data:`SAMPLES` matches ``name`` (relative path without suffix), or
     None."""
-    return next((entry for pattern, entry in SAMPLES.items() if re.fullmatch(pattern, name)), None)
+    for candidate in dict.fromkeys((name, name.rsplit("/", 1)[-1])):  # a figure in a folder of its own: by its name
+        entry = next((entry for pattern, entry in SAMPLES.items() if re.fullmatch(pattern, candidate)), None)
+        if entry is not None:
+            return entry
+    return None
 
 
 def draw_samples(folder: Path, dpi: int = 150) -> list[Path]:

@@ -131,35 +131,23 @@ def open_set_seeds_table(pooled: Mapping[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
-def retrieval_seeds_table(pooled: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per model of :func:`dlde.analysis.retrieval_protocol.pool_retrieval`: mean [95 % interval over base
-    seeds] of MAP@R and Recall@k, then a second table of MAP@R per class (means over base seeds)."""
-    ks = sorted(int(key.split("@")[1]) for key in next(iter(pooled.values())) if key.startswith("Recall@"))
-    header = ["model", "base seeds", "gallery", "MAP@R"] + [f"Recall@{k}" for k in ks] + ["ms per query"]
-    rows = [[f"{name}", f"{r['base_seeds']}", f"{r['gallery']}", interval_cell(r["MAP@R"])]
-            + [interval_cell(r[f"Recall@{k}"]) for k in ks]
-            + [f"{1000 * r['seconds_per_query']['mean']:.3f}"] for name, r in pooled.items()]
-    classes = sorted({c for r in pooled.values() for c in r["per_class"]})
-    per_class = [[f"{name}"] + [f"{r['per_class'][c]['MAP@R']['mean']:.3f}" if c in r["per_class"] else "n/a"
-                                for c in classes] for name, r in pooled.items()]
-    return (markdown_table(header, rows) + "\n\n"
-            + markdown_table(["model"] + [f"MAP@R {c}" for c in classes], per_class))
-
-
 def retrieval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Per model (results of :func:`dlde.analysis.retrieval_protocol.retrieval_evaluation`) MAP@R
-    and Recall@k, then a second table of MAP@R per class; for results pooled over base seeds
-    (``base_seeds`` per model), :func:`retrieval_seeds_table`."""
-    if any("base_seeds" in r for r in results.values()):
-        return retrieval_seeds_table(results)
+    and Recall@k, then a second table of MAP@R per class. For results pooled over base seeds
+    (:func:`dlde.analysis.retrieval_protocol.pool_retrieval`, ``base_seeds`` per model) a column of
+    the base seeds, every value a mean [95 % interval over base seeds], per class the means."""
+    pooled = any("base_seeds" in r for r in results.values())
+    cell = interval_cell if pooled else (lambda value: f"{value:.3f}")
+    mean = (lambda value: value["mean"]) if pooled else (lambda value: value)
     ks = sorted(int(key.split("@")[1]) for key in next(iter(results.values())) if key.startswith("Recall@"))
-    header = ["model", "gallery", "MAP@R"] + [f"Recall@{k}" for k in ks] + ["ms per query"]
-    rows = [[f"{name}", f"{r['gallery']}", f"{r['MAP@R']:.3f}"] + [f"{r[f'Recall@{k}']:.3f}" for k in ks]
-            + [f"{1000 * r['seconds_per_query']:.3f}"] for name, r in results.items()]
+    header = ["model"] + (["base seeds"] if pooled else []) + ["gallery", "MAP@R"] + [f"Recall@{k}" for k in ks]
+    rows = [[f"{name}"] + ([f"{r['base_seeds']}"] if pooled else []) + [f"{r['gallery']}", cell(r["MAP@R"])]
+            + [cell(r[f"Recall@{k}"]) for k in ks]
+            + [f"{1000 * mean(r['seconds_per_query']):.3f}"] for name, r in results.items()]
     classes = sorted({c for r in results.values() for c in r["per_class"]})
-    per_class = [[f"{name}"] + [f"{r['per_class'][c]['MAP@R']:.3f}" if c in r["per_class"] else "n/a"
+    per_class = [[f"{name}"] + [f"{mean(r['per_class'][c]['MAP@R']):.3f}" if c in r["per_class"] else "n/a"
                                 for c in classes] for name, r in results.items()]
-    return (markdown_table(header, rows) + "\n\n"
+    return (markdown_table(header + ["ms per query"], rows) + "\n\n"
             + markdown_table(["model"] + [f"MAP@R {c}" for c in classes], per_class))
 
 

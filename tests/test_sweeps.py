@@ -30,7 +30,7 @@ from dlde.pipeline.execute import NotebookFailed, run_pipeline
 from dlde.pipeline.plan import STEP_FILE, confined, make_plan, train_config
 from dlde.pipeline.progress import EpochProgress, Summary
 from dlde.pipeline.reports import write_index
-from dlde.pipeline.sweeps import make_sweep_plan, run_key
+from dlde.pipeline.sweeps import aggregate_sweeps, make_sweep_plan, run_key
 from dlde.train import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_the_repository_sweeps_share_the_default_arm_across_sweeps(tmp_path):
     assert default == by_name["embedding_size"].arms["embedding_size=32"]
     assert default == by_name["starting_means"].arms["orthogonal"]
     assert default == by_name["means_update"].arms["means_update=batch"]
-    retinanet = [f"digits/epochs=8,model=retinanet,threads=1,seed={s}" for s in range(5)]
+    retinanet = [f"digits/model=retinanet,threads=1,seed={s}" for s in range(5)]  # 16 epochs: the preset's
     assert by_name["headline"].arms["retinanet"] == retinanet
     assert len(plan.runs) == len({k for s in plan.sweeps for keys in s.arms.values() for k in keys})
     run = plan.runs["digits/epochs=4,means_lr=0.01,threads=1,seed=1"]
@@ -315,6 +315,22 @@ def test_a_failed_step_is_not_listed_with_its_old_figures(tmp_path, monkeypatch)
     index, _, stale = (plan.figures_dir / "index.md").read_text().partition("## Stale figures")
     assert "[mean_drift](mean_drift.png)" not in index and "[mean_drift](mean_drift.png)" in stale
     assert "## Not current" in index and "| a | `notebooks/02_mean_drift.ipynb` |" in index
+
+
+def test_aggregating_sweeps_keeps_the_figure_list_of_the_index(tmp_path):
+    # A sweeps-only invocation (e.g. --tables-only on a clone without the figure runs) rewrites
+    # the Sweeps section only; the figures listed by the last figures run stay.
+    figures_dir = tmp_path / "figures"
+    figures_dir.mkdir()
+    index = figures_dir / "index.md"
+    index.write_text("# Figures\n\n| figure | run |\n|---|---|\n| [mean_drift](mean_drift.png) | dlde |\n\n"
+                     "## Sweeps (old)\n\nold rows\n")
+    plan = make_sweep_plan(FIGURES_YAML, ["means_update"], tiny=True, runs_dir=tmp_path / "runs",
+                           figures_dir=figures_dir)
+    aggregate_sweeps(plan, echo=lambda line: None)
+    text = index.read_text()
+    assert "| [mean_drift](mean_drift.png) | dlde |" in text
+    assert "old rows" not in text and text.count("## Sweeps") == 1 and "[means_update.md]" in text
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -96,7 +96,7 @@ def _sweep_index_lines(plan: Plan) -> list[str]:
         rows.append([name, f"[{name}.md]({ABLATIONS_FOLDER}/{name}.md) ([csv]({ABLATIONS_FOLDER}/{name}.csv))",
                      f"[{name}.png]({ABLATIONS_FOLDER}/{name}.png) ([pdf]({ABLATIONS_FOLDER}/{name}.pdf))",
                      base, arms_text, seeds])
-    return ["", "## Sweeps (`python -m dlde.pipeline --sweeps`, `make ablations`)", "",
+    return ["", f"{SWEEPS_HEADING} (`python -m dlde.pipeline --sweeps`, `make ablations`)", "",
             "Mean ± sd and 95 % t-interval over seeds; every arm's runs are listed in the `.json`.", "",
             markdown_table(["sweep", "table", "figure", "base", "arms", "seeds"], rows)]
 
@@ -161,6 +161,25 @@ def write_index(plan: Plan) -> Path:
     plan.figures_dir.mkdir(parents=True, exist_ok=True)
     path = plan.figures_dir / "index.md"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SWEEPS_HEADING = "## Sweeps"
+
+
+def write_sweep_index(plan: Plan) -> Path:
+    """Rewrites only the ``Sweeps`` section of ``figures/index.md`` (the last one), keeping the
+    figure list above it as the last figures run wrote it: a sweeps-only invocation knows nothing
+    of the figure runs, which may not even exist in this checkout. Without an index.md it writes
+    the whole file (:func:`write_index`)."""
+    path = plan.figures_dir / "index.md"
+    if not path.exists():
+        return write_index(plan)
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(SWEEPS_HEADING)), len(lines))
+    while start > 0 and not lines[start - 1].strip():
+        start -= 1
+    path.write_text("\n".join(lines[:start] + _sweep_index_lines(plan)) + "\n")
     return path
 
 

@@ -51,7 +51,7 @@ from .plan import (
     train_config,
 )
 from .progress import EpochProgress, Summary, duration, echo_line
-from .reports import write_index
+from .reports import write_sweep_index
 
 #: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
 SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
@@ -336,7 +336,7 @@ def aggregate_sweeps(plan: SweepPlan, echo: Callable[[str], None]) -> None:
         written = write_sweep(sweep.name, arms, plan.ablations_dir, parameters=sweep.declaration,
                               display_root=plan.figures.root)
         echo(f"sweep {sweep.name}: {plan.display(written['md'])}, {plan.display(written['png'])}")
-    write_index(plan.figures)
+    write_sweep_index(plan.figures)
 
 
 def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False, log_output: bool = False,

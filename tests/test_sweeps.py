@@ -25,12 +25,13 @@ from dlde.analysis.aggregate import (
 from dlde.analysis.stats import t_interval, t_quantile
 from dlde.files import release_lock, try_lock
 from dlde.pipeline import execute
+from dlde.pipeline import sweeps as sweeps_module
 from dlde.pipeline.cli import main
 from dlde.pipeline.execute import NotebookFailed, run_pipeline
 from dlde.pipeline.plan import STEP_FILE, confined, make_plan, train_config
 from dlde.pipeline.progress import EpochProgress, Summary
 from dlde.pipeline.reports import write_index
-from dlde.pipeline.sweeps import aggregate_sweeps, make_sweep_plan, run_key
+from dlde.pipeline.sweeps import SWEEP_LOCK, aggregate_sweeps, make_sweep_plan, run_key, run_sweeps
 from dlde.train import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,6 +332,32 @@ def test_aggregating_sweeps_keeps_the_figure_list_of_the_index(tmp_path):
     text = index.read_text()
     assert "| [mean_drift](mean_drift.png) | dlde |" in text
     assert "old rows" not in text and text.count("## Sweeps") == 1 and "[means_update.md]" in text
+
+
+def test_a_folder_holding_another_configuration_is_refused_untouched_unless_forced(tmp_path, monkeypatch):
+    # The run's folder name comes from its config; a folder of that name holding another config
+    # (e.g. trained before a preset changed) is the user's result, never silently replaced.
+    plan = make_sweep_plan(FIGURES_YAML, ["means_update"], tiny=True, runs_dir=tmp_path)
+    key = next(iter(plan.runs))
+    folder = plan.run_dir(key)
+    folder.mkdir(parents=True)
+    config = plan.runs[key].config
+    saved = dict(config, head_options={**config["head_options"], "embedding_size": 999})
+    (folder / "config.json").write_text(json.dumps({"config": saved, "class_names": [], "category_ids": []}))
+    before = (folder / "config.json").read_bytes()
+    started = []
+    monkeypatch.setattr(sweeps_module, "papermill_execute", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(sweeps_module, "kernel_argv", lambda: [sys.executable])
+    lines = []
+    failures = run_sweeps(plan, echo=lines.append, aggregate=False)
+    failed = {f.key: f.reason for f in failures}
+    assert "embedding_size: 999 -> 8" in failed[key] and "--force" in failed[key]
+    assert (folder / "config.json").read_bytes() == before and not (folder / SWEEP_LOCK).exists()
+    assert len(started) == len(plan.runs) - 1  # every other run was started
+    started.clear()
+    run_sweeps(plan, force=True, echo=lines.append, aggregate=False)
+    assert len(started) == len(plan.runs)  # forced: this one too (the trainer overwrites its run files)
+    assert json.loads(started[0][2]["OVERRIDES_JSON"])["overwrite"] is True
 
 
 # ------------------------------------------------------------------------------ end to end

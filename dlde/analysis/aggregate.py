@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dlde.evaluation.lvis_eval import FREQUENCY_BUCKETS
+from dlde.files import atomic_write_text
 from dlde.train.runs import RunFolder
 
 from .plotting import LINES, MARKERS, figure_size, print_style, save_figure
@@ -332,7 +333,7 @@ def write_sweep(name: str, arms: Mapping[str, Sequence[str | os.PathLike]], out_
     record = {"sweep": name, "parameters": dict(parameters or {}),
               "runs": {arm: [shown(d) for d in dirs] for arm, dirs in arms.items()}}
     json_path = out_dir / f"{name}{SWEEP_RECORD_SUFFIX}"
-    json_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write_text(json_path, json.dumps(record, indent=1, default=str) + "\n")
     png, pdf = save_figure(plot_sweep(rows, name, summaries), out_dir, name)
     written = {"md": md, "csv": csv_path, "json": json_path, "png": png, "pdf": pdf}
     if collapse:

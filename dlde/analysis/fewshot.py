@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from dlde.data.coco import CocoDetection
 from dlde.data.digits import default_digits_root
 from dlde.data.transforms import collate
-from dlde.evaluation import coco_metrics, to_original
+from dlde.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, to_original
 from dlde.model.growth import add_classes, classifier_parameters, imprint
 from dlde.model.modes import evaluating
 from dlde.train import TrainConfig, build_datasets
@@ -334,7 +334,7 @@ def _detections(model: nn.Module, dataset: CocoDetection, indices: Sequence[int]
     """Every (box, class) pair above the model's score threshold (as :func:`dlde.evaluate`), in
     original pixels and *dataset* labels (``lookup_back``: model label -> dataset label)."""
     device = device_of(model)
-    threshold = float(getattr(model, "score_threshold", 0.05))
+    threshold = float(getattr(model, "score_threshold", DEFAULT_PAIR_THRESHOLD))
     out = []
     with evaluating(model):
         for start in range(0, len(indices), batch_size):

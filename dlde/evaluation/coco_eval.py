@@ -110,12 +110,12 @@ def summarize(coco_eval: COCOeval, dataset) -> dict:
         p = p[p > -1]
         metrics[key] = float(p.mean()) if p.size else math.nan
     per_class = {}
+    label_of = {cat_id: label for label, cat_id in enumerate(dataset.category_ids)}
     for k, cat_id in enumerate(coco_eval.params.catIds):  # loop over classes, once per eval
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         if p.size:
-            label = dataset.category_ids.index(cat_id)
-            per_class[dataset.class_names[label]] = float(p.mean())
+            per_class[dataset.class_names[label_of[cat_id]]] = float(p.mean())
     metrics["per_class"] = per_class
     return metrics
 

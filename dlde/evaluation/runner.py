@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dlde.data.transforms import collate
+from dlde.model.detector import SCORE_THRESHOLD
 from dlde.model.modes import evaluating
 
 from .coco_eval import COCO_MAX_DETECTIONS, coco_metrics
@@ -18,7 +19,8 @@ __all__ = ["dataset_metrics", "evaluate", "max_detections_for", "to_original", "
 
 #: How boxes become detections in :func:`evaluate`.
 LABEL_MODES = ("all", "argmax")
-DEFAULT_PAIR_THRESHOLD = 0.05
+#: Pair threshold of a model without its own ``score_threshold`` (the detector's default).
+DEFAULT_PAIR_THRESHOLD = SCORE_THRESHOLD
 
 
 def uses_lvis(dataset) -> bool:
@@ -77,7 +79,7 @@ def evaluate(
         num_workers: DataLoader worker processes.
         labels: ``"all"`` (every (box, class) pair above ``score_threshold``) or ``"argmax"``.
         score_threshold: smallest pair probability kept with ``labels="all"`` (default: the
-            model's ``score_threshold``, else 0.05).
+            model's ``score_threshold``, else :data:`DEFAULT_PAIR_THRESHOLD`).
 
     Returns:
         The dict of :func:`dlde.evaluation.coco_metrics`, or of

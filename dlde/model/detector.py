@@ -29,6 +29,9 @@ from .modes import buffers_kept_only_on_success, evaluating
 from .registry import head_factory
 
 DEFAULT_FEATURES = {"pyramid": 256, "regression": 256, "classification": 256}
+#: Default smallest class probability a detection keeps (torchvision's RetinaNet value); the
+#: evaluation falls back to it for a model without a ``score_threshold``.
+SCORE_THRESHOLD = 0.05
 
 
 def _check_features(features: Mapping[str, int] | None) -> dict[str, int]:
@@ -131,7 +134,7 @@ class RetinaNet(nn.Module):
                  allow_low_quality_matches: bool = True, box_loss: str = "smooth_l1",
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  prior: float = SigmoidClassification.Options.prior,
-                 score_threshold: float = 0.05, nms_threshold: float = 0.5, topk_candidates: int = 1000,
+                 score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = 0.5, topk_candidates: int = 1000,
                  max_detections: int = 300, class_names: Sequence[str] | None = None,
                  classification_head: ClassificationHead | Callable[..., ClassificationHead] | None = None,
                  check_inputs: bool = True):

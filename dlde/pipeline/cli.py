@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="execute this notebook of notebooks/ alone, with its defaults and the -p values")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="with --notebook: a parameter value (a Python literal unless the parameter is a str)")
-    parser.add_argument("--force", action="store_true", help="with --sweeps: retrain runs that are already complete")
+    parser.add_argument("--force", action="store_true",
+                        help="with --sweeps: retrain runs that are already complete, and replace a run folder "
+                             "holding another configuration (refused without it)")
     parser.add_argument("--fail-fast", action="store_true", help="with --sweeps: stop at the first failed run")
     parser.add_argument("--tables-only", action="store_true",
                         help="with --sweeps: train nothing; write the tables and figures from the runs finished so far")

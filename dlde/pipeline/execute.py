@@ -21,6 +21,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from dlde.files import atomic_write_text
 from dlde.train import RunFolder, TrainConfig
 from dlde.train.cli import arguments
 
@@ -230,7 +231,7 @@ def _execute_step(plan: Plan, step: Step, log_output: bool, echo: Callable[[str]
     if not stale.exists():
         raise NotebookFailed(step, executed, f"it wrote no {stale}")
     record = {"run": step.run, "notebook": step.notebook, "parameters": jsonable(step.parameters)}
-    (out_dir / STEP_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(out_dir / STEP_FILE, json.dumps(record, indent=1) + "\n")
     return read_results(out_dir)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from dlde.analysis.interactive import widget_canvas
 from dlde.analysis.plotting import save_figure
 from dlde.data.digits import make_digits_dataset
+from dlde.files import atomic_write_text
 from dlde.train import TrainConfig
 
 RESULTS_FILE = "results.json"
@@ -197,7 +198,7 @@ def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_FILE
-    path.write_text(json.dumps(jsonable(results), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(results), indent=1) + "\n")
     return path
 
 

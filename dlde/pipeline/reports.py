@@ -14,6 +14,7 @@ from typing import Any
 
 from dlde.analysis.aggregate import SWEEP_RECORD_SUFFIX
 from dlde.analysis.tables import markdown_table, write_table_file
+from dlde.files import atomic_write_text
 
 from .notebook import RESULTS_FILE, read_results
 from .plan import ABLATIONS_FOLDER, PATH_PARAMETERS, STEP_FILE, TRAIN_NOTEBOOK, Plan, Step
@@ -67,7 +68,7 @@ def mark_failed(plan: Plan, step: Step, reason: str, figures: list[str]) -> None
         if names:
             out_dir = plan.out_dir(target)
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / STALE_FILE).write_text(json.dumps(failure | {"figures": names}, indent=1) + "\n")
+            atomic_write_text(out_dir / STALE_FILE, json.dumps(failure | {"figures": names}, indent=1) + "\n")
 
 
 def clear_stale(plan: Plan, step: Step) -> None:

@@ -304,10 +304,23 @@ def _train(plan: SweepPlan, key: str, label: str, *, force: bool, log_output: bo
         release_lock(folder.path / SWEEP_LOCK)
 
 
+def changes_text(folder: RunFolder, config: Mapping[str, Any]) -> str:
+    """The fields in which the folder's saved run differs from ``config``, as ``name: saved -> new``."""
+    try:
+        changes = folder.config_changes(config)
+    except ValueError as error:  # an unreadable record
+        return str(error)
+    return ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in sorted(changes.items())) or "unknown"
+
+
 def _train_locked(plan: SweepPlan, key: str, label: str, run: SweepRun, folder: RunFolder, *, force: bool,
                   log_output: bool, threads: int | None, echo: Callable[[str], None]) -> tuple[str, float]:
     """:func:`_train` once this process holds the run's sweep lock."""
     state = "changed" if force and folder.path.exists() else folder.state(run.config)
+    if state == "changed" and not force:
+        raise FileExistsError(f"{folder.path} holds a run of another configuration "
+                              f"({changes_text(folder, run.config)}), e.g. trained before a preset changed: "
+                              "move it away, or pass --force to replace it")
     if state == "complete":
         echo(f"{label}: complete, skipped")
         return "skipped", 0.0
@@ -345,14 +358,16 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
     """Train every run of the plan that is not already complete, then aggregate each sweep.
 
     A complete run (same config, last epoch written) is skipped unless ``force``; a partial
-    one resumes from its checkpoint; a run of another config (or any run with ``force``) is retrained
-    in its folder with ``overwrite``, which replaces only the run's own files.
+    one resumes from its checkpoint; a folder holding a run of another config (e.g. trained before
+    a preset changed) is a failure of that run, its files untouched, unless ``force``: with
+    ``force`` every run is retrained in its folder with ``overwrite``, which replaces only the
+    run's own files.
     After all runs (also after failures) every sweep is aggregated over its finished runs
     (:func:`dlde.analysis.aggregate.write_sweep`) and ``index.md`` is rewritten, unless not ``aggregate``.
 
     Args:
         plan: from :func:`make_sweep_plan`.
-        force: retrain complete runs too.
+        force: retrain complete runs too, and replace runs of another config.
         fail_fast: stop at the first failed run.
         log_output: stream the notebooks' outputs.
         threads: ``OMP_NUM_THREADS`` of the kernels.

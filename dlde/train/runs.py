@@ -145,10 +145,12 @@ class RunFolder:
             raise ValueError(f"{self.config_file}: not a dlde run record ({error})") from None
         return record
 
-    def saved_config(self) -> dict[str, Any] | None:
+    def saved_config(self, record: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """The saved training config (None without ``config.json``); ``amp`` recorded as a bool
-        (older records) becomes its mode."""
-        record = self.record()
+        (older records) becomes its mode. ``record``: the already read :meth:`record`, to read the
+        file once."""
+        if record is None:
+            record = self.record()
         if record is None:
             return None
         saved = dict(record["config"])
@@ -177,15 +179,16 @@ class RunFolder:
             return False
         return saved is not None and self.finished_epochs() >= int(saved["epochs"])
 
-    def config_changes(self, config: Any) -> dict[str, tuple[Any, Any]]:
+    def config_changes(self, config: Any, record: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
         """``{field: (saved, new)}`` for every field of :func:`run_identity` whose saved value
-        differs from ``config``'s (a field the saved record lacks is not a change).
+        differs from ``config``'s (a field the saved record lacks is not a change); ``record`` as in
+        :meth:`saved_config`.
 
         Raises:
             FileNotFoundError: the folder has no ``config.json``.
             ValueError: ``config.json`` is not a dlde run record.
         """
-        saved = self.saved_config()
+        saved = self.saved_config(record)
         if saved is None:
             raise FileNotFoundError(f"{self.config_file} not found: {self.path} holds no run record")
         old, new = run_identity(saved), run_identity(config)
@@ -257,7 +260,7 @@ class RunFolder:
         if record is None:
             raise FileExistsError(f"cannot resume {self.path}: it has no config.json, so its run is unknown; "
                                   "pass overwrite=True to start afresh")
-        changed = self.config_changes(config)
+        changed = self.config_changes(config, record)
         refused = sorted(set(changed) - set(config.allow_changed))
         if refused:
             shown = ", ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused)

@@ -41,11 +41,11 @@ figures: $(STAMP)
 	$(PY) -m dlde.pipeline.readme
 
 # The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs, about 80 min with one
-# thread per run); make vocabulary the large-vocabulary sweeps on glyphs (30 runs, about 5 h of one
+# thread per run); make vocabulary the large-vocabulary sweeps on glyphs (39 runs, about 6 h of one
 # thread; run it twice at once, one per core, and the two share the runs), then notebook 07 on them
 # into figures/vocabulary/ (make figures draws 07 on the reduced sweep vocabulary_figures).
 ABLATIONS := means_lr starting_means means_update embedding_size headline
-VOCABULARY := vocabulary_heads vocabulary_levers
+VOCABULARY := vocabulary_heads vocabulary_levers vocabulary_scale
 
 ablations: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(ABLATIONS)

@@ -74,24 +74,28 @@ PRESETS = {
     "digits": dict(size=128, batch=16, levels=[3, 4, 5], channels=64, sizes=[16, 32, 64],
                    scales=SCALES_3, ratios=(1.0,), embedding_size=32, classes=10,
                    box_range=(20, 40), steps=20, warmup=3),
-    # RetinaNet layout: P3-P7, sizes 32..512, 3 scales x 3 ratios. Embedding 32: on the digits AP
-    # is the same at 32 and 128 (figures/ablations/embedding_size.md) while 128 costs 1.13x
-    # torchvision per training step here and 32 0.86-0.89x (README, "Speed").
+    # RetinaNet layout: P3-P7, sizes 32..512, 3 scales x 3 ratios. Embedding 128: the size at which
+    # DLDENet leads the sigmoid head at 100 classes (figures/ablations/vocabulary_heads.md); 32-d, chosen
+    # on the 10 digits for speed, does not detect at 1,000 classes, where 256-d is needed
+    # (figures/ablations/vocabulary_levers.md; README, "Large vocabularies").
     "coco-like": dict(size=384, batch=4, levels=[3, 4, 5, 6, 7], channels=128, sizes=[32, 64, 128, 256, 512],
-                      scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=32, classes=80,
+                      scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=128, classes=80,
                       box_range=(16, 256), steps=6, warmup=1),
 }
 
 #: The rows of the README's speed table (``--table``): label, the arguments that measure it.
 TABLE_ROWS = (
-    ("`coco-like` (384 px, batch 4, P3–P7, width 128, 9 anchors, 80 classes), 128-d (`--embedding-size 128`)",
-     ["--preset", "coco-like", "--embedding-size", "128"]),
+    ("`coco-like` (384 px, batch 4, P3–P7, width 128, 9 anchors, 80 classes), **128-d (the preset)**",
+     ["--preset", "coco-like"]),
     ("`coco-like`, 64-d (`--embedding-size 64`)", ["--preset", "coco-like", "--embedding-size", "64"]),
-    ("`coco-like`, **32-d (the preset)**", ["--preset", "coco-like"]),
-    ("`coco-like`, 32-d, 365 classes (`--classes 365`)", ["--preset", "coco-like", "--classes", "365"]),
-    ("`coco-like`, 32-d, 1,203 classes (`--classes 1203`, LVIS-sized)",
+    ("`coco-like`, 32-d (`--embedding-size 32`, the preset before the vocabulary measurements)",
+     ["--preset", "coco-like", "--embedding-size", "32"]),
+    ("`coco-like`, 128-d, 365 classes (`--classes 365`)", ["--preset", "coco-like", "--classes", "365"]),
+    ("`coco-like`, 128-d, 1,203 classes (`--classes 1203`, LVIS-sized)",
      ["--preset", "coco-like", "--classes", "1203"]),
-    ("`coco-like`, learned prototypes (`--head prototypes`), 32-d", ["--preset", "coco-like", "--head", "prototypes"]),
+    ("`coco-like`, **256-d, 1,203 classes** (`--classes 1203 --embedding-size 256`: the size 1,000 classes need)",
+     ["--preset", "coco-like", "--classes", "1203", "--embedding-size", "256"]),
+    ("`coco-like`, learned prototypes (`--head prototypes`), 128-d", ["--preset", "coco-like", "--head", "prototypes"]),
     ("`digits` (128 px, batch 16, P3–P5, width 64, 3 anchors, 10 classes, 32-d)", ["--preset", "digits"]),
     ("`digits`, without detections (`--score-threshold 1.0`)", ["--preset", "digits", "--score-threshold", "1.0"]),
 )

@@ -29,10 +29,17 @@ from dlde.train.runs import RunFolder, run_identity
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
 HEADS = ("dlde", "retinanet", "prototypes")
-VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]
-LEVERS = ("embedding_size", "classifier_init", "means_lr_schedule")
-LEVER_ARMS = ["d=128,fixed,constant", "d=128,prior,constant", "d=128,fixed,count", "d=32,fixed,constant",
-              "d=256,fixed,constant"]
+VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]  # the two sweeps notebook 07 draws
+MAKE_VOCABULARY = VOCABULARY + ["vocabulary_scale"]  # make vocabulary's sweeps
+LEVER_ARMS = ["d=256,w=14,constant", "d=256,w=7,constant", "d=128,w=14,constant", "d=128,w=7,constant",
+              "d=128,w=prior,constant", "d=128,w=7,count", "d=32,w=7,constant"]
+
+
+def lever_values(config) -> list[str]:
+    """The levers an arm name spells (``d=256,w=14,constant``) as a run's resolved config sets them."""
+    identity = run_identity(config)
+    start = "prior" if identity["classifier_init"] == "prior" else f"{identity['init_weight']:g}"
+    return [f"d={identity['embedding_size']}", f"w={start}", identity["means_lr_schedule"]]
 
 
 def makefile_list(name):
@@ -67,34 +74,32 @@ def test_the_heads_sweep_trains_three_heads_at_two_sizes_with_three_seeds(plan):
         assert budgets[0] == budgets[1] == budgets[2]
 
 
-def test_the_levers_sweep_flips_one_lever_at_a_time_around_the_glyphs_default_and_shares_it(plan):
+def test_the_levers_sweep_names_every_lever_of_its_arms_and_shares_the_preset_arm(plan):
     heads, levers = plan.sweeps
     assert list(levers.arms) == LEVER_ARMS and all(len(keys) == 3 for keys in levers.arms.values())
     for arm, keys in levers.arms.items():
-        values = dict(zip(LEVERS, [arm.split(",")[0][2:]] + arm.split(",")[1:]))
         for key in keys:
             config = plan.runs[key].config
             assert config["model"] == "dlde" and config["glyphs_classes"] == 1000 and config["epochs"] == 3
-            assert {name: str(run_identity(config)[name]) for name in LEVERS} == values  # defaults resolved
-    # The default arm is the glyphs presets' own configuration, so it is the heads sweep's dlde arm.
-    assert PRESETS["glyphs-1000"].head_options["embedding_size"] == 128
-    assert {name: str(run_identity(PRESETS["glyphs-1000"].to_dict())[name]) for name in LEVERS} == dict(
-        zip(LEVERS, ["128", "fixed", "constant"]))
-    assert levers.arms["d=128,fixed,constant"] == heads.arms["C=1000,dlde"]
-    assert levers.arms["d=32,fixed,constant"] == [f"glyphs-1000/embedding_size=32,threads=1,seed={s}" for s in range(3)]
-    assert len(plan.runs) == 18 + 15 - 3  # the default lever arm is the heads sweep's dlde arm at C = 1,000
+            assert lever_values(config) == arm.split(",")  # defaults resolved
+    # The first arm is the glyphs-1000 preset's own configuration, so it is the heads sweep's dlde arm.
+    assert lever_values(PRESETS["glyphs-1000"].to_dict()) == LEVER_ARMS[0].split(",")
+    assert levers.arms[LEVER_ARMS[0]] == heads.arms["C=1000,dlde"]
+    assert levers.arms["d=32,w=7,constant"] == [
+        f"glyphs-1000/embedding_size=32,init_weight=7,threads=1,seed={s}" for s in range(3)]
+    assert len(plan.runs) == 18 + 21 - 3  # the preset's lever arm is the heads sweep's dlde arm at C = 1,000
     assert sum(key.startswith("glyphs-100/") for key in plan.runs) == 9
 
 
 def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_others(tmp_path):
-    assert makefile_list("VOCABULARY") == VOCABULARY
+    assert makefile_list("VOCABULARY") == MAKE_VOCABULARY
     ablations = makefile_list("ABLATIONS")
     declared = list(make_sweep_plan(FIGURES_YAML, runs_dir=tmp_path).sweeps)
     # Every sweep is run by one make target: the ablations, the vocabulary, or the figures (a notebook
     # entry that reads it); none by two.
     read = [name for entry in load_config(FIGURES_YAML)["notebooks"] for name in entry.get("sweeps", [])]
     assert read == ["vocabulary_figures"]
-    assert sorted(ablations + VOCABULARY + read) == sorted(s.name for s in declared)
+    assert sorted(ablations + MAKE_VOCABULARY + read) == sorted(s.name for s in declared)
     assert len(make_sweep_plan(FIGURES_YAML, ablations, runs_dir=tmp_path).runs) == 48  # as before the glyphs
     makefile = (REPO / "Makefile").read_text()
     assert "--sweeps $(ABLATIONS)" in makefile and "--sweeps $(VOCABULARY)" in makefile
@@ -116,6 +121,13 @@ def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_
     assert (entry["notebook"], entry["sweeps"]) == ("07_vocabulary.ipynb", ["vocabulary_figures"])
     assert "run" not in entry  # it trains nothing of its own
     assert entry["parameters"]["HEADS_SWEEP"] == "vocabulary_figures" and entry["parameters"]["LEVERS_SWEEP"] == ""
+
+
+def test_the_scale_sweep_at_c_100_shares_its_w_7_arm_with_the_heads_sweep(plan, tmp_path):
+    scale = make_sweep_plan(FIGURES_YAML, ["vocabulary_scale"], runs_dir=tmp_path).sweeps[0]
+    heads = plan.sweeps[0]
+    assert scale.arms["C=100,w=7"] == heads.arms["C=100,dlde"]
+    assert scale.arms["C=100,w=14"] == [f"glyphs-100/init_weight=14,threads=1,seed={s}" for s in range(3)]
 
 
 def test_tiny_vocabulary_sweeps_still_plan(tmp_path):
@@ -291,21 +303,22 @@ def test_metrics_against_classes_have_a_panel_per_metric_and_a_line_per_head():
 def test_levers_figure_has_a_line_per_start_and_step_against_the_embedding_size():
     import matplotlib.pyplot as plt
 
-    rows = [{"arm": f"d={d},{init},{step}", "n": 3, "embedding_size": d, "classifier_init": init,
-             "means_lr_schedule": step, "AP_mean": d / 1000 + (init == "prior") / 10, "AP_low": math.nan,
-             "AP_high": math.nan} for d in (32, 128, 256) for init in ("fixed", "prior")
-            for step in ("constant", "count")]
+    starts = {"w 7": ("fixed", 7.0), "w 14": ("fixed", 14.0), "prior": ("prior", 7.0)}
+    rows = [{"arm": f"d={d},{start},{step}", "n": 3, "embedding_size": d, "classifier_init": starts[start][0],
+             "init_weight": starts[start][1], "means_lr_schedule": step,
+             "AP_mean": d / 1000 + (start == "prior") / 10, "AP_low": math.nan, "AP_high": math.nan}
+            for d in (32, 128, 256) for start in starts for step in ("constant", "count")]
     fig = plot_levers(rows, ("AP", "APr"))
     ap, apr = fig.axes
     assert ap.get_xticks().tolist() == [32, 128, 256] and [t.get_text() for t in ap.get_xticklabels()] == [
         "32", "128", "256"]
-    assert len(ap.containers) == 4 and len(apr.containers) == 4  # APr missing: drawn as NaN, not an error
-    prior_count = ap.containers[3].lines[0]
+    assert len(ap.containers) == 6 and len(apr.containers) == 6  # APr missing: drawn as NaN, not an error
+    prior_count = ap.containers[5].lines[0]
     assert prior_count.get_ydata().tolist() == pytest.approx([0.132, 0.228, 0.356])
-    assert prior_count.get_linestyle() == "--" and prior_count.get_marker() == "^"
+    assert prior_count.get_linestyle() == "--" and prior_count.get_marker() == "s"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
-        "fixed start, constant step", "fixed start, count step", "prior start, constant step",
-        "prior start, count step"]
+        "w 7 start, constant step", "w 7 start, count step", "w 14 start, constant step", "w 14 start, count step",
+        "prior start, constant step", "prior start, count step"]
     plt.close(fig)
 
 
@@ -333,7 +346,7 @@ def fake_sweeps(runs_dir: Path, data_dir: Path):
     heads, levers = plan.sweeps
     skipped = heads.arms["C=1000,prototypes"][2]
     keys = [k for keys in heads.arms.values() for k in keys if k != skipped]
-    keys += levers.arms["d=32,fixed,constant"]
+    keys += levers.arms["d=32,w=7,constant"]
     rng = np.random.default_rng(0)
     for key in keys:
         config = plan.runs[key].config
@@ -378,15 +391,15 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
     for name in expected:
         assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
     assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
-    assert results["sweeps"]["vocabulary_levers"]["runs"] == 15
-    assert len(results["sweeps"]["vocabulary_levers"]["missing"]) == 15 - 6  # 3 own runs, 3 shared with heads
+    assert results["sweeps"]["vocabulary_levers"]["runs"] == 21
+    assert len(results["sweeps"]["vocabulary_levers"]["missing"]) == 21 - 6  # 3 own runs, 3 shared with heads
     heads = results["rows"]["vocabulary_heads"]
     assert [(r["head"], r["classes"], r["n"]) for r in heads] == [(h, c, 2 if (h, c) == ("prototypes", 1000) else 3)
                                                                   for c in (100, 1000) for h in HEADS]
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
     levers = results["rows"]["vocabulary_levers"]
-    assert [(r["arm"], r["embedding_size"], r["classifier_init"], r["means_lr_schedule"]) for r in levers] == [
-        ("d=128,fixed,constant", 128, "fixed", "constant"), ("d=32,fixed,constant", 32, "fixed", "constant")]
+    assert [(r["arm"], r["embedding_size"], r["init_weight"], r["means_lr_schedule"]) for r in levers] == [
+        ("d=256,w=14,constant", 256, 14.0, "constant"), ("d=32,w=7,constant", 32, 7.0, "constant")]
     streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams
@@ -407,6 +420,6 @@ def test_tables_only_writes_the_sweep_tables_from_the_finished_runs_and_trains_n
     heads = (figures / "ablations" / "vocabulary_heads.md").read_text()
     assert "| C=1000,prototypes | 2 |" in heads and "| C=100,dlde | 3 |" in heads
     levers = (figures / "ablations" / "vocabulary_levers.md").read_text()
-    assert "| d=32,fixed,constant | 3 |" in levers and "| d=256,fixed,constant | 0 |" in levers
+    assert "| d=32,w=7,constant | 3 |" in levers and "| d=128,w=14,constant | 0 |" in levers
     assert main(args + ["--force"]) == 2
     assert "--tables-only trains nothing" in capsys.readouterr().err

@@ -123,27 +123,36 @@ def plot_against_classes(rows: Sequence[Mapping[str, Any]], metrics: Sequence[st
 def plot_levers(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"), *,
                 title: str = ""):
     """DLDENet's levers: metrics against the embedding size, one line per start of ``w``, ``b``
-    (``classifier_init``: colour and marker) and step of the tracked means (``means_lr_schedule``:
+    (:func:`lever_start`: colour and marker) and step of the tracked means (``means_lr_schedule``:
     line style), with the t-interval over seeds.
 
     Args:
-        rows: one per arm, with ``embedding_size``, ``classifier_init``, ``means_lr_schedule`` and
-            ``<metric>_mean``, ``_low``, ``_high`` (:func:`dlde.analysis.vocabulary.arm_rows`).
+        rows: one per arm, with ``embedding_size``, ``classifier_init``, ``init_weight``,
+            ``means_lr_schedule`` and ``<metric>_mean``, ``_low``, ``_high``
+            (:func:`dlde.analysis.vocabulary.arm_rows`).
         metrics: one panel each (two per row).
         title: the figure's title.
     """
-    inits = list(dict.fromkeys(str(r["classifier_init"]) for r in rows))
+    starts = list(dict.fromkeys(lever_start(r) for r in rows))
     schedules = list(dict.fromkeys(str(r["means_lr_schedule"]) for r in rows))
 
     def style(name: str, index: int) -> Style:
-        init, schedule = name.split(" / ")
-        k, j = inits.index(init), schedules.index(schedule)
-        return (f"{init} start, {schedule} step", OKABE_ITO[k % len(OKABE_ITO)], "o^sDv"[k % 5],
+        start, schedule = name.split(" / ")
+        k, j = starts.index(start), schedules.index(schedule)
+        return (f"{start} start, {schedule} step", OKABE_ITO[k % len(OKABE_ITO)], "o^sDv"[k % 5],
                 ("-", "--", ":", "-.")[j % 4])
 
     return _metric_lines(rows, metrics, x="embedding_size",
-                         series=lambda r: f"{r['classifier_init']} / {r['means_lr_schedule']}", style=style,
+                         series=lambda r: f"{lever_start(r)} / {r['means_lr_schedule']}", style=style,
                          xlabel="embedding size d", title=title)
+
+
+def lever_start(row: Mapping[str, Any]) -> str:
+    """The start of DLDENet's ``w``, ``b`` as a label: ``prior`` (``classifier_init='prior'``) or
+    ``w 7`` (the fixed start's ``init_weight``)."""
+    if row["classifier_init"] == "prior":
+        return "prior"
+    return f"w {float(row['init_weight']):g}"
 
 
 def _edges(largest: int) -> np.ndarray:

@@ -218,18 +218,24 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def _glyphs_preset(classes: int, epochs: int) -> TrainConfig:
+def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: float) -> TrainConfig:
     """The ``digits`` preset's network and optimizer on the glyphs dataset of ``classes`` classes
-    (default glyphs settings), with 128-d embeddings (issue 16: at 200 classes, 32-d cost DLDENet
-    0.16 AP against the sigmoid head and 128-d nearly closed the gap) and one evaluation at the end."""
+    (default glyphs settings), one evaluation at the end, and DLDENet's embedding size and starting
+    scale ``w`` for that vocabulary (figures/ablations/vocabulary_levers.md): ``w`` barely moves
+    in these short schedules (7.0 -> 7.0-7.4 at 1,000 classes), so its start is the head's
+    temperature."""
     return dataclasses.replace(
         PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs", glyphs_classes=classes,
         min_size=GlyphsConfig.canvas_size, max_size=GlyphsConfig.canvas_size,
-        head_options={**PRESETS["digits"].head_options, "embedding_size": 128}, epochs=epochs, eval_every=epochs)
+        head_options={**PRESETS["digits"].head_options, "embedding_size": embedding_size, "init_weight": init_weight},
+        epochs=epochs, eval_every=epochs)
 
 
 #: Sized for one thread of this 2-core CPU (measured while other jobs held a load of ~2.5):
 #: glyphs-1000 has 4,436 training canvases, 0.57 s per batch of 16, 157 s per epoch, ~30 s of
 #: evaluation: about 8.5 min for its 3 epochs; glyphs-100 has 431 canvases, ~15 s per epoch.
-PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16)
-PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3)
+#: Embedding size and ``w``: at 100 classes 128-d and the original ``w`` 7 put DLDENet ahead of the
+#: sigmoid head; at 1,000 classes 32-d and 128-d with ``w`` 7 do not detect, 256-d and ``w`` 14
+#: detect best of the measured levers (issue 16; README "Large vocabularies").
+PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16, embedding_size=128, init_weight=7.0)
+PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3, embedding_size=256, init_weight=14.0)

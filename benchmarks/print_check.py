@@ -269,8 +269,10 @@ def _retrieval() -> Figure:
 
 
 def _levers() -> Figure:
-    rows = [row for init in ("focal", "zero") for schedule in ("constant", "count")
-            for row in _vocabulary_rows("embedding_size", {"classifier_init": init, "means_lr_schedule": schedule})]
+    starts = ({"classifier_init": "fixed", "init_weight": 7.0}, {"classifier_init": "fixed", "init_weight": 14.0},
+              {"classifier_init": "prior", "init_weight": 7.0})
+    rows = [row for start in starts for schedule in ("constant", "count")
+            for row in _vocabulary_rows("embedding_size", start | {"means_lr_schedule": schedule})]
     return vocabulary_plots.plot_levers(rows)
 
 

@@ -614,4 +614,7 @@ def test_notebook_04_flags_unknown_objects_by_a_named_score(tmp_path):
         flag = results["unknown_flag"]
         assert flag["score"] == score and flag["known_recall"] == 0.5 and math.isfinite(flag["threshold"])
         assert 0 < results["unknown_detections"] < results["detections"]  # some flagged, not all
-    assert execute("04_inference.ipynb", tmp_path / "none", **common)["unknown_flag"] is None
+    assert execute("04_inference.ipynb", tmp_path / "none", **common, UNKNOWN_SCORE="")["unknown_flag"] is None
+    (tmp_path / "default").mkdir()
+    default = execute("04_inference.ipynb", tmp_path / "default", **common)["unknown_flag"]
+    assert default["score"] == "knn" and math.isfinite(default["threshold"])  # DLDENet's best unknown score

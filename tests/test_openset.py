@@ -512,3 +512,26 @@ def test_calibrate_unknown_flag_then_flag_a_folder(tiny_open_set, tmp_path):
         assert any(b["unknown"].any() for b in flagged) and not all(b["unknown"].all() for b in flagged), score
     with pytest.raises(ValueError, match="not both"):
         detect_folder(models["dlde"], folder, min_size=64, max_size=64, unknown_below=0.5, unknown_flag=flags["cosine"])
+
+
+def test_the_notebook_flag_is_left_off_with_a_reason_when_nothing_matches(monkeypatch):
+    from types import SimpleNamespace
+
+    from dlde.analysis import openset_protocol
+
+    run = SimpleNamespace(config={}, kappa_history=None)
+    assert openset_protocol.run_unknown_flag(None, "", run) == (None, "no unknown flag")
+
+    def weak(*args, **kwargs):
+        raise openset_protocol.NoMatchedDetections("no detection of 16 validation images matches an object")
+
+    monkeypatch.setattr(openset_protocol, "calibrate_unknown_flag", weak)
+    flag, about = openset_protocol.run_unknown_flag(None, "knn", run)
+    assert flag is None and about == "no unknown flag: no detection of 16 validation images matches an object"
+
+    def broken(*args, **kwargs):
+        raise ValueError("the 'retinanet' head has no embedding space for the 'knn' score")
+
+    monkeypatch.setattr(openset_protocol, "calibrate_unknown_flag", broken)
+    with pytest.raises(ValueError, match="no embedding space"):  # any other problem still fails loudly
+        openset_protocol.run_unknown_flag(None, "knn", run)

@@ -407,6 +407,10 @@ def pool_open_set(results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the flag of a trained run
+class NoMatchedDetections(ValueError):
+    """A run's validation detections match no object: an unknown flag has nothing to set its threshold on."""
+
+
 def calibrate_unknown_flag(model: nn.Module, score: str, config: Mapping[str, Any] | TrainConfig, *,
                            known_recall: float = DEFAULT_KNOWN_PRECISION, kappa_history: Any | None = None,
                            max_images: int | None = 200, knn_k: int = DEFAULT_KNN_K, iou: float = DEFAULT_IOU,
@@ -433,7 +437,8 @@ def calibrate_unknown_flag(model: nn.Module, score: str, config: Mapping[str, An
         batch_size: images per forward pass.
 
     Raises:
-        ValueError: the score needs an embedding space the head lacks, or no detection matches an object.
+        ValueError: the score needs an embedding space the head lacks.
+        NoMatchedDetections: no detection matches an object (a run that detects nothing yet).
     """
     config = TrainConfig.from_dict(dict(config)) if isinstance(config, Mapping) else config
     train_set, val_set = build_datasets(dataclasses.replace(config, flip_prob=0.0))
@@ -451,7 +456,33 @@ def calibrate_unknown_flag(model: nn.Module, score: str, config: Mapping[str, An
                for i, d in zip(indices, per_image)]
     values = torch.cat(matched).numpy() if matched else np.zeros(0)
     if not values.size:
-        raise ValueError(f"no detection of {len(indices)} validation images matches an object: nothing to set "
-                         "the threshold on")
+        raise NoMatchedDetections(f"no detection of {len(indices)} validation images matches an object: nothing "
+                                  "to set the threshold on")
     return UnknownFlag(score, known_recall_threshold(values, known_recall),
                        scorers.get(score) if scorers else None, known_recall=known_recall)
+
+
+def run_unknown_flag(model: nn.Module, score: str, run: Any, **options: Any) -> tuple[UnknownFlag | None, str]:
+    """The unknown flag of ``04_inference`` for a loaded run (:class:`dlde.train.runs.Run`), and what to
+    print about it.
+
+    No flag when ``score`` is ``""``, or when the run's validation detections match no object yet
+    (a run too weak to set a threshold on: the notebook then draws its detections unflagged and
+    says why, instead of failing). Any other problem raises, as :func:`calibrate_unknown_flag`.
+
+    Args:
+        model: the run's detector.
+        score: a name of :data:`SCORES`, or ``""`` for no flag.
+        run: the run (its ``config`` and ``kappa_history`` are used).
+        **options: further arguments of :func:`calibrate_unknown_flag`.
+
+    Returns:
+        ``(flag or None, a line describing it)``.
+    """
+    if not score:
+        return None, "no unknown flag"
+    try:
+        flag = calibrate_unknown_flag(model, score, run.config, kappa_history=run.kappa_history, **options)
+    except NoMatchedDetections as error:
+        return None, f"no unknown flag: {error}"
+    return flag, str(flag.summary())

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlde.analysis.embeddings import angle_to_final  # noqa: E402
 from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.data.transforms import collate  # noqa: E402
 from dlde.model.modes import evaluating  # noqa: E402
@@ -85,9 +86,7 @@ def drift_text(run, frequencies) -> str:
     history = run.means_history
     if history is None or len(history) < 2 or frequencies is None:
         return "–"
-    first, last = history[0], history[-1]
-    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(last, axis=1)
-    cosines = np.divide((first * last).sum(axis=1), norms, out=np.full(len(norms), np.nan), where=norms > 0)
+    cosines = np.cos(np.radians(angle_to_final(history)[0]))  # (C,) first to last epoch; NaN for a zero mean
     buckets = np.asarray(frequencies)
     return " / ".join(f"{np.nanmedian(cosines[buckets == b]):.3f}" for b in BUCKETS if (buckets == b).any())
 

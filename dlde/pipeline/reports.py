@@ -160,9 +160,7 @@ def write_index(plan: Plan) -> Path:
     lines += _stale_lines(plan)
     lines += _sweep_index_lines(plan)
     plan.figures_dir.mkdir(parents=True, exist_ok=True)
-    path = plan.figures_dir / "index.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(plan.figures_dir / "index.md", "\n".join(lines) + "\n")
 
 
 SWEEPS_HEADING = "## Sweeps"
@@ -180,8 +178,7 @@ def write_sweep_index(plan: Plan) -> Path:
     start = next((i for i, line in enumerate(lines) if line.startswith(SWEEPS_HEADING)), len(lines))
     while start > 0 and not lines[start - 1].strip():
         start -= 1
-    path.write_text("\n".join(lines[:start] + _sweep_index_lines(plan)) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines[:start] + _sweep_index_lines(plan)) + "\n")
 
 
 def _number(value: Any, digits: int = 3) -> str:

@@ -31,7 +31,7 @@ from dlde.files import release_lock, try_lock
 from dlde.model.registry import all_head_options
 from dlde.train import PRESETS, RunFolder
 from dlde.train.config import field_names
-from dlde.train.runs import run_identity
+from dlde.train.runs import describe_changes, run_identity
 
 from .execute import NotebookFailed, failure_reason, kernel_argv, kernel_threads, papermill_execute
 from .lock import NOTEBOOKS_DIR, check_parameters_cell
@@ -310,7 +310,7 @@ def changes_text(folder: RunFolder, config: Mapping[str, Any]) -> str:
         changes = folder.config_changes(config)
     except ValueError as error:  # an unreadable record
         return str(error)
-    return ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in sorted(changes.items())) or "unknown"
+    return describe_changes(changes) or "unknown"
 
 
 def _train_locked(plan: SweepPlan, key: str, label: str, run: SweepRun, folder: RunFolder, *, force: bool,

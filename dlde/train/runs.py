@@ -103,6 +103,11 @@ def run_identity(config: Any) -> dict[str, Any]:
     return flat
 
 
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """``{field: (saved, new)}`` (:meth:`RunFolder.config_changes`) as ``field: saved -> new, ...``, sorted by field."""
+    return ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
+
+
 class RunFolder:
     """One run folder: its identity and completion, its files, and their atomic writes.
 
@@ -263,7 +268,7 @@ class RunFolder:
         changed = self.config_changes(config, record)
         refused = sorted(set(changed) - set(config.allow_changed))
         if refused:
-            shown = ", ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused)
+            shown = describe_changes({key: changed[key] for key in refused})
             raise ValueError(f"cannot resume {self.path} with a different config ({shown}); resume with the saved "
                              f"values, or allow the change explicitly with allow_changed={refused}")
         if changed:

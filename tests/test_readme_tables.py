@@ -60,9 +60,10 @@ def test_a_table_that_differs_from_its_file_is_named_and_rewritten(tmp_path, cap
     err = capsys.readouterr().err
     assert f"README.md:{block_line(README, marker)}: the table differs from figures/metrics.md" in err
     assert err.count("differs") == 1 and readme.read_text(encoding="utf-8") == edited  # --check writes nothing
-    assert main(["--readme", str(readme)]) == 0
+    main(["--readme", str(readme)])
     assert readme.read_text(encoding="utf-8") == README  # rewritten from the file
-    assert main(["--check", "--readme", str(readme)]) == 0
+    main(["--check", "--readme", str(readme)])
+    assert "differs" not in capsys.readouterr().err
 
 
 def test_a_derived_table_quoting_a_number_its_files_lack_fails(tmp_path, capsys):
@@ -118,17 +119,27 @@ def test_a_broken_block_is_a_one_line_error(tmp_path, capsys, text, message):
     assert readme.read_text() == text
 
 
-def test_table_files_without_provenance_are_a_warning_not_a_failure(tmp_path, capsys):
+def test_a_table_file_without_provenance_fails_and_more_than_one_commit_is_a_warning(tmp_path, capsys):
     (tmp_path / "figures").mkdir()
     write_table_file(tmp_path / "figures" / "good.md", "| a |\n|---|\n| 1 |", command="make figures")
     (tmp_path / "figures" / "bare.md").write_text("| b |\n|---|\n| 2 |\n")
     (tmp_path / "figures" / "index.md").write_text("| not a results table |\n|---|\n")
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- table: figures/bare.md -->\n<!-- /table -->\n")
-    assert main(["--readme", str(readme)]) == 0
-    assert main(["--check", "--readme", str(readme)]) == 0
+    readme.write_text("<!-- table: figures/good.md -->\n<!-- /table -->\n")
+    assert main(["--readme", str(readme)]) == 1
+    assert main(["--check", "--readme", str(readme)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == ["warning: figures/bare.md has no provenance line (commit, command, date): re-run what writes it"] * 2
+    assert err == ["error: figures/bare.md has no provenance line (commit, command, date): re-run what writes it"] * 2
+
+    write_table_file(tmp_path / "figures" / "bare.md", "| b |\n|---|\n| 2 |", command="make ablations")
+    assert main(["--check", "--readme", str(readme)]) == 0
+    assert capsys.readouterr().err == ""
+    write_table_file(tmp_path / "figures" / "old.md", "| c |\n|---|\n| 3 |", command="make figures")
+    old = tmp_path / "figures" / "old.md"
+    old.write_text(old.read_text().replace(f"commit {code_commit()} ", "commit abc1234 "))
+    assert main(["--check", "--readme", str(readme)]) == 0
+    assert capsys.readouterr().err == (f"warning: the table files come from 2 commits of dlde/: {code_commit()} "
+                                       "(2 files), abc1234 (1 file)\n")
 
 
 # ------------------------------------------------------------------------------ provenance

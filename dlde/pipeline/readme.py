@@ -27,9 +27,10 @@ It is not rewritten, but every number it shows must appear in one of its files
 
 rewrites every table block from its file (``make figures``, ``make ablations`` and ``make
 vocabulary`` end with it); ``--check`` writes nothing and exits 1 naming each block that differs.
-Both exit 1 when a derived table quotes a number none of its files holds, 2 on a missing file or a
-broken marker (one line naming README line and file), and warn about table files without a
-provenance line (:data:`TABLE_FILES`), without changing the exit status.
+Both exit 1 when a derived table quotes a number none of its files holds or a table file
+(:data:`TABLE_FILES`) has no provenance line, 2 on a missing file or a broken marker (one line
+naming README line and file); they warn, without changing the exit status, when the table files
+name more than one commit of ``dlde/`` (a number in one of them may come from other code).
 """
 from __future__ import annotations
 
@@ -212,6 +213,17 @@ def table_files(root: str | os.PathLike, named: Iterable[str] = ()) -> list[Path
     return [root / path for path in sorted(found)]
 
 
+def table_commits(paths: Iterable[str | os.PathLike]) -> dict[str, list[Path]]:
+    """The table files among ``paths`` grouped by the commit their provenance line names (files
+    without one left out), the commit named by most files first."""
+    commits: dict[str, list[Path]] = {}
+    for path in map(Path, paths):
+        provenance = split_provenance(path.read_text(encoding="utf-8"))[1]
+        if provenance is not None:
+            commits.setdefault(provenance["commit"], []).append(path)
+    return dict(sorted(commits.items(), key=lambda item: -len(item[1])))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dlde.pipeline.readme [--check]``: the exit status (0 ok, 1 differing, 2 error)."""
     parser = argparse.ArgumentParser(prog="python -m dlde.pipeline.readme",
@@ -226,15 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReadmeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for path in missing_provenance(table_files(readme.parent, report.sources)):
-        print(f"warning: {path.relative_to(readme.parent).as_posix()} has no provenance line (commit, command, "
-              "date): re-run what writes it", file=sys.stderr)
-    for line in report.unquoted + (report.differing if args.check else []):
+    files = table_files(readme.parent, report.sources)
+    bare = [f"error: {path.relative_to(readme.parent).as_posix()} has no provenance line (commit, command, date): "
+            "re-run what writes it" for path in missing_provenance(files)]
+    commits = table_commits(files)
+    if len(commits) > 1:
+        named = ", ".join(f"{commit} ({len(paths)} file{'s' * (len(paths) > 1)})" for commit, paths in commits.items())
+        print(f"warning: the table files come from {len(commits)} commits of dlde/: {named}", file=sys.stderr)
+    for line in bare + report.unquoted + (report.differing if args.check else []):
         print(line, file=sys.stderr)
     if not args.check and report.text != text:
         atomic_write_text(readme, report.text)
         print(f"{readme.name}: rewrote {len(report.differing)} table(s) from their files")
-    return 1 if report.unquoted or (args.check and report.differing) else 0
+    return 1 if bare or report.unquoted or (args.check and report.differing) else 0
 
 
 if __name__ == "__main__":

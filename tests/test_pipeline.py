@@ -1,5 +1,6 @@
 """The figure pipeline: planning from figures.yaml (fast), and --tiny end to end (slow)."""
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -380,3 +381,24 @@ def test_nproc_must_be_a_positive_integer(tmp_path):
     config = write_yaml(tmp_path, "runs:\n  ddp:\n    nproc: 0\n")
     with pytest.raises(ValueError, match="nproc must be a positive integer"):
         make_plan(config)
+
+
+def test_notebook_kernels_get_one_thread_unless_told_otherwise(monkeypatch, tmp_path):
+    """The analysis in a notebook moves in its last digits with the thread count (a UMAP layout, a
+    PDF's coordinates): every entry point pins the kernels' threads the same way."""
+    from dlde.pipeline import cli
+
+    seen = []
+
+    def fake_run_notebook(plan, notebook, values, log_output):
+        seen.append(os.environ.get("OMP_NUM_THREADS"))
+        return tmp_path / "executed.ipynb"
+
+    monkeypatch.setattr(cli, "run_notebook", fake_run_notebook)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the caller's setting does not leak into the kernels
+    arguments = ["--config", str(FIGURES_YAML), "--tiny", "--runs-dir", str(tmp_path),
+                 "--notebook", "02_mean_drift.ipynb"]
+    assert main(arguments) == 0
+    assert main(arguments + ["--threads", "2"]) == 0
+    assert seen == [str(cli.KERNEL_THREADS), "2"] and cli.KERNEL_THREADS == 1
+    assert os.environ["OMP_NUM_THREADS"] == "7"  # restored afterwards

@@ -51,6 +51,11 @@ from .plan import make_plan, notebook_values
 from .progress import Summary, echo_line
 from .sweeps import aggregate_sweeps, make_sweep_plan, run_sweeps, train_step_sweeps
 
+#: OpenMP threads of every notebook kernel unless ``--threads`` says otherwise: pinned, like the runs'
+#: ``threads``, so that the same command gives the same figure files on machines with other core
+#: counts (torch's own choice, the number of cores, changes the analysis in its last digits).
+KERNEL_THREADS = 1
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dlde.pipeline", description=__doc__.split("\n\n")[0])
@@ -74,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default=None, help="overrides runs_dir of the config file")
     parser.add_argument("--figures-dir", default=None, help="overrides figures_dir of the config file")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OpenMP threads per notebook kernel (default: torch's choice); 1 helps on a busy machine")
+    parser.add_argument("--threads", type=int, default=KERNEL_THREADS,
+                        help=f"OpenMP threads per notebook kernel (default {KERNEL_THREADS}: what a notebook computes "
+                             "depends on it in the last digits, which move a UMAP layout and a PDF's coordinates; "
+                             "training uses its run's own threads)")
     return parser
 
 

@@ -40,10 +40,11 @@ figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
 	$(PY) -m dlde.pipeline.readme
 
-# The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs, about 80 min with one
-# thread per run); make vocabulary the large-vocabulary sweeps on glyphs (39 runs, about 6 h of one
-# thread; run it twice at once, one per core, and the two share the runs), then notebook 07 on them
-# into figures/vocabulary/ (make figures draws 07 on the reduced sweep vocabulary_figures).
+# The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs of one thread each,
+# about 75 min when run twice at once, one per core, the two sharing the runs); make vocabulary the
+# large-vocabulary sweeps on glyphs (39 runs, about 6 h of one thread; run it twice at once too),
+# then notebook 07 on them into figures/vocabulary/ (make figures draws 07 on the reduced sweep
+# vocabulary_figures).
 ABLATIONS := means_lr starting_means means_update embedding_size headline
 VOCABULARY := vocabulary_heads vocabulary_levers vocabulary_scale
 

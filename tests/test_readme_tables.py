@@ -17,7 +17,7 @@ from dlde.analysis.tables import (
     split_provenance,
     write_table_file,
 )
-from dlde.pipeline.readme import main, render
+from dlde.pipeline.readme import main, render, table_commits, table_files
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -46,6 +46,17 @@ def test_the_readme_tables_equal_their_files():
     assert report.text == README
     assert {"figures/metrics.md", "figures/ablations/headline.md", "figures/few_shot_benchmark.md",
             "figures/benchmarks/step_time.md"} <= set(report.sources)
+
+
+def test_every_committed_table_file_names_its_provenance_and_all_name_one_commit():
+    """Every number of the README comes from one version of the code: re-running one table after a
+    change of dlde/ means re-running them all (``python -m dlde.pipeline.readme`` warns too)."""
+    files = table_files(ROOT, render(README, ROOT).sources)
+    assert len(files) >= 14 and missing_provenance(files) == []
+    commits = table_commits(files)
+    assert len(commits) == 1, {commit: [path.relative_to(ROOT).as_posix() for path in paths]
+                               for commit, paths in commits.items()}
+    assert "+changes" not in next(iter(commits))
 
 
 def test_a_table_that_differs_from_its_file_is_named_and_rewritten(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """The figure pipeline: planning from figures.yaml (fast), and --tiny end to end (slow)."""
+import inspect
 import json
 import os
 import re
@@ -402,3 +403,6 @@ def test_notebook_kernels_get_one_thread_unless_told_otherwise(monkeypatch, tmp_
     assert main(arguments + ["--threads", "2"]) == 0
     assert seen == [str(cli.KERNEL_THREADS), "2"] and cli.KERNEL_THREADS == 1
     assert os.environ["OMP_NUM_THREADS"] == "7"  # restored afterwards
+    # the Python entry points pin the same default as the command line
+    assert inspect.signature(run_pipeline).parameters["threads"].default == cli.KERNEL_THREADS
+    assert inspect.signature(sweeping.run_sweeps).parameters["threads"].default == cli.KERNEL_THREADS

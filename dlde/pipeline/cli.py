@@ -46,15 +46,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .execute import NotebookFailed, kernel_threads, run_notebook, run_pipeline
+from .execute import KERNEL_THREADS, NotebookFailed, kernel_threads, run_notebook, run_pipeline
 from .plan import make_plan, notebook_values
 from .progress import Summary, echo_line
 from .sweeps import aggregate_sweeps, make_sweep_plan, run_sweeps, train_step_sweeps
-
-#: OpenMP threads of every notebook kernel unless ``--threads`` says otherwise: pinned, like the runs'
-#: ``threads``, so that the same command gives the same figure files on machines with other core
-#: counts (torch's own choice, the number of cores, changes the analysis in its last digits).
-KERNEL_THREADS = 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -91,6 +91,13 @@ def kernel_argv(kernel_name: str = KERNEL_NAME) -> list[str]:
     return argv
 
 
+#: OpenMP threads of every notebook kernel unless the caller says otherwise (``--threads``, the
+#: ``threads`` of :func:`run_pipeline` and :func:`~dlde.pipeline.sweeps.run_sweeps`): pinned, like the
+#: runs' ``threads``, so that the same command gives the same figure files on machines with other core
+#: counts (torch's own choice, the number of cores, changes the analysis in its last digits).
+KERNEL_THREADS = 1
+
+
 @contextmanager
 def kernel_threads(threads: int | None) -> Iterator[None]:
     """Set ``OMP_NUM_THREADS`` (inherited by the kernels started inside) when ``threads`` is
@@ -236,7 +243,7 @@ def _execute_step(plan: Plan, step: Step, log_output: bool, echo: Callable[[str]
 
 
 # ------------------------------------------------------------------------------ the pipeline
-def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = None,
+def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = KERNEL_THREADS,
                  summary: Summary | None = None, train_sweeps: SweepTrainer | None = None
                  ) -> list[tuple[Step, dict[str, Any]]]:
     """Execute the plan's steps in order; then (also after a failure) write index.md and metrics.md.
@@ -244,7 +251,7 @@ def run_pipeline(plan: Plan, *, log_output: bool = False, threads: int | None = 
     Args:
         plan: from :func:`~dlde.pipeline.plan.make_plan`.
         log_output: stream the notebooks' outputs to the terminal.
-        threads: ``OMP_NUM_THREADS`` of the kernels (None: torch's default). On a shared
+        threads: ``OMP_NUM_THREADS`` of the kernels (None: inherited, else torch's default). On a shared
             machine one thread per kernel avoids oversubscribed cores, which can make
             training many times slower.
         summary: collects each step's outcome and time (for the final table).

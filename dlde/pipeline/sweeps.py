@@ -33,7 +33,7 @@ from dlde.train import PRESETS, RunFolder
 from dlde.train.config import field_names
 from dlde.train.runs import describe_changes, run_identity
 
-from .execute import NotebookFailed, failure_reason, kernel_argv, kernel_threads, papermill_execute
+from .execute import KERNEL_THREADS, NotebookFailed, failure_reason, kernel_argv, kernel_threads, papermill_execute
 from .lock import NOTEBOOKS_DIR, check_parameters_cell
 from .plan import (
     MANAGED_PARAMETERS,
@@ -353,7 +353,7 @@ def aggregate_sweeps(plan: SweepPlan, echo: Callable[[str], None]) -> None:
 
 
 def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False, log_output: bool = False,
-               threads: int | None = None, summary: Summary | None = None,
+               threads: int | None = KERNEL_THREADS, summary: Summary | None = None,
                echo: Callable[[str], None] | None = None, aggregate: bool = True) -> list[RunFailure]:
     """Train every run of the plan that is not already complete, then aggregate each sweep.
 
@@ -370,7 +370,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
         force: retrain complete runs too, and replace runs of another config.
         fail_fast: stop at the first failed run.
         log_output: stream the notebooks' outputs.
-        threads: ``OMP_NUM_THREADS`` of the kernels.
+        threads: ``OMP_NUM_THREADS`` of the kernels (None: inherited from the caller's environment).
         summary: collects each run's outcome and time.
         echo: where progress lines go (default: print).
         aggregate: write the tables and figures of the sweeps (and index.md) at the end.
@@ -419,7 +419,8 @@ def train_step_sweeps(figures: Plan, step: Step, log_output: bool = False) -> No
         NotebookFailed: a run failed, or is not complete (being trained by another process).
     """
     plan = make_sweep_plan(figures.config, step.sweeps, tiny=figures.tiny, runs_dir=figures.sweeps_runs_dir)
-    failures = run_sweeps(plan, log_output=log_output, fail_fast=True, aggregate=False)
+    # threads=None: the kernels inherit the threads the figure pipeline set around this step
+    failures = run_sweeps(plan, log_output=log_output, threads=None, fail_fast=True, aggregate=False)
     if failures:
         raise NotebookFailed(step, failures[0].executed, f"sweep run {failures[0].key} failed: {failures[0].reason}")
     unfinished = [key for key, run in plan.runs.items() if not RunFolder(plan.run_dir(key)).is_complete(run.config)]

@@ -28,13 +28,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check dlde tests benchmarks
 
 test: $(STAMP) chromium lint
-	$(PY) -m pytest -q
+	$(PY) -m dlde.kernels $(PY) -m pytest -q
 
 test-browser: $(STAMP) chromium
-	$(PY) -m pytest -q -m browser tests/test_browser.py
+	$(PY) -m dlde.kernels $(PY) -m pytest -q -m browser tests/test_browser.py
 
 test-fast: $(STAMP) lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m dlde.kernels $(PY) -m pytest -q -m "not slow"
 
 figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
@@ -61,14 +61,15 @@ figures-tiny: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --tiny
 
 # JupyterLab at the repository root on this checkout's .venv (kernel "Python 3 (ipykernel)",
-# name python3, the venv's own; nothing is installed into your home folder). The committed
+# name python3, the venv's own; nothing is installed into your home folder), with the portable
+# numeric kernels of dlde.kernels, which its notebook kernels inherit as the pipeline's do. The committed
 # notebooks/*.ipynb are read-only there (dlde.pipeline.lock.refuse_committed_save): save your
 # edits with File > Save Notebook As... under runs/. LAB_ARGS adds options (e.g. --port 8899);
 # LAB_ROOT roots Lab elsewhere (the browser test uses a copy of the project).
 LAB_ROOT ?= $(CURDIR)
 LAB_ARGS ?=
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(LAB_ROOT)" \
+	$(PY) -m dlde.kernels $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(LAB_ROOT)" \
 	  --FileContentsManager.pre_save_hook=dlde.pipeline.lock.refuse_committed_save \
 	  --KernelSpecManager.allowed_kernelspecs=python3 \
 	  $$([ "$$(id -u)" -eq 0 ] && echo --allow-root) $(LAB_ARGS)

@@ -29,6 +29,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
+from dlde.kernels import pin_script
 from dlde.train import PRESETS, build_model, distributed  # noqa: E402
 
 
@@ -184,4 +185,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    pin_script()  # the portable numeric kernels (dlde.kernels); --native-kernels turns them off
     main()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from dlde.kernels import pin_script
 from dlde.train import PRESETS, TrainConfig, train
 
 
@@ -77,4 +78,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    pin_script()  # the portable numeric kernels (dlde.kernels); --native-kernels turns them off
     main()

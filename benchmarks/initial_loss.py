@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde import CosinePrototypeClassification, DirectionalClassification, build_detector  # noqa: E402
 from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
+from dlde.kernels import pin_script
 from dlde.model.priors import cosine_quadrature, excess_losses  # noqa: E402
 from dlde.model.registry import head_factory  # noqa: E402
 
@@ -141,4 +142,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    pin_script()  # the portable numeric kernels (dlde.kernels); --native-kernels turns them off
     main()

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde.analysis.retrieval import BACKENDS, EmbeddingIndex
+from dlde.kernels import pin_script
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -111,4 +112,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    pin_script()  # the portable numeric kernels (dlde.kernels); --native-kernels turns them off
     main()

@@ -64,6 +64,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7  # noqa: E402
 
 import dlde  # noqa: E402
 from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
+from dlde.kernels import pin_script
 from dlde.model.priors import CLASSIFIER_INITS  # noqa: E402
 from dlde.model.tracking import track_batch  # noqa: E402
 
@@ -391,4 +392,5 @@ def print_profile(name: str, step, steps: int, top: int = 12) -> None:
 
 
 if __name__ == "__main__":
+    pin_script()  # the portable numeric kernels (dlde.kernels); --native-kernels turns them off
     main()

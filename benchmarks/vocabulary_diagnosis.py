@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dlde.analysis.embeddings import angle_to_final  # noqa: E402
 from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.data.transforms import collate  # noqa: E402
+from dlde.kernels import pin_script
 from dlde.model.modes import evaluating  # noqa: E402
 from dlde.train import load_run  # noqa: E402
 
@@ -129,4 +130,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    pin_script()  # the portable numeric kernels (dlde.kernels); --native-kernels turns them off
     main()

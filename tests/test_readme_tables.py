@@ -17,11 +17,12 @@ from dlde.analysis.tables import (
     split_provenance,
     write_table_file,
 )
+from dlde.kernels import setting as kernel_setting
 from dlde.pipeline.readme import main, render, table_commits, table_files
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-LINE = "<sub>commit abc1234 · `make ablations` · 2026-11-30</sub>"
+LINE = "<sub>commit abc1234 · `make ablations` · 2026-11-30 · portable kernels</sub>"
 
 
 def readme_copy(folder: Path) -> Path:
@@ -155,14 +156,17 @@ def test_a_table_file_without_provenance_fails_and_more_than_one_commit_is_a_war
 
 # ------------------------------------------------------------------------------ provenance
 def test_the_provenance_line_names_commit_command_and_date():
-    assert provenance_line("make ablations", commit="abc1234", date="2026-11-30") == LINE
+    assert provenance_line("make ablations", commit="abc1234", date="2026-11-30", kernels="portable") == LINE
     assert PROVENANCE.match(LINE).groupdict() == {"commit": "abc1234", "command": "make ablations",
-                                                  "date": "2026-11-30"}
+                                                  "date": "2026-11-30", "kernels": "portable"}
+    older = "<sub>commit abc1234 · `make ablations` · 2026-11-30</sub>"  # written before the kernels were pinned
+    assert PROVENANCE.match(older)["kernels"] is None
     line = provenance_line("python -m x `y`")
     match = PROVENANCE.match(line)
     assert match and match["command"] == "python -m x 'y'"  # a backtick would end the code span
     assert match["date"] == datetime.now(timezone.utc).date().isoformat()
     assert re.fullmatch(r"[0-9a-f]{4,40}(\+changes)?", match["commit"])  # this checkout's
+    assert match["kernels"] == kernel_setting()  # this process's
     assert not PROVENANCE.match("<sub>commit abc1234 · make ablations · 2026-11-30</sub>")
 
 

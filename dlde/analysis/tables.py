@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from dlde.files import atomic_write_text
+from dlde.kernels import SETTINGS as KERNEL_SETTINGS
+from dlde.kernels import setting as kernel_setting
 
 #: The folder whose last commit a table file names (relative to the checkout's root).
 CODE_FOLDER = "dlde"
 #: The provenance line of a table file (its last line): commit (``+changes`` when ``dlde/`` had
 #: uncommitted changes; ``unknown`` outside a git checkout), command, UTC date.
 PROVENANCE = re.compile(r"^<sub>commit (?P<commit>[0-9a-f]{4,40}(?:\+changes)?|unknown) · "
-                        r"`(?P<command>[^`\n]+)` · (?P<date>\d{4}-\d{2}-\d{2})</sub>$")
+                        r"`(?P<command>[^`\n]+)` · (?P<date>\d{4}-\d{2}-\d{2})"
+                        r"(?: · (?P<kernels>portable|native) kernels)?</sub>$")
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -213,18 +216,23 @@ def _shown(path: str) -> str:
         return path
 
 
-def provenance_line(command: str | None = None, *, commit: str | None = None, date: str | None = None) -> str:
-    """The last line of a table file: ``<sub>commit C · `command` · YYYY-MM-DD</sub>``.
+def provenance_line(command: str | None = None, *, commit: str | None = None, date: str | None = None,
+                    kernels: str | None = None) -> str:
+    """The last line of a table file: ``<sub>commit C · `command` · YYYY-MM-DD · K kernels</sub>``.
 
     Args:
         command: what produced the table (default: :func:`command_line`).
         commit: default :func:`code_commit`.
         date: default today's UTC date.
+        kernels: ``'portable'`` or ``'native'`` (:mod:`dlde.kernels`; default: this process's setting).
     """
     command = (command_line() if command is None else command).replace("`", "'").replace("\n", " ")
     commit = code_commit() if commit is None else commit
     date = datetime.now(timezone.utc).date().isoformat() if date is None else date
-    return f"<sub>commit {commit} · `{command}` · {date}</sub>"
+    kernels = kernel_setting() if kernels is None else kernels
+    if kernels not in KERNEL_SETTINGS:
+        raise ValueError(f"kernels must be one of {KERNEL_SETTINGS}, got {kernels!r}")
+    return f"<sub>commit {commit} · `{command}` · {date} · {kernels} kernels</sub>"
 
 
 def write_table_file(path: str | os.PathLike, text: str, *, command: str | None = None) -> Path:

@@ -46,6 +46,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from dlde.kernels import NATIVE_FLAG
+
 from .execute import KERNEL_THREADS, NotebookFailed, kernel_threads, run_notebook, run_pipeline
 from .plan import make_plan, notebook_values
 from .progress import Summary, echo_line
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default=None, help="overrides runs_dir of the config file")
     parser.add_argument("--figures-dir", default=None, help="overrides figures_dir of the config file")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    parser.add_argument(NATIVE_FLAG, action="store_true",
+                        help="let each numeric library take this CPU's fastest code path instead of the portable "
+                             "AVX2 setting (dlde.kernels), in this process and every kernel and worker it starts; "
+                             "the numbers then depend on the CPU")
     parser.add_argument("--threads", type=int, default=KERNEL_THREADS,
                         help=f"OpenMP threads per notebook kernel (default {KERNEL_THREADS}: what a notebook computes "
                              "depends on it in the last digits, which move a UMAP layout and a PDF's coordinates; "

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
+from dlde.kernels import NATIVE_FLAG
 from dlde.model.registry import HEADS, all_head_options, head_class
 
 from . import distributed
@@ -28,6 +29,9 @@ def _parser(preset: str = "digits") -> argparse.ArgumentParser:
         "any registered head). Every flag overrides the preset; --help shows the defaults of the preset given "
         "with --preset.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=preset, help="starting configuration")
+    parser.add_argument(NATIVE_FLAG, action="store_true",
+                        help="let each numeric library take this CPU's fastest code path instead of the portable "
+                             "AVX2 setting (dlde.kernels; the numbers then depend on the CPU)")
     base = PRESETS[preset]
     choices = {**CHOICES, "model": tuple(sorted(HEADS))}
     for f in dataclasses.fields(TrainConfig):
@@ -117,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     parser = _parser(preset_args.preset)
     args = vars(parser.parse_args(argv))
     preset = args.pop("preset")
+    args.pop(NATIVE_FLAG[2:].replace("-", "_"))  # acted on before the import (dlde.train.__main__)
     overrides = {key: value for key, value in args.items() if value is not None}
     try:
         config = TrainConfig.from_dict(overrides, preset=preset)

@@ -74,6 +74,7 @@ class TrainConfig:
     min_size: int = 128
     max_size: int = 128
     flip_prob: float = 0.0
+    repeat_threshold: float | None = None  # repeat-factor sampling's t (dlde.data.sampling); None: off
     # model: defaults come from the components (written once there)
     model: str = "dlde"
     head_options: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +146,8 @@ class TrainConfig:
         unknown = sorted(set(self.allow_changed) - set(field_names()) - set(all_head_options()))
         if unknown:
             raise ValueError(f"allow_changed names unknown fields {unknown}")
+        if self.repeat_threshold is not None and not self.repeat_threshold > 0:
+            raise ValueError(f"repeat_threshold must be > 0, got {self.repeat_threshold}")
 
     def own_head_options(self) -> dict[str, Any]:
         """The entries of :attr:`head_options` that the head ``model`` declares: what it is built with."""

@@ -4,7 +4,7 @@ A run folder (:class:`dlde.train.runs.RunFolder`) holds everything a run produce
 goes so nothing is lost on a crash:
 
 * ``config.json``: the :class:`~dlde.train.config.TrainConfig` and the dataset's class names and category ids;
-* ``metrics.jsonl``: one JSON object per epoch (losses, learning rate, COCO AP, time);
+* ``metrics.jsonl``: one JSON object per epoch (losses, learning rate, images trained, COCO AP, time);
 * ``means_history.npy``: ``(epochs + 1, C, d)`` class means, epoch 0 = before training (heads with tracked means);
 * ``kappa_history.npy``: ``(epochs + 1, C)`` vMF concentration of the tracked embeddings (same heads);
 * ``checkpoint.pt``: model, optimizer, schedule and RNG state after the last finished epoch,
@@ -39,7 +39,7 @@ from dlde.model.modes import evaluating, snapshot_buffers
 from dlde.model.tracking import track_batch
 
 from . import distributed
-from .batches import make_loader, steps_per_epoch
+from .batches import EpochBatches, make_loader
 from .builders import build_datasets, build_model, build_optimizer, build_scheduler
 from .config import AMP_MODES, TrainConfig
 from .progress import Progress
@@ -74,7 +74,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    batches_per_epoch: int
+    epoch_batches: EpochBatches  # images and optimizer steps of every epoch
     positives_reducer: Callable | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     means_history: list[np.ndarray] = field(default_factory=list)
@@ -189,13 +189,11 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(config, parameters)
-    batches_per_epoch = steps_per_epoch(len(train_set), config.batch_size, context.world_size)
-    if config.max_train_batches is not None:
-        batches_per_epoch = min(batches_per_epoch, config.max_train_batches)
-    scheduler = build_scheduler(config, optimizer, batches_per_epoch * config.epochs)
+    epoch_batches = EpochBatches.of(train_set, config, context.world_size)  # repeat factors, if any: cheap
+    scheduler = build_scheduler(config, optimizer, epoch_batches.total_steps(config.epochs))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     return _Run(config, context, device, folder, train_set, val_set, model, network, parameters, optimizer,
-                scheduler, scaler, batches_per_epoch, positives_reducer)
+                scheduler, scaler, epoch_batches, positives_reducer)
 
 
 def _start(run: _Run, saved_record: dict[str, Any] | None) -> None:
@@ -268,10 +266,11 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     batches = skipped = 0
     loader = make_loader(run.train_set, config, shuffle=True, epoch=epoch,
                          batch_size=config.batch_size * context.world_size, context=context,
-                         pin_memory=run.pin_memory)
-    progress = Progress(config.progress and run.writes, run.batches_per_epoch, f"epoch {epoch}/{config.epochs}")
+                         pin_memory=run.pin_memory, factors=run.epoch_batches.factors)
+    steps = run.epoch_batches.steps(epoch)
+    progress = Progress(config.progress and run.writes, steps, f"epoch {epoch}/{config.epochs}")
     for images, annotations in loader:
-        if batches + skipped >= run.batches_per_epoch:
+        if batches + skipped >= steps:
             break
         losses = _step(run, images, annotations, f"epoch {epoch}, batch {batches + skipped}")
         if losses is None:
@@ -294,7 +293,10 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"],
                            "train_loss": sums["loss"] / max(1, batches),
                            "train_cls_loss": sums["classification"] / max(1, batches),
-                           "train_box_loss": sums["bbox_regression"] / max(1, batches)}
+                           "train_box_loss": sums["bbox_regression"] / max(1, batches),
+                           "train_images": run.epoch_batches.trained_images(epoch)}
+    if run.epoch_batches.factors is not None:  # repeat-factor sampling: expected images per epoch / dataset's
+        row["repeat_growth"] = run.epoch_batches.growth
     if skipped:
         row["skipped_steps"] = skipped
     return row

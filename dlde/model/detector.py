@@ -21,9 +21,10 @@ from .anchors import DEFAULT_RATIOS, DEFAULT_SCALES, DEFAULT_SIZES, Anchors, Ass
 from .backbone import SUPPORTED_LEVELS, ResNetFPN, check_levels
 from .boxes import BoxCoder
 from .checkpoints import atomic_save, check_finite_state, read_model_record, state_mismatch
+from .equalized_focal import EFL_SCALE, EqualizedFocal
 from .heads import ClassificationHead, Regression, SigmoidClassification
 from .inputs import all_finite, check_image_values, check_norm_sizes
-from .losses import check_annotations, detection_loss, drop_degenerate_boxes
+from .losses import CLASSIFICATION_LOSSES, check_annotations, detection_loss, drop_degenerate_boxes
 from .means import TrackedMeans
 from .modes import buffers_kept_only_on_success, evaluating
 from .registry import head_factory
@@ -91,6 +92,11 @@ class RetinaNet(nn.Module):
         allow_low_quality_matches: each annotation's best anchor is a positive too.
         box_loss: ``'smooth_l1'``, ``'l1'`` or ``'giou'``.
         focal_alpha, focal_gamma: focal-loss parameters.
+        classification_loss: ``'focal'``, or ``'efl'``: the equalized focal loss, whose per-class
+            focusing factor grows from ``focal_gamma`` by up to ``efl_scale`` for classes whose
+            negatives' gradients outweigh their positives' (:class:`dlde.model.equalized_focal.EqualizedFocal`,
+            held as ``model.equalized_focal``, None with ``'focal'``); every head takes either.
+        efl_scale: the scale ``s`` of the equalized focal loss.
         prior: initial class probability of the sigmoid head.
         score_threshold, nms_threshold, topk_candidates, max_detections: post-processing.
         class_names: one name per class (default ``"0"``, ``"1"``, ...); kept in checkpoints.
@@ -132,7 +138,8 @@ class RetinaNet(nn.Module):
                  head_convs: int = 4, group_norm: bool = False,
                  assignation_thresholds: Mapping[str, float] | None = None,
                  allow_low_quality_matches: bool = True, box_loss: str = "smooth_l1",
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, classification_loss: str = "focal",
+                 efl_scale: float = EFL_SCALE,
                  prior: float = SigmoidClassification.Options.prior,
                  score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = 0.5, topk_candidates: int = 1000,
                  max_detections: int = 300, class_names: Sequence[str] | None = None,
@@ -144,6 +151,9 @@ class RetinaNet(nn.Module):
         names = [str(c) for c in range(int(classes))] if class_names is None else [str(n) for n in class_names]
         if len(names) != int(classes):
             raise ValueError(f"class_names has {len(names)} names for {classes} classes")
+        if classification_loss not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"unknown classification_loss {classification_loss!r}; options: "
+                             f"{', '.join(CLASSIFICATION_LOSSES)}")
         levels = check_levels(fpn_levels)
         self.classes = int(classes)
         self.fpn_levels = levels
@@ -166,7 +176,8 @@ class RetinaNet(nn.Module):
             "head_convs": head_convs, "group_norm": group_norm,
             "assignation_thresholds": dict(self.assignation_thresholds),
             "allow_low_quality_matches": allow_low_quality_matches, "box_loss": box_loss,
-            "focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "prior": prior,
+            "focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "classification_loss": classification_loss,
+            "efl_scale": efl_scale, "prior": prior,
             "score_threshold": score_threshold, "nms_threshold": nms_threshold,
             "topk_candidates": topk_candidates, "max_detections": max_detections, "class_names": names}
 
@@ -190,6 +201,9 @@ class RetinaNet(nn.Module):
             raise TypeError("the classification head must be a dlde.model.heads.ClassificationHead (or a function "
                             f"building one), got {type(head).__name__}")
         self.classification = head
+        # Per-class gradient statistics of the equalized focal loss; None keeps the focal loss's state keys.
+        self.equalized_focal = (EqualizedFocal(self.classes, gamma=focal_gamma, scale=efl_scale)
+                                if classification_loss == "efl" else None)
         if device is not None:
             self.to(device)
 
@@ -291,13 +305,15 @@ class RetinaNet(nn.Module):
         Pass ``assignment=output.assignment`` of the forward's :class:`TrainingOutput` to reuse
         its anchor matching (the trainer does); without it the anchors are matched here, without
         the degenerate boxes the forward drops (the image size is that of the forward that made
-        ``anchors``).
+        ``anchors``). With ``classification_loss='efl'`` the backward of the classification loss
+        adds the step's per-class gradient magnitudes to ``model.equalized_focal``.
         """
         return detection_loss(anchors, regressions, classifications, annotations, assignment=assignment,
                               positives_reducer=positives_reducer, image_size=self.anchors.image_size(anchors),
                               thresholds=self.assignation_thresholds, box_coder=self.box_coder,
                               alpha=self.focal_alpha, gamma=self.focal_gamma, box_loss=self.box_loss,
-                              allow_low_quality_matches=self.allow_low_quality_matches)
+                              allow_low_quality_matches=self.allow_low_quality_matches,
+                              equalized=self.equalized_focal)
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()

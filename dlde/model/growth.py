@@ -41,6 +41,8 @@ def add_classes(model: nn.Module, k: int, names: Sequence[str] | None = None, *,
     if clash:
         raise ValueError(f"add_classes: class names {clash} already exist")
     model.classification.grow(k, generator=generator)
+    if model.equalized_focal is not None:  # the equalized focal loss's statistics: new classes start balanced
+        model.equalized_focal.grow(k)
     model.classes += k
     model.hyperparameters["classes"] = model.classes
     model.hyperparameters["class_names"] = model.class_names + names

@@ -12,8 +12,11 @@ from torchvision.ops import generalized_box_iou_loss
 
 from .anchors import Assignment, assign_batch
 from .boxes import BoxCoder
+from .equalized_focal import EqualizedFocal
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
+#: The classification loss: the focal loss, or the equalized focal loss (:class:`EqualizedFocal`).
+CLASSIFICATION_LOSSES = ("focal", "efl")
 
 
 def check_annotations(annotations: Tensor, classes: int, batch: int | None = None) -> Tensor:
@@ -87,25 +90,39 @@ def focal_loss(probabilities: Tensor, targets: Tensor, *, alpha: float = 0.25, g
 
 
 def focal_loss_sum(probabilities: Tensor, valid: Tensor, positives: Tensor, *, alpha: float = 0.25,
-                   gamma: float = 2.0, eps: float = 1e-6) -> Tensor:
+                   gamma: float | Tensor = 2.0, weight: Tensor | None = None, eps: float = 1e-6,
+                   gradient_sums: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
     """Sum of :func:`focal_loss` over the valid rows of ``probabilities (N, C)`` whose targets are 0
     except at ``positives``.
 
     Equal to ``(focal_loss(probabilities, targets).sum(-1) * valid).sum()`` with ``targets`` the
     one-hot of ``positives``, computed by :class:`SparseFocalLoss` in a few passes over the
-    ``(N, C)`` tensor and a hand-written backward.
+    ``(N, C)`` tensor and a hand-written backward. With a per-class ``gamma (C,)`` and ``weight
+    (C,)`` the pairs of class ``j`` take focusing factor ``gamma[j]`` and are weighted by
+    ``weight[j]`` (the equalized focal loss, :class:`dlde.model.equalized_focal.EqualizedFocal`).
 
     Args:
         probabilities: ``(N, C)`` in [0, 1] (float32 or float64).
         valid: ``(N,)`` bool or 0/1: the rows that count (ignored anchors are 0).
         positives: ``(P,)`` distinct indices into ``probabilities.view(-1)`` of the pairs whose
             target is 1 (``row * C + class``); each must lie in a valid row.
+        gamma: the focusing factor, one for all classes or ``(C,)``.
+        weight: ``(C,)`` non-negative weight of each class's pairs; None: 1.
+        gradient_sums: called by the backward with ``(positive (C,), negative (C,))`` float64: per
+            class, the sum over its positive and over its negative valid pairs of
+            ``|dL/dp| p (1 - p)``, ``L`` the returned sum (the upstream gradient left out).
     """
     if probabilities.dim() != 2 or valid.shape != probabilities.shape[:1]:
         raise ValueError(f"focal_loss_sum needs probabilities (N, C) and valid (N,), got "
                          f"{tuple(probabilities.shape)} and {tuple(valid.shape)}")
+    classes = probabilities.shape[1]
+    if isinstance(gamma, Tensor) or weight is not None or gradient_sums is not None:
+        gamma, weight = (torch.as_tensor(value, dtype=probabilities.dtype, device=probabilities.device)
+                         .expand(classes).contiguous() for value in (gamma, 1.0 if weight is None else weight))
+    else:
+        gamma = float(gamma)
     return SparseFocalLoss.apply(probabilities.contiguous(), valid.to(probabilities.dtype), positives.long(),
-                                 float(alpha), float(gamma), float(eps))
+                                 float(alpha), gamma, float(eps), weight, gradient_sums)
 
 
 class SparseFocalLoss(torch.autograd.Function):
@@ -122,29 +139,48 @@ class SparseFocalLoss(torch.autograd.Function):
     correction added at their indices. Both passes work on row tiles (:func:`row_tiles`), so
     their scratch tensors stay small. The generic autograd graph of the same expression keeps
     about ten ``(N, C)`` tensors, each a fresh allocation.
+
+    ``gamma`` is a float (``weight`` None), or a ``(C,)`` tensor with ``weight (C,)``: each column
+    then has its own focusing factor and weight (``q^gamma_c`` as ``exp(gamma_c log q)``: two passes
+    more than the scalar path's ``q * q``), and the backward can report the per-class gradient
+    magnitudes (``gradient_sums``) with two more passes and one reduction over each tile.
     """
 
     @staticmethod
-    def forward(ctx, probabilities, valid, positives, alpha, gamma, eps):
+    def forward(ctx, probabilities, valid, positives, alpha, gamma, eps, weight=None, gradient_sums=None):
         slope = 1 - 2 * eps  # dq/dp
-        dense = probabilities.new_zeros(())
+        per_class = weight is not None
+        dense = probabilities.new_zeros(probabilities.shape[1] if per_class else ())  # (C,) per class
         for rows in row_tiles(*probabilities.shape):
             q = probabilities[rows].mul(slope).add_(eps)
             terms = q.neg().log1p_()  # log(1 - q)
-            terms.mul_(q).mul_(q) if gamma == 2 else terms.mul_(q.pow_(gamma))  # q^gamma log(1 - q) <= 0
-            dense += torch.dot(terms.sum(-1), valid[rows])
+            if per_class:  # q^gamma_c as exp(gamma_c log q): half the time of pow with a tensor exponent
+                dense += valid[rows] @ terms.mul_(q.log_().mul_(gamma).exp_())  # (C,): sum of q^gamma_c log(1 - q)
+            else:
+                terms.mul_(q).mul_(q) if gamma == 2 else terms.mul_(q.pow_(gamma))  # q^gamma log(1 - q) <= 0
+                dense += torch.dot(terms.sum(-1), valid[rows])
         q_pos = probabilities.view(-1)[positives] * slope + eps
-        correction = (alpha * (1 - q_pos).pow(gamma) * -torch.log(q_pos)
-                      - (1 - alpha) * q_pos.pow(gamma) * -torch.log1p(-q_pos))
+        labels = positives % probabilities.shape[1] if per_class else None  # (P,)
+        gamma_pos = gamma[labels] if per_class else gamma
+        correction = (alpha * (1 - q_pos).pow(gamma_pos) * -torch.log(q_pos)
+                      - (1 - alpha) * q_pos.pow(gamma_pos) * -torch.log1p(-q_pos))
+        ctx.per_class = per_class
+        ctx.constants = alpha, gamma, eps, gradient_sums
+        if per_class:
+            ctx.save_for_backward(probabilities, valid, positives, gamma, weight)
+            return -(1 - alpha) * torch.dot(dense, weight) + torch.dot(correction, weight[labels])
         ctx.save_for_backward(probabilities, valid, positives)
-        ctx.constants = alpha, gamma, eps
         return -(1 - alpha) * dense + correction.sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
+        alpha, gamma, eps, gradient_sums = ctx.constants
+        if ctx.per_class:
+            probabilities, valid, positives, gamma, weight = ctx.saved_tensors
+            d_p = _per_class_backward(probabilities, valid, positives, grad, alpha, gamma, weight, eps, gradient_sums)
+            return d_p, None, None, None, None, None, None, None
         probabilities, valid, positives = ctx.saved_tensors
-        alpha, gamma, eps = ctx.constants
         slope = 1 - 2 * eps
         scale = valid * (grad * (1 - alpha) * slope)  # (N,)
         d_p = torch.empty_like(probabilities)
@@ -161,7 +197,49 @@ class SparseFocalLoss(torch.autograd.Function):
         d_positive = d_positive - (1 - alpha) * q_pos.pow(gamma - 1) * (q_pos / (1 - q_pos)
                                                                         - gamma * torch.log1p(-q_pos))
         d_p.view(-1).index_add_(0, positives, d_positive * (grad * slope))
-        return d_p, None, None, None, None, None
+        return d_p, None, None, None, None, None, None, None
+
+
+def _per_class_backward(probabilities: Tensor, valid: Tensor, positives: Tensor, grad: Tensor, alpha: float,
+                        gamma: Tensor, weight: Tensor, eps: float,
+                        gradient_sums: Callable[[Tensor, Tensor], None] | None) -> Tensor:
+    """``dL/dp (N, C)`` of :class:`SparseFocalLoss` with ``gamma (C,)`` and ``weight (C,)``; passes the
+    per-class gradient magnitudes to ``gradient_sums`` (see :func:`focal_loss_sum`)."""
+    slope = 1 - 2 * eps
+    classes = probabilities.shape[1]
+    scale = valid * (grad * (1 - alpha) * slope)  # (N,)
+    gamma_minus_one, log_weight = gamma - 1, weight.log()
+    negative = torch.zeros(classes, dtype=torch.float64, device=probabilities.device)  # (C,)
+    d_p = torch.empty_like(probabilities)
+    for rows in row_tiles(*probabilities.shape):
+        p, out = probabilities[rows], d_p[rows]
+        q = p.mul(slope).add_(eps)
+        log_negative = q.neg().log1p_()  # log(1 - q)
+        torch.mul(p, -slope, out=out).add_(1 - eps)  # 1 - q
+        torch.div(q, out, out=out).sub_(log_negative.mul_(gamma))
+        # weight_c q^(gamma_c - 1) = exp((gamma_c - 1) log q + log weight_c), in one pass besides log and exp
+        out.mul_(torch.addcmul(log_weight, q.log_(), gamma_minus_one, out=q).exp_())  # weight_c d/dq [...] >= 0
+        if gradient_sums is not None:
+            sensitivity = torch.addcmul(p, p, p, value=-1, out=log_negative)  # p (1 - p): dp/dlogit
+            negative += (valid[rows] @ sensitivity.mul_(out)).double()  # (C,)
+        out.mul_(scale[rows, None])
+    labels = positives % classes  # (P,)
+    gamma_pos, weight_pos = gamma[labels], weight[labels]
+    p_pos = probabilities.view(-1)[positives]
+    q_pos = p_pos * slope + eps
+    # d/dq of the positive's loss alpha (1 - q)^gamma (-log q) (<= 0) and of the negative's it replaces
+    positive_part = alpha * (gamma_pos * (1 - q_pos).pow(gamma_pos - 1) * torch.log(q_pos)
+                             - (1 - q_pos).pow(gamma_pos) / q_pos)
+    negative_part = (1 - alpha) * q_pos.pow(gamma_pos - 1) * (q_pos / (1 - q_pos) - gamma_pos * torch.log1p(-q_pos))
+    d_positive = (positive_part - negative_part) * weight_pos
+    d_p.view(-1).index_add_(0, positives, d_positive * (grad * slope))
+    if gradient_sums is not None:
+        magnitude = weight_pos * slope * p_pos * (1 - p_pos)  # (P,) |dL/dq| -> |dL/dp| p (1 - p)
+        negative *= (1 - alpha) * slope
+        negative.index_add_(0, labels, (negative_part * magnitude).double(), alpha=-1)  # positives are no negatives
+        positive = torch.zeros_like(negative).index_add_(0, labels, (positive_part.abs() * magnitude).double())
+        gradient_sums(positive, negative.clamp_(min=0))
+    return d_p
 
 
 #: Elements of one tile of :func:`row_tiles` (16 MB in float32).
@@ -187,7 +265,8 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
                    alpha: float = 0.25, gamma: float = 2.0, box_loss: str = "smooth_l1",
                    allow_low_quality_matches: bool = True, assignment: Assignment | None = None,
                    positives_reducer: Callable[[Tensor], Tensor] | None = None,
-                   image_size: Sequence[int] | None = None) -> dict[str, Tensor]:
+                   image_size: Sequence[int] | None = None,
+                   equalized: EqualizedFocal | None = None) -> dict[str, Tensor]:
     """RetinaNet losses for a batch.
 
     Args:
@@ -208,6 +287,9 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
             processes of batch B give the gradient of one process of batch N * B.
         image_size: ``(H, W)`` of the batch, so boxes entirely outside it are dropped too when the
             anchors are matched here.
+        equalized: the equalized focal loss's state: the focal loss then takes each class's
+            focusing factor and weight from it (``gamma`` is its base), and the backward adds the
+            step's gradient magnitudes to it. None: the focal loss.
 
     Returns:
         ``{'classification': focal loss over non-ignored anchors, 'bbox_regression': box loss over
@@ -236,8 +318,12 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     # The focal loss of every valid (anchor, class) pair with the N positive pairs as sparse targets,
     # in one autograd node (no dense one-hot target, no saved intermediates of size (B, A, C)).
     flat_positives = objects.reshape(-1).nonzero().squeeze(1) * classes + labels  # (N,) into (B * A * C)
+    focusing = {"gamma": gamma}
+    if equalized is not None:  # gamma_j and weights from the steps before this one
+        focusing["gamma"], focusing["weight"] = equalized.focusing()
+        focusing["gradient_sums"] = equalized.accumulate
     cls = focal_loss_sum(classifications.float().reshape(batch * num_anchors, classes), valid.reshape(-1),
-                         flat_positives, alpha=alpha, gamma=gamma) / positives
+                         flat_positives, alpha=alpha, **focusing) / positives
 
     deltas = regressions[objects].float()  # (N, 4)
     matched_anchors = anchors[None].expand(batch, -1, -1)[objects]

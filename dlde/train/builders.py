@@ -69,6 +69,7 @@ def build_model(config: TrainConfig, classes: int, class_names: Sequence[str] | 
         features={"pyramid": config.pyramid_channels, "regression": config.head_channels,
                   "classification": config.head_channels},
         head_convs=config.head_convs, group_norm=config.group_norm, box_loss=config.box_loss,
+        classification_loss=config.classification_loss, efl_scale=config.efl_scale,
         assignation_thresholds={"object": config.object_iou, "background": config.background_iou},
         class_names=class_names)
 

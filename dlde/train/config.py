@@ -93,6 +93,8 @@ class TrainConfig:
     object_iou: float = DEFAULT_THRESHOLDS["object"]
     background_iou: float = DEFAULT_THRESHOLDS["background"]
     box_loss: str = _DETECTOR["box_loss"].default
+    classification_loss: str = _DETECTOR["classification_loss"].default  # "focal" or "efl" (equalized focal)
+    efl_scale: float = _DETECTOR["efl_scale"].default
     # optimisation
     epochs: int = 8
     batch_size: int = 16

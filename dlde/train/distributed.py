@@ -13,6 +13,10 @@ What plain ``DistributedDataParallel`` does not cover, and this module does:
   same update from the global batch and the means stay bitwise equal; DDP is built with
   ``broadcast_buffers=False`` so it never overwrites them. :func:`check_replicated` verifies, after
   every epoch, that means, weights and BatchNorm statistics are bitwise equal on all processes.
+* **Equalized focal loss.** Its per-class gradient statistics are buffers added to in each process's
+  backward; :func:`attach_equalized_focal_reducer` gives the model's
+  :class:`dlde.model.equalized_focal.EqualizedFocal` a reducer that all-reduces a step's sums
+  (:func:`total_over_processes`), so every process holds the same state and the same ``γ_j``.
 * **Loss normalization.** :func:`loss_normalizer` is the focal loss's ``positives_reducer``:
   each process divides by the mean number of positives over processes, so after DDP averages the
   gradients, N processes of batch B step as one process of batch N * B.
@@ -35,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dlde.model.equalized_focal import EqualizedFocal
 from dlde.model.means import TrackedMeans
 
 #: Seconds a collective waits for a missing process before the run fails (a dead rank under a
@@ -141,6 +146,17 @@ def sum_over_processes(sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     return packed[:, :-1].to(sums.dtype), packed[:, -1].round().to(counts.dtype)
 
 
+def total_over_processes(values: Tensor) -> Tensor:
+    """All-reduce (SUM) ``values`` in float64, returned in their dtype; every process receives the
+    same bits. The reducer of :class:`dlde.model.equalized_focal.EqualizedFocal`. Identity without a
+    process group."""
+    if not _active():
+        return values
+    total = values.to(torch.float64, copy=True)
+    dist.all_reduce(total)
+    return total.to(values.dtype)
+
+
 def loss_normalizer(positives: Tensor) -> Tensor:
     """The focal loss's ``positives_reducer``: this process's share of the global number of
     positive anchors, ``max(sum over processes, 1) / world size``, so that DDP's gradient average
@@ -187,6 +203,16 @@ def attach_means_reducer(model: nn.Module, reducer=sum_over_processes) -> int:
     Pass ``reducer=None`` to detach (single-process behaviour).
     """
     modules = tracked_means_modules(model)
+    for module in modules:
+        module.reducer = reducer
+    return len(modules)
+
+
+def attach_equalized_focal_reducer(model: nn.Module, reducer=total_over_processes) -> int:
+    """Set ``reducer`` on every :class:`dlde.model.equalized_focal.EqualizedFocal` of ``model`` (none
+    unless it trains with ``classification_loss='efl'``); returns how many there are. ``reducer=None`` detaches.
+    """
+    modules = [module for module in model.modules() if isinstance(module, EqualizedFocal)]
     for module in modules:
         module.reducer = reducer
     return len(modules)
@@ -350,7 +376,7 @@ def all_reduce_bytes(classes: int, embedding_size: int) -> int:
 
 
 __all__ = ["DEFAULT_TIMEOUT_S", "DistributedContext", "GlobalBatchNorm2d", "all_reduce_bytes", "any_over_processes",
-           "attach_means_reducer", "average_batchnorm_statistics", "backend_for", "broadcast_from_main",
-           "check_replicated", "context_from_environment", "convert_sync_batchnorm", "device_for", "gather_to_main",
-           "initialize", "loss_normalizer", "mean_over_processes", "shard_batches", "shutdown", "sum_over_processes",
-           "tracked_means_modules"]
+           "attach_equalized_focal_reducer", "attach_means_reducer", "average_batchnorm_statistics", "backend_for",
+           "broadcast_from_main", "check_replicated", "context_from_environment", "convert_sync_batchnorm",
+           "device_for", "gather_to_main", "initialize", "loss_normalizer", "mean_over_processes", "shard_batches",
+           "shutdown", "sum_over_processes", "total_over_processes", "tracked_means_modules"]

@@ -183,6 +183,7 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
         if config.sync_batchnorm:
             model = distributed.convert_sync_batchnorm(model, device)
         distributed.attach_means_reducer(model)
+        distributed.attach_equalized_focal_reducer(model)  # the equalized focal loss's statistics, likewise
         positives_reducer = distributed.loss_normalizer
         # The means are kept equal by their reducer: DDP must not overwrite them with rank 0's.
         network = nn.parallel.DistributedDataParallel(

@@ -205,7 +205,7 @@ def test_tiny_sweeps_use_the_tiny_preset_under_runs_tiny(tmp_path):
     ("sweeps: {s: {base: {SEED: 3}, grid: {means_lr: [0.1]}, seeds: [0]}}", "sets 'SEED'"),
     ("sweeps: {s: {grid: {means_lrr: [0.1]}, seeds: [0]}}", "'means_lrr', neither"),
     ("sweeps: {s: {grid: {means_lr: []}, seeds: [0]}}", "non-empty lists"),
-    ("sweeps: {s: {grid: {MODEL: [nope]}, seeds: [0]}}", "model must be one of"),
+    ("sweeps: {s: {grid: {MODEL: [nope]}, seeds: [0]}}", "MODEL must be one of"),  # the parameter it sets
     ("sweeps: {s: {arms: {../x: {}}, seeds: [0]}}", "arm name '../x'"),
     ("sweeps: {../../escaped: {grid: {means_lr: [0.1]}, seeds: [0]}}", "sweep name '../../escaped'"),
     ("sweeps: {s: {grid: {means_lr: [0.1]}, seeds: [0], seed: 1}}", "unknown keys"),

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dlde.errors import ConfigError, Key
+
 from .generated import GeneratedPaths, Generator, int_range
 
 __all__ = ["DigitsConfig", "DigitsPaths", "default_digits_root", "make_digits_dataset"]
@@ -82,21 +84,23 @@ class DigitsConfig:
         set_("classes", tuple(sorted(int(c) for c in classes)))
         set_("noise", float(self.noise))
         if self.canvas_size < 1:
-            raise ValueError(f"canvas_size must be positive, got {self.canvas_size}")
+            raise ConfigError("{canvas_size} must be >= 1, got {got}", canvas_size=Key("canvas_size"),
+                              got=self.canvas_size)
         if self.digit_size[1] > self.canvas_size:
-            raise ValueError(
-                f"digit_size {self.digit_size} does not fit in a canvas of {self.canvas_size} px"
-            )
+            raise ConfigError("{digit_size} {got} does not fit in a canvas of {canvas_size} {side} px",
+                              digit_size=Key("digit_size"), got=self.digit_size, canvas_size=Key("canvas_size"),
+                              side=self.canvas_size)
         for name in ("train_images", "val_images"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError("{name} must be >= 0, got {got}", name=Key(name), got=getattr(self, name))
             set_(name, int(getattr(self, name)))
         if not self.classes:
-            raise ValueError("classes must hold at least one digit")
+            raise ConfigError("{classes} must hold at least one digit", classes=Key("classes"))
         if len(set(self.classes)) != len(self.classes) or not set(self.classes) <= set(range(10)):
-            raise ValueError(f"classes must be distinct digits 0..9, got {list(self.classes)}")
+            raise ConfigError("{classes} must be distinct digits 0..9, got {got}", classes=Key("classes"),
+                              got=list(self.classes))
         if not np.isfinite(self.noise) or self.noise < 0:
-            raise ValueError(f"noise must be a finite number >= 0, got {self.noise}")
+            raise ConfigError("{noise} must be a finite number >= 0, got {got}", noise=Key("noise"), got=self.noise)
 
     def to_json(self) -> dict:
         """Returns the arguments as a JSON-ready dict (tuples become lists)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlde.errors import ConfigError, Key
 from dlde.files import atomic_write_text
 
 __all__ = ["GeneratedPaths", "Generator", "int_range"]
@@ -231,12 +232,14 @@ def int_range(name: str, value, *, minimum: int) -> tuple[int, int]:
     """``value`` as an inclusive integer range ``(lo, hi)`` with ``minimum <= lo <= hi``.
 
     Raises:
-        ValueError: naming ``name``, when ``value`` is no such pair.
+        ConfigError: naming ``name`` (a :class:`dlde.errors.Key`), when ``value`` is no such pair.
     """
     try:
         lo, hi = (int(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (lo, hi) of integers, got {value!r}") from None
+        raise ConfigError("{name} must be a pair (lo, hi) of integers, got {got!r}", name=Key(name),
+                          got=value) from None
     if not minimum <= lo <= hi:
-        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
+        raise ConfigError("{name} must satisfy {minimum} <= lo <= hi, got {got!r}", name=Key(name), minimum=minimum,
+                          got=value)
     return lo, hi

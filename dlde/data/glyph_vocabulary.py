@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
-__all__ = ["FAMILIES", "FontStyle", "GlyphClass", "GlyphRenderer", "build_vocabulary", "class_similarity",
-           "crop_to_ink", "fonts_folder", "glyph_feature"]
+__all__ = ["FAMILIES", "VOCABULARY_SIZES", "FontStyle", "GlyphClass", "GlyphRenderer", "build_vocabulary",
+           "class_similarity", "crop_to_ink", "fonts_folder", "glyph_feature", "vocabulary_size"]
 
 RENDER_SIZE = 48  # font size in pixels of every rendered glyph (about 2x the largest pasted glyph)
 FEATURE_SIZE = 16  # side of the normalized bitmap that classes are compared on
@@ -85,6 +85,18 @@ FAMILIES: dict[str, tuple[FontStyle, ...]] = {
                                                    "Typewriter": "cmtt10.ttf", "Sans": "cmss10.ttf"},
                                val="Sans", alphanumeric_only=True),
 }
+
+#: Classes in the whole vocabulary (``build_vocabulary(styles, None, max_similarity, ...)``) by
+#: ``(families, max_similarity)``, measured with the fonts of matplotlib 3.11: a config asking for
+#: more is refused at once (:func:`vocabulary_size`) instead of after planning and rendering.
+#: ``tests/test_fail_fast.py`` rebuilds the vocabulary and checks the number.
+VOCABULARY_SIZES: dict[tuple[tuple[str, ...], float], int] = {(tuple(FAMILIES), 0.8): 1462}
+
+
+def vocabulary_size(families: Sequence[str], max_similarity: float) -> int | None:
+    """The number of classes the fonts of ``families`` hold at ``max_similarity``, when recorded in
+    :data:`VOCABULARY_SIZES` (None otherwise: :func:`build_vocabulary` counts them as it renders)."""
+    return VOCABULARY_SIZES.get((tuple(families), float(max_similarity)))
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dlde.errors import ConfigError, Key
+
 from . import glyph_vocabulary as vocab
 from .generated import GeneratedPaths, Generator, int_range
 from .glyph_canvas import draw_canvas
-from .glyph_vocabulary import FAMILIES, FontStyle, GlyphClass, GlyphRenderer, build_vocabulary
+from .glyph_vocabulary import FAMILIES, FontStyle, GlyphClass, GlyphRenderer, build_vocabulary, vocabulary_size
 from .long_tail import BUCKETS, LVIS_V1_SHARES, assign_classes, bucket_sizes, draw_image_counts, objects_per_image
 
 __all__ = ["GlyphsConfig", "GlyphsPlan", "default_glyphs_root", "make_glyphs_dataset", "plan_glyphs"]
@@ -90,25 +92,48 @@ class GlyphsConfig:
         set_("bucket_shares", tuple(float(share) for share in self.bucket_shares))
         set_("families", tuple(str(family) for family in self.families))
         set_("max_similarity", float(self.max_similarity))
-        if self.classes < 1 or self.val_images < 0:
-            raise ValueError(f"classes must be >= 1 and val_images >= 0, got {self.classes} and {self.val_images}")
+        if self.classes < 1:
+            raise ConfigError("{classes} must be >= 1, got {got}", classes=Key("classes"), got=self.classes)
+        available = vocabulary_size(self.families, self.max_similarity)
+        if available is not None and self.classes > available:
+            raise ConfigError("{classes} {got} is more than the {available} classes of the glyph vocabulary (the "
+                              "fonts of {families} at similarity <= {similarity}); ask for at most {available}",
+                              classes=Key("classes"), got=self.classes, available=available,
+                              families=", ".join(self.families), similarity=self.max_similarity)
+        if self.val_images < 0:
+            raise ConfigError("{val_images} must be >= 0, got {got}", val_images=Key("val_images"),
+                              got=self.val_images)
         if self.glyph_size[1] > self.canvas_size:
-            raise ValueError(f"glyph_size {self.glyph_size} does not fit in a canvas of {self.canvas_size} px")
+            raise ConfigError("{glyph_size} {got} does not fit in a canvas of {canvas_size} {side} px",
+                              glyph_size=Key("glyph_size"), got=self.glyph_size, canvas_size=Key("canvas_size"),
+                              side=self.canvas_size)
         cells = (self.canvas_size // self.glyph_size[1]) ** 2
-        if self.glyphs_per_image[1] > min(cells, self.classes):
-            raise ValueError(f"glyphs_per_image {self.glyphs_per_image} exceeds the {cells} cells of the canvas "
-                             f"(canvas_size // glyph_size[1], squared) or the {self.classes} classes")
+        if self.glyphs_per_image[1] > cells:
+            raise ConfigError("{per_image} {got} asks for up to {most} glyphs, more than the {cells} cells of the "
+                              "canvas ({canvas_size} // the largest {glyph_size}, squared); lower {per_image}, raise "
+                              "{canvas_size} or lower {glyph_size}", per_image=Key("glyphs_per_image"),
+                              got=self.glyphs_per_image, most=self.glyphs_per_image[1], cells=cells,
+                              canvas_size=Key("canvas_size"), glyph_size=Key("glyph_size"))
+        if self.glyphs_per_image[1] > self.classes:
+            raise ConfigError("{classes} {got} is fewer than the up to {most} glyphs of a canvas ({per_image} "
+                              "{range}), and a class appears at most once per canvas; ask for {classes} >= {most} "
+                              "or lower {per_image}", classes=Key("classes"), got=self.classes,
+                              most=self.glyphs_per_image[1], per_image=Key("glyphs_per_image"),
+                              range=self.glyphs_per_image)
         shares = np.asarray(self.bucket_shares)
         if len(shares) != 3 or not np.isfinite(shares).all() or (shares < 0).any() or shares.sum() <= 0:
-            raise ValueError(f"bucket_shares must be three finite weights >= 0 (rare, common, frequent) with a "
-                             f"positive sum, got {self.bucket_shares}")
+            raise ConfigError("{shares} must be three finite weights >= 0 (rare, common, frequent) with a positive "
+                              "sum, got {got}", shares=Key("bucket_shares"), got=self.bucket_shares)
         if self.max_images < BUCKETS["f"][0]:
-            raise ValueError(f"max_images must be >= {BUCKETS['f'][0]} (frequent classes), got {self.max_images}")
+            raise ConfigError("{max_images} must be >= {least} (frequent classes), got {got}",
+                              max_images=Key("max_images"), least=BUCKETS["f"][0], got=self.max_images)
         unknown = [family for family in self.families if family not in FAMILIES]
         if unknown or not self.families or len(set(self.families)) != len(self.families):
-            raise ValueError(f"families must be distinct names of {sorted(FAMILIES)}, got {list(self.families)}")
+            raise ConfigError("{families} must be distinct names of {known}, got {got}", families=Key("families"),
+                              known=sorted(FAMILIES), got=list(self.families))
         if not -1.0 < self.max_similarity <= 1.0:
-            raise ValueError(f"max_similarity must be in (-1, 1], got {self.max_similarity}")
+            raise ConfigError("{similarity} must be in (-1, 1], got {got}", similarity=Key("max_similarity"),
+                              got=self.max_similarity)
 
     def to_json(self) -> dict:
         """Returns the arguments as a JSON-ready dict (tuples become lists)."""

@@ -79,25 +79,28 @@ def assign_classes(rng: np.random.Generator, counts: np.ndarray, capacities: np.
         capacities: (N,) objects per canvas.
 
     Returns:
-        Per canvas, the labels of its objects (distinct), in placement order.
+        Per canvas, the labels of its objects (distinct), in placement order: views of one array
+        of all the objects' labels, so memory stays linear in the number of objects.
 
     Raises:
         ValueError: When no such placement exists (a class on more canvases than there are).
     """
     room = capacities.astype(np.int64).copy()
-    canvases, labels = [], []
-    for label in np.argsort(-counts, kind="stable"):
-        count = int(counts[label])
-        if count == 0:
-            continue
+    placed = np.argsort(-counts, kind="stable")
+    placed = placed[counts[placed] > 0]  # the classes in placement order
+    label = np.repeat(placed, counts[placed])  # (objects,) the class of each object, in placement order
+    canvas = np.empty(len(label), np.int64)  # (objects,) its canvas, filled class by class
+    first = 0
+    for class_label in placed:  # one greedy step per class (each depends on the room the last one left)
+        count = int(counts[class_label])
         chosen = np.argpartition(-(room + rng.random(len(room))), count - 1)[:count] if count <= len(room) else None
         if chosen is None or room[chosen].min() <= 0:
             raise ValueError(f"cannot place a class on {count} distinct canvases of {len(room)}; "
                              "allow more objects per image or fewer images per class")
         room[chosen] -= 1
-        canvases.append(chosen)
-        labels.append(np.full(count, label))
-    canvas, label = np.concatenate(canvases), np.concatenate(labels)
+        canvas[first : first + count] = chosen  # copied: a view would keep the whole (N,) partition alive
+        first += count
     order = np.argsort(canvas, kind="stable")
+    by_canvas = label[order]  # (objects,) labels grouped by canvas, once: memory linear in the objects
     bounds = np.searchsorted(canvas[order], np.arange(len(capacities) + 1))
-    return [label[order][bounds[k] : bounds[k + 1]] for k in range(len(capacities))]
+    return [by_canvas[start:end] for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist())]

@@ -71,6 +71,9 @@ def check_norm_sizes(batch: int, height: int, width: int, *, batchnorm_stride: i
     """Refuse a batch on which a normalization layer would see one value per channel or group
     (torch's "Expected more than 1 value per channel when training", raised deep in the forward
     and, for GroupNorm, in eval mode too), naming the image size and the smallest that works.
+    GroupNorm normalizes each image on its own, so a batch of several such images silences torch's
+    error but not the problem: the message says what that pyramid level sees (nothing) and does
+    not offer larger batches as a fix.
 
     Args:
         batch, height, width: the batch ``(B, 3, H, W)``.
@@ -93,6 +96,9 @@ def check_norm_sizes(batch: int, height: int, width: int, *, batchnorm_stride: i
         channels, stride = groupnorm
         if channels == 1 and _cells(height, width, stride) == 1:
             raise ValueError(f"{size} is too small for this model: the GroupNorm of the head towers (1 channel "
-                             f"per group) sees a 1x1 map at stride {stride}, one value per group; use images "
-                             f"larger than {stride} px on a side, batches of two or more, fewer pyramid levels "
-                             "or wider heads")
+                             f"per group) sees a 1x1 map at stride {stride}, one value per group, which it "
+                             "normalizes to zero: the heads of that pyramid level would see nothing of the image "
+                             "and predict the same scores and boxes for every image (in a batch of two or more "
+                             "as well, where torch raises no error); only the levels whose maps are larger than "
+                             f"1x1 see it. Use images larger than {stride} px on a side, leave that level out of "
+                             "the pyramid (fpn_levels), or widen the heads (more channels per GroupNorm group)")

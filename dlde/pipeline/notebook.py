@@ -24,8 +24,9 @@ import numpy as np
 from dlde.analysis.interactive import widget_canvas
 from dlde.analysis.plotting import save_figure
 from dlde.data.digits import make_digits_dataset
+from dlde.errors import UNSET, Refusal
 from dlde.files import atomic_write_text
-from dlde.train import TrainConfig
+from dlde.train import TrainConfig, TrainResult, train
 
 RESULTS_FILE = "results.json"
 
@@ -80,7 +81,18 @@ def project_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
 #: Parameters of ``01_train.ipynb`` that are :class:`~dlde.train.TrainConfig` fields; ``PRESET``
 #: picks the preset and ``OVERRIDES_JSON`` sets any further field.
 TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPDATE": "means_update",
-                "RESUME": "resume", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
+                "RESUME": "resume", "OVERWRITE": "overwrite", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
+
+
+def spell_parameter(name: str, value: Any = UNSET) -> str:
+    """A config key as ``01_train.ipynb`` sets it (a :class:`dlde.errors.Refusal` spelled for the
+    notebook): its parameter (``RUN_DIR``, ``RESUME = True``), or a key of ``OVERRIDES_JSON``."""
+    parameter = {field: parameter for parameter, field in TRAIN_FIELDS.items()}.get(name)
+    if parameter is not None:
+        return parameter if value is UNSET else f"{parameter} = {value!r}"
+    if value is UNSET:
+        return f'"{name}" in OVERRIDES_JSON'
+    return f"OVERRIDES_JSON = '{json.dumps({name: list(value) if isinstance(value, tuple) else value})}'"
 
 
 def train_config(parameters: Mapping[str, Any]) -> TrainConfig:
@@ -94,7 +106,8 @@ def train_config(parameters: Mapping[str, Any]) -> TrainConfig:
             :data:`TRAIN_FIELDS` nor ``PRESET`` / ``OVERRIDES_JSON`` are not read.
 
     Raises:
-        ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid.
+        ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid (a
+            :class:`dlde.errors.ConfigError` naming the parameter to change).
     """
     fields = {name: parameters[parameter] for parameter, name in TRAIN_FIELDS.items()}
     fields.update(run_dir=str(project_path(fields["run_dir"])), data_root=str(project_path(fields["data_root"])))
@@ -105,7 +118,20 @@ def train_config(parameters: Mapping[str, Any]) -> TrainConfig:
         raise ValueError(f"OVERRIDES_JSON is not JSON ({error.msg}): {text!r}") from None
     if not isinstance(overrides, dict):
         raise ValueError(f"OVERRIDES_JSON must be a JSON object, got {text!r}")
-    return TrainConfig.from_dict(fields | overrides, preset=parameters["PRESET"])
+    try:
+        return TrainConfig.from_dict(fields | overrides, preset=parameters["PRESET"])
+    except Refusal as error:
+        raise error.respelled(spell_parameter) from None
+
+
+def train_run(config: TrainConfig) -> TrainResult:
+    """:func:`dlde.train.train` for ``01_train.ipynb``: a refused value or run folder names the
+    notebook's parameters (:func:`spell_parameter`: ``RESUME``, ``OVERWRITE``, ``RUN_DIR``,
+    ``OVERRIDES_JSON``), not the Python arguments."""
+    try:
+        return train(config)
+    except Refusal as error:
+        raise error.respelled(spell_parameter) from None
 
 
 def output_dirs(run_dir: str | os.PathLike, figures_dir: str, out_dir: str, stem: str,

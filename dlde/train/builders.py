@@ -16,6 +16,7 @@ from dlde.data.transforms import DetectionTransform
 from dlde.model.builders import build_detector
 from dlde.model.detector import RetinaNet
 
+from .checks import dataset_parameters
 from .config import TrainConfig
 
 
@@ -23,16 +24,10 @@ def generated_dataset(config: TrainConfig) -> GeneratedPaths | None:
     """The embedded dataset of a config (``dataset`` 'digits' or 'glyphs'), generated if needed
     under ``data_root`` (default: ``data/<dataset>-<hash of its settings>``); None for 'coco'."""
     if config.dataset == "digits":
-        params = dict(seed=config.digits_seed, canvas_size=config.digits_canvas_size,
-                      digit_size=config.digits_size, digits_per_image=config.digits_per_image,
-                      train_images=config.digits_train_images, val_images=config.digits_val_images,
-                      classes=config.digits_classes)
+        params = dataset_parameters(config, "digits")
         return make_digits_dataset(config.data_root or default_digits_root("data", **params), **params)
     if config.dataset == "glyphs":
-        params = dict(seed=config.glyphs_seed, classes=config.glyphs_classes, canvas_size=config.glyphs_canvas_size,
-                      glyph_size=config.glyphs_size, glyphs_per_image=config.glyphs_per_image,
-                      val_images=config.glyphs_val_images, bucket_shares=config.glyphs_bucket_shares,
-                      max_images=config.glyphs_max_images)
+        params = dataset_parameters(config, "glyphs")
         return make_glyphs_dataset(config.data_root or default_glyphs_root("data", **params), **params)
     return None
 

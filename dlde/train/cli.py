@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
+from dlde.errors import UNSET, Refusal
 from dlde.kernels import NATIVE_FLAG
 from dlde.model.registry import HEADS, all_head_options, head_class
 
@@ -29,7 +30,7 @@ def _parser(preset: str = "digits") -> argparse.ArgumentParser:
         "any registered head). Every flag overrides the preset; --help shows the defaults of the preset given "
         "with --preset.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=preset, help="starting configuration")
-    parser.add_argument(NATIVE_FLAG, action="store_true",
+    parser.add_argument(NATIVE_FLAG, action="store_true", default=None,
                         help="let each numeric library take this CPU's fastest code path instead of the portable "
                              "AVX2 setting (dlde.kernels; the numbers then depend on the CPU)")
     base = PRESETS[preset]
@@ -113,8 +114,22 @@ def arguments(config: TrainConfig, preset: str) -> list[str]:
     return words
 
 
+def spell_flag(name: str, value: Any = UNSET) -> str:
+    """A config key as the flag that sets it (:class:`dlde.errors.Refusal` spelled for the command
+    line): ``--glyphs-classes``, ``--allow-changed lr``, ``--resume true``."""
+    flag = "--" + name.replace("_", "-")
+    if value is UNSET:
+        return flag
+    if isinstance(value, bool):
+        return f"{flag} {'true' if value else 'false'}"
+    if isinstance(value, (tuple, list)):
+        return " ".join([flag, *map(str, value)])
+    return f"{flag} {value}"
+
+
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    """``python -m dlde.train``: bad values and refused runs end with a one-line error (exit 2)."""
+    """``python -m dlde.train``: bad values and refused runs end with a one-line error (exit 2) that
+    names the flags to change (:func:`spell_flag`)."""
     preset_parser = argparse.ArgumentParser(add_help=False)
     preset_parser.add_argument("--preset", choices=sorted(PRESETS), default="digits")
     preset_args, _ = preset_parser.parse_known_args(argv)
@@ -129,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
         context = distributed.context_from_environment()
         where = f" (rank {context.rank} of {context.world_size})" if context.distributed else ""
-        parser.exit(2, f"{parser.prog}{where}: error: {error}\n")
+        message = error.spelled(spell_flag) if isinstance(error, Refusal) else str(error)
+        parser.exit(2, f"{parser.prog}{where}: error: {message}\n")
     if distributed.context_from_environment().is_main:
         print(json.dumps({key: value for key, value in result.metrics[-1].items() if key != "per_class_AP"},
                          indent=1))

@@ -18,8 +18,9 @@ from dlde.data.glyphs import GlyphsConfig
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
 from dlde.model.losses import BOX_LOSSES
-from dlde.model.registry import HEADS, all_head_options, head_option_names
+from dlde.model.registry import all_head_options, head_option_names
 
+from .checks import check_config
 from .distributed import DEFAULT_TIMEOUT_S
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -124,32 +125,16 @@ class TrainConfig:
     max_train_batches: int | None = None
 
     def __post_init__(self):
+        """Normalize (``amp`` recorded as a bool, lists as tuples) and check every value
+        (:func:`dlde.train.checks.check_config`): a bad value fails here, naming its key, before any
+        data is generated or any run folder claimed."""
         if isinstance(self.amp, bool):  # records written when amp was a bool (True meant CUDA float16)
             object.__setattr__(self, "amp", "fp16" if self.amp else "off")
         object.__setattr__(self, "head_options", dict(self.head_options))  # never shared with the caller
-        if self.model not in HEADS:
-            raise ValueError(f"model must be one of {', '.join(sorted(HEADS))}; got {self.model!r}")
-        for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {getattr(self, name)!r}")
-        unknown = sorted(set(self.head_options) - set(all_head_options()))
-        if unknown:
-            raise ValueError(f"head_options has {unknown}, an option of no registered head; "
-                             f"head options: {sorted(all_head_options())}")
-        if self.dataset == "coco" and not all((self.train_images, self.train_annotations,
-                                               self.val_images, self.val_annotations)):
-            raise ValueError("dataset='coco' needs train_images, train_annotations, val_images and val_annotations")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
-        unknown = sorted(set(self.allow_changed) - set(field_names()) - set(all_head_options()))
-        if unknown:
-            raise ValueError(f"allow_changed names unknown fields {unknown}")
-        if self.repeat_threshold is not None and not self.repeat_threshold > 0:
-            raise ValueError(f"repeat_threshold must be > 0, got {self.repeat_threshold}")
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), list) and str(f.type).startswith("tuple"):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        check_config(self, CHOICES)
 
     def own_head_options(self) -> dict[str, Any]:
         """The entries of :attr:`head_options` that the head ``model`` declares: what it is built with."""

@@ -11,8 +11,11 @@ goes so nothing is lost on a crash:
   written atomically; loads with ``torch.load(..., weights_only=True)`` and with
   ``DLDENetWithTrackedMeans.from_checkpoint`` / ``RetinaNet.from_checkpoint``.
 
-A run is set up (:func:`_setup`), started or resumed (:func:`_start`), then every epoch is
-trained (:func:`_train_epoch`), validated (:func:`_validate`) and saved (:func:`_save_epoch`).
+A run is checked (:func:`_check_folder`, the checkpoint it resumes), set up (:func:`_setup`) and
+prepared (:func:`_prepare`) before its folder is claimed; then started (:func:`_start`), and every
+epoch is trained (:func:`_train_epoch`), validated (:func:`_validate`) and saved (:func:`_save_epoch`).
+Until the first epoch is saved the claim can be undone: a start that fails leaves the folder as it
+found it.
 
 Under ``torchrun --nproc_per_node=N -m dlde.train ...`` the same entry point trains with
 ``DistributedDataParallel`` (see :mod:`dlde.train.distributed`): ``batch_size`` is the batch of one
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlde.errors import ConfigError, Key
 from dlde.model.checkpoints import check_finite_state, load_checkpoint
 from dlde.model.detector import RetinaNet
 from dlde.model.inputs import image_problem
@@ -111,19 +115,35 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 
 
 def _train(config: TrainConfig, context: distributed.DistributedContext, device: torch.device) -> TrainResult:
+    """Everything that can be checked is checked before the run folder is claimed: the folder
+    (:func:`_check_folder`), the checkpoint a resume continues from, the datasets, the model and its
+    optimizer (:func:`_setup`). A start that fails before it saves an epoch leaves the folder as it
+    found it (:meth:`dlde.train.runs.Claim.undo`): a refused or failed resume changes no file."""
     folder = RunFolder(config.run_dir)
-    saved_record = _main_first(context, lambda: _claim_and_check(folder, config, context))
+    _main_first(context, lambda: _check_folder(folder, config, context))
+    state = _resume_state(folder, config)
     run = _setup(config, context, device, folder)
-    _start(run, saved_record)
-    for epoch in range(run.start_epoch, config.epochs + 1):
-        started = time.perf_counter()
-        row = _train_epoch(run, epoch)
-        row["train_time_s"] = time.perf_counter() - started
-        row.update(_validate(run, epoch))
-        row["time_s"] = time.perf_counter() - started
-        _save_epoch(run, epoch, row)
-    if run.start_epoch > config.epochs and run.writes:  # resuming a finished run: restore its files
-        folder.write_histories(run.means_history, run.kappa_history)
+    _prepare(run, state)
+    claim = _main_first(context, lambda: folder.claim_until_saved(config))  # rank 0's; None on the others
+    try:
+        _start(run, claim.record if claim is not None else None)
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            row = _train_epoch(run, epoch)
+            row["train_time_s"] = time.perf_counter() - started
+            row.update(_validate(run, epoch))
+            row["time_s"] = time.perf_counter() - started
+            _save_epoch(run, epoch, row)
+            if claim is not None:
+                claim.keep()  # an epoch is saved: the folder holds this run now
+        if run.start_epoch > config.epochs and run.writes:  # resuming a finished run: restore its files
+            folder.write_histories(run.means_history, run.kappa_history)
+    except BaseException:
+        if claim is not None:
+            claim.undo()  # nothing saved yet (a no-op once an epoch is): the folder as it was
+        raise
+    if claim is not None:
+        claim.keep()
     return TrainResult(folder.path, run.metrics, run.model, list(run.train_set.class_names))
 
 
@@ -149,29 +169,39 @@ def _main_first(context: distributed.DistributedContext, work, *, then_others: b
     return result
 
 
-def _claim_and_check(folder: RunFolder, config: TrainConfig, context: distributed.DistributedContext):
-    """Claim the run folder (:meth:`RunFolder.claim`); a run resumed mid-way must keep its number
-    of processes (a finished one only reloads, with any number)."""
-    record = folder.claim(config)
+def _check_folder(folder: RunFolder, config: TrainConfig, context: distributed.DistributedContext) -> None:
+    """Check, writing nothing, that the run may claim its folder (:meth:`RunFolder.check_claim`);
+    a run resumed mid-way must keep its number of processes (a finished one only reloads, with any
+    number)."""
+    record = folder.check_claim(config)
     if record is not None and folder.checkpoint_file.exists() and folder.finished_epochs() < config.epochs:
         saved = int(record.get("environment", {}).get("world_size", 1))
         if saved != context.world_size:
             raise ValueError(f"cannot resume {folder.path} with {context.world_size} process(es): it was trained "
                              f"with {saved} (global batch {saved} x batch_size); resume with "
                              f"--nproc_per_node={saved} (x nodes), or start a new run")
-    return record
+
+
+def _resume_state(folder: RunFolder, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint a resume continues from, loaded and checked (every process loads the same
+    one); None when the run starts afresh."""
+    if not (config.resume and folder.checkpoint_file.exists()):
+        return None
+    state = load_checkpoint(folder.checkpoint_file)
+    check_finite_state(state["model"], str(folder.checkpoint_file))
+    return state
 
 
 # ------------------------------------------------------------------------------------ setup
 def _setup(config: TrainConfig, context: distributed.DistributedContext, device: torch.device,
            folder: RunFolder) -> _Run:
-    """Threads, seed, datasets, model (wrapped for DDP under torchrun), optimizer and schedule."""
-    if config.threads is not None:
-        if config.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {config.threads}")
-        torch.set_num_threads(config.threads)
+    """Threads, seed, datasets, model (wrapped for DDP under torchrun), optimizer and schedule;
+    nothing is written into the run folder."""
     if config.amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp='fp16' needs a CUDA device (it scales the loss), got {device}; use amp='bf16' here")
+        raise ConfigError("{fp16} needs a CUDA device (it scales the loss), got {device}; use {bf16} here",
+                          fp16=Key("amp", "fp16"), device=str(device), bf16=Key("amp", "bf16"))
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed)  # every process: the same initial model
     train_set, val_set = _main_first(context, lambda: build_datasets(config), then_others=True)
     model = build_model(config, train_set.num_classes, train_set.class_names).to(device)
@@ -197,13 +227,11 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
                 scheduler, scaler, epoch_batches, positives_reducer)
 
 
-def _start(run: _Run, saved_record: dict[str, Any] | None) -> None:
-    """Resume from the checkpoint (every process loads the same one), or start: write the record,
-    fill the means by an initialising pass where asked, and keep the means of epoch 0."""
+def _prepare(run: _Run, state: dict[str, Any] | None) -> None:
+    """Before the claim: restore the checkpoint ``state`` of a resume (every process the same), or
+    fill the means by an initialising pass where asked and keep the means of epoch 0."""
     config, model = run.config, run.model
-    if config.resume and run.folder.checkpoint_file.exists():
-        state = load_checkpoint(run.folder.checkpoint_file)
-        check_finite_state(state["model"], str(run.folder.checkpoint_file))
+    if state is not None:
         model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -213,20 +241,25 @@ def _start(run: _Run, saved_record: dict[str, Any] | None) -> None:
         run.means_history = [m.numpy() for m in state.get("means_history", [])]
         run.kappa_history = [k.numpy() for k in state.get("kappa_history", [])]
         run.start_epoch = int(state["epoch"]) + 1
-    else:
-        if saved_record is None and run.writes:
-            run.folder.write_record({"config": config.to_dict(), "class_names": run.train_set.class_names,
-                                     "category_ids": run.train_set.category_ids,
-                                     "environment": environment(run.device, run.context.world_size)})
-        means = model.tracked_means
-        # Manual means that start at zero are filled by an initialising pass (the original set-up).
-        zero_manual = means is not None and means.mode == "manual" and not bool(means.initialized.any())
-        if means is not None and (config.init_means or zero_manual):
-            means.reset_statistics()
-            initialize_means(model, run.train_set, config, run.device, run.context)
-        _keep_means(run)
-    if run.writes:
-        run.folder.write_metrics(run.metrics)
+        return
+    means = model.tracked_means
+    # Manual means that start at zero are filled by an initialising pass (the original set-up).
+    zero_manual = means is not None and means.mode == "manual" and not bool(means.initialized.any())
+    if means is not None and (config.init_means or zero_manual):
+        means.reset_statistics()
+        initialize_means(model, run.train_set, config, run.device, run.context)
+    _keep_means(run)
+
+
+def _start(run: _Run, saved_record: dict[str, Any] | None) -> None:
+    """After the claim, rank 0 writes the record of a new run (``saved_record`` None) and the metrics so far."""
+    if not run.writes:
+        return
+    if saved_record is None:
+        run.folder.write_record({"config": run.config.to_dict(), "class_names": run.train_set.class_names,
+                                 "category_ids": run.train_set.category_ids,
+                                 "environment": environment(run.device, run.context.world_size)})
+    run.folder.write_metrics(run.metrics)
 
 
 def initialize_means(model: RetinaNet, dataset, config: TrainConfig, device,

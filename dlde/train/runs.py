@@ -10,11 +10,15 @@ A run folder holds everything a run produces (:attr:`RunFolder.FILES`):
   tracked class means and their vMF concentration per epoch (heads with tracked means only).
 
 :class:`RunFolder` answers "is this the same run, and is it finished?" for the trainer, the
-pipeline, the sweeps and the few-shot base runs, and writes the files atomically.
+pipeline, the sweeps and the few-shot base runs, and writes the files atomically. The trainer
+checks a folder without writing (:meth:`RunFolder.check_claim`), then claims it undoably
+(:class:`Claim`): a start that fails before its first epoch is saved leaves the folder as it was.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import nn
 
+from dlde.errors import ConfigError, Key, RunFolderTaken
 from dlde.files import atomic_save_npy, atomic_write_json, atomic_write_text, read_jsonl
 from dlde.model.builders import load_detector
 from dlde.model.checkpoints import atomic_save
@@ -235,6 +240,42 @@ class RunFolder:
         return np.load(path) if path.exists() else None
 
     # ---------------------------------------------------------------------------------- claiming
+    def check_claim(self, config) -> dict[str, Any] | None:
+        """What :meth:`claim` would do for ``config``, writing nothing: the record it would return
+        (with the change it would record), or None for a run that starts afresh.
+
+        Raises:
+            RunFolderTaken: the folder holds a run and neither resume nor overwrite is set, or
+                resume is set and the run has no ``config.json``.
+            ConfigError: resuming with a changed config that ``allow_changed`` does not cover.
+            ValueError: resuming a folder whose ``config.json`` is not a run record.
+        """
+        present = [name for name in self.FILES if (self.path / name).exists()]
+        if not present or config.overwrite:
+            return None
+        if not config.resume:
+            raise RunFolderTaken("run folder {path} already holds a run ({present}): pass {resume} to continue "
+                                 "it, {overwrite} to replace it, or choose another {run_dir}", path=str(self.path),
+                                 present=", ".join(present), resume=Key("resume", True),
+                                 overwrite=Key("overwrite", True), run_dir=Key("run_dir"))
+        record = self.record()
+        if record is None:
+            raise RunFolderTaken("cannot resume {path}: it has no config.json, so its run is unknown; pass "
+                                 "{overwrite} to start afresh", path=str(self.path), overwrite=Key("overwrite", True))
+        changed = self.config_changes(config, record)
+        refused = sorted(set(changed) - set(config.allow_changed))
+        if refused:
+            raise ConfigError("cannot resume {path} with a different config ({changes}); resume with the saved "
+                              "values, or allow the change explicitly with {allow}", path=str(self.path),
+                              changes=describe_changes({key: changed[key] for key in refused}),
+                              allow=Key("allow_changed", refused))
+        if changed:
+            record = {**record, "config": config.to_dict(), "resumed_with_changes": [
+                *record.get("resumed_with_changes", []),
+                {"changed": {key: {"from": old, "to": new} for key, (old, new) in changed.items()},
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
+        return record
+
     def claim(self, config) -> dict[str, Any] | None:
         """Make sure the folder belongs to the run of ``config`` (a TrainConfig); return the saved
         record when resuming, None when the run starts afresh.
@@ -242,42 +283,35 @@ class RunFolder:
         A folder holding another run's files is refused unless ``config.resume`` (same config;
         fields in ``config.allow_changed`` may differ and are recorded in ``config.json`` under
         ``resumed_with_changes``) or ``config.overwrite`` (the run's own :attr:`FILES` are removed;
-        other files are left alone).
+        other files are left alone). :meth:`claim_until_saved` claims it undoably.
 
         Raises:
-            FileExistsError: the folder holds a run and neither resume nor overwrite is set, or
-                resume is set and the run has no ``config.json``.
-            ValueError: resuming with a changed config that ``allow_changed`` does not cover.
+            As :meth:`check_claim`, before anything is written.
         """
+        claim = self.claim_until_saved(config)
+        claim.keep()
+        return claim.record
+
+    def claim_until_saved(self, config) -> "Claim":
+        """:meth:`claim`, undoably: the returned :class:`Claim` keeps what the folder held (hard
+        links of the run's files, which later atomic writes leave untouched), so a start that fails
+        before it saves anything can put the folder back as it found it (:meth:`Claim.undo`)."""
+        record = self.check_claim(config)
+        missing = [folder for folder in (self.path, *self.path.parents) if not folder.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
-        present = [name for name in self.FILES if (self.path / name).exists()]
-        if not present:
-            return None
-        if config.overwrite:
-            for name in present:
-                (self.path / name).unlink()
-            return None
-        if not config.resume:
-            raise FileExistsError(f"run folder {self.path} already holds a run ({', '.join(present)}): pass "
-                                  "resume=True (--resume true) to continue it, overwrite=True (--overwrite true) "
-                                  "to replace it, or choose another run_dir")
-        record = self.record()
-        if record is None:
-            raise FileExistsError(f"cannot resume {self.path}: it has no config.json, so its run is unknown; "
-                                  "pass overwrite=True to start afresh")
-        changed = self.config_changes(config, record)
-        refused = sorted(set(changed) - set(config.allow_changed))
-        if refused:
-            shown = describe_changes({key: changed[key] for key in refused})
-            raise ValueError(f"cannot resume {self.path} with a different config ({shown}); resume with the saved "
-                             f"values, or allow the change explicitly with allow_changed={refused}")
-        if changed:
-            record.setdefault("resumed_with_changes", []).append(
-                {"changed": {key: {"from": old, "to": new} for key, (old, new) in changed.items()},
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            record["config"] = config.to_dict()
-            self.write_record(record)
-        return record
+        claim = Claim(self, record, missing)
+        try:
+            for name in self.FILES:
+                claim.preserve(name)
+            if config.overwrite:
+                for name in self.FILES:
+                    (self.path / name).unlink(missing_ok=True)
+            elif record is not None and record != self.record():  # resumed with changes: record them
+                self.write_record(record)
+        except BaseException:
+            claim.undo()
+            raise
+        return claim
 
     # ---------------------------------------------------------------------------------- writing
     def write_record(self, record: Mapping[str, Any]) -> None:
@@ -298,6 +332,66 @@ class RunFolder:
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """``checkpoint.pt`` (``torch.save`` of plain data, checked before writing), atomically."""
         atomic_save(state, self.checkpoint_file)
+
+
+class Claim:
+    """A run folder claimed by one start of a run (:meth:`RunFolder.claim_until_saved`): until
+    :meth:`keep`, :meth:`undo` puts back what the folder held before the claim.
+
+    Attributes:
+        folder: the run folder.
+        record: the saved record when resuming (as :meth:`RunFolder.claim` returns it), else None.
+    """
+
+    #: Suffix of the hidden hard link that keeps a run file as the claim found it.
+    BACKUP = ".before-claim"
+
+    def __init__(self, folder: RunFolder, record: dict[str, Any] | None, created: Sequence[Path]):
+        self.folder, self.record = folder, record
+        self._created = list(created)  # folders the claim made, deepest first
+        self._kept: dict[str, Path] = {}  # run file -> the link that holds it as it was
+        self._open = True
+
+    def preserve(self, name: str) -> None:
+        """Keep run file ``name`` as it is now, if present (a hard link; a copy where links fail)."""
+        path, backup = self.folder.path / name, self.folder.path / f".{name}{self.BACKUP}"
+        if not path.exists():
+            return
+        backup.unlink(missing_ok=True)  # left by a start that was killed before it kept or undid its claim
+        try:
+            os.link(path, backup)
+        except OSError:
+            shutil.copy2(path, backup)
+        self._kept[name] = backup
+
+    def keep(self) -> None:
+        """The start saved its first epoch (or had nothing to train): the claim stands."""
+        for backup in self._kept.values():
+            backup.unlink(missing_ok=True)
+        self._open = False
+
+    def undo(self) -> None:
+        """Put the folder back as the claim found it: the run files it held restored, those this
+        start wrote removed, the folders the claim made removed when empty. Other files are never
+        touched. A no-op after :meth:`keep`."""
+        if not self._open:
+            return
+        for name in self.folder.FILES:
+            path = self.folder.path / name
+            if name in self._kept:
+                backup = self._kept[name]
+                if path.exists() and os.path.samefile(backup, path):  # never rewritten: rename would keep both
+                    backup.unlink()
+                else:
+                    os.replace(backup, path)
+            else:
+                path.unlink(missing_ok=True)
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else was written there
+                break
+        self._open = False
 
 
 def load_run(run_dir: str | Path) -> Run:

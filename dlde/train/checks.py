@@ -1,0 +1,254 @@
+"""What a :class:`~dlde.train.config.TrainConfig` may hold, checked when it is made: before any data
+is generated, any run folder claimed or any memory allocated.
+
+Every refusal is a :class:`dlde.errors.ConfigError` of one line that names the key to change (a
+config field or a head option), so the command line can name its flag and a notebook its parameter.
+A field is checked against its type annotation (a field added later is too), then against the
+rules below; the dataset options against the dataset's own config (:class:`~dlde.data.digits.DigitsConfig`,
+:class:`~dlde.data.glyphs.GlyphsConfig`: the glyphs vocabulary bounds the classes), renamed to the
+trainer's keys; the options of the head built against its ``Options`` types and :data:`HEAD_OPTION_CHOICES` and
+:data:`HEAD_OPTION_INTERVALS`.
+The heads' constructors keep their own checks: the trainer builds the model before it claims a run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from dlde.data.digits import DigitsConfig
+from dlde.data.glyphs import GlyphsConfig
+from dlde.errors import ConfigError, Key
+from dlde.model.backbone import RESNET_CHANNELS, SUPPORTED_LEVELS
+from dlde.model.means import MEANS_INITS, MEANS_LR_SCHEDULES, MEANS_UPDATES
+from dlde.model.priors import CLASSIFIER_INITS
+from dlde.model.registry import HEADS, all_head_options
+
+#: TrainConfig field -> parameter of :func:`dlde.data.digits.make_digits_dataset` / of
+#: :func:`dlde.data.glyphs.make_glyphs_dataset`: what the trainer generates, and how a dataset's
+#: refusal is renamed to the trainer's key.
+DIGITS_PARAMETERS = {"digits_seed": "seed", "digits_canvas_size": "canvas_size", "digits_size": "digit_size",
+                     "digits_per_image": "digits_per_image", "digits_train_images": "train_images",
+                     "digits_val_images": "val_images", "digits_classes": "classes"}
+GLYPHS_PARAMETERS = {"glyphs_seed": "seed", "glyphs_classes": "classes", "glyphs_canvas_size": "canvas_size",
+                     "glyphs_size": "glyph_size", "glyphs_per_image": "glyphs_per_image",
+                     "glyphs_val_images": "val_images", "glyphs_bucket_shares": "bucket_shares",
+                     "glyphs_max_images": "max_images"}
+
+#: Counts and sizes: at least one (None, where the type allows it, means "all" or "the default").
+AT_LEAST_ONE = ("digits_canvas_size", "digits_train_images", "digits_val_images", "glyphs_canvas_size",
+                "glyphs_val_images", "min_size", "max_size", "pyramid_channels", "head_channels", "init_batches",
+                "epochs", "batch_size", "threads", "eval_every", "eval_batch_size", "max_train_batches")
+#: Counts that may be zero: hidden convolutions of a head tower (0: the output convolution alone),
+#: data-loading worker processes (0: load in the training process), seeds of the generated data.
+AT_LEAST_ZERO = ("head_convs", "num_workers", "digits_seed", "glyphs_seed")
+#: Numbers above zero (None, where the type allows it, means "off").
+POSITIVE = ("lr", "grad_clip", "dist_timeout_s", "repeat_threshold")
+#: Numbers in an interval: ``(low, high, low included, high included)``.
+INTERVALS = {"weight_decay": (0.0, math.inf, True, False), "warmup_fraction": (0.0, 1.0, True, False),
+             "flip_prob": (0.0, 1.0, True, True), "object_iou": (0.0, 1.0, True, True),
+             "background_iou": (0.0, 1.0, True, True)}
+#: Ranges given as two fields: the first may not exceed the second.
+ORDERED = (("min_size", "max_size"), ("background_iou", "object_iou"))
+#: Head options beyond their ``Options`` types (and floats being finite): their least value, their
+#: choices, or their interval as in :data:`INTERVALS`. The heads' constructors check the same when
+#: the trainer builds the model, before it claims the run folder.
+HEAD_OPTION_LEAST = {"embedding_size": 1}
+HEAD_OPTION_CHOICES = {"means_update": MEANS_UPDATES, "means_init": MEANS_INITS,
+                       "means_lr_schedule": MEANS_LR_SCHEDULES, "classifier_init": CLASSIFIER_INITS}
+HEAD_OPTION_INTERVALS = {"means_lr": (0.0, 1.0, False, True), "cosine_scale": (0.0, math.inf, False, False),
+                         "prior": (0.0, 1.0, False, False)}
+
+def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse ``config`` (a TrainConfig) at its first invalid value; ``choices``: field -> allowed values.
+
+    Raises:
+        ConfigError: naming the key (and the keys it depends on) with what is allowed.
+    """
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for f in dataclasses.fields(config):
+        _check_type(f.name, values[f.name], f.type)
+    if config.model not in HEADS:
+        raise ConfigError("{model} must be one of {allowed}; got {got!r}", model=Key("model"),
+                          allowed=", ".join(sorted(HEADS)), got=config.model)
+    for name, allowed in choices.items():
+        if values[name] not in allowed:
+            raise ConfigError("{name} must be one of {allowed}; got {got!r}", name=Key(name),
+                              allowed=", ".join(map(str, allowed)), got=values[name])
+    _check_numbers(values)
+    _check_model(config)
+    _check_head_options(config)
+    _check_data(config)
+    _check_run(config)
+
+
+def _check_numbers(values: Mapping[str, Any]) -> None:
+    for name in AT_LEAST_ONE + AT_LEAST_ZERO:
+        least = 1 if name in AT_LEAST_ONE else 0
+        if values[name] is not None and values[name] < least:
+            raise ConfigError("{name} must be >= {least}, got {got}", name=Key(name), least=least, got=values[name])
+    for name in POSITIVE:
+        if values[name] is not None and not values[name] > 0:
+            raise ConfigError("{name} must be > 0, got {got}", name=Key(name), got=values[name])
+    for name, interval in INTERVALS.items():
+        _check_interval(name, values[name], interval)
+    for low, high in ORDERED:
+        if values[low] > values[high]:
+            raise ConfigError("{low} {low_value} exceeds {high} {high_value}; need {low} <= {high}", low=Key(low),
+                              high=Key(high), low_value=values[low], high_value=values[high])
+    if not all(0.0 <= m <= 1.0 for m in values["step_milestones"]):
+        raise ConfigError("{milestones} are fractions of the training, each in [0, 1]; got {got}",
+                          milestones=Key("step_milestones"), got=list(values["step_milestones"]))
+
+
+def _check_interval(name: str, value: Any, interval: tuple[float, float, bool, bool]) -> None:
+    if value is None:
+        return
+    low, high, low_closed, high_closed = interval
+    above = value >= low if low_closed else value > low
+    below = value <= high if high_closed else value < high
+    if not (above and below):
+        shown = f"{'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+        raise ConfigError("{name} must be in {shown}, got {got}", name=Key(name), shown=shown, got=value)
+
+
+def _check_model(config: Any) -> None:
+    if config.resnet not in RESNET_CHANNELS:
+        raise ConfigError("{resnet} must be one of {allowed}, got {got}", resnet=Key("resnet"),
+                          allowed=", ".join(map(str, RESNET_CHANNELS)), got=config.resnet)
+    levels = list(config.fpn_levels)
+    if not levels or levels != sorted(set(levels)) or not set(levels) <= set(SUPPORTED_LEVELS):
+        raise ConfigError("{levels} must be distinct pyramid levels of {supported}, ascending; got {got}",
+                          levels=Key("fpn_levels"), supported=list(SUPPORTED_LEVELS), got=levels)
+    for name in ("anchor_sizes", "anchor_scales", "anchor_ratios"):
+        value = getattr(config, name)
+        if value is not None and (not value or min(value) <= 0):
+            raise ConfigError("{name} must be positive numbers (at least one), got {got}", name=Key(name),
+                              got=list(value))
+    # One anchor size per level is checked when the model is built (still before the claim): a config
+    # may be updated one of the two at a time.
+
+def _check_head_options(config: Any) -> None:
+    unknown = sorted(set(config.head_options) - set(all_head_options()))
+    if unknown:
+        raise ConfigError("head_options has {unknown}, an option of no registered head; head options: {known}",
+                          unknown=unknown, known=sorted(all_head_options()))
+    types = {f.name: f.type for f in dataclasses.fields(HEADS[config.model].Options)}
+    for name, value in config.own_head_options().items():
+        _check_type(name, value, types[name])
+        if name in HEAD_OPTION_LEAST and value < HEAD_OPTION_LEAST[name]:
+            raise ConfigError("{name} must be >= {least}, got {got}", name=Key(name), least=HEAD_OPTION_LEAST[name],
+                              got=value)
+        if name in HEAD_OPTION_CHOICES and value not in HEAD_OPTION_CHOICES[name]:
+            raise ConfigError("{name} must be one of {allowed}; got {got!r}", name=Key(name),
+                              allowed=", ".join(HEAD_OPTION_CHOICES[name]), got=value)
+        if name in HEAD_OPTION_INTERVALS:
+            _check_interval(name, value, HEAD_OPTION_INTERVALS[name])
+
+def _check_data(config: Any) -> None:
+    if config.dataset == "coco" and not all((config.train_images, config.train_annotations,
+                                             config.val_images, config.val_annotations)):
+        raise ConfigError("{dataset} needs {train_images}, {train_annotations}, {val_images} and "
+                          "{val_annotations}", dataset=Key("dataset", "coco"), train_images=Key("train_images"),
+                          train_annotations=Key("train_annotations"), val_images=Key("val_images"),
+                          val_annotations=Key("val_annotations"))
+    for kind, parameters in (("digits", DIGITS_PARAMETERS), ("glyphs", GLYPHS_PARAMETERS)):
+        try:
+            dataset_config(config, kind)
+        except ConfigError as error:
+            raise error.renamed({parameter: key for key, parameter in parameters.items()}) from None
+
+
+def dataset_config(config: Any, kind: str) -> DigitsConfig | GlyphsConfig:
+    """The :class:`~dlde.data.digits.DigitsConfig` (``kind='digits'``) or
+    :class:`~dlde.data.glyphs.GlyphsConfig` (``'glyphs'``) of a TrainConfig's ``digits_*`` or
+    ``glyphs_*`` fields (its other settings at their defaults): cheap, nothing is generated."""
+    return (DigitsConfig if kind == "digits" else GlyphsConfig)(**dataset_parameters(config, kind))
+
+
+def dataset_parameters(config: Any, kind: str) -> dict[str, Any]:
+    """The parameters of the ``kind`` ('digits' or 'glyphs') dataset of a TrainConfig."""
+    parameters = DIGITS_PARAMETERS if kind == "digits" else GLYPHS_PARAMETERS
+    return {parameter: getattr(config, key) for key, parameter in parameters.items()}
+
+
+def _check_run(config: Any) -> None:
+    if not config.run_dir:
+        raise ConfigError("{run_dir} must name a folder, got {got!r}", run_dir=Key("run_dir"), got=config.run_dir)
+    if config.device is not None:
+        try:
+            torch.device(config.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError("{device} must name a torch device ('cpu', 'cuda', 'cuda:1'), got {got!r}",
+                              device=Key("device"), got=config.device) from None
+    if config.resume and config.overwrite:
+        raise ConfigError("{resume} and {overwrite} exclude each other: continue the run, or replace it",
+                          resume=Key("resume"), overwrite=Key("overwrite"))
+    names = {f.name for f in dataclasses.fields(config)} | set(all_head_options())
+    unknown = sorted(set(config.allow_changed) - names)
+    if unknown:
+        raise ConfigError("{allow_changed} names unknown fields {unknown}", allow_changed=Key("allow_changed"),
+                          unknown=unknown)
+
+
+# ------------------------------------------------------------------------------ types
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """Refuse ``value`` unless it fits ``annotation`` (a type or its string: ``'int | None'``,
+    ``'tuple[float, ...]'``); floats must be finite. Annotations it cannot read are not checked."""
+    text = _type_text(annotation)
+    if not _fits(text, value):
+        raise ConfigError("{name} must be of type {type}, got {got!r}", name=Key(name), type=text, got=value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        raise ConfigError("{name} must be a finite number, got {got}", name=Key(name), got=value)
+    if isinstance(value, tuple) and any(isinstance(v, numbers.Real) and not math.isfinite(v) for v in value):
+        raise ConfigError("{name} must hold finite numbers, got {got}", name=Key(name), got=list(value))
+
+
+_SCALARS: dict[str, Callable[[Any], bool]] = {
+    "None": lambda v: v is None,
+    "bool": lambda v: isinstance(v, (bool, np.bool_)),
+    "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)),
+    "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)),
+    "str": lambda v: isinstance(v, str),
+}
+
+
+def _fits(annotation: str, value: Any) -> bool:
+    for option in _split(annotation, "|"):
+        if option in _SCALARS:
+            if _SCALARS[option](value):
+                return True
+        elif option.startswith("tuple[") and option.endswith("]"):
+            items = _split(option[len("tuple["):-1], ",")
+            if not isinstance(value, tuple):
+                continue
+            if len(items) == 2 and items[1] == "...":
+                if all(_fits(items[0], v) for v in value):
+                    return True
+            elif len(items) == len(value) and all(_fits(item, v) for item, v in zip(items, value)):
+                return True
+        else:  # dict[...], Any, a class: not checked here
+            return True
+    return False
+
+
+def _type_text(annotation: Any) -> str:
+    """An annotation as text: ``'int | None'`` for the string and for the type."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside brackets, each part stripped."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += char == "["
+        depth -= char == "]"
+        if char == separator and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+    parts.append(text[start:].strip())
+    return parts

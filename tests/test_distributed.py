@@ -163,10 +163,10 @@ def test_sharded_evaluation_equals_one_process_evaluation_of_the_checkpoint(kill
 
 
 # ------------------------------------------------------------------ in-process gloo: every step
-def _steps_worker(rank, world, port, mode, out):
+def _steps_worker(rank, world, port, options, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    config = TrainConfig.from_dict({"means_update": mode}, preset="tiny")
+    config = TrainConfig.from_dict(options, preset="tiny")
     torch.manual_seed(0)
     model = build_model(config, 3)
     generator = torch.Generator().manual_seed(1)
@@ -201,8 +201,10 @@ def _steps_worker(rank, world, port, mode, out):
     model.tracked_means.update_means()
     history.append(model.tracked_means.means.clone())
     if rank == 0:
+        center = model.tracked_means.center
         torch.save({"means": torch.stack(history), "stat_counts": model.tracked_means.stat_counts.clone(),
-                    "update": model.fpn.stem[0].weight.detach() - start}, out)
+                    "update": model.fpn.stem[0].weight.detach() - start,
+                    "center": torch.zeros(0) if center is None else center.clone()}, out)
     if world > 1:
         torch.distributed.destroy_process_group()
 
@@ -216,16 +218,22 @@ def _free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["batch", "manual"])
-def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tmp_path, mode):
+@pytest.mark.parametrize("options", [
+    {"means_update": "batch"}, {"means_update": "manual"},
+    # centered means with the count-aware rate and a warm-up: the center and the counts from the global batch
+    {"center_momentum": 0.9, "means_lr_schedule": "seen", "means_lr": 0.05, "means_warmup": 1}],
+    ids=["batch", "manual", "centered-seen"])
+def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tmp_path, options):
     threads = torch.get_num_threads()
     try:
-        _steps_worker(0, 1, 0, mode, tmp_path / "one.pt")  # in this process: restore its thread count after
+        _steps_worker(0, 1, 0, options, tmp_path / "one.pt")  # in this process: restore its thread count after
     finally:
         torch.set_num_threads(threads)
-    torch.multiprocessing.spawn(_steps_worker, args=(2, _free_port(), mode, tmp_path / "two.pt"), nprocs=2)
+    torch.multiprocessing.spawn(_steps_worker, args=(2, _free_port(), options, tmp_path / "two.pt"), nprocs=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert not torch.equal(one["means"][0], one["means"][-1])  # the means moved
+    assert ("center_momentum" in options) == (one["center"].numel() > 0 and one["center"].norm() > 0)
+    torch.testing.assert_close(two["center"], one["center"], rtol=0, atol=1e-6)
     torch.testing.assert_close(two["means"], one["means"], rtol=0, atol=1e-6)
     assert torch.equal(two["stat_counts"], one["stat_counts"])  # κ̂ statistics from the global batch
     # The same gradient steps: DDP's average, the global loss normalizer and the global BatchNorm

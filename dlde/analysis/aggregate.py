@@ -42,6 +42,15 @@ METRICS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "AP75": "AP75",
 VOCABULARY_METRICS: dict[str, str] = {"APr": "APr", "APc": "APc", "APf": "APf",
                                       "epoch_time_s": "training time per epoch (s)"}
 BUCKET_METRICS = tuple(FREQUENCY_BUCKETS)  # APr, APc, APf
+#: What the tracked means did, from the last epoch's row of ``metrics.jsonl`` (runs written since
+#: the per-epoch diagnostics, :func:`dlde.model.means.means_diagnostics`), and the images trained
+#: over all epochs (the budget; repeat-factor sampling makes epochs longer). A second table.
+DIAGNOSTIC_METRICS: dict[str, str] = {
+    "cos_start_r": "cos to start, rare", "cos_start_c": "cos to start, common", "cos_start_f": "cos to start, frequent",
+    "embedding_norm": "length of the mean embedding", "w": "w (mean over classes)", "images": "images trained"}
+#: Keys of the metrics row that the diagnostics read.
+_DIAGNOSTIC_KEYS = {"cos_start_r": "means_cos_to_start_r", "cos_start_c": "means_cos_to_start_c",
+                    "cos_start_f": "means_cos_to_start_f", "embedding_norm": "mean_embedding_norm", "w": "w_mean"}
 #: Column order when the vocabulary columns are shown.
 _ORDER = ("AP", "AP50", "AP75", "APr", "APc", "APf", "min_angle_deg", "kappa", "ECE", "epoch_time_s")
 #: Where 01_train writes its results.json inside a run folder (holds the calibration error).
@@ -111,6 +120,9 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, float]:
     times = [float(row["train_time_s"]) for row in rows if row.get("train_time_s") is not None]
     if times:
         summary["epoch_time_s"] = float(np.mean(times))
+    summary.update({name: float(last[key]) for name, key in _DIAGNOSTIC_KEYS.items() if last.get(key) is not None})
+    if all(row.get("train_images") is not None for row in rows):
+        summary["images"] = float(sum(row["train_images"] for row in rows))
     return summary
 
 
@@ -191,7 +203,8 @@ def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
         too when any summary holds a bucket metric.
     """
     buckets = any(metric in s for summaries in arms.values() for s in summaries for metric in BUCKET_METRICS)
-    metrics = _ORDER if buckets else METRICS
+    metrics = list(_ORDER if buckets else METRICS)
+    metrics += [m for m in DIAGNOSTIC_METRICS if any(m in s for summaries in arms.values() for s in summaries)]
     rows = []
     for arm, summaries in arms.items():
         row: dict[str, Any] = {"arm": arm, "n": len(summaries)}
@@ -204,7 +217,20 @@ def summarize_arms(arms: Mapping[str, Sequence[Mapping[str, float]]],
 
 # ---------------------------------------------------------------------------------- output
 def _digits(metric: str) -> int:
-    return 1 if metric in ("min_angle_deg", "kappa", "epoch_time_s") else 3
+    return 0 if metric == "images" else 1 if metric in ("min_angle_deg", "kappa", "epoch_time_s", "w") else 3
+
+
+def diagnostics_table(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The :data:`DIAGNOSTIC_METRICS` of ``rows`` (those any arm has) as a markdown table like
+    :func:`sweep_table`'s; None when no arm has any."""
+    metrics = [m for m in DIAGNOSTIC_METRICS if any(math.isfinite(r.get(f"{m}_mean", math.nan)) for r in rows)]
+    if not metrics:
+        return None
+    header = ["arm", "seeds"] + [f"{DIAGNOSTIC_METRICS[m]} mean ± sd [{100 * CONFIDENCE:g} % CI]" for m in metrics]
+    cells = [[str(row["arm"]), str(row["n"])]
+             + [interval_cell({key: row[f"{m}_{key}"] for key in ("mean", "sd", "low", "high")}, _digits(m),
+                              sd=True, missing="") for m in metrics] for row in rows]
+    return markdown_table(header, cells) + "\n"
 
 
 def sweep_table(rows: Sequence[Mapping[str, Any]], confidence: float = CONFIDENCE) -> str:
@@ -227,6 +253,11 @@ def sweep_markdown(name: str, rows: Sequence[Mapping[str, Any]], *, collapse: bo
     """The content of ``<sweep>.md`` (before its provenance line): a title, :func:`sweep_table` and,
     with ``collapse``, a link to the collapse figure ``<sweep>_collapse.png``."""
     text = f"# Sweep `{name}`\n\n" + sweep_table(rows)
+    diagnostics = diagnostics_table(rows)
+    if diagnostics is not None:
+        text += ("\nWhat the tracked means did by the last epoch (mean cosine of a class mean to its start per "
+                 "frequency bucket, 1 = never moved; length of the mean tracked embedding, 1 = all point one way; "
+                 "the scale w) and the images trained over all epochs:\n\n" + diagnostics)
     if collapse:
         text += f"\nCollapse of the class means per epoch: ![{name} collapse]({name}_collapse.png)\n"
     return text

@@ -36,7 +36,8 @@ class DLDENetWithTrackedMeans(RetinaNet):
         means_lr: step of the ``'batch'`` update (``model.means_lr = x`` changes it).
         means_init: starting class means: ``'orthogonal'``, ``'random'`` or ``'zeros'`` (the original).
         init_weight, init_bias: initial ``w`` and ``b`` of :meth:`DirectionalClassification.classify`.
-        classifier_init, means_lr_schedule: see :class:`dlde.DirectionalClassification`.
+        classifier_init, means_lr_schedule, center_momentum, means_warmup, weight_param, anchor_terms:
+            see :class:`dlde.DirectionalClassification` (not in the original).
         **kwargs: the keyword-only options of :class:`RetinaNet`.
 
     Defaults differ from the original's (512, lr 0.1, 'zeros'): see
@@ -59,13 +60,18 @@ class DLDENetWithTrackedMeans(RetinaNet):
                  pretrained: bool = True, device: str | torch.device | None = None, *,
                  means_init: str = _Options.means_init, init_weight: float = _Options.init_weight,
                  init_bias: float = _Options.init_bias, classifier_init: str = _Options.classifier_init,
-                 means_lr_schedule: str = _Options.means_lr_schedule, **kwargs: Any):
+                 means_lr_schedule: str = _Options.means_lr_schedule,
+                 center_momentum: float = _Options.center_momentum, means_warmup: int = _Options.means_warmup,
+                 weight_param: str = _Options.weight_param, anchor_terms: bool = _Options.anchor_terms,
+                 **kwargs: Any):
         if int(embedding_size) < 2:
             raise ValueError(f"embedding_size must be at least 2, got {embedding_size}")
         kwargs.pop("classification_head", None)
         options = {"embedding_size": int(embedding_size), "means_update": means_update,
                    "means_lr": float(means_lr), "means_init": means_init, "init_weight": init_weight,
-                   "init_bias": init_bias, "classifier_init": classifier_init, "means_lr_schedule": means_lr_schedule}
+                   "init_bias": init_bias, "classifier_init": classifier_init, "means_lr_schedule": means_lr_schedule,
+                   "center_momentum": float(center_momentum), "means_warmup": int(means_warmup),
+                   "weight_param": weight_param, "anchor_terms": bool(anchor_terms)}
         super().__init__(classes, resnet, features, anchors, fpn_levels, pretrained, device,
                          assignation_thresholds=assignation_thresholds,
                          classification_head=head_factory("dlde", **options), **kwargs)

@@ -1,6 +1,7 @@
 """The directional classification head of DLDENet."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -21,6 +22,10 @@ MIN_WEIGHT = 0.1
 PRIOR_BIAS = -0.95
 #: Largest ``w`` that :meth:`DirectionalClassification.prior_start` considers.
 MAX_PRIOR_WEIGHT = 100.0
+#: How the parameter ``weight`` gives ``w`` (:meth:`DirectionalClassification.scales`): ``'linear'``
+#: (``w = |weight|``, the original) or ``'log'`` (``w = exp(weight)``: an optimizer step moves ``w``
+#: by a share of itself, so ``w`` can learn its scale in a short schedule).
+WEIGHT_PARAMS = ("linear", "log")
 
 
 class DirectionalClassification(ClassificationHead):
@@ -60,9 +65,19 @@ class DirectionalClassification(ClassificationHead):
             loss stays near the sigmoid head's whatever the vocabulary: :meth:`prior_start`; then
             ``init_weight`` and ``init_bias`` must be left at their defaults). It assumes random
             starting means (``'orthogonal'`` or ``'random'``).
-        means_lr_schedule: ``'constant'`` (every step ``means_lr``) or ``'count'`` (class ``c``
-            steps by ``max(means_lr, 1 / n_c)``, ``n_c`` its tracked batches; ``'batch'`` updates
-            only): see :class:`dlde.model.means.TrackedMeans`.
+        means_lr_schedule: ``'constant'`` (every step ``means_lr``), ``'count'`` (class ``c``
+            steps by ``max(means_lr, 1 / n_c)``, ``n_c`` its tracked batches) or ``'seen'``
+            (``max(means_lr, n_batch / n_seen)``, the running mean of its embeddings floored at
+            ``means_lr``); ``'batch'`` updates only: see :class:`dlde.model.means.TrackedMeans`.
+        center_momentum: momentum of the running center of the matched embeddings, taken off
+            every embedding before it is scored or tracked (0: none; DINO uses 0.9).
+        means_warmup: tracked batches during which the means stay at their start.
+        weight_param: ``'linear'`` (``w = |weight|``) or ``'log'`` (``w = exp(weight)``), see
+            :data:`WEIGHT_PARAMS`.
+        anchor_terms: each anchor also predicts a shift ``t`` and a scale ``u`` of its own (two more
+            outputs of the encoder) and is scored by a plain sigmoid, as OWL-ViT scores boxes:
+            ``p_c = sigmoid(|w_c| (elu(u) + 1) (s_c + b_c + t))``. This gives back the objectness a
+            linear head reads from its feature's norm, which a unit embedding has lost.
     """
 
     name = "dlde"
@@ -83,6 +98,10 @@ class DirectionalClassification(ClassificationHead):
         init_bias: float = -0.5
         classifier_init: str = CLASSIFIER_INITS[0]  # "fixed"
         means_lr_schedule: str = MeansConfig.lr_schedule
+        center_momentum: float = MeansConfig.center_momentum
+        means_warmup: int = MeansConfig.warmup
+        weight_param: str = WEIGHT_PARAMS[0]  # "linear"
+        anchor_terms: bool = False
 
     @classmethod
     def build(cls, in_channels: int, anchors: int, features: int, classes: int, *, convs: int = 4,
@@ -99,14 +118,19 @@ class DirectionalClassification(ClassificationHead):
                  convs: int = 4, group_norm: bool = False, allow_low_quality_matches: bool = True,
                  init_weight: float = Options.init_weight, init_bias: float = Options.init_bias,
                  means_init: str = Options.means_init, classifier_init: str = Options.classifier_init,
-                 means_lr_schedule: str = Options.means_lr_schedule):
+                 means_lr_schedule: str = Options.means_lr_schedule,
+                 center_momentum: float = Options.center_momentum, means_warmup: int = Options.means_warmup,
+                 weight_param: str = Options.weight_param, anchor_terms: bool = Options.anchor_terms):
         super().__init__()
+        if weight_param not in WEIGHT_PARAMS:
+            raise ValueError(f"weight_param must be one of {', '.join(WEIGHT_PARAMS)}, got {weight_param!r}")
         self.embedding_size = embedding_size
         self.classes = classes
         self.assignation_thresholds = check_thresholds(assignation_thresholds)
         self.allow_low_quality_matches = allow_low_quality_matches
         self.tracker = TrackedMeans(classes, embedding_size, mode=means_update, lr=means_lr,
-                                    lr_schedule=means_lr_schedule)
+                                    lr_schedule=means_lr_schedule, center_momentum=center_momentum,
+                                    warmup=means_warmup)
         self.tracker.initialize(means_init)
         self.means_init = means_init
         self.init_weight, self.init_bias = float(init_weight), float(init_bias)
@@ -118,9 +142,15 @@ class DirectionalClassification(ClassificationHead):
                              f"at their defaults ({self.Options.init_weight}, {self.Options.init_bias})")
         else:
             self.start_weight, self.start_bias = self.prior_start(embedding_size)
-        self.weight = nn.Parameter(torch.full((classes,), self.start_weight))
+        self.weight_param = weight_param
+        if weight_param == "log" and self.start_weight < MIN_WEIGHT:
+            raise ValueError(f"weight_param='log' needs a starting w >= {MIN_WEIGHT}, got {self.start_weight}")
+        start = math.log(self.start_weight) if weight_param == "log" else self.start_weight
+        self.weight = nn.Parameter(torch.full((classes,), start))
         self.bias = nn.Parameter(torch.full((classes,), self.start_bias))
-        self.encoder = HeadTower(in_channels, embedding_size, anchors, features, convs=convs,
+        self.anchor_terms = bool(anchor_terms)
+        # (d + 2 outputs per anchor with anchor terms: the embedding, then the shift and the scale)
+        self.encoder = HeadTower(in_channels, embedding_size + 2 * self.anchor_terms, anchors, features, convs=convs,
                                  group_norm=group_norm)
 
     # The tracked state, under the seed's names.
@@ -157,7 +187,9 @@ class DirectionalClassification(ClassificationHead):
         return {"embedding_size": self.embedding_size, "means_update": self.tracker.mode,
                 "means_lr": self.tracker.lr, "means_init": self.means_init,
                 "init_weight": self.init_weight, "init_bias": self.init_bias,
-                "classifier_init": self.classifier_init, "means_lr_schedule": self.tracker.lr_schedule}
+                "classifier_init": self.classifier_init, "means_lr_schedule": self.tracker.lr_schedule,
+                "center_momentum": self.tracker.center_momentum, "means_warmup": self.tracker.warmup,
+                "weight_param": self.weight_param, "anchor_terms": self.anchor_terms}
 
     @staticmethod
     def prior_start(embedding_size: int, prior: float = SigmoidClassification.Options.prior) -> tuple[float, float]:
@@ -205,11 +237,27 @@ class DirectionalClassification(ClassificationHead):
         Returns:
             ``(B, H * W * anchors, d)`` unit vectors (a zero vector stays zero instead of NaN).
         """
-        return F.normalize(self.encoder(feature_map).float(), dim=-1, eps=1e-12)
+        return self._encode(feature_map)[0]
+
+    def _encode(self, feature_map: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(unit embeddings (B, H * W * anchors, d), anchor terms (B, H * W * anchors, 2) or None)``."""
+        out = self.encoder(feature_map).float()
+        embeddings = F.normalize(out[..., :self.embedding_size], dim=-1, eps=1e-12)
+        return embeddings, (out[..., self.embedding_size:] if self.anchor_terms else None)
+
+    def embed_raw(self, feature_maps: Sequence[Tensor]) -> Tensor:
+        """Unit embeddings of all levels concatenated, before centering: ``(B, A, d)``."""
+        return torch.cat([self.encode(x) for x in feature_maps], dim=1)
 
     def embed(self, feature_maps: Sequence[Tensor]) -> Tensor:
-        """Unit embeddings of all levels concatenated: ``(B, A, d)``."""
-        return torch.cat([self.encode(x) for x in feature_maps], dim=1)
+        """The unit embeddings that are scored and tracked, all levels concatenated: ``(B, A, d)``
+        (centered by the tracker's running center when ``center_momentum > 0``)."""
+        return self.tracker.centered(self.embed_raw(feature_maps))
+
+    def scales(self) -> Tensor:
+        """``(C,)`` the scale ``w`` of every class as :meth:`classify` uses it (at least ``MIN_WEIGHT``)."""
+        weight = self.weight.exp() if self.weight_param == "log" else self.weight.abs()
+        return weight.clamp(min=MIN_WEIGHT)
 
     def assign(self, anchors: Tensor, annotations: Tensor) -> Assignment:
         """The anchor assignment used for tracking: ``anchors (B, A, 4)`` or ``(A, 4)``."""
@@ -218,11 +266,14 @@ class DirectionalClassification(ClassificationHead):
         return assign_batch(anchors, annotations, self.assignation_thresholds,
                             allow_low_quality_matches=self.allow_low_quality_matches)
 
-    def track(self, embeddings: Tensor, anchors_or_assignment, annotations: Tensor | None = None) -> None:
+    def track(self, embeddings: Tensor, anchors_or_assignment, annotations: Tensor | None = None, *,
+              raw: Tensor | None = None) -> None:
         """Update the means with the embeddings of anchors matched to an object.
 
         Args:
-            embeddings: ``(B, A, d)`` unit embeddings.
+            embeddings: ``(B, A, d)`` unit embeddings (as scored: centered when the head centers).
+            raw: ``(B, A, d)`` the same before centering; they move the running center (none moves
+                without them).
             anchors_or_assignment: an :class:`dlde.Assignment` of the batch (the detector's,
                 computed once per step), or the seed's ``anchors (B, A, 4)`` / ``(A, 4)``, in
                 which case ``annotations (B, M, 5)`` (x1, y1, x2, y2, label; -1 rows are padding)
@@ -237,10 +288,14 @@ class DirectionalClassification(ClassificationHead):
                 assignment = self.assign(anchors_or_assignment, annotations)
             objects = assignment.objects_mask  # (B, A)
             labels = assignment.assigned_annotations[..., 4][objects]  # (N,)
-            self.tracker.update(embeddings[objects], labels)
+            self.tracker.update(embeddings[objects], labels, raw=None if raw is None else raw[objects])
 
-    def classify(self, embeddings: Tensor) -> Tensor:
+    def classify(self, embeddings: Tensor, terms: Tensor | None = None) -> Tensor:
         """Class probabilities ``(..., C)`` of unit embeddings ``(..., d)``.
+
+        With ``anchor_terms`` the anchors' own shift and scale ``terms (..., 2)`` enter a plain
+        sigmoid (:meth:`_classify_with_terms`; without ``terms``, shift 0 and scale 1: the score of
+        the class part alone). Otherwise:
 
         ``p_c = sigmoid(z_c) / sigmoid(|w_c| (1 + b_c))`` with ``z_c = |w_c| (cos_c + b_c)``, computed
         by :class:`CosineSigmoidRatio` (one matrix product, three in-place passes, a hand-written
@@ -251,11 +306,22 @@ class DirectionalClassification(ClassificationHead):
         embedding near 1).
         """
         with torch.autocast(embeddings.device.type, enabled=False):  # the cosine stays in fp32 under AMP
+            if self.anchor_terms:
+                return self._classify_with_terms(embeddings.float(), None if terms is None else terms.float())
             return self._classify(embeddings.float())
+
+    def _classify_with_terms(self, embeddings: Tensor, terms: Tensor | None) -> Tensor:
+        """``p_c = sigmoid(|w_c| (elu(u) + 1) (s_c + b_c + t))`` (OWL-ViT's form) for ``terms = (t, u)``
+        per anchor; classes without a mean score 0. Autograd keeps a few ``(N, C)`` tensors."""
+        initialized = self.tracker.initialized  # (C,)
+        cosines = embeddings @ F.normalize(self.tracker.means, dim=1).t()  # (..., C)
+        shift, scale = (0.0, 1.0) if terms is None else (terms[..., :1], F.elu(terms[..., 1:]) + 1)
+        logits = (cosines + self.bias.clamp(-1.0, 1.0) + shift) * (self.scales() * scale)
+        return torch.where(initialized, torch.sigmoid(logits), torch.zeros_like(logits))
 
     def _classify(self, embeddings: Tensor) -> Tensor:
         initialized = self.tracker.initialized  # (C,)
-        weight = self.weight.abs().clamp(min=MIN_WEIGHT)
+        weight = self.scales()
         bias = self.bias.clamp(-1.0, 1.0)
         # z_c = |w_c| (cos_c + b_c) in one matrix product; classes without a mean get z = -1e4 (p = 0).
         scale = torch.where(initialized, weight, torch.zeros_like(weight))
@@ -281,15 +347,18 @@ class DirectionalClassification(ClassificationHead):
         Returns:
             ``(B, A, C)`` probabilities.
         """
-        embeddings = self.embed(feature_maps)
-        probabilities = self.classify(embeddings)
+        encoded = [self._encode(x) for x in feature_maps]
+        raw = torch.cat([embeddings for embeddings, _ in encoded], dim=1)  # (B, A, d)
+        terms = torch.cat([terms for _, terms in encoded], dim=1) if self.anchor_terms else None  # (B, A, 2)
+        embeddings = self.tracker.centered(raw)
+        probabilities = self.classify(embeddings, terms)
         if self.training:
             if assignment is None:
                 if anchors is None or annotations is None:
                     raise ValueError("DirectionalClassification needs the assignment (or anchors and annotations) "
                                      "in training mode to track the means")
                 assignment = self.assign(anchors, annotations)
-            self.track(embeddings, assignment)
+            self.track(embeddings, assignment, raw=raw)
         return probabilities
 
     # ------------------------------------------------------------------ class growth, imprinting
@@ -300,7 +369,8 @@ class DirectionalClassification(ClassificationHead):
         if not donors.any():
             donors = ~exclude
         if not donors.any():
-            return self.weight.new_tensor(self.start_weight), self.bias.new_tensor(self.start_bias)
+            start = math.log(self.start_weight) if self.weight_param == "log" else self.start_weight
+            return self.weight.new_tensor(start), self.bias.new_tensor(self.start_bias)
         return self.weight.detach()[donors].mean(), self.bias.detach()[donors].mean()
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 MEANS_UPDATES = ("batch", "manual")
 MEANS_INITS = ("zeros", "orthogonal", "random")
-MEANS_LR_SCHEDULES = ("constant", "count")
+MEANS_LR_SCHEDULES = ("constant", "count", "seen")
 # R̄ is clipped below 1 so that κ̂ = R̄(d − R̄²)/(1 − R̄²) stays finite for identical vectors.
 _MAX_RESULTANT = 1.0 - 1e-7
 
@@ -30,6 +30,11 @@ class MeansConfig:
     lr: float = 0.003
     init: str = "orthogonal"
     lr_schedule: str = "constant"
+    #: Momentum ``m`` of the running center of the matched embeddings (``c <- m c + (1 - m) batch
+    #: mean``, DINO's 0.9); 0 tracks and scores the embeddings as they are (the original).
+    center_momentum: float = 0.0
+    #: Tracked batches during which the means stay at their start (the center still moves).
+    warmup: int = 0
 
 
 class TrackedMeans(nn.Module):
@@ -56,24 +61,42 @@ class TrackedMeans(nn.Module):
       was seen instead of a mean that barely left its random start. It also gives up the spread-out
       start at a class's first batch, the start that kept the means apart on the digits (the
       README's ablations): measure it before making it a default.
+    * ``lr_schedule='seen'`` (``'batch'`` mode only): class ``c`` steps by
+      ``lr_c = max(lr, n_batch / n_seen)``, ``n_batch`` its embeddings in this batch and ``n_seen``
+      all it was tracked with so far, this batch included (buffer ``seen_counts``): the running mean
+      of every embedding seen, weighted by count, until the floor ``lr`` takes over (the first
+      tracked batch replaces the start, step 1). Without centering this averages the embeddings of a
+      still random network, which share one direction: measured, such fast means collapse.
     * ``'manual'``: :meth:`update` adds the per-class sums to ``embeddings_sums``;
       :meth:`update_means` sets every class with a non-zero sum to its normalized sum, keeps the
       previous mean of the others and resets the sums.
+
+    Centering (``center_momentum > 0``, buffer ``center (d,)``): the embeddings of a freshly
+    initialised encoder share one large common direction, so means averaged from them collapse
+    together. A running center of the matched embeddings, ``c <- m c + (1 - m) mean(batch)``
+    (DINO's centering), is taken off every embedding before it is scored or tracked:
+    :meth:`centered` gives ``normalize(e - c)``, and :meth:`update` moves ``c`` with the raw
+    embeddings of the batch after the means.
 
     Args:
         classes: number of classes.
         embedding_size: dimension ``d`` of the embeddings.
         mode: ``'batch'`` or ``'manual'``.
-        lr: step of the ``'batch'`` update, in (0, 1].
-        lr_schedule: ``'constant'`` (every step is ``lr``) or ``'count'`` (``max(lr, 1 / n_c)``).
+        lr: step of the ``'batch'`` update, in (0, 1] (the floor of ``'count'`` and ``'seen'``).
+        lr_schedule: ``'constant'`` (every step is ``lr``), ``'count'`` (``max(lr, 1 / n_c)``) or
+            ``'seen'`` (``max(lr, n_batch / n_seen)``).
+        center_momentum: ``m`` of the running center, in [0, 1); 0: no centering.
+        warmup: tracked batches with the means frozen at their start (``'batch'`` mode).
 
-    The ``(C,)`` long buffer ``batch_counts`` exists only with ``lr_schedule='count'`` (it is None
-    otherwise): the state of a ``'constant'`` tracker, and so the keys of every checkpoint written
-    without the option, are those of the original.
+    The buffers of the options exist only with them (None otherwise): ``batch_counts (C,)`` with
+    ``'count'``, ``seen_counts (C,)`` with ``'seen'``, ``center (d,)`` with centering and ``steps ()``
+    with a warm-up, so the state of a tracker without them, and the keys of every checkpoint written
+    without them, are those of the original.
     """
 
     def __init__(self, classes: int, embedding_size: int, *, mode: str = MeansConfig.update,
-                 lr: float = MeansConfig.lr, lr_schedule: str = MeansConfig.lr_schedule):
+                 lr: float = MeansConfig.lr, lr_schedule: str = MeansConfig.lr_schedule,
+                 center_momentum: float = MeansConfig.center_momentum, warmup: int = MeansConfig.warmup):
         super().__init__()
         if mode not in MEANS_UPDATES:
             raise ValueError(f"unsupported means update {mode!r}; options: {', '.join(MEANS_UPDATES)}")
@@ -81,20 +104,33 @@ class TrackedMeans(nn.Module):
             raise ValueError(f"means_lr must be in (0, 1], got {lr}")
         if lr_schedule not in MEANS_LR_SCHEDULES:
             raise ValueError(f"unknown means lr schedule {lr_schedule!r}; options: {', '.join(MEANS_LR_SCHEDULES)}")
-        if lr_schedule == "count" and mode != "batch":
-            raise ValueError(f"means_lr_schedule 'count' sets the step of the 'batch' update; the {mode!r} update "
-                             "averages what it accumulated already")
+        if lr_schedule != "constant" and mode != "batch":
+            raise ValueError(f"means_lr_schedule {lr_schedule!r} sets the step of the 'batch' update; the {mode!r} "
+                             "update averages what it accumulated already")
+        if not 0.0 <= center_momentum < 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1), got {center_momentum}")
+        if int(warmup) < 0 or (int(warmup) > 0 and mode != "batch"):
+            raise ValueError(f"means_warmup must be >= 0 (and only with the 'batch' update), got {warmup}")
         self.mode = mode
         self.lr = float(lr)
         self.lr_schedule = lr_schedule
+        self.center_momentum = float(center_momentum)
+        self.warmup = int(warmup)
         self.register_buffer("means", torch.zeros(classes, embedding_size))
         self.register_buffer("embeddings_sums", torch.zeros(classes, embedding_size))
         # Tracked batches per class, saved with the model (only when the schedule needs them).
         self.register_buffer("batch_counts", torch.zeros(classes, dtype=torch.long) if lr_schedule == "count" else None)
+        # Embeddings tracked per class (the 'seen' schedule), the running center, tracked batches (warm-up).
+        self.register_buffer("seen_counts", torch.zeros(classes, dtype=torch.long) if lr_schedule == "seen" else None)
+        self.register_buffer("center", torch.zeros(embedding_size) if self.center_momentum > 0 else None)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long) if self.warmup > 0 else None)
         # Diagnostics (not saved): resultant and count of every tracked embedding since the last
         # reset_statistics(), from which the trainer estimates each class's vMF concentration.
         self.register_buffer("stat_sums", torch.zeros(classes, embedding_size), persistent=False)
         self.register_buffer("stat_counts", torch.zeros(classes, dtype=torch.long), persistent=False)
+        # Sum of the raw (uncentered) tracked embeddings since the last reset: its norm over the count
+        # is the length of their mean, near 1 when they all point one way (collapse-prone).
+        self.register_buffer("stat_raw_sum", torch.zeros(embedding_size), persistent=False)
         #: ``(sums (C, d), counts (C,)) -> (sums, counts)`` applied before every update, e.g. an
         #: all-reduce over processes (:mod:`dlde.train.distributed`); None in a single process.
         self.reducer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
@@ -104,36 +140,69 @@ class TrackedMeans(nn.Module):
         """``(C,)`` bool: classes whose mean has been set."""
         return self.means.norm(dim=1) > 0
 
+    def centered(self, embeddings: Tensor) -> Tensor:
+        """``normalize(embeddings - center)`` for ``embeddings (..., d)`` (differentiable; the center is
+        a constant); the embeddings themselves without centering."""
+        if self.center is None:
+            return embeddings
+        return F.normalize(embeddings - self.center.to(embeddings.dtype), dim=-1, eps=1e-12)
+
     @torch.no_grad()
-    def update(self, embeddings: Tensor, labels: Tensor) -> None:
+    def update(self, embeddings: Tensor, labels: Tensor, *, raw: Tensor | None = None) -> None:
         """Track ``embeddings (N, d)`` of anchors matched to ``labels (N,)`` in ``[0, C)``.
 
-        With a :attr:`reducer` set (distributed training), the per-class sums and counts of the
-        batch are first reduced over all processes, so every process applies the same update
-        from the global batch.
+        ``raw (N, d)``: the same embeddings before centering (:meth:`centered`), which move the
+        center; without them (or without centering) the center stays. With a :attr:`reducer` set
+        (distributed training), the per-class sums and counts of the batch (and the raw sum) are
+        first reduced over all processes, so every process applies the same update from the
+        global batch.
 
         Raises:
+            ValueError: a label outside ``0..C-1``; nothing is changed.
             FloatingPointError: a non-finite embedding would reach the means; nothing is changed.
         """
         classes = self.means.shape[0]
         labels = labels.long()
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            bad = labels[(labels < 0) | (labels >= classes)].unique()[:5].tolist()
+            raise ValueError(f"tracked labels must be classes 0..{classes - 1} of these {classes} means; got {bad}: "
+                             "the means were not updated")
         sums = torch.zeros_like(self.means).index_add_(0, labels, embeddings.detach().to(self.means.dtype))
         counts = torch.bincount(labels, minlength=classes)[:classes]  # (C,)
+        moves_center = self.center is not None and raw is not None
+        if moves_center:  # the raw sum travels as one more row of the sums
+            sums = torch.cat([sums, raw.detach().to(self.means.dtype).sum(0, keepdim=True)])  # (C + 1, d)
+            counts = torch.cat([counts, counts.new_tensor([raw.shape[0]])])
         if self.reducer is not None:
             sums, counts = self.reducer(sums, counts)
         if not torch.isfinite(sums).all():
             raise FloatingPointError("non-finite embeddings reached the tracked class means; the update "
                                      "was refused (check the inputs for NaN/Inf pixels)")
+        raw_sum, raw_count = (sums[classes], int(counts[classes])) if moves_center else (sums.sum(0), int(counts.sum()))
+        sums, counts = sums[:classes], counts[:classes]
         self.stat_sums += sums
         self.stat_counts += counts
+        self.stat_raw_sum += raw_sum
         if self.mode == "manual":
             self.embeddings_sums += sums
-            return
+        elif self.steps is not None and int(self.steps) < self.warmup:
+            self.steps += 1  # warm-up: the means stay at their start
+        else:
+            self._step(sums, counts)
+        if moves_center and raw_count > 0:
+            self.center.mul_(self.center_momentum).add_(raw_sum / raw_count, alpha=1 - self.center_momentum)
+
+    def _step(self, sums: Tensor, counts: Tensor) -> None:
+        """One ``'batch'`` update of the classes present in ``counts (C,)`` towards ``sums (C, d)``."""
         present = counts > 0
         lr: float | Tensor = self.lr
         if self.batch_counts is not None:
             self.batch_counts += present  # from the reduced counts: every process agrees
             lr = self.batch_counts.clamp(min=1).to(self.means.dtype).reciprocal().clamp(min=self.lr)[:, None]  # (C, 1)
+        elif self.seen_counts is not None:
+            self.seen_counts += counts
+            share = counts.to(self.means.dtype) / self.seen_counts.clamp(min=1).to(self.means.dtype)
+            lr = share.clamp(min=self.lr)[:, None]  # (C, 1)
         step = (1 - lr) * self.means + lr * F.normalize(sums, dim=1)
         norms = step.norm(dim=1, keepdim=True)
         keep = (~present[:, None]) | (norms < 1e-12)
@@ -152,8 +221,9 @@ class TrackedMeans(nn.Module):
         if kind not in MEANS_INITS:
             raise ValueError(f"unknown means init {kind!r}; options: {', '.join(MEANS_INITS)}")
         classes, d = self.means.shape
-        if self.batch_counts is not None:
-            self.batch_counts.zero_()
+        for counter in (self.batch_counts, self.seen_counts, self.center, self.steps):
+            if counter is not None:
+                counter.zero_()
         if kind == "zeros":
             self.means.zero_()
             return
@@ -166,7 +236,7 @@ class TrackedMeans(nn.Module):
     def grow(self, k: int) -> None:
         """Add ``k`` classes after the existing ones, with zero means (not initialized: a class
         scores 0 until it is imprinted or tracked) and zero sums and counts; existing rows are unchanged."""
-        for name in ("means", "embeddings_sums", "stat_sums", "stat_counts", "batch_counts"):
+        for name in ("means", "embeddings_sums", "stat_sums", "stat_counts", "batch_counts", "seen_counts"):
             old = getattr(self, name)
             if old is None:
                 continue
@@ -196,10 +266,32 @@ class TrackedMeans(nn.Module):
             self.batch_counts[int(label)] = 1
 
     @torch.no_grad()
+    def imprint_sums(self, sums: Tensor, counts: Tensor, classes: Tensor | None = None) -> Tensor:
+        """Set the mean of every class with ``counts > 0`` (and in ``classes (C,) bool``, default all)
+        to its normalized sum in ``sums (C, d)`` (re-imprinting from a pass over a dataset).
+
+        Returns:
+            ``(C,)`` bool: the classes whose mean was set; the others keep theirs.
+        """
+        if sums.shape != self.means.shape or counts.shape != self.means.shape[:1]:
+            raise ValueError(f"imprinting needs sums {tuple(self.means.shape)} and counts ({self.means.shape[0]},), "
+                             f"got {tuple(sums.shape)} and {tuple(counts.shape)}")
+        sums = sums.to(self.means)
+        if not torch.isfinite(sums).all():
+            raise FloatingPointError("non-finite embedding sums: the means were not re-imprinted")
+        norms = sums.norm(dim=1)
+        chosen = (counts.to(self.means.device) > 0) & (norms > 1e-12)
+        if classes is not None:
+            chosen &= classes.to(chosen.device)
+        self.means.copy_(torch.where(chosen[:, None], sums / norms.clamp(min=1e-12)[:, None], self.means))
+        return chosen
+
+    @torch.no_grad()
     def reset_statistics(self) -> None:
-        """Clear the diagnostic resultants ``stat_sums`` / ``stat_counts``."""
+        """Clear the diagnostic resultants ``stat_sums`` / ``stat_counts`` / ``stat_raw_sum``."""
         self.stat_sums.zero_()
         self.stat_counts.zero_()
+        self.stat_raw_sum.zero_()
 
     @torch.no_grad()
     def snapshot(self) -> tuple[Tensor, Tensor]:
@@ -247,3 +339,47 @@ def kappa_from_resultant(r_bar: np.ndarray, counts: np.ndarray, d: int) -> np.nd
     kappa = r * (d - r**2) / (1.0 - r**2)
     kappa[counts < 2] = np.nan
     return kappa
+
+
+def means_diagnostics(means: Tensor, start: Tensor, buckets: Sequence[str] | None = None) -> dict[str, float]:
+    """How far tracked means moved and how spread out they are, for the per-epoch metrics.
+
+    Args:
+        means: ``(C, d)`` class means now (zero rows: classes without a mean, left out).
+        start: ``(C, d)`` the means before training.
+        buckets: label -> frequency bucket (``'r'``, ``'c'``, ``'f'``), or None.
+
+    Returns:
+        ``means_min_angle`` / ``means_median_angle``: the smallest and the median angle, in degrees,
+        between two class means (small: the means collapse together); ``means_cos_to_start``: the
+        mean cosine of a class mean to its start (1: it never moved), and per bucket
+        ``means_cos_to_start_r`` etc.
+    """
+    means, start = means.detach().double(), start.detach().double()
+    present = means.norm(dim=1) > 0
+    directions = F.normalize(means[present], dim=1)
+    row: dict[str, float] = {}
+    if len(directions) >= 2:
+        gram = directions @ directions.t()  # (K, K)
+        upper = torch.triu_indices(len(directions), len(directions), offset=1)
+        cosines = gram[upper[0], upper[1]].clamp(-1.0, 1.0)
+        row["means_min_angle"] = float(torch.rad2deg(torch.arccos(cosines.max())))
+        row["means_median_angle"] = float(torch.rad2deg(torch.arccos(cosines.median())))
+    moved = (F.normalize(means, dim=1) * F.normalize(start, dim=1)).sum(1)  # (C,)
+    both = present & (start.norm(dim=1) > 0)
+    if both.any():
+        row["means_cos_to_start"] = float(moved[both].mean())
+    if buckets is not None:
+        labels = np.asarray(list(buckets))
+        for bucket in sorted(set(labels.tolist())):
+            chosen = both & torch.from_numpy(labels == bucket)
+            if chosen.any():
+                row[f"means_cos_to_start_{bucket}"] = float(moved[chosen].mean())
+    return row
+
+
+def mean_embedding_norm(raw_sum: Tensor, count: int) -> float | None:
+    """The length of the mean of ``count`` unit embeddings summing to ``raw_sum (d,)``: 1 when they
+    all point one way (means averaged from them collapse), near 0 when they spread out; None
+    without embeddings."""
+    return float(raw_sum.double().norm() / count) if count > 0 else None

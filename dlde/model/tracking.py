@@ -1,4 +1,5 @@
-"""The initializing pass of tracked class means: track a batch without scoring or training it."""
+"""Passes over data for tracked class means, without scoring or training: track a batch (the
+initializing pass), or collect the embeddings of its matched anchors (re-imprinting)."""
 from __future__ import annotations
 
 import torch
@@ -29,6 +30,19 @@ def track_batch(model: nn.Module, images: Tensor, annotations: Tensor) -> None:
         ValueError: an empty batch or bad annotations.
         FloatingPointError: non-finite or absurd pixels, or non-finite embeddings.
     """
+    with buffers_kept_only_on_success(model, enabled=model.training and model.check_inputs):
+        embeddings, labels = matched_embeddings(model, images, annotations)
+        model.tracked_means.update(embeddings, labels)
+
+
+@torch.no_grad()
+def matched_embeddings(model: nn.Module, images: Tensor, annotations: Tensor) -> tuple[Tensor, Tensor]:
+    """The embeddings of the anchors matched to ``annotations``, as the head scores and tracks them
+    (centered when it centers), with their labels: ``(N, d)`` and ``(N,)``.
+
+    Inputs are checked as by :func:`track_batch` (which raises the same errors); the model's mode is
+    used as it is (BatchNorm layers in training mode update their statistics).
+    """
     if model.tracked_means is None:
         raise TypeError(f"tracking needs class means; the {model.classification.name!r} head has none")
     images = model.check_images(images)
@@ -36,8 +50,7 @@ def track_batch(model: nn.Module, images: Tensor, annotations: Tensor) -> None:
         raise ValueError("an empty batch (0 images) cannot be tracked")
     annotations = check_annotations(annotations, model.classes, images.shape[0]).to(images.device)
     annotations = drop_degenerate_boxes(annotations, images.shape[-2:])
-    with buffers_kept_only_on_success(model, enabled=model.training and model.check_inputs):
-        embeddings = model.classification.embed(model.fpn(images))  # (B, A, d)
-        assignment = model.assign(model.anchors(images), annotations)
-        objects = assignment.objects_mask  # (B, A)
-        model.tracked_means.update(embeddings[objects], assignment.assigned_annotations[..., 4][objects])
+    embeddings = model.classification.embed(model.fpn(images))  # (B, A, d)
+    assignment = model.assign(model.anchors(images), annotations)
+    objects = assignment.objects_mask  # (B, A)
+    return embeddings[objects], assignment.assigned_annotations[..., 4][objects].long()

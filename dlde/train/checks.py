@@ -22,8 +22,10 @@ import torch
 
 from dlde.data.digits import DigitsConfig
 from dlde.data.glyphs import GlyphsConfig
+from dlde.data.long_tail import BUCKETS
 from dlde.errors import ConfigError, Key
 from dlde.model.backbone import RESNET_CHANNELS, SUPPORTED_LEVELS
+from dlde.model.directional import WEIGHT_PARAMS
 from dlde.model.means import MEANS_INITS, MEANS_LR_SCHEDULES, MEANS_UPDATES
 from dlde.model.priors import CLASSIFIER_INITS
 from dlde.model.registry import HEADS, all_head_options
@@ -47,7 +49,7 @@ AT_LEAST_ONE = ("digits_canvas_size", "digits_train_images", "digits_val_images"
 #: data-loading worker processes (0: load in the training process), seeds of the generated data.
 AT_LEAST_ZERO = ("head_convs", "num_workers", "digits_seed", "glyphs_seed")
 #: Numbers above zero (None, where the type allows it, means "off").
-POSITIVE = ("lr", "grad_clip", "dist_timeout_s", "repeat_threshold")
+POSITIVE = ("lr", "grad_clip", "dist_timeout_s", "repeat_threshold", "efl_scale")
 #: Numbers in an interval: ``(low, high, low included, high included)``.
 INTERVALS = {"weight_decay": (0.0, math.inf, True, False), "warmup_fraction": (0.0, 1.0, True, False),
              "flip_prob": (0.0, 1.0, True, True), "object_iou": (0.0, 1.0, True, True),
@@ -59,9 +61,11 @@ ORDERED = (("min_size", "max_size"), ("background_iou", "object_iou"))
 #: the trainer builds the model, before it claims the run folder.
 HEAD_OPTION_LEAST = {"embedding_size": 1}
 HEAD_OPTION_CHOICES = {"means_update": MEANS_UPDATES, "means_init": MEANS_INITS,
-                       "means_lr_schedule": MEANS_LR_SCHEDULES, "classifier_init": CLASSIFIER_INITS}
+                       "means_lr_schedule": MEANS_LR_SCHEDULES, "classifier_init": CLASSIFIER_INITS,
+                       "weight_param": WEIGHT_PARAMS}
 HEAD_OPTION_INTERVALS = {"means_lr": (0.0, 1.0, False, True), "cosine_scale": (0.0, math.inf, False, False),
-                         "prior": (0.0, 1.0, False, False)}
+                         "prior": (0.0, 1.0, False, False), "center_momentum": (0.0, 1.0, True, False),
+                         "means_warmup": (0.0, math.inf, True, False)}
 
 def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
     """Refuse ``config`` (a TrainConfig) at its first invalid value; ``choices``: field -> allowed values.
@@ -80,6 +84,10 @@ def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
             raise ConfigError("{name} must be one of {allowed}; got {got!r}", name=Key(name),
                               allowed=", ".join(map(str, allowed)), got=values[name])
     _check_numbers(values)
+    buckets = values["reimprint_buckets"]
+    if buckets is not None and (not buckets or not set(buckets) <= set(BUCKETS)):
+        raise ConfigError("{name} must name frequency buckets among {allowed} (rare, common, frequent); got {got}",
+                          name=Key("reimprint_buckets"), allowed=", ".join(BUCKETS), got=list(buckets))
     _check_model(config)
     _check_head_options(config)
     _check_data(config)

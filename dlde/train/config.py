@@ -17,7 +17,7 @@ import torch
 from dlde.data.glyphs import GlyphsConfig
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
-from dlde.model.losses import BOX_LOSSES
+from dlde.model.losses import BOX_LOSSES, CLASSIFICATION_LOSSES
 from dlde.model.registry import all_head_options, head_option_names
 
 from .checks import check_config
@@ -27,12 +27,16 @@ SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 DATASETS = ("digits", "glyphs", "coco")
 NONFINITE = ("raise", "skip")
+#: When the trainer re-imprints the tracked means from a pass over the training set
+#: (:mod:`dlde.train.reimprint`): never, after the last epoch's training, or after every epoch's.
+REIMPRINT_WHEN = ("off", "end", "epoch")
 #: Mixed precision: ``'bf16'`` (CPU or GPU) or ``'fp16'`` (CUDA, with a gradient scaler).
 AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Fields whose allowed values are listed by ``--help`` and checked by the config (the heads of
 #: ``model`` are those of the registry when the config is made).
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "box_loss": BOX_LOSSES,
-           "nonfinite": NONFINITE, "amp": tuple(AMP_MODES)}
+           "nonfinite": NONFINITE, "reimprint": REIMPRINT_WHEN, "classification_loss": CLASSIFICATION_LOSSES,
+           "amp": tuple(AMP_MODES)}
 _DETECTOR = inspect.signature(RetinaNet.__init__).parameters
 
 
@@ -91,6 +95,8 @@ class TrainConfig:
     anchor_ratios: tuple[float, ...] | None = None
     init_means: bool = False
     init_batches: int | None = 25
+    reimprint: str = "off"  # re-imprint the tracked means from the training set: "off", "end" or "epoch"
+    reimprint_buckets: tuple[str, ...] | None = None  # only these frequency buckets ("r", "c", "f"); None: all
     object_iou: float = DEFAULT_THRESHOLDS["object"]
     background_iou: float = DEFAULT_THRESHOLDS["background"]
     box_loss: str = _DETECTOR["box_loss"].default

@@ -39,6 +39,7 @@ from dlde.errors import ConfigError, Key
 from dlde.model.checkpoints import check_finite_state, load_checkpoint
 from dlde.model.detector import RetinaNet
 from dlde.model.inputs import image_problem
+from dlde.model.means import mean_embedding_norm, means_diagnostics
 from dlde.model.modes import evaluating, snapshot_buffers
 from dlde.model.tracking import track_batch
 
@@ -47,6 +48,7 @@ from .batches import EpochBatches, make_loader
 from .builders import build_datasets, build_model, build_optimizer, build_scheduler
 from .config import AMP_MODES, TrainConfig
 from .progress import Progress
+from .reimprint import bucket_mask, reimprint
 from .reproducibility import environment, rng_state, seed_everything, set_rng_state
 from .runs import RunFolder
 from .validation import evaluate_model, validation_loss
@@ -205,6 +207,11 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
     seed_everything(config.seed)  # every process: the same initial model
     train_set, val_set = _main_first(context, lambda: build_datasets(config), then_others=True)
     model = build_model(config, train_set.num_classes, train_set.class_names).to(device)
+    if config.reimprint != "off" or config.reimprint_buckets is not None:
+        if model.tracked_means is None:
+            raise ConfigError("{reimprint} sets tracked class means; the {model} head has none",
+                              reimprint=Key("reimprint", config.reimprint), model=Key("model", config.model))
+        bucket_mask(getattr(train_set, "frequencies", None), config.reimprint_buckets, train_set.num_classes)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     network: nn.Module = model
@@ -333,6 +340,28 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         row["repeat_growth"] = run.epoch_batches.growth
     if skipped:
         row["skipped_steps"] = skipped
+    if means is not None:
+        row.update(_means_epoch(run, epoch))
+    return row
+
+
+def _means_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """After an epoch's training, for heads with tracked means: re-imprint them where the config asks
+    (:func:`dlde.train.reimprint.reimprint`), then the diagnostics of the epoch's metrics row: how
+    spread out the means are and how far they moved from their start
+    (:func:`dlde.model.means.means_diagnostics`), the length of the mean tracked embedding
+    (``mean_embedding_norm``, near 1 when they all point one way) and the scale ``w``."""
+    config, model, means = run.config, run.model, run.model.tracked_means
+    row: dict[str, Any] = {}
+    if config.reimprint == "epoch" or (config.reimprint == "end" and epoch == config.epochs):
+        row.update(reimprint(model, run.train_set, config, run.device, run.context, buckets=config.reimprint_buckets))
+    row["mean_embedding_norm"] = mean_embedding_norm(means.stat_raw_sum, int(means.stat_counts.sum()))
+    start = torch.from_numpy(run.means_history[0]) if run.means_history else means.means
+    row.update(means_diagnostics(means.means, start, getattr(run.train_set, "frequencies", None)))
+    scales = getattr(model.classification, "scales", None)
+    if scales is not None:
+        w = scales().detach()
+        row.update({"w_mean": float(w.mean()), "w_min": float(w.min()), "w_max": float(w.max())})
     return row
 
 

@@ -81,8 +81,10 @@ def test_two_processes_train_as_one_process_with_the_global_batch(runs):
             assert b[key] == pytest.approx(a[key], rel=1e-3), key
     np.testing.assert_allclose(np.load(runs / "ddp" / "means_history.npy"),
                                np.load(runs / "one" / "means_history.npy"), rtol=0, atol=1e-4)
+    # κ̂ = R̄ (d - R̄²) / (1 - R̄²) magnifies a difference of R̄ about tenfold at these κ̂ (2 R̄ / (1 - R̄²)
+    # ≈ 9.5 at R̄ 0.9): with the portable kernels epoch 2 differs by 0.45 % (R̄ by 0.05 %).
     np.testing.assert_allclose(np.load(runs / "ddp" / "kappa_history.npy")[1:],
-                               np.load(runs / "one" / "kappa_history.npy")[1:], rtol=1e-3)
+                               np.load(runs / "one" / "kappa_history.npy")[1:], rtol=1e-2)
     record = json.loads((runs / "ddp" / "config.json").read_text())
     assert record["environment"]["world_size"] == 2 and record["config"]["batch_size"] == 4
     # Rank 0 alone wrote, atomically: no temporary files left behind.
@@ -296,7 +298,7 @@ def test_amp_bf16_on_the_cpu_trains_without_nan_and_keeps_float32_means(tmp_path
     result = train(config)
     row = result.metrics[-1]
     assert all(np.isfinite(row[key]) for key in ("train_loss", "val_loss", "AP"))
-    assert result.model.classification.means.dtype == torch.float32
+    assert result.model.tracked_means.means.dtype == torch.float32
     history = np.load(tmp_path / "bf16" / "means_history.npy")
     assert history.dtype == np.float32 and np.isfinite(history).all()
     np.testing.assert_allclose(np.linalg.norm(history, axis=2), 1.0, rtol=1e-5)
@@ -311,8 +313,8 @@ def test_cuda_fp16_channels_last_and_nccl(tmp_path):
     result = train(TrainConfig.from_dict({"run_dir": str(tmp_path / "cuda"), "data_root": str(tmp_path / "data"),
                                           "amp": "fp16", "channels_last": True, "epochs": 1}, preset="tiny"))
     assert np.isfinite(result.metrics[-1]["train_loss"])
-    assert result.model.classification.means.dtype == torch.float32
-    assert result.model.classification.means.device.type == "cuda"
+    assert result.model.tracked_means.means.dtype == torch.float32
+    assert result.model.tracked_means.means.device.type == "cuda"
     if torch.cuda.device_count() >= 2:  # nccl needs one GPU per process
         done = subprocess.run(torchrun("--preset", "tiny", "--batch-size", "4", "--sync-batchnorm", "true",
                                        "--amp", "bf16", "--data-root", str(tmp_path / "data"),

@@ -7,6 +7,7 @@ notebooks on them, run sweeps.
                             [--runs-dir DIR] [--figures-dir DIR] [--log-output]
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] [--force] [--fail-fast] [--tiny]
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] --tables-only
+    python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] --executor local|slurm [--slurm-* ...]
     python -m dlde.pipeline --config figures.yaml --notebook NAME [-p PARAMETER VALUE ...] [--tiny]
 
 ``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``) and
@@ -22,8 +23,10 @@ failing notebook stops the pipeline with exit status 1 and the path of the execu
 holding the traceback; ``index.md`` then lists that step as not current.
 
 ``sweeps`` (run with ``--sweeps``, separately from the figures) declares ablations over seeds:
-see :mod:`.sweeps`. A notebook entry may name sweeps it reads (``sweeps: [NAME]``, then ``run``
-is optional): their runs are trained (cached, as ``--sweeps`` does) just before it is executed.
+see :mod:`.sweeps`; ``--executor local|slurm`` trains each run as a submitit job on this machine
+or on a Slurm cluster (:mod:`.executors`, docs/cluster.md). A notebook entry may name sweeps it
+reads (``sweeps: [NAME]``, then ``run`` is optional): their runs are trained (cached, as
+``--sweeps`` does) just before it is executed.
 
 ``--notebook NAME`` executes one notebook on its own with its defaults and the ``-p`` values (its
 executed copy goes to its ``RUN_DIR``); a notebook that reads sweeps reads those of ``--config``
@@ -49,6 +52,7 @@ from collections.abc import Sequence
 from dlde.kernels import NATIVE_FLAG
 
 from .execute import KERNEL_THREADS, NotebookFailed, kernel_threads, run_notebook, run_pipeline
+from .executors import EXECUTORS, LOG_FOLDER, JobOptions, make_executor
 from .plan import make_plan, notebook_values
 from .progress import Summary, echo_line
 from .sweeps import aggregate_sweeps, make_sweep_plan, run_sweeps, train_step_sweeps
@@ -84,7 +88,30 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"OpenMP threads per notebook kernel (default {KERNEL_THREADS}: what a notebook computes "
                              "depends on it in the last digits, which move a UMAP layout and a PDF's coordinates; "
                              "training uses its run's own threads)")
+    _executor_flags(parser)
     return parser
+
+
+def _executor_flags(parser: argparse.ArgumentParser) -> None:
+    """``--executor`` and the ``--slurm-*`` flags, each overriding its key of figures.yaml's ``slurm:``."""
+    parser.add_argument("--executor", choices=EXECUTORS, default="inline",
+                        help="with --sweeps: train each run in this process's loop (inline, the default), or as a "
+                             "submitit job on this machine (local) or on Slurm (slurm); docs/cluster.md")
+    parser.add_argument("--slurm-partition", default=None, metavar="NAME", help="the jobs' Slurm partition")
+    parser.add_argument("--slurm-time", type=int, default=None, metavar="MINUTES",
+                        help=f"minutes a job may run (also the local jobs' timeout; default {JobOptions.time})")
+    parser.add_argument("--slurm-cpus-per-task", type=int, default=None, metavar="N",
+                        help=f"cores of a job (default {JobOptions.cpus_per_task})")
+    parser.add_argument("--slurm-mem", default=None, metavar="SIZE",
+                        help="memory of a job, as sbatch --mem takes it (e.g. 8G)")
+    parser.add_argument("--slurm-log-folder", default=None, metavar="DIR",
+                        help=f"submitit's pickles and logs (%%j in it: the job id; default <runs_dir>/{LOG_FOLDER})")
+
+
+def _slurm_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The ``--slurm-*`` flags as options of :class:`~dlde.pipeline.executors.JobOptions` (None: not given)."""
+    return {"partition": args.slurm_partition, "time": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
+            "mem": args.slurm_mem, "log_folder": args.slurm_log_folder}
 
 
 def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
@@ -93,14 +120,17 @@ def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
         raise ValueError("--only selects figure steps; with --sweeps name the sweeps instead")
     plan = make_sweep_plan(args.config, args.sweeps, tiny=args.tiny, runs_dir=args.runs_dir,
                            figures_dir=args.figures_dir)
+    executor = make_executor(args.executor, plan.figures, _slurm_flags(args))
+    if executor is None and any(value is not None for value in _slurm_flags(args).values()):
+        raise ValueError("the --slurm-* flags apply to --executor local or slurm")
     if args.tables_only:
-        if args.force or args.fail_fast:
-            raise ValueError("--tables-only trains nothing: not with --force or --fail-fast")
+        if args.force or args.fail_fast or executor is not None:
+            raise ValueError("--tables-only trains nothing: not with --force, --fail-fast or --executor")
         aggregate_sweeps(plan, echo_line)
         print(f"tables and figures in {plan.ablations_dir} (finished runs only)", flush=True)
         return 0
     failures = run_sweeps(plan, force=args.force, fail_fast=args.fail_fast, log_output=args.log_output,
-                          threads=args.threads, summary=summary)
+                          threads=args.threads, summary=summary, executor=executor)
     for failure in failures:
         print(f"FAILED {failure.key}: {failure.reason}\n  the traceback is in {failure.executed}",
               file=sys.stderr, flush=True)
@@ -110,8 +140,9 @@ def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
 
 def _notebook(args: argparse.Namespace) -> int:
     """``--notebook``: execute it alone; the exit status."""
-    if args.only or args.sweeps is not None or args.force or args.fail_fast:
-        raise ValueError("--notebook executes one notebook: not with --only, --sweeps, --force or --fail-fast")
+    if args.only or args.sweeps is not None or args.force or args.fail_fast or args.executor != "inline":
+        raise ValueError("--notebook executes one notebook: not with --only, --sweeps, --force, --fail-fast "
+                         "or --executor")
     values = notebook_values(args.notebook, args.parameter)
     plan = make_plan(args.config, tiny=args.tiny, runs_dir=args.runs_dir, figures_dir=args.figures_dir)
     with kernel_threads(args.threads):
@@ -138,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("-p sets a parameter of --notebook")
         if args.sweeps is not None:
             return finish(_sweeps(args, summary))
-        if args.force or args.fail_fast:
-            raise ValueError("--force and --fail-fast apply to --sweeps only")
+        if args.force or args.fail_fast or args.executor != "inline" or any(_slurm_flags(args).values()):
+            raise ValueError("--force, --fail-fast, --executor and --slurm-* apply to --sweeps only")
         figure_plan = make_plan(args.config, tiny=args.tiny, only=args.only, runs_dir=args.runs_dir,
                                 figures_dir=args.figures_dir)
         run_pipeline(figure_plan, log_output=args.log_output, threads=args.threads, summary=summary,

@@ -2,9 +2,10 @@
 which order, with which parameters, and where each writes.
 
 ``figures.yaml`` holds ``runs`` (run name -> parameters of ``notebooks/01_train.ipynb``),
-``notebooks`` (a list of ``{notebook, run, sweeps, parameters}``) and ``sweeps`` (planned by
-:mod:`.sweeps`). A notebook entry that names ``sweeps`` reads their runs (the pipeline trains them
-before it executes the notebook) and may omit ``run``. :func:`load_config` checks its shape;
+``notebooks`` (a list of ``{notebook, run, sweeps, parameters}``), ``sweeps`` (planned by
+:mod:`.sweeps`) and ``slurm`` (the jobs of ``--executor slurm``: :mod:`.executors`). A notebook
+entry that names ``sweeps`` reads their runs (the pipeline trains them before it executes the
+notebook) and may omit ``run``. :func:`load_config` checks its shape;
 :func:`make_plan` turns it into :class:`Step` s of a :class:`Plan`.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ ABLATIONS_FOLDER = "ablations"  # under figures_dir: the aggregated sweeps
 #: Names of runs, sweeps and arms: they become folder names, so no separators and no leading dot.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 #: The top-level keys of figures.yaml, and those of one sweep.
-CONFIG_KEYS = ("runs_dir", "figures_dir", "runs", "notebooks", "sweeps")
+CONFIG_KEYS = ("runs_dir", "figures_dir", "runs", "notebooks", "sweeps", "slurm")
 SWEEP_KEYS = ("base", "grid", "arms", "seeds")
 NOTEBOOK_KEYS = ("notebook", "run", "sweeps", "parameters")
 

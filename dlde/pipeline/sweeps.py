@@ -9,31 +9,36 @@ so arms with the same configuration (in one sweep or several) share one folder a
 A run whose folder already holds the same configuration with its last epoch written is skipped
 (``--force`` retrains it); an interrupted one is resumed from its checkpoint; a failed one is
 reported with its executed notebook and the others go on (``--fail-fast`` stops). Several sweep
-processes may share a runs folder: a run one of them is training is skipped by the others. Then
+processes may share a runs folder: a run one of them is training is skipped by the others.
+``--executor local|slurm`` trains each run as a submitit job (:func:`train_job`, :mod:`.executors`)
+in the same folders under the same locks, and waits for them. Then
 :mod:`dlde.analysis.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
 and 95 % t-interval over seeds) and ``index.md`` lists them. A notebook of the figure pipeline that
 reads sweeps has their runs trained the same way first (:func:`train_step_sweeps`).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dlde.analysis.aggregate import write_sweep
 from dlde.files import release_lock, try_lock
+from dlde.kernels import setting as kernel_setting
 from dlde.model.registry import all_head_options
 from dlde.train import PRESETS, RunFolder
 from dlde.train.config import field_names
 from dlde.train.runs import describe_changes, run_identity
 
 from .execute import KERNEL_THREADS, NotebookFailed, failure_reason, kernel_argv, kernel_threads, papermill_execute
+from .executors import JobRunner, job_environment
 from .lock import NOTEBOOKS_DIR, check_parameters_cell
 from .plan import (
     MANAGED_PARAMETERS,
@@ -352,9 +357,61 @@ def aggregate_sweeps(plan: SweepPlan, echo: Callable[[str], None]) -> None:
     write_sweep_index(plan.figures)
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """How training one run of a sweep ended: ``status`` (trained, resumed, skipped, busy or FAILED),
+    its seconds, and why it failed (one line; None unless FAILED)."""
+
+    key: str
+    status: str
+    seconds: float
+    reason: str | None = None
+
+
+def train_run(plan: SweepPlan, key: str, label: str, *, force: bool, log_output: bool, threads: int | None,
+              echo: Callable[[str], None]) -> RunOutcome:
+    """:func:`_train`, its error returned as a FAILED outcome (the traceback stays in the executed notebook)."""
+    started = time.perf_counter()
+    try:
+        status, seconds = _train(plan, key, label, force=force, log_output=log_output, threads=threads, echo=echo)
+    except Exception as error:
+        return RunOutcome(key, "FAILED", time.perf_counter() - started, failure_reason(error))
+    return RunOutcome(key, status, seconds)
+
+
+def train_job(plan: SweepPlan, key: str, label: str, *, force: bool, log_output: bool, threads: int | None,
+              kernels: str) -> RunOutcome:
+    """One run as a submitit job (:mod:`.executors`; top-level, so it pickles by reference).
+
+    The job's process imported torch and NumPy while unpickling this function, so the pin comes too
+    late for the process itself, which computes nothing; the run trains in a papermill kernel, a
+    fresh process that inherits ``os.environ``, so setting ``kernels`` (the submitting process's
+    setting, :func:`~dlde.pipeline.executors.job_environment`) there first is enough.
+    """
+    os.environ.update(job_environment(kernels))
+    return train_run(plan, key, label, force=force, log_output=log_output, threads=threads, echo=echo_line)
+
+
+def _job_outcomes(plan: SweepPlan, runner: JobRunner, labels: Mapping[str, str], *, force: bool, log_output: bool,
+                  threads: int | None, echo: Callable[[str], None]) -> Iterator[RunOutcome]:
+    """The runs as jobs of ``runner``, outcomes in the order the jobs end. A complete run is
+    skipped here without a job (its job would skip it too, after waiting in a queue)."""
+    calls, kernels = {}, kernel_setting()
+    for key, label in labels.items():
+        if not force and RunFolder(plan.run_dir(key)).is_complete(plan.runs[key].config):
+            echo(f"{label}: complete, skipped")
+            yield RunOutcome(key, "skipped", 0.0)
+        else:
+            calls[key] = functools.partial(train_job, plan, key, label, force=force, log_output=log_output,
+                                           threads=threads, kernels=kernels)
+    for key, outcome, lost in runner.run(calls, echo, labels):
+        yield outcome if lost is None else RunOutcome(key, "FAILED", 0.0, lost)
+
+
 def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False, log_output: bool = False,
                threads: int | None = KERNEL_THREADS, summary: Summary | None = None,
-               echo: Callable[[str], None] | None = None, aggregate: bool = True) -> list[RunFailure]:
+               echo: Callable[[str], None] | None = None, aggregate: bool = True,
+               executor: JobRunner | None = None) -> list[RunFailure]:
     """Train every run of the plan that is not already complete, then aggregate each sweep.
 
     A complete run (same config, last epoch written) is skipped unless ``force``; a partial
@@ -368,42 +425,42 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
     Args:
         plan: from :func:`make_sweep_plan`.
         force: retrain complete runs too, and replace runs of another config.
-        fail_fast: stop at the first failed run.
+        fail_fast: stop at the first failed run (inline only: jobs run at once).
         log_output: stream the notebooks' outputs.
         threads: ``OMP_NUM_THREADS`` of the kernels (None: inherited from the caller's environment).
         summary: collects each run's outcome and time.
         echo: where progress lines go (default: print).
         aggregate: write the tables and figures of the sweeps (and index.md) at the end.
+        executor: None trains the runs one after the other in this process; else each run is a
+            job of it (:func:`dlde.pipeline.executors.make_executor`), its progress lines in its log.
 
     Returns:
         The failed runs (empty when all succeeded).
     """
+    if executor is not None and fail_fast:
+        raise ValueError("--fail-fast stops an inline sweep's loop; jobs run at once (cancel them with scancel)")
     echo = echo or echo_line
     summary = summary if summary is not None else Summary()
     failures: list[RunFailure] = []
-    keys = list(plan.runs)
-    if keys:
+    labels = {key: f"[{index}/{len(plan.runs)}] {plan.display(plan.run_dir(key))}"
+              for index, key in enumerate(plan.runs, 1)}
+    if labels:
         kernel_argv()
+    options = {"force": force, "log_output": log_output, "threads": threads, "echo": echo}
+    outcomes = (_job_outcomes(plan, executor, labels, **options) if executor is not None
+                else (train_run(plan, key, label, **options) for key, label in labels.items()))
     try:
-        for index, key in enumerate(keys, 1):
-            label = f"[{index}/{len(keys)}] {plan.display(plan.run_dir(key))}"
-            started = time.perf_counter()
-            try:
-                status, seconds = _train(plan, key, label, force=force, log_output=log_output, threads=threads,
-                                         echo=echo)
-            except Exception as error:
-                seconds = time.perf_counter() - started
-                failure = RunFailure(key, plan.executed(key), failure_reason(error))
-                failures.append(failure)
-                summary.add(key, "FAILED", seconds)
-                echo(f"{label}: FAILED after {duration(seconds)}: {failure.reason}\n"
-                     f"  the traceback is in {failure.executed}")
+        for outcome in outcomes:
+            label = labels[outcome.key]
+            summary.add(outcome.key, outcome.status, outcome.seconds)
+            if outcome.status == "FAILED":
+                failures.append(RunFailure(outcome.key, plan.executed(outcome.key), outcome.reason))
+                echo(f"{label}: FAILED after {duration(outcome.seconds)}: {outcome.reason}\n"
+                     f"  the traceback is in {plan.executed(outcome.key)}")
                 if fail_fast:
                     break
-                continue
-            summary.add(key, status, seconds)
-            if status not in ("skipped", "busy"):
-                echo(f"{label}: done in {duration(seconds)}")
+            elif outcome.status not in ("skipped", "busy"):
+                echo(f"{label}: done in {duration(outcome.seconds)}")
     finally:
         if aggregate:
             aggregate_sweeps(plan, echo)

@@ -313,3 +313,32 @@ def test_the_levers_options_are_refused_when_the_config_is_made():
                      ({"classification_loss": "ce"}, "classification_loss"), ({"efl_scale": 0.0}, "efl_scale")):
         with pytest.raises(ConfigError, match=key):
             TrainConfig.from_dict(bad, preset="tiny")
+
+
+def test_tracking_curves_read_what_the_means_did_against_the_images_trained(tmp_path):
+    import numpy as np
+
+    from dlde.analysis.vocabulary import tracking_curves
+    from dlde.analysis.vocabulary_plots import plot_tracking
+
+    def run(folder, w):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"config": {"model": "dlde", "epochs": 2},
+                                                        "class_names": ["a", "b"], "category_ids": [1, 2]}))
+        rows = [{"epoch": e, "train_images": 100, "means_min_angle": 80.0 - e, "means_cos_to_start_r": 1.0,
+                 "means_cos_to_start_f": 1.0 - 0.1 * e, "mean_embedding_norm": 0.5, "w_mean": w} for e in (1, 2)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        np.save(folder / "means_history.npy", np.stack([np.eye(2)] * 3))
+        return folder
+
+    curves = tracking_curves({"dlde": [run(tmp_path / "a", 14.0), run(tmp_path / "b", 15.0)],
+                              "none": [tmp_path / "missing"]})
+    assert list(curves) == ["dlde"]
+    dlde = curves["dlde"]
+    assert dlde["images"].tolist() == [[0, 100, 200]] * 2
+    assert dlde["min_angle"][0].tolist() == [90.0, 79.0, 78.0]  # before training: from the starting means
+    assert dlde["cos_start_f"][0].tolist() == pytest.approx([1.0, 0.9, 0.8])
+    assert np.isnan(dlde["cos_start_c"]).all() and np.isnan(dlde["w"][:, 0]).all()
+    assert dlde["w"][:, 1].tolist() == [14.0, 15.0]
+    figure = plot_tracking(curves, title="t")
+    assert len(figure.axes) == 4

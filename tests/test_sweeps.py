@@ -373,7 +373,7 @@ sweeps:
     base: {PRESET: tiny, EPOCHS: 1, DETECTION_IMAGES: 1, DATA_ROOT: data}
     arms:
       default: {}
-      broken: {digits_classes: [42]}
+      broken: {anchor_sizes: [8.0, 16.0, 32.0]}  # valid alone, refused with the preset's two levels
     seeds: [0]
 """
 
@@ -385,8 +385,9 @@ def test_a_tiny_sweep_trains_once_then_skips_and_a_failing_arm_does_not_stop_the
     assert main(args) == 1  # the broken arm fails
     captured = capsys.readouterr()
     runs = tmp_path / "runs" / "sweeps" / "tiny"
-    broken = runs / "digits_classes=42,epochs=1,seed=0"
-    assert f"the traceback is in {broken / '01_train.ipynb'}" in captured.err and "digits 0..9" in captured.err
+    broken = runs / "anchor_sizes=8-16-32,epochs=1,seed=0"
+    assert f"the traceback is in {broken / '01_train.ipynb'}" in captured.err
+    assert "needs one size per pyramid level" in captured.err
     trained = sorted(p.name for p in runs.iterdir() if (p / "metrics.jsonl").exists())
     assert trained == ["embedding_size=4,epochs=1,seed=0", "epochs=1,seed=0"]  # 'default' shared with size 8
     assert captured.out.count(": 01_train.ipynb, training (1 epochs)") == 3

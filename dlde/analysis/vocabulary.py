@@ -24,7 +24,7 @@ from dlde.data.long_tail import frequency
 from dlde.model.registry import HEADS
 from dlde.train.runs import RunFolder, load_run, run_identity
 
-from .aggregate import run_summary, summarize_arms
+from .aggregate import min_angle_deg, run_summary, summarize_arms
 from .inspection import detection_samples
 
 Arms = Mapping[str, Sequence[str | os.PathLike]]  # arm name -> its run folders (one per seed)
@@ -154,3 +154,46 @@ def example_detections(arms: Arms, *, images: int, score_threshold: float) -> di
                                     score_threshold=score_threshold)
         examples[head] = {"run": run_dir, "samples": samples, "class_names": run.class_names}
     return examples
+
+
+#: The per-epoch diagnostics of the tracked means (:func:`dlde.model.means.means_diagnostics`) that
+#: :func:`tracking_curves` reads, by the name of their curve.
+TRACKING_KEYS = {"cos_start_r": "means_cos_to_start_r", "cos_start_c": "means_cos_to_start_c",
+                 "cos_start_f": "means_cos_to_start_f", "min_angle": "means_min_angle",
+                 "embedding_norm": "mean_embedding_norm", "w": "w_mean"}
+
+
+def tracking_curves(arms: Arms) -> dict[str, dict[str, np.ndarray]]:
+    """What the tracked means did in every finished run of ``arms``, against the images trained.
+
+    Returns:
+        arm -> ``images`` ``(S, E + 1)`` (images trained before each point, 0 first), and per key of
+        :data:`TRACKING_KEYS` ``(S, E + 1)`` over its ``S`` finished seeds (NaN where a run has no
+        value: before training only the cosine to the start, 1, and the smallest angle, from the
+        starting means, are known). Arms whose runs have no tracked means (or no diagnostics, runs
+        written before them) are left out.
+    """
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for arm, dirs in arms.items():
+        runs = [Path(d) for d in dirs if RunFolder(d).is_finished() and (Path(d) / "means_history.npy").exists()]
+        per_run = [_tracking_run(d) for d in runs]
+        per_run = [c for c in per_run if c is not None]
+        if per_run:
+            length = min(len(c["images"]) for c in per_run)
+            curves[arm] = {key: np.stack([c[key][:length] for c in per_run]) for key in per_run[0]}
+    return curves
+
+
+def _tracking_run(run_dir: Path) -> dict[str, np.ndarray] | None:
+    rows = RunFolder(run_dir).metrics()
+    if not rows or "means_min_angle" not in rows[-1] or any(r.get("train_images") is None for r in rows):
+        return None
+    curve = {"images": np.concatenate([[0.0], np.cumsum([float(r["train_images"]) for r in rows])])}
+    for name, key in TRACKING_KEYS.items():
+        curve[name] = np.array([np.nan] + [np.nan if r.get(key) is None else float(r[key]) for r in rows])
+    start = np.load(run_dir / "means_history.npy", allow_pickle=False)[0]
+    curve["min_angle"][0] = min_angle_deg(start)
+    for bucket in ("r", "c", "f"):
+        if np.isfinite(curve[f"cos_start_{bucket}"][1:]).any():
+            curve[f"cos_start_{bucket}"][0] = 1.0
+    return curve

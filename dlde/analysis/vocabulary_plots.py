@@ -23,7 +23,7 @@ from .aggregate import METRICS, VOCABULARY_METRICS
 from .plotting import BUCKET_COLORS, BUCKET_HATCHES, OKABE_ITO, figure_size, print_style
 from .stats import CONFIDENCE
 
-__all__ = ["HEAD_STYLES", "plot_against_classes", "plot_class_frequency", "plot_levers"]
+__all__ = ["HEAD_STYLES", "plot_against_classes", "plot_class_frequency", "plot_levers", "plot_tracking"]
 
 #: Head -> (label, colour, marker, line style); a head not listed takes the next free colour.
 HEAD_STYLES: dict[str, tuple[str, str, str, str]] = {
@@ -205,4 +205,61 @@ def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *
     ax.set_title(title or f"class frequency ({_number(int(shown.sum()))} classes)")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom for the legend
     ax.legend(loc="upper left", framealpha=0.9, handlelength=1.0)
+    return fig
+
+
+#: Panels of :func:`plot_tracking`: curve keys of :func:`dlde.analysis.vocabulary.tracking_curves`
+#: (one line style per frequency bucket where a panel has several) and the panel's title.
+TRACKING_PANELS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("cos_start_r", "cos_start_c", "cos_start_f"),
+     "cosine of a class mean to its start\n(rare —, common --, frequent :)"),
+    (("min_angle",), "smallest angle between two means (°)"),
+    (("embedding_norm",), "length of the mean tracked embedding\n(1: all point one way)"),
+    (("w",), "scale w (mean over classes)"),
+)
+_BUCKET_LINES = {"cos_start_r": "-", "cos_start_c": "--", "cos_start_f": ":"}
+
+
+@print_style
+def plot_tracking(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str = ""):
+    """What the tracked means did during training, per arm, against the images trained: their
+    cosine to their start per frequency bucket (1: never moved), the smallest angle between two of
+    them (small: collapse), the length of the mean tracked embedding and the scale ``w``; the mean
+    over seeds, with a band from the lowest to the highest seed where there are several.
+
+    Args:
+        curves: from :func:`dlde.analysis.vocabulary.tracking_curves`.
+        title: the figure's title.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=figure_size(4.4, columns=2), squeeze=False)
+    for ax, (keys, panel) in zip(axes.flat, TRACKING_PANELS):
+        for index, (arm, curve) in enumerate(curves.items()):
+            colour = OKABE_ITO[index % len(OKABE_ITO)]
+            marker = _SPARE_MARKERS[index % len(_SPARE_MARKERS)] if index >= 3 else "os^"[index]
+            labelled = False
+            for key in keys:
+                values = curve[key]  # (S, E + 1)
+                if not np.isfinite(values).any():
+                    continue
+                known = np.isfinite(values).any(axis=0)  # points some seed has (w is unknown before training)
+                images = curve["images"].mean(0)[known]
+                values = values[:, known]
+                line = _BUCKET_LINES.get(key, "-")
+                ax.plot(images, np.nanmean(values, axis=0), color=colour, marker=marker, ms=3, ls=line,
+                        label=None if labelled else arm)
+                labelled = True
+                if len(values) > 1:
+                    ax.fill_between(images, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
+                                    alpha=0.12, lw=0)
+        ax.set_title(panel)
+        ax.set_xlabel("images trained")
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
     return fig

@@ -36,9 +36,9 @@ from dlde.analysis.openset import SCORES
 from dlde.analysis.openset_protocol import open_set_over_seeds, pool_open_set
 from dlde.analysis.retrieval_protocol import pool_retrieval, retrieval_over_seeds, retrieval_summary
 from dlde.analysis.tables import few_shot_table, open_set_table, retrieval_table, write_table_file
+from dlde.files import jsonable
 from dlde.kernels import pin_script
 from dlde.pipeline.base_runs import prepare
-from dlde.pipeline.notebook import jsonable
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,29 +1,44 @@
-"""dlde: DLDENet, a one-stage detector that classifies by cosine to tracked class means."""
-from .data.coco import CocoDetection, read_image
-from .data.digits import DigitsConfig, DigitsPaths, default_digits_root, make_digits_dataset
-from .data.glyphs import GlyphsConfig, default_glyphs_root, make_glyphs_dataset
-from .data.transforms import DetectionTransform, collate
-from .evaluation import coco_metrics, evaluate
-from .model.anchors import Anchors, Assignment, assign_batch
+"""dlde: DLDENet, a one-stage detector that classifies by cosine to tracked class means.
+
+The public API, what a user meets first; everything else is imported from the module that
+defines it (``dlde.model.anchors.Anchors``, ``dlde.model.registry.head_factory``, ...).
+
+Detectors
+    :class:`RetinaNet` (an injected backbone and classification head), :func:`build_detector` (a
+    detector by head name), :func:`load_detector` (any dlde checkpoint back as a detector) and
+    :class:`DLDENetWithTrackedMeans` (the seed's entry point, with its positional arguments).
+Parts to inject or inspect
+    :class:`ResNetFPN` (the default backbone; any module following the protocol of
+    :mod:`dlde.model.backbone` fits), :class:`ClassificationHead` (what a head provides) and the
+    registered heads :class:`SigmoidClassification`, :class:`DirectionalClassification` and
+    :class:`CosinePrototypeClassification`; :class:`TrackedMeans` (the tracked class means).
+Data
+    :class:`CocoDetection` (COCO-format files), :func:`make_digits_dataset` with
+    :class:`DigitsConfig`, :func:`make_glyphs_dataset` with :class:`GlyphsConfig`.
+Evaluation
+    :func:`evaluate` (COCO or LVIS metrics of a model on a dataset).
+
+Training is :mod:`dlde.train` (``from dlde.train import TrainConfig, train``; ``python -m
+dlde.train``): the root does not import it, because that would load :mod:`dlde.kernels` before
+``python -m dlde.kernels`` runs it as a script (Python warns about exactly that).
+"""
+from .data.coco import CocoDetection
+from .data.digits import DigitsConfig, make_digits_dataset
+from .data.glyphs import GlyphsConfig, make_glyphs_dataset
+from .evaluation import evaluate
 from .model.backbone import ResNetFPN
-from .model.boxes import BoxCoder
 from .model.builders import build_detector, load_detector
-from .model.checkpoints import atomic_save, load_checkpoint
-from .model.compat import DLDENetWithTrackedMeans, SubModule
-from .model.detector import RetinaNet, TrainingOutput
+from .model.compat import DLDENetWithTrackedMeans
+from .model.detector import RetinaNet
 from .model.directional import DirectionalClassification
-from .model.heads import ClassificationHead, HeadTower, Regression, SigmoidClassification
-from .model.losses import detection_loss, focal_loss
+from .model.heads import ClassificationHead, SigmoidClassification
 from .model.means import TrackedMeans
 from .model.prototypes import CosinePrototypeClassification
-from .model.registry import HEADS
 
 __all__ = [
-    "Anchors", "Assignment", "assign_batch", "ResNetFPN", "BoxCoder", "DLDENetWithTrackedMeans",
-    "RetinaNet", "atomic_save", "DirectionalClassification", "Regression", "SigmoidClassification",
-    "SubModule", "detection_loss", "focal_loss", "TrackedMeans", "DigitsConfig", "DigitsPaths",
-    "make_digits_dataset", "CocoDetection", "DetectionTransform", "collate", "coco_metrics", "evaluate",
-    "load_checkpoint", "TrainingOutput", "ClassificationHead", "CosinePrototypeClassification", "HEADS",
-    "build_detector", "load_detector", "default_digits_root", "read_image", "HeadTower",
-    "GlyphsConfig", "default_glyphs_root", "make_glyphs_dataset",
+    "RetinaNet", "build_detector", "load_detector", "DLDENetWithTrackedMeans",
+    "ResNetFPN", "ClassificationHead", "SigmoidClassification", "DirectionalClassification",
+    "CosinePrototypeClassification", "TrackedMeans",
+    "CocoDetection", "make_digits_dataset", "DigitsConfig", "make_glyphs_dataset", "GlyphsConfig",
+    "evaluate",
 ]

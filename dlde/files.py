@@ -7,10 +7,12 @@ torn one. Temporary files an earlier kill left behind (``.<name>.*.tmp``) are re
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -51,6 +53,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy scalars and arrays -> Python, paths -> strings, mapping
+    keys -> strings, non-finite floats -> None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return str(value)
+    return value
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2) -> Path:

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from dlde import Anchors, BoxCoder, assign_batch
+from dlde.model.anchors import Anchors, assign_batch
+from dlde.model.boxes import BoxCoder
 
 
 def test_hand_computed_anchors_for_tiny_image():

@@ -3,8 +3,9 @@ import torch
 from helpers import batch_annotations, tiny_model
 from torch.testing import assert_close
 
-from dlde import DLDENetWithTrackedMeans, RetinaNet, detection_loss
+from dlde import DLDENetWithTrackedMeans, RetinaNet
 from dlde.model.backbone import pretrained_weights_path
+from dlde.model.losses import detection_loss
 
 MODELS = [DLDENetWithTrackedMeans, RetinaNet]
 
@@ -236,7 +237,7 @@ def test_tiny_model_overfits_two_images(cls):
 
 
 def test_focal_loss_keeps_a_gradient_for_saturated_probabilities():
-    from dlde import focal_loss
+    from dlde.model.losses import focal_loss
     p = torch.tensor([1.0, 0.0, 1.0], requires_grad=True)
     targets = torch.tensor([0.0, 1.0, 1.0])
     loss = focal_loss(p, targets)
@@ -247,8 +248,8 @@ def test_focal_loss_keeps_a_gradient_for_saturated_probabilities():
 
 
 def test_sparse_focal_loss_matches_the_dense_definition():
-    from dlde import focal_loss
     from dlde.model.anchors import assign_batch
+    from dlde.model.losses import focal_loss
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [40.0, 40.0, 50.0, 50.0],
                             [0.0, 0.0, 10.0, 14.0]])
     annotations = torch.tensor([[[0.0, 0.0, 10.0, 10.0, 2.0], [20.0, 20.0, 30.0, 31.0, 0.0]],

@@ -7,12 +7,14 @@ from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
 from dlde import DirectionalClassification, TrackedMeans, build_detector, load_detector
+from dlde.model.compat import SeedDirectionalClassification
 
 
 def make_head(classes=3, d=4, mode="batch", lr=0.1, init="zeros"):
-    """The seed's set-up: zero means until first tracked (closed forms below assume it)."""
-    return DirectionalClassification(8, d, 1, 8, classes, {"object": 0.5, "background": 0.4},
-                                     means_update=mode, means_lr=lr, means_init=init)
+    """The seed's set-up and spellings (``head.means``, ``head.track(embeddings, anchors, annotations)``):
+    zero means until first tracked (closed forms below assume it)."""
+    return SeedDirectionalClassification(8, d, 1, 8, classes, {"object": 0.5, "background": 0.4},
+                                         means_update=mode, means_lr=lr, means_init=init)
 
 
 def test_initial_values_and_buffers():

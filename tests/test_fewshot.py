@@ -409,8 +409,8 @@ def test_a_cached_rerun_of_the_few_shot_path_repeats_a_fresh_one(tmp_path):
     one process: the few-shot rows, the unknown-object numbers of every score and retrieval repeat."""
     from dlde.analysis.openset_protocol import SCORES, open_set_over_seeds, pool_open_set
     from dlde.analysis.retrieval_protocol import pool_retrieval, retrieval_over_seeds
+    from dlde.files import jsonable
     from dlde.pipeline.base_runs import prepare
-    from dlde.pipeline.notebook import jsonable
 
     def run():
         base = prepare(None, tmp_path / "base", seeds=(0, 1), preset="tiny", epochs=1, data_dir=tmp_path / "data",

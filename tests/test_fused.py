@@ -121,7 +121,7 @@ def test_head_classify_gradients_match_the_log_space_expression(tiles):
     def reference(e):
         w = head.weight.abs().clamp(min=MIN_WEIGHT)
         b = head.bias.clamp(-1.0, 1.0)
-        z = w * (e @ F.normalize(head.means, dim=1).t() + b)
+        z = w * (e @ F.normalize(head.tracker.means, dim=1).t() + b)
         return (F.logsigmoid(z) - F.logsigmoid(w * (1 + b))).exp()
 
     weights = torch.rand(2, 13, 5, dtype=torch.float64)

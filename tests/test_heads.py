@@ -178,8 +178,8 @@ def test_old_flat_checkpoints_still_load(tmp_path):
     torch.save(old, tmp_path / "old.pt")
     for cls in (DLDENetWithTrackedMeans, RetinaNet):
         restored = cls.from_checkpoint(tmp_path / "old.pt")
-        assert restored.classification.name == "dlde" and restored.classification.means_lr == 0.2
-        assert_close(restored.classification.means, model.classification.means)
+        assert restored.classification.name == "dlde" and restored.tracked_means.lr == 0.2
+        assert_close(restored.tracked_means.means, model.tracked_means.means)
     sigmoid = RetinaNet(3, features=SMALL, pretrained=False, head_convs=1, fpn_levels=[3])
     arguments = sigmoid.constructor_arguments()
     arguments.pop("head")

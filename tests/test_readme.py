@@ -4,7 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
-from dlde.train import _parser
+from dlde.train.cli import _parser
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 BARE = re.compile(r"(^|[`\s(])(python3?|papermill|jupyter|pytest|torchrun) ")

@@ -36,7 +36,7 @@ def test_progress_on_or_off_and_the_cli_give_identical_metrics(tmp_path, capsys)
     assert len(reference) == 2 and "AP" in reference[-1]
     assert numbers(on.run_dir) == reference  # losses to the last bit, AP identical
     assert numbers(tmp_path / "cli") == reference
-    torch.testing.assert_close(on.model.classification.means, off.model.classification.means, rtol=0, atol=0)
+    torch.testing.assert_close(on.model.tracked_means.means, off.model.tracked_means.means, rtol=0, atol=0)
 
 
 @pytest.mark.slow

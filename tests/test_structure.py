@@ -304,3 +304,30 @@ def test_environment_installs_what_pyproject_declares():
     assert missing == [], f"environment.yml lacks: {', '.join(missing)}"
     assert differ == [], "versions differ:\n" + "\n".join(differ)
     assert extra == [], f"environment.yml installs what pyproject.toml does not declare: {', '.join(extra)}"
+
+
+def _private_imports(folder: Path) -> list[str]:
+    """``file:line `statement``` for every import in ``folder/*.py`` of a dlde name or module with a
+    leading underscore in any part of its dotted name (``dlde.train.cli._parser``, ``dlde._x``)."""
+    offenders = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if any(name.split(".")[0] == TOP and any(part.startswith("_") for part in name.split("."))
+                   for name in names):
+                offenders.append(f"{path.name}:{node.lineno} `{ast.unparse(node)}`")
+    return offenders
+
+
+def test_benchmarks_import_only_public_names(tmp_path):
+    """benchmarks/ use dlde as a user does: public names from public modules, never a private helper."""
+    assert _private_imports(ROOT / "benchmarks") == [], "benchmarks import private names"
+    (tmp_path / "sample.py").write_text("import dlde._hidden\nfrom dlde.train.cli import _parser, main\n"
+                                        "from dlde.model import detector\nfrom ._local import x\n")
+    assert _private_imports(tmp_path) == ["sample.py:1 `import dlde._hidden`",
+                                          "sample.py:2 `from dlde.train.cli import _parser, main`"]

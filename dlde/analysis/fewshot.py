@@ -103,7 +103,7 @@ class FineTune:
 
 # ------------------------------------------------------------------------------------- data
 def digits_params(config) -> dict[str, Any]:
-    """The digits generator's arguments (:func:`dlde.default_digits_root`) of a TrainConfig."""
+    """The digits generator's arguments (:func:`dlde.data.digits.default_digits_root`) of a TrainConfig."""
     return dict(seed=config.digits_seed, canvas_size=config.digits_canvas_size, digit_size=config.digits_size,
                 digits_per_image=config.digits_per_image, train_images=config.digits_train_images,
                 val_images=config.digits_val_images, classes=config.digits_classes)
@@ -317,7 +317,7 @@ def adapt(base_model: nn.Module, method: str, dataset: CocoDetection, shots: Sho
 # ------------------------------------------------------------------------------- evaluation
 @dataclass
 class _CategorySubset:
-    """What :func:`dlde.coco_metrics` reads of a dataset, restricted to some categories and images."""
+    """What :func:`dlde.evaluation.coco_metrics` reads of a dataset, restricted to some categories and images."""
 
     annotation_file: Path
     image_ids: list[int]

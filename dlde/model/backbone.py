@@ -1,9 +1,28 @@
-"""ResNet backbone with a feature pyramid that computes only the requested levels.
+"""The detector's backbone: what any backbone provides, and the default, a ResNet with a feature
+pyramid that computes only the requested levels.
 
-Level ``l`` has stride ``2**l``. Levels 3-5 come from the ResNet stages C3-C5 through lateral
-1x1 convolutions, a nearest-neighbour top-down pathway and 3x3 output convolutions; P6 is a
-stride-2 3x3 convolution on P5 and P7 one on ReLU(P6) (the RetinaNet layout). Stages and
-convolutions that no requested level needs are not built, so every parameter gets a gradient.
+A backbone is an ``nn.Module`` that :class:`dlde.RetinaNet` takes as ``backbone=`` (or builds with
+a function ``(levels, channels) -> module``; None builds :class:`ResNetFPN`). It provides:
+
+* ``forward(images (B, 3, H, W))`` -> a list with one map ``(B, channels, ceil(H / 2**l),
+  ceil(W / 2**l))`` per pyramid level ``l`` of ``levels``, in increasing level order: the anchors
+  of level ``l`` have stride ``2**l``, and the heads take ``channels`` channels;
+* ``levels`` (the detector's ``fpn_levels``: sorted, each in 3..7) and ``channels`` (its
+  ``features['pyramid']``), which the detector checks when it is built (:func:`check_backbone`);
+* optionally ``batchnorm_stride``: the stride of the coarsest map a BatchNorm layer of it
+  normalizes, so that the detector refuses a training image too small for it with a clear
+  message (:func:`dlde.model.inputs.check_norm_sizes`); without it, the coarsest level's stride;
+* to be saved and loaded back by name (:func:`dlde.model.builders.load_detector`): a class
+  attribute ``name``, its key in :data:`dlde.model.registry.BACKBONES`, and ``options()``, the
+  plain keyword arguments that rebuild it as ``cls(levels, channels, **options)``.
+
+The detector holds it as ``model.fpn`` (the prefix of its weights in checkpoints).
+
+:class:`ResNetFPN`: level ``l`` has stride ``2**l``. Levels 3-5 come from the ResNet stages C3-C5
+through lateral 1x1 convolutions, a nearest-neighbour top-down pathway and 3x3 output
+convolutions; P6 is a stride-2 3x3 convolution on P5 and P7 one on ReLU(P6) (the RetinaNet
+layout). Stages and convolutions that no requested level needs are not built, so every parameter
+gets a gradient.
 """
 from __future__ import annotations
 
@@ -27,6 +46,25 @@ def check_levels(levels: Sequence[int] | None) -> list[int]:
     if not out or any(level not in SUPPORTED_LEVELS for level in out):
         raise ValueError(f"fpn_levels must be a non-empty subset of {list(SUPPORTED_LEVELS)}, got {levels}")
     return out
+
+
+def check_backbone(backbone: nn.Module, levels: Sequence[int], channels: int) -> nn.Module:
+    """``backbone`` if it follows the backbone protocol (module docstring) for a detector whose
+    pyramid has ``levels`` with ``channels`` channels.
+
+    Raises:
+        TypeError: not an ``nn.Module``.
+        ValueError: its ``levels`` or ``channels`` are missing or differ from the detector's.
+    """
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"the backbone must be an nn.Module (or a function building one from (levels, channels)), "
+                        f"got {type(backbone).__name__}")
+    found = (getattr(backbone, "levels", None), getattr(backbone, "channels", None))
+    if found[0] is None or list(found[0]) != list(levels) or found[1] != channels:
+        raise ValueError(f"the backbone {type(backbone).__name__} has levels {found[0]} and channels {found[1]}; "
+                         f"the detector needs levels {list(levels)} (fpn_levels) with {channels} channels "
+                         "(features['pyramid'])")
+    return backbone
 
 
 def _weights_enum(depth: int):
@@ -103,6 +141,11 @@ class ResNetFPN(nn.Module):
             if module is not None:
                 nn.init.kaiming_uniform_(module.weight, a=1)
                 nn.init.zeros_(module.bias)
+
+    @property
+    def batchnorm_stride(self) -> int:
+        """Stride of the coarsest map a BatchNorm normalizes: that of the last ResNet stage built."""
+        return 2 ** self.inner_levels[-1]
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)

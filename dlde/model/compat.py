@@ -1,31 +1,93 @@
-"""The seed's spellings, kept working: ``DLDENetWithTrackedMeans(classes, resnet, ...)`` with its
-positional arguments and ``forward(images, annotations, initializing)``, and ``SubModule`` (the head
-tower). New code builds ``RetinaNet(..., classification_head=head_factory("dlde", ...))`` or
-:func:`dlde.model.builders.build_detector` ``("dlde", ...)``.
+"""The seed's spellings, kept working, all in this module: ``DLDENetWithTrackedMeans(classes, resnet,
+...)`` with its positional arguments, ``forward(images, annotations, initializing)`` and the
+``means_*`` properties; its head's ``means``, ``embeddings_sums``, ``means_update``, ``means_lr``,
+``update_means()`` and ``track(embeddings, anchors, annotations)`` (:class:`SeedHeadSpellings`);
+and ``SubModule`` (the head tower). New code builds ``RetinaNet(...,
+classification_head=head_factory("dlde", ...))`` or :func:`dlde.model.builders.build_detector`
+``("dlde", ...)``, and reads the tracked state through ``model.tracked_means``
+(:class:`dlde.model.means.TrackedMeans`).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from .anchors import Assignment
 from .detector import RetinaNet
 from .directional import DirectionalClassification
 from .heads import HeadTower
-from .registry import head_factory
 from .tracking import track_batch
 
 #: The seed's name of the head tower.
 SubModule = HeadTower
 
 
+class SeedHeadSpellings:
+    """The seed's names for the tracked state of a head that holds :class:`dlde.model.means.TrackedMeans`
+    as ``self.tracker`` (mixed into :class:`SeedDirectionalClassification`)."""
+
+    @property
+    def means(self) -> Tensor:
+        """``(C, d)`` buffer: the class mean directions (zero rows for classes never tracked)."""
+        return self.tracker.means
+
+    @means.setter
+    def means(self, value: Tensor) -> None:
+        with torch.no_grad():
+            self.tracker.means.copy_(value)
+
+    @property
+    def embeddings_sums(self) -> Tensor:
+        """``(C, d)`` buffer: per-class sums accumulated in ``'manual'`` mode."""
+        return self.tracker.embeddings_sums
+
+    @property
+    def means_update(self) -> str:
+        return self.tracker.mode
+
+    @property
+    def means_lr(self) -> float:
+        return self.tracker.lr
+
+    @means_lr.setter
+    def means_lr(self, value: float) -> None:
+        if not 0.0 < float(value) <= 1.0:
+            raise ValueError(f"means_lr must be in (0, 1], got {value}")
+        self.tracker.lr = float(value)
+
+    def update_means(self) -> None:
+        """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums."""
+        self.tracker.update_means()
+
+    def track(self, embeddings: Tensor, anchors_or_assignment: Tensor | Assignment,
+              annotations: Tensor | None = None, **keywords: Any) -> None:
+        """The seed's ``track(embeddings, anchors, annotations)``: ``anchors (B, A, 4)`` or ``(A, 4)``
+        are assigned to ``annotations (B, M, 5)`` (x1, y1, x2, y2, label; -1 rows are padding)
+        here; an :class:`dlde.model.anchors.Assignment` is used as it is."""
+        assignment = anchors_or_assignment
+        if not isinstance(assignment, Assignment):
+            if annotations is None:
+                raise ValueError("track(embeddings, anchors, annotations) needs the annotations")
+            with torch.no_grad():
+                assignment = self.assign(anchors_or_assignment, annotations)
+        super().track(embeddings, assignment, **keywords)
+
+
+class SeedDirectionalClassification(SeedHeadSpellings, DirectionalClassification):
+    """:class:`dlde.DirectionalClassification` with the seed's spellings (the head of
+    :class:`DLDENetWithTrackedMeans`); the same weights, state, options and name (``"dlde"``)."""
+
+
 class DLDENetWithTrackedMeans(RetinaNet):
     """Deep Local Directional Embeddings Net: RetinaNet whose classifier is
     :class:`dlde.DirectionalClassification` (cosine to tracked class means).
 
-    The seed's entry point, with its positional arguments. Equivalent to
-    ``RetinaNet(classes, ..., classification_head=("dlde", {...}))``.
+    The seed's entry point, with its positional arguments. The same weights and checkpoints as
+    ``RetinaNet(classes, ..., classification_head=head_factory("dlde", ...))``; its head is a
+    :class:`SeedDirectionalClassification` (the head with the seed's spellings).
 
     Args:
         classes, resnet, features, anchors, fpn_levels, pretrained, device: as :class:`RetinaNet`.
@@ -74,7 +136,9 @@ class DLDENetWithTrackedMeans(RetinaNet):
                    "weight_param": weight_param, "anchor_terms": bool(anchor_terms)}
         super().__init__(classes, resnet, features, anchors, fpn_levels, pretrained, device,
                          assignation_thresholds=assignation_thresholds,
-                         classification_head=head_factory("dlde", **options), **kwargs)
+                         classification_head=partial(SeedDirectionalClassification.build,
+                                                     **SeedDirectionalClassification.check_options(options)),
+                         **kwargs)
 
     def forward(self, images: Tensor, annotations: Tensor | None = None, initializing: bool = False):
         """:meth:`dlde.RetinaNet.forward`, plus the seed's ``initializing=True``: only track the batch

@@ -1,11 +1,13 @@
-"""The one-stage detector: backbone and pyramid, anchors, box regression, an injected
+"""The one-stage detector: an injected backbone and pyramid, anchors, box regression, an injected
 classification head, the loss and the post-processing.
 
 The sigmoid RetinaNet, DLDENet (cosine to tracked means) and learned prototypes are one
-:class:`RetinaNet` with another head (:mod:`dlde.model.registry`). What is done *to* a model lives
-beside it: class growth and imprinting in :mod:`dlde.model.growth`, the initializing pass in
-:mod:`dlde.model.tracking`, checkpoint layouts in :mod:`dlde.model.checkpoints`, builders by name
-in :mod:`dlde.model.builders`, the seed's spellings in :mod:`dlde.model.compat`.
+:class:`RetinaNet` with another head (:mod:`dlde.model.registry`); its backbone is
+:class:`dlde.model.backbone.ResNetFPN` or any module following the protocol of
+:mod:`dlde.model.backbone`. What is done *to* a model lives beside it: class growth and imprinting
+in :mod:`dlde.model.growth`, the initializing pass in :mod:`dlde.model.tracking`, checkpoint
+layouts in :mod:`dlde.model.checkpoints`, builders by name in :mod:`dlde.model.builders`, the
+seed's spellings in :mod:`dlde.model.compat`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from .anchors import DEFAULT_RATIOS, DEFAULT_SCALES, DEFAULT_SIZES, Anchors, Assignment, assign_batch, check_thresholds
-from .backbone import SUPPORTED_LEVELS, ResNetFPN, check_levels
+from .backbone import SUPPORTED_LEVELS, ResNetFPN, check_backbone, check_levels
 from .boxes import BoxCoder
 from .checkpoints import atomic_save, check_finite_state, read_model_record, state_mismatch
 from .equalized_focal import EFL_SCALE, EqualizedFocal
@@ -27,7 +29,7 @@ from .inputs import all_finite, check_image_values, check_norm_sizes
 from .losses import CLASSIFICATION_LOSSES, check_annotations, detection_loss, drop_degenerate_boxes
 from .means import TrackedMeans
 from .modes import buffers_kept_only_on_success, evaluating
-from .registry import head_factory
+from .registry import BACKBONES, backbone_factory, head_factory
 
 DEFAULT_FEATURES = {"pyramid": 256, "regression": 256, "classification": 256}
 #: Default smallest class probability a detection keeps (torchvision's RetinaNet value); the
@@ -61,10 +63,39 @@ def _check_anchors(anchors: Mapping[str, Sequence[float]] | None, levels: list[i
             "ratios": [float(r) for r in anchors.get("ratios", DEFAULT_RATIOS)]}
 
 
+def _build_backbone(backbone: nn.Module | Callable[..., nn.Module] | None, resnet: int, levels: list[int],
+                    channels: int, pretrained: bool) -> nn.Module:
+    """The detector's backbone: :class:`ResNetFPN` for None, else the module given (or built from
+    ``(levels, channels)``), checked against the pyramid (:func:`dlde.model.backbone.check_backbone`)."""
+    if backbone is None:
+        return ResNetFPN(resnet, levels, channels, pretrained=pretrained)
+    if callable(backbone) and not isinstance(backbone, nn.Module):
+        backbone = backbone(list(levels), channels)
+    return check_backbone(backbone, levels, channels)
+
+
+def _saved_backbone(saved: Mapping[str, Any] | None, source: str) -> Callable[..., nn.Module] | None:
+    """What rebuilds the backbone a checkpoint records (None: the default :class:`ResNetFPN`).
+
+    Raises:
+        ValueError: the backbone is not registered under the name it was saved with.
+    """
+    if saved is None:
+        return None
+    name = saved.get("name")
+    if name not in BACKBONES:
+        raise ValueError(
+            f"{source} was saved with a backbone passed as RetinaNet(backbone=...) ({name!r}), which dlde can "
+            "rebuild only by its registered name: register it in dlde.model.registry.BACKBONES (a module with a "
+            "class attribute `name` and an `options()` method) before loading, or build the detector again "
+            "with the same backbone and load_state_dict(checkpoint['model'])")
+    return backbone_factory(name, **dict(saved.get("options") or {}))
+
+
 class TrainingOutput(tuple):
     """``(anchors (B, A, 4), regressions (B, A, 4), classifications (B, A, C))`` of a training-mode
     forward; unpacks like the plain tuple of the original, and carries the batch's
-    :class:`dlde.Assignment` (``.assignment``) so the loss reuses it instead of matching again."""
+    :class:`dlde.model.anchors.Assignment` (``.assignment``) so the loss reuses it instead of matching again."""
 
     assignment: Assignment | None = None
 
@@ -80,11 +111,12 @@ class RetinaNet(nn.Module):
 
     Args:
         classes: number of object classes ``C`` (no background class; labels are 0..C-1).
-        resnet: ResNet depth of the backbone (18, 34, 50, 101, 152).
+        resnet: ResNet depth of the default backbone (18, 34, 50, 101, 152).
         features: channels ``{'pyramid', 'regression', 'classification'}`` (default 256 each).
         anchors: ``{'sizes', 'scales', 'ratios'}``; sizes per chosen level or for all of 3-7.
         fpn_levels: pyramid levels to use, any subset of 3-7 (default all).
-        pretrained: ImageNet backbone weights from the local torch cache (never downloaded).
+        pretrained: ImageNet weights of the default backbone from the local torch cache (never
+            downloaded).
         device: where to put the model (default: stay on the CPU).
         head_convs: hidden convolutions of each head tower.
         group_norm: GroupNorm in the head towers.
@@ -105,6 +137,14 @@ class RetinaNet(nn.Module):
             ``(in_channels, anchors, features, classes, **settings)`` such as
             :func:`dlde.model.registry.head_factory` ``("dlde", embedding_size=64)`` (its weights are
             then drawn after the backbone's, as in every seeded run); None: the sigmoid head.
+        backbone: the backbone and pyramid (held as ``model.fpn``): a module following the protocol
+            of :mod:`dlde.model.backbone` (``(B, 3, H, W)`` in, one ``(B, features['pyramid'], H_l,
+            W_l)`` map per level of ``fpn_levels`` at stride ``2**level`` out), or a function building
+            one from ``(levels, channels)`` such as :func:`dlde.model.registry.backbone_factory`
+            ``("name", **options)``; None: :class:`dlde.model.backbone.ResNetFPN` of depth ``resnet``
+            (``resnet`` and ``pretrained`` concern only it). Checkpoints of a model with another
+            backbone record its ``name`` and ``options()`` and load back when that name is registered
+            in :data:`dlde.model.registry.BACKBONES`.
         check_inputs: check the values of every batch and of the training outputs (see below);
             False skips them for speed (also settable as ``model.check_inputs``; not saved).
 
@@ -144,7 +184,7 @@ class RetinaNet(nn.Module):
                  score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = 0.5, topk_candidates: int = 1000,
                  max_detections: int = 300, class_names: Sequence[str] | None = None,
                  classification_head: ClassificationHead | Callable[..., ClassificationHead] | None = None,
-                 check_inputs: bool = True):
+                 backbone: nn.Module | Callable[..., nn.Module] | None = None, check_inputs: bool = True):
         super().__init__()
         if int(classes) < 1:
             raise ValueError(f"classes must be a positive integer, got {classes}")
@@ -181,7 +221,8 @@ class RetinaNet(nn.Module):
             "score_threshold": score_threshold, "nms_threshold": nms_threshold,
             "topk_candidates": topk_candidates, "max_detections": max_detections, "class_names": names}
 
-        self.fpn = ResNetFPN(resnet, levels, self.features["pyramid"], pretrained=pretrained)
+        self.fpn = _build_backbone(backbone, resnet, levels, self.features["pyramid"], pretrained)
+        self._backbone_given = backbone is not None  # the default ResNetFPN is not recorded in checkpoints
         self.anchors = Anchors(anchor_params["sizes"], anchor_params["scales"], anchor_params["ratios"],
                                [2 ** level for level in levels])
         num_anchors = self.anchors.num_anchors
@@ -239,8 +280,8 @@ class RetinaNet(nn.Module):
         batchnorms = [m for m in self.modules() if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm))]
         training = any(m.training for m in batchnorms)
         group_channels = [m.num_channels // m.num_groups for m in self.modules() if isinstance(m, nn.GroupNorm)]
-        check_norm_sizes(1, height, width,
-                         batchnorm_stride=2 ** self.fpn.inner_levels[-1] if training else None,
+        batchnorm_stride = getattr(self.fpn, "batchnorm_stride", 2 ** max(self.fpn_levels))
+        check_norm_sizes(1, height, width, batchnorm_stride=batchnorm_stride if training else None,
                          groupnorm=(min(group_channels), 2 ** max(self.fpn_levels)) if group_channels else None)
 
     def forward(self, images: Tensor, annotations: Tensor | None = None):
@@ -406,9 +447,14 @@ class RetinaNet(nn.Module):
 
     def constructor_arguments(self) -> dict[str, Any]:
         """Every constructor argument as plain Python values (``device`` is chosen at load time),
-        with the head as ``{"name", "options"}``."""
-        return {**self.hyperparameters, "device": None,
-                "head": {"name": self.classification.name, "options": self.classification.options()}}
+        with the head as ``{"name", "options"}``, and a backbone passed as ``backbone=`` the same way
+        (``name`` None when it has none; the default backbone adds nothing)."""
+        arguments = {**self.hyperparameters, "device": None,
+                     "head": {"name": self.classification.name, "options": self.classification.options()}}
+        if self._backbone_given:
+            options = self.fpn.options() if hasattr(self.fpn, "options") else {}
+            arguments["backbone"] = {"name": getattr(self.fpn, "name", None), "options": dict(options)}
+        return arguments
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | Mapping[str, Any],
@@ -417,13 +463,15 @@ class RetinaNet(nn.Module):
         see :func:`dlde.model.checkpoints.read_model_record`).
 
         Every hyperparameter and the full state (weights, class means) is restored. The backbone
-        weights come from the checkpoint, so no pretrained cache is needed. ``device`` defaults
-        to the CPU. Called on a subclass that builds one head (``head_name``), the checkpoint must
-        hold that head.
+        weights come from the checkpoint, so no pretrained cache is needed; a backbone other than
+        the default is rebuilt by its registered name (:data:`dlde.model.registry.BACKBONES`).
+        ``device`` defaults to the CPU. Called on a subclass that builds one head (``head_name``),
+        the checkpoint must hold that head.
         """
         record = read_model_record(checkpoint)
         params = dict(record.params)
         pretrained = params.pop("pretrained", False)
+        params["backbone"] = _saved_backbone(params.pop("backbone", None), record.source)
         head_name = cls.__dict__.get("head_name")
         if head_name is not None and record.head != head_name:
             raise ValueError(f"{record.source} holds a {record.head!r} model, not a {cls.__name__}; load it with "

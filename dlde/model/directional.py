@@ -51,7 +51,7 @@ class DirectionalClassification(ClassificationHead):
         assignation_thresholds: ``{'object': float, 'background': float}`` IoU thresholds used to
             pick the anchors whose embeddings are tracked (copied, never modified).
         means_update: ``'batch'`` (one update per batch) or ``'manual'`` (accumulate, then
-            :meth:`update_means`).
+            ``tracked_means.update_means()``).
         means_lr: step of the ``'batch'`` update.
         convs: hidden convolutions of the encoder tower.
         group_norm: GroupNorm in the encoder tower.
@@ -153,36 +153,6 @@ class DirectionalClassification(ClassificationHead):
         self.encoder = HeadTower(in_channels, embedding_size + 2 * self.anchor_terms, anchors, features, convs=convs,
                                  group_norm=group_norm)
 
-    # The tracked state, under the seed's names.
-    @property
-    def means(self) -> Tensor:
-        """``(C, d)`` buffer: the class mean directions (zero rows for classes never tracked)."""
-        return self.tracker.means
-
-    @means.setter
-    def means(self, value: Tensor) -> None:
-        with torch.no_grad():
-            self.tracker.means.copy_(value)
-
-    @property
-    def embeddings_sums(self) -> Tensor:
-        """``(C, d)`` buffer: per-class sums accumulated in ``'manual'`` mode."""
-        return self.tracker.embeddings_sums
-
-    @property
-    def means_update(self) -> str:
-        return self.tracker.mode
-
-    @property
-    def means_lr(self) -> float:
-        return self.tracker.lr
-
-    @means_lr.setter
-    def means_lr(self, value: float) -> None:
-        if not 0.0 < float(value) <= 1.0:
-            raise ValueError(f"means_lr must be in (0, 1], got {value}")
-        self.tracker.lr = float(value)
-
     def options(self) -> dict:
         return {"embedding_size": self.embedding_size, "means_update": self.tracker.mode,
                 "means_lr": self.tracker.lr, "means_init": self.means_init,
@@ -222,7 +192,7 @@ class DirectionalClassification(ClassificationHead):
         return weight, PRIOR_BIAS
 
     def class_directions(self) -> Tensor:
-        return F.normalize(self.means, dim=1)
+        return F.normalize(self.tracker.means, dim=1)
 
     @property
     def tracked_means(self) -> TrackedMeans:
@@ -266,26 +236,17 @@ class DirectionalClassification(ClassificationHead):
         return assign_batch(anchors, annotations, self.assignation_thresholds,
                             allow_low_quality_matches=self.allow_low_quality_matches)
 
-    def track(self, embeddings: Tensor, anchors_or_assignment, annotations: Tensor | None = None, *,
-              raw: Tensor | None = None) -> None:
+    def track(self, embeddings: Tensor, assignment: Assignment, *, raw: Tensor | None = None) -> None:
         """Update the means with the embeddings of anchors matched to an object.
 
         Args:
             embeddings: ``(B, A, d)`` unit embeddings (as scored: centered when the head centers).
+            assignment: the batch's :class:`dlde.model.anchors.Assignment` (the detector's, computed
+                once per step; :meth:`assign` makes one from anchors and annotations).
             raw: ``(B, A, d)`` the same before centering; they move the running center (none moves
                 without them).
-            anchors_or_assignment: an :class:`dlde.Assignment` of the batch (the detector's,
-                computed once per step), or the seed's ``anchors (B, A, 4)`` / ``(A, 4)``, in
-                which case ``annotations (B, M, 5)`` (x1, y1, x2, y2, label; -1 rows are padding)
-                are assigned here.
         """
         with torch.no_grad():
-            if isinstance(anchors_or_assignment, Assignment):
-                assignment = anchors_or_assignment
-            else:
-                if annotations is None:
-                    raise ValueError("track(embeddings, anchors, annotations) needs the annotations")
-                assignment = self.assign(anchors_or_assignment, annotations)
             objects = assignment.objects_mask  # (B, A)
             labels = assignment.assigned_annotations[..., 4][objects]  # (N,)
             self.tracker.update(embeddings[objects], labels, raw=None if raw is None else raw[objects])
@@ -326,7 +287,7 @@ class DirectionalClassification(ClassificationHead):
         # z_c = |w_c| (cos_c + b_c) in one matrix product; classes without a mean get z = -1e4 (p = 0).
         scale = torch.where(initialized, weight, torch.zeros_like(weight))
         shift = torch.where(initialized, weight * bias, torch.full_like(weight, -1e4))
-        directions = F.normalize(self.means, dim=1) * scale[:, None]  # (C, d)
+        directions = F.normalize(self.tracker.means, dim=1) * scale[:, None]  # (C, d)
         flat = embeddings.reshape(-1, embeddings.shape[-1]).to(directions.dtype)
         probabilities = CosineSigmoidRatio.apply(flat, directions, shift, torch.sigmoid(weight * (1 + bias)))
         return probabilities.reshape(*embeddings.shape[:-1], -1)
@@ -405,11 +366,6 @@ class DirectionalClassification(ClassificationHead):
     def classifier_parameters(self) -> list[nn.Parameter]:
         """``w`` and ``b`` of every class (the means are tracked, never trained by gradient)."""
         return [self.weight, self.bias]
-
-    def update_means(self) -> None:
-        """``'manual'`` mode: set the means to the normalized accumulated sums and reset the sums
-        (the seed's method; trainers use ``tracked_means.update_means()``)."""
-        self.tracker.update_means()
 
 
 class CosineSigmoidRatio(torch.autograd.Function):

@@ -22,7 +22,7 @@ class HeadTower(nn.Module):
         group_norm: add GroupNorm (32 groups, or fewer when ``features`` is small) after each.
 
     ``forward(x (B, in_channels, H, W))`` returns ``(B, H * W * anchors, outputs)`` in the
-    anchor order of :class:`dlde.Anchors` (row-major locations, then anchor).
+    anchor order of :class:`dlde.model.anchors.Anchors` (row-major locations, then anchor).
     """
 
     def __init__(self, in_channels: int, outputs: int, anchors: int, features: int = 256, *,
@@ -96,9 +96,10 @@ class ClassificationHead(nn.Module):
     It provides:
 
     * ``forward(feature_maps, anchors=None, annotations=None, *, assignment=None)`` -> class
-      probabilities ``(B, A, C)`` in [0, 1], in the anchor order of :class:`dlde.Anchors`. In
-      training mode the detector passes the batch's :class:`dlde.Assignment` (computed once per
-      step and shared with the loss); a head with tracked means tracks it *after* scoring.
+      probabilities ``(B, A, C)`` in [0, 1], in the anchor order of
+      :class:`dlde.model.anchors.Anchors`. In training mode the detector passes the batch's
+      :class:`dlde.model.anchors.Assignment` (computed once per step and shared with the loss); a
+      head with tracked means tracks it *after* scoring.
     * ``options()`` -> the JSON-able options that rebuild it (stored in checkpoints).
     * ``tracked_means``: its :class:`dlde.model.means.TrackedMeans` (the component the trainer
       drives: update, apply, statistics, reduction over processes), or None.

@@ -45,7 +45,7 @@ def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "di
         preset: a :data:`dlde.train.PRESETS` name (when ``like`` is None).
         base_classes: digits of the base training (the others never appear).
         data_dir: folder under which the base digits are generated, in a folder named after their
-            settings (:func:`dlde.default_digits_root`); None: next to ``like``'s data (its
+            settings (:func:`dlde.data.digits.default_digits_root`); None: next to ``like``'s data (its
             parent folder), else ``data``. Ignored when ``data_root`` is among ``overrides``.
         **overrides: further TrainConfig fields (``epochs``, ``seed``, ...).
     """

@@ -21,12 +21,12 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from dlde.files import atomic_write_text
+from dlde.files import atomic_write_text, jsonable
 from dlde.train import RunFolder, TrainConfig
 from dlde.train.cli import arguments
 
 from .lock import NOTEBOOKS_DIR
-from .notebook import RESULTS_FILE, jsonable, read_results
+from .notebook import RESULTS_FILE, read_results
 from .plan import (
     STEP_FILE,
     SWEEP_PARAMETERS,

@@ -9,7 +9,6 @@ the notebooks lives elsewhere: :mod:`.lock` (their committed parameters cells) a
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ from dlde.analysis.interactive import widget_canvas
 from dlde.analysis.plotting import save_figure
 from dlde.data.digits import make_digits_dataset
 from dlde.errors import UNSET, Refusal
-from dlde.files import atomic_write_text
+from dlde.files import atomic_write_text, jsonable
 from dlde.train import TrainConfig, TrainResult, train
 
 RESULTS_FILE = "results.json"
@@ -198,25 +197,6 @@ class Figures:
                 display(fig)
             save_figure(fig, self.directory, full)
         self.names.append(full)
-
-
-def jsonable(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; non-finite floats -> None (JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return str(value)
-    return value
 
 
 def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> Path:

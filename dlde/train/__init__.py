@@ -5,12 +5,10 @@ reproducibility helpers (:mod:`.reproducibility`), the command line (:mod:`.cli`
 
 ``python -m dlde.train`` (and ``torchrun ... -m dlde.train``) runs :func:`main`; notebooks call
 :func:`train`. Code that patches a module global (tests) must patch the module that uses it,
-e.g. :mod:`dlde.train.loop` for ``validation_loss`` and ``make_loader``.
+e.g. :mod:`dlde.train.loop` for ``validation_loss`` and ``make_loader``. This package re-exports
+public names only; tests import a private one from the module that defines it.
 """
-from .batches import global_batches as _global_batches  # noqa: F401 (imported from dlde.train by the tests)
-from .batches import steps_per_epoch as _steps_per_epoch  # noqa: F401
 from .builders import build_datasets, build_model, lr_lambda
-from .cli import _parser as _parser  # noqa: F401
 from .cli import main
 from .config import AMP_MODES, CHOICES, DATASETS, NONFINITE, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 from .loop import TrainResult, initialize_means, train

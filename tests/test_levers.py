@@ -342,3 +342,17 @@ def test_tracking_curves_read_what_the_means_did_against_the_images_trained(tmp_
     assert dlde["w"][:, 1].tolist() == [14.0, 15.0]
     figure = plot_tracking(curves, title="t")
     assert len(figure.axes) == 4
+
+
+def test_the_reimprint_command_prints_before_and_after_and_never_overwrites(tiny_run, tmp_path, capsys):
+    from dlde.train.reimprint_cli import main
+
+    _, result = tiny_run
+    out = tmp_path / "reimprint.json"
+    numbers = main([str(result.run_dir), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out) == json.loads(json.dumps(numbers))
+    assert numbers["before"]["AP"] == result.metrics[-1]["AP"] and set(numbers["after"]) >= {"AP", "AP50"}
+    assert numbers["reimprinted"] > 0
+    with pytest.raises(SystemExit):
+        main([str(result.run_dir), "--out", str(out)])  # the file exists: refused, kept
+    assert json.loads(out.read_text())["before"] == numbers["before"]

@@ -8,7 +8,8 @@ it with no gradient step, which no learned classifier can; a tracked mean that b
 random start (a rare class over a short schedule) gets the direction its class actually has.
 
 :func:`reimprint` re-imprints a model in place (the trainer calls it at the end of training or of
-every epoch: ``TrainConfig.reimprint``); :func:`reimprint_run` does it on any finished run.
+every epoch: ``TrainConfig.reimprint``); :func:`reimprint_run` does it on any finished run
+(from the shell: :mod:`dlde.train.reimprint_cli`).
 """
 from __future__ import annotations
 

@@ -1,36 +1,54 @@
-"""The README's commands run as written from a fresh clone: they name the venv's executables (or a
-make target), and the training flags they use exist."""
+"""The commands of README.md and docs/*.md run as written from a fresh clone: they name the venv's
+executables (or a make target), and the training flags they use exist."""
 import re
 import shlex
 from pathlib import Path
 
+import pytest
+
+from dlde.pipeline.readme import documents
 from dlde.train.cli import _parser
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = {path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8") for path in documents()}
+README = DOCUMENTS["README.md"]
 BARE = re.compile(r"(^|[`\s(])(python3?|papermill|jupyter|pytest|torchrun) ")
+TRAIN = re.compile(r"-m dlde\.train\b")
 
 
-def shell_blocks() -> list[str]:
+def shell_blocks(text: str) -> list[str]:
     """Commands of the ```bash blocks, continuation lines joined, comments dropped."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.DOTALL):
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
         joined = re.sub(r"\\\n\s*", " ", block)
         commands += [line.split(" #")[0].strip() for line in joined.splitlines()
                      if line.strip() and not line.strip().startswith("#")]
     return commands
 
 
-def test_no_command_needs_an_activated_venv():
-    inline = re.findall(r"`([^`\n]+)`", README)
-    offenders = [text for text in shell_blocks() + inline if BARE.search(" " + text)
-                 and ".venv/bin/" not in text and "make " not in text]
+def test_the_readme_starts_with_the_two_set_up_commands():
+    assert README.startswith("# ")
+    first = README.split("\n```", 2)[1]
+    assert first.startswith("bash\n") and shell_blocks("```" + first + "```") == ["make figures", "make test"]
+
+
+#: Documents another change is writing, with what they still spell without the venv.
+BEING_WRITTEN = {"docs/cluster.md": "line 83 names `python -m dlde.pipeline` inline (issue 27's cluster page)"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(reason=BEING_WRITTEN[name], strict=False))
+                                  if name in BEING_WRITTEN else name for name in sorted(DOCUMENTS)])
+def test_no_command_needs_an_activated_venv(name):
+    text = DOCUMENTS[name]
+    inline = re.findall(r"`([^`\n]+)`", text)
+    offenders = [code for code in shell_blocks(text) + inline if BARE.search(" " + code)
+                 and ".venv/bin/" not in code and "make " not in code]
     assert offenders == []
-    assert README.startswith("# ") and "make figures" in README.split("\n```", 2)[1]  # the two set-up commands
 
 
-def test_the_training_flags_in_the_readme_exist():
-    commands = [c for c in shell_blocks() if "dlde.train" in c]
-    assert len(commands) >= 4
+def test_the_training_flags_in_the_documents_exist():
+    commands = [command for text in DOCUMENTS.values() for command in shell_blocks(text) if TRAIN.search(command)]
+    assert len(commands) >= 4 and sum(TRAIN.search(c) is not None for c in shell_blocks(README)) >= 3
     for command in commands:
         words = shlex.split(command.split("bash -c ")[-1].strip("'"))
         arguments = words[words.index("dlde.train") + 1:]

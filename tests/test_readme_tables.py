@@ -1,5 +1,6 @@
-"""The README's results tables are their files' tables (``python -m dlde.pipeline.readme``), and every
-table file can name the commit, command and date that made it (``dlde.analysis.tables``)."""
+"""The results tables of README.md and docs/*.md are their files' tables (``python -m
+dlde.pipeline.readme``), markers resolve from the repository root in every document, and every table
+file can name the commit, command and date that made it (``dlde.analysis.tables``)."""
 import re
 import shutil
 import subprocess
@@ -18,21 +19,43 @@ from dlde.analysis.tables import (
     write_table_file,
 )
 from dlde.kernels import setting as kernel_setting
-from dlde.pipeline.readme import main, render, table_commits, table_files
+from dlde.pipeline.readme import documents, main, render, render_documents, table_commits, table_files
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+#: Each document (README.md, docs/*.md) by its name relative to the root -> its text.
+DOCUMENTS = {path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8") for path in documents()}
 LINE = "<sub>commit abc1234 · `make ablations` · 2026-11-30 · portable kernels</sub>"
 
 
-def readme_copy(folder: Path) -> Path:
-    """The README and the files its blocks name, copied under ``folder``."""
-    for source in render(README, ROOT).sources:
+def all_sources() -> list[str]:
+    """Every table file a block of a document names, in order."""
+    return list(dict.fromkeys(source for _, report in render_documents().values() for source in report.sources))
+
+
+def documents_copy(folder: Path) -> Path:
+    """The documents and the files their blocks and links need, copied under ``folder``; the README's path."""
+    for source in all_sources():
         (folder / source).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / source, folder / source)
-    path = folder / "README.md"
-    path.write_text(README, encoding="utf-8")
-    return path
+    for name, text in DOCUMENTS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    linked = [path for path in (ROOT / "figures").rglob("*") if path.is_file()] + [ROOT / "CITATION.cff"]
+    for path in linked:  # what the documents link to besides the table files, as links to the files here
+        target = folder / path.relative_to(ROOT)
+        if not target.exists():  # the copied table files stay copies: a test may write them
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+    return folder / "README.md"
+
+
+def holding(pattern: str) -> tuple[str, re.Match]:
+    """The document whose text matches ``pattern`` (the first) and the match."""
+    for name, text in DOCUMENTS.items():
+        match = re.search(pattern, text, re.MULTILINE)
+        if match:
+            return name, match
+    raise AssertionError(f"no document matches {pattern!r}")
 
 
 def block_line(text: str, marker: str) -> int:
@@ -40,19 +63,25 @@ def block_line(text: str, marker: str) -> int:
     return text.split("\n").index(marker) + 1
 
 
-# --------------------------------------------------------------------------- the README itself
-def test_the_readme_tables_equal_their_files():
-    report = render(README, ROOT)
+# --------------------------------------------------------------------------- the documents themselves
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
+def test_the_tables_of_each_document_equal_their_files(name):
+    report = render(DOCUMENTS[name], ROOT, name)  # markers resolve from the root, in docs/ too
     assert report.differing == [] and report.unquoted == []
-    assert report.text == README
+    assert report.text == DOCUMENTS[name]
+
+
+def test_the_documents_show_the_results_tables():
+    sources = set(all_sources())
     assert {"figures/metrics.md", "figures/ablations/headline.md", "figures/few_shot_benchmark.md",
-            "figures/benchmarks/step_time.md"} <= set(report.sources)
+            "figures/benchmarks/step_time.md", "figures/ablations/vocabulary_heads.md"} <= sources
+    assert render(DOCUMENTS["README.md"], ROOT).sources  # the README's findings come from table files too
 
 
 def test_every_committed_table_file_names_its_provenance_and_all_name_one_commit():
-    """Every number of the README comes from one version of the code: re-running one table after a
+    """Every number of the documents comes from one version of the code: re-running one table after a
     change of dlde/ means re-running them all (``python -m dlde.pipeline.readme`` warns too)."""
-    files = table_files(ROOT, render(README, ROOT).sources)
+    files = table_files(ROOT, all_sources())
     assert len(files) >= 14 and missing_provenance(files) == []
     commits = table_commits(files)
     assert len(commits) == 1, {commit: [path.relative_to(ROOT).as_posix() for path in paths]
@@ -61,35 +90,50 @@ def test_every_committed_table_file_names_its_provenance_and_all_name_one_commit
 
 
 def test_a_table_that_differs_from_its_file_is_named_and_rewritten(tmp_path, capsys):
-    readme = readme_copy(tmp_path)
+    readme = documents_copy(tmp_path)
     marker = "<!-- table: figures/metrics.md -->"
-    row = re.search(r"^\| dlde \| dlde \| digits \| 16 \| (\d\.\d{3}) \|", README, re.MULTILINE)
+    name, row = holding(r"^\| dlde \| dlde \| digits \| 16 \| (\d\.\d{3}) \|")
+    assert marker in DOCUMENTS[name]
     changed = "0.999" if row.group(1) != "0.999" else "0.998"  # an AP the file does not hold
-    edited = README.replace(row.group(0), row.group(0).replace(row.group(1), changed))
-    assert edited != README
-    readme.write_text(edited, encoding="utf-8")
+    edited = DOCUMENTS[name].replace(row.group(0), row.group(0).replace(row.group(1), changed))
+    assert edited != DOCUMENTS[name]
+    (tmp_path / name).write_text(edited, encoding="utf-8")
     assert main(["--check", "--readme", str(readme)]) == 1
     err = capsys.readouterr().err
-    assert f"README.md:{block_line(README, marker)}: the table differs from figures/metrics.md" in err
-    assert err.count("differs") == 1 and readme.read_text(encoding="utf-8") == edited  # --check writes nothing
-    main(["--readme", str(readme)])
-    assert readme.read_text(encoding="utf-8") == README  # rewritten from the file
-    main(["--check", "--readme", str(readme)])
+    assert f"{name}:{block_line(DOCUMENTS[name], marker)}: the table differs from figures/metrics.md" in err
+    assert err.count("differs") == 1
+    assert (tmp_path / name).read_text(encoding="utf-8") == edited  # --check writes nothing
+    assert main(["--readme", str(readme)]) == 0
+    assert f"{name}: rewrote 1 table(s) from their files" in capsys.readouterr().out
+    assert (tmp_path / name).read_text(encoding="utf-8") == DOCUMENTS[name]  # rewritten from the file
+    assert main(["--check", "--readme", str(readme)]) == 0
     assert "differs" not in capsys.readouterr().err
 
 
 def test_a_derived_table_quoting_a_number_its_files_lack_fails(tmp_path, capsys):
-    readme = readme_copy(tmp_path)
-    quoted = re.search(r"0\.001: (0\.\d{3}) \[", README)  # the means_lr = 0.001 arm's AP
+    readme = documents_copy(tmp_path)
+    name, quoted = holding(r"0\.001: (0\.\d{3}) \[")  # the means_lr = 0.001 arm's AP
     wrong = "0.999" if quoted.group(1) != "0.999" else "0.998"  # no AP of the ablations
-    edited = README.replace(quoted.group(0), quoted.group(0).replace(quoted.group(1), wrong))
-    assert edited != README
-    readme.write_text(edited, encoding="utf-8")
+    edited = DOCUMENTS[name].replace(quoted.group(0), quoted.group(0).replace(quoted.group(1), wrong))
+    assert edited != DOCUMENTS[name]
+    (tmp_path / name).write_text(edited, encoding="utf-8")
     assert main(["--readme", str(readme)]) == 1
     err = capsys.readouterr().err
-    assert re.search(rf"README\.md:\d+: the table derived from figures/ablations/means_lr\.md.* shows {wrong}, "
+    assert re.search(rf"{re.escape(name)}:\d+: the table derived from figures/ablations/means_lr\.md.* shows {wrong}, "
                      r"which none of them holds", err)
-    assert readme.read_text(encoding="utf-8") == edited  # a derived table is never rewritten
+    assert (tmp_path / name).read_text(encoding="utf-8") == edited  # a derived table is never rewritten
+
+
+def test_the_readme_findings_quote_only_their_files(tmp_path, capsys):
+    readme = documents_copy(tmp_path)
+    _, quoted = holding(r"\| \*\*Digits: a tie\.\*\* .*?\| (0\.\d{3}) \[")  # DLDENet's headline AP
+    assert quoted.string is DOCUMENTS["README.md"]
+    wrong = "0.999" if quoted.group(1) != "0.999" else "0.998"
+    readme.write_text(DOCUMENTS["README.md"].replace(quoted.group(0), quoted.group(0).replace(quoted.group(1), wrong)),
+                      encoding="utf-8")
+    assert main(["--check", "--readme", str(readme)]) == 1
+    assert re.search(rf"README\.md:\d+: the table derived from figures/ablations/headline\.md.* shows {wrong}",
+                     capsys.readouterr().err)
 
 
 # ------------------------------------------------------------------------------ the rewriter
@@ -152,6 +196,47 @@ def test_a_table_file_without_provenance_fails_and_more_than_one_commit_is_a_war
     assert main(["--check", "--readme", str(readme)]) == 0
     assert capsys.readouterr().err == (f"warning: the table files come from 2 commits of dlde/: {code_commit()} "
                                        "(2 files), abc1234 (1 file)\n")
+
+
+def test_markers_in_docs_resolve_from_the_root_and_their_files_are_checked_too(tmp_path, capsys):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "docs").mkdir()
+    write_table_file(tmp_path / "figures" / "good.md", "| a |\n|---|\n| 1 |", command="make figures")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bare.md").write_text("| b |\n|---|\n| 2 |\n")  # outside figures/: only a doc names it
+    readme = tmp_path / "README.md"
+    readme.write_text("See [the results](docs/results.md).\n")
+    doc = "# Results\n\n<!-- table: figures/good.md -->\n<!-- /table -->\n\n[table](../figures/good.md)\n"
+    (tmp_path / "docs" / "results.md").write_text(doc)
+    assert main(["--check", "--readme", str(readme)]) == 1
+    assert capsys.readouterr().err == "docs/results.md:3: the table differs from figures/good.md " \
+                                      "(run .venv/bin/python -m dlde.pipeline.readme)\n"
+    assert main(["--readme", str(readme)]) == 0
+    assert capsys.readouterr().out == "docs/results.md: rewrote 1 table(s) from their files\n"
+    rewritten = (tmp_path / "docs" / "results.md").read_text()
+    assert "| a |\n|---|\n| 1 |\n\n<sub>commit " in rewritten
+    assert readme.read_text() == "See [the results](docs/results.md).\n"  # a document without blocks stays
+    assert main(["--check", "--readme", str(readme)]) == 0
+
+    (tmp_path / "docs" / "more.md").write_text("<!-- derived: results/bare.md -->\n| 2 |\n<!-- /derived -->\n")
+    assert main(["--check", "--readme", str(readme)]) == 1  # the provenance rule covers every document's files
+    assert capsys.readouterr().err == ("error: results/bare.md has no provenance line (commit, command, date): "
+                                       "re-run what writes it\n")
+
+
+def test_a_link_to_nothing_fails_naming_document_and_line(tmp_path, capsys):
+    (tmp_path / "docs").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("# Top\n\n[ok](docs/a.md#a-heading) [gone](docs/b.md)\n")
+    (tmp_path / "docs" / "a.md").write_text("# A heading\n\n![fig](../figures/x.png) [up](../README.md#nowhere)\n"
+                                            "`[not a link](nothing.md)` [web](https://example.org/x.md)\n")
+    assert main(["--check", "--readme", str(readme)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: README.md:3: docs/b.md names no file ({(tmp_path / 'docs' / 'b.md').as_posix()} does not exist)",
+        f"error: docs/a.md:3: ../figures/x.png names no file ({(tmp_path / 'docs' / '../figures/x.png').as_posix()} "
+        "does not exist)",
+        "error: docs/a.md:3: ../README.md#nowhere: README.md has no heading #nowhere"]
+    assert readme.read_text() == "# Top\n\n[ok](docs/a.md#a-heading) [gone](docs/b.md)\n"  # links are never rewritten
 
 
 # ------------------------------------------------------------------------------ provenance

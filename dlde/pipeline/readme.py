@@ -1,7 +1,10 @@
-"""The README's results tables, copied from the table files the pipeline and the benchmarks write.
+"""The documents' results tables, copied from the table files the pipeline and the benchmarks write,
+and the documents' links, checked.
 
-A table of README.md that a file holds sits between two markers naming that file (relative to the
-README's folder)::
+The documents are README.md and every markdown file under ``docs/`` beside it
+(:func:`documents`). A table of a document that a file holds sits between two markers naming that
+file, relative to the repository root (the README's folder) in every document, ``docs/*.md``
+too::
 
     <!-- table: figures/metrics.md -->
     ...
@@ -21,16 +24,22 @@ A table made by hand from files (a pivot of one, a summary of several) sits betw
 It is not rewritten, but every number it shows must appear in one of its files
 (:func:`unquoted_numbers`).
 
+Markers name files from the root; markdown links and images are relative to the document that
+holds them, as GitHub reads them (``../figures/metrics.md`` in ``docs/results.md``).
+:func:`broken_links` lists the relative links and image paths that name no file, and the anchors
+(``#a-heading``) that name no heading of their document.
+
 ::
 
     python -m dlde.pipeline.readme [--check] [--readme README.md]
 
-rewrites every table block from its file (``make figures``, ``make ablations`` and ``make
-vocabulary`` end with it); ``--check`` writes nothing and exits 1 naming each block that differs.
-Both exit 1 when a derived table quotes a number none of its files holds or a table file
-(:data:`TABLE_FILES`) has no provenance line, 2 on a missing file or a broken marker (one line
-naming README line and file); they warn, without changing the exit status, when the table files
-name more than one commit of ``dlde/`` (a number in one of them may come from other code).
+rewrites every table block of every document from its file (``make figures``, ``make ablations``
+and ``make vocabulary`` end with it); ``--check`` writes nothing and exits 1 naming each block that
+differs. Both exit 1 when a derived table quotes a number none of its files holds, a link or image
+names nothing, or a table file (:data:`TABLE_FILES`) has no provenance line, 2 on a missing file or
+a broken marker (one line naming document, line and file); they warn, without changing the exit
+status, when the table files of all documents name more than one commit of ``dlde/`` (a number in
+one of them may come from other code).
 """
 from __future__ import annotations
 
@@ -45,10 +54,12 @@ from pathlib import Path
 from dlde.analysis.tables import missing_provenance, split_provenance
 from dlde.files import atomic_write_text
 
-#: The repository's README (the one next to this package).
+#: The repository's README (the one next to this package); its folder is the root of every marker.
 README = Path(__file__).resolve().parents[2] / "README.md"
-#: The table files (relative to the README's folder) that must name their commit, command and date,
-#: besides every file a README block names: every markdown file under ``figures/`` but the index.
+#: The folder (beside the README) whose markdown files are documents too.
+DOCS = "docs"
+#: The table files (relative to the root) that must name their commit, command and date, besides
+#: every file a document's block names: every markdown file under ``figures/`` but the index.
 TABLE_FILES = "figures/**/*.md"
 NOT_TABLE_FILES = frozenset({"figures/index.md"})
 REWRITE_COMMAND = ".venv/bin/python -m dlde.pipeline.readme"
@@ -56,16 +67,21 @@ REWRITE_COMMAND = ".venv/bin/python -m dlde.pipeline.readme"
 OPEN = re.compile(r"^(?P<indent>[ \t]*)<!-- (?P<kind>table|derived): (?P<sources>\S.*?) -->[ \t]*$")
 CLOSE = re.compile(r"^[ \t]*<!-- /(?P<kind>table|derived) -->[ \t]*$")
 MARKER_LIKE = re.compile(r"^\s*<!--\s*/?\s*(table|derived)\b")  # a line that meant to be a marker
-NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+NUMBER = re.compile(r"(?:(?<![\w-])-)?\d+(?:,\d{3})*(?:\.\d+)?")  # the hyphen of glyphs-100 is no sign
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(<?(?P<target>[^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^\s*(```|~~~)")
+HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # https:, mailto:, ...
 
 
 class ReadmeError(ValueError):
-    """A README block that cannot be rendered: a broken marker or a missing or unfitting file."""
+    """A document's block that cannot be rendered: a broken marker or a missing or unfitting file."""
 
 
 @dataclass(frozen=True)
 class Block:
-    """One marked block of the README."""
+    """One marked block of a document."""
 
     kind: str  # "table" (rewritten from its file) or "derived" (checked against its files)
     sources: tuple[str, ...]  # as written in the marker (a table's with its "#k")
@@ -175,9 +191,9 @@ def render(text: str, root: str | os.PathLike, name: str = "README.md") -> Repor
     """Rewrite every table block of ``text`` from its file; check every derived block.
 
     Args:
-        text: the README.
-        root: the folder the markers' paths are relative to (the README's).
-        name: the README's name in messages.
+        text: the document (README.md or one of docs/).
+        root: the folder the markers' paths are relative to: the repository root, for every document.
+        name: the document's name in messages (``README.md``, ``docs/results.md``).
 
     Raises:
         ReadmeError: a broken marker or an unusable file (the message names line and file).
@@ -224,33 +240,117 @@ def table_commits(paths: Iterable[str | os.PathLike]) -> dict[str, list[Path]]:
     return dict(sorted(commits.items(), key=lambda item: -len(item[1])))
 
 
+def prose_lines(text: str) -> list[tuple[int, str]]:
+    """``(1-based line, line)`` of ``text`` outside fenced code blocks."""
+    lines, fenced = [], False
+    for number, line in enumerate(text.split("\n"), 1):
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced:
+            lines.append((number, line))
+    return lines
+
+
+def heading_anchor(title: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", title)  # a link keeps its text
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every anchor of a markdown text's headings (a repeated heading's as ``-1``, ``-2``, ...)."""
+    found: set[str] = set()
+    counts: dict[str, int] = {}
+    for _, line in prose_lines(text):
+        match = HEADING.match(line)
+        if match:
+            anchor = heading_anchor(match.group("title"))
+            counts[anchor] = counts.get(anchor, -1) + 1
+            found.add(anchor if counts[anchor] == 0 else f"{anchor}-{counts[anchor]}")
+    return found
+
+
+def broken_links(text: str, path: str | os.PathLike, name: str | None = None) -> list[str]:
+    """One line per relative link or image path of the document at ``path`` (holding ``text``)
+    that names no file or folder, or whose ``#anchor`` names no heading of a markdown target."""
+    path = Path(path)
+    name = name or path.name
+    broken = []
+    for number, line in prose_lines(text):
+        for match in LINK.finditer(CODE_SPAN.sub("``", line)):  # a link inside a code span is no link
+            target = match.group("target")
+            if EXTERNAL.match(target):
+                continue
+            file, _, anchor = target.partition("#")
+            resolved = (path.parent / file) if file else path
+            if not resolved.exists():
+                broken.append(f"{name}:{number}: {target} names no file ({resolved.as_posix()} does not exist)")
+            elif anchor and resolved.suffix == ".md" and resolved.is_file():
+                own = text if not file else resolved.read_text(encoding="utf-8")
+                if anchor not in anchors(own):
+                    broken.append(f"{name}:{number}: {target}: {resolved.name} has no heading #{anchor}")
+    return broken
+
+
+def documents(readme: str | os.PathLike = README) -> list[Path]:
+    """The documents: ``readme`` and every markdown file under :data:`DOCS` beside it, sorted."""
+    readme = Path(readme)
+    return [readme, *sorted((readme.parent / DOCS).rglob("*.md"))]
+
+
+def render_documents(readme: str | os.PathLike = README) -> dict[str, tuple[str, Report]]:
+    """Each document's name (relative to the root) -> its text and :func:`render`'s report, with
+    the markers resolved from the root (the README's folder).
+
+    Raises:
+        ReadmeError: a broken marker or an unusable file in any document.
+        OSError: a document cannot be read.
+    """
+    root = Path(readme).parent
+    rendered = {}
+    for path in documents(readme):
+        name = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8")
+        rendered[name] = (text, render(text, root, name))
+    return rendered
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dlde.pipeline.readme [--check]``: the exit status (0 ok, 1 differing, 2 error)."""
     parser = argparse.ArgumentParser(prog="python -m dlde.pipeline.readme",
-                                     description="Rewrite the README's results tables from their table files.")
+                                     description="Rewrite the results tables of README.md and docs/*.md from "
+                                                 "their table files, and check the documents' links.")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a table differs")
-    parser.add_argument("--readme", default=str(README), help="the README (default: the repository's)")
+    parser.add_argument("--readme", default=str(README),
+                        help="the README (default: the repository's); its folder is the root, docs/ beside it holds "
+                             "the other documents")
     args = parser.parse_args(argv)
     readme = Path(args.readme)
+    root = readme.parent
     try:
-        text = readme.read_text(encoding="utf-8")
-        report = render(text, readme.parent, readme.name)
+        rendered = render_documents(readme)
     except (ReadmeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    files = table_files(readme.parent, report.sources)
-    bare = [f"error: {path.relative_to(readme.parent).as_posix()} has no provenance line (commit, command, date): "
+    reports = [report for _, report in rendered.values()]
+    files = table_files(root, [source for report in reports for source in report.sources])
+    bare = [f"error: {path.relative_to(root).as_posix()} has no provenance line (commit, command, date): "
             "re-run what writes it" for path in missing_provenance(files)]
+    links = [f"error: {line}" for name, (text, _) in rendered.items() for line in broken_links(text, root / name, name)]
     commits = table_commits(files)
     if len(commits) > 1:
         named = ", ".join(f"{commit} ({len(paths)} file{'s' * (len(paths) > 1)})" for commit, paths in commits.items())
         print(f"warning: the table files come from {len(commits)} commits of dlde/: {named}", file=sys.stderr)
-    for line in bare + report.unquoted + (report.differing if args.check else []):
+    unquoted = [line for report in reports for line in report.unquoted]
+    differing = [line for report in reports for line in report.differing]
+    for line in bare + unquoted + links + (differing if args.check else []):
         print(line, file=sys.stderr)
-    if not args.check and report.text != text:
-        atomic_write_text(readme, report.text)
-        print(f"{readme.name}: rewrote {len(report.differing)} table(s) from their files")
-    return 1 if bare or report.unquoted or (args.check and report.differing) else 0
+    if not args.check:
+        for name, (text, report) in rendered.items():
+            if report.text != text:
+                atomic_write_text(root / name, report.text)
+                print(f"{name}: rewrote {len(report.differing)} table(s) from their files")
+    return 1 if bare or unquoted or links or (args.check and differing) else 0
 
 
 if __name__ == "__main__":

@@ -52,16 +52,23 @@ def test_centering_keeps_fast_means_apart_where_they_collapse_without_it():
     assert results[0.9] > 60.0
 
 
-def test_the_center_is_the_running_mean_of_the_raw_matched_embeddings():
-    means = TrackedMeans(3, 4, center_momentum=0.5)
+def test_the_center_starts_at_the_first_batch_then_runs_and_the_batch_is_tracked_against_it():
+    means = TrackedMeans(3, 4, center_momentum=0.5, lr=1.0)
     raw = F.normalize(torch.tensor([[1.0, 0, 0, 0], [1.0, 1.0, 0, 0]]), dim=1)
-    means.update(means.centered(raw), torch.tensor([0, 1]), raw=raw)
-    torch.testing.assert_close(means.center, 0.5 * raw.mean(0))
-    means.update(means.centered(raw), torch.tensor([0, 1]))  # no raw embeddings: the center stays
-    torch.testing.assert_close(means.center, 0.5 * raw.mean(0))
-    centered = means.centered(raw)
-    torch.testing.assert_close(centered, F.normalize(raw - 0.5 * raw.mean(0), dim=1))
+    means.update(raw, torch.tensor([0, 1]), raw=raw)
+    torch.testing.assert_close(means.center, raw.mean(0))  # the first batch sets it (not 0.5 of it)
+    # Tracked (step 1) against the moved center, not the zero one the batch was scored with.
+    torch.testing.assert_close(means.means[:2], F.normalize(raw - raw.mean(0), dim=1))
+    other = F.normalize(torch.tensor([[0, 0, 1.0, 0]]), dim=1)
+    means.update(other, torch.tensor([2]), raw=other)
+    torch.testing.assert_close(means.center, 0.5 * raw.mean(0) + 0.5 * other[0])
+    means.update(other, torch.tensor([2]))  # no raw embeddings: the center stays
+    torch.testing.assert_close(means.center, 0.5 * raw.mean(0) + 0.5 * other[0])
+    torch.testing.assert_close(means.centered(raw), F.normalize(raw - means.center, dim=1))
     assert TrackedMeans(3, 4).centered(raw) is raw  # no centering: the embeddings as they are
+    with pytest.raises(FloatingPointError):
+        means.update(other, torch.tensor([2]), raw=torch.full_like(other, float("nan")))
+    torch.testing.assert_close(means.center, 0.5 * raw.mean(0) + 0.5 * other[0])  # refused: unchanged
 
 
 def test_options_add_their_buffers_only_when_on():

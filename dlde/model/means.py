@@ -74,9 +74,9 @@ class TrackedMeans(nn.Module):
     Centering (``center_momentum > 0``, buffer ``center (d,)``): the embeddings of a freshly
     initialised encoder share one large common direction, so means averaged from them collapse
     together. A running center of the matched embeddings, ``c <- m c + (1 - m) mean(batch)``
-    (DINO's centering), is taken off every embedding before it is scored or tracked:
-    :meth:`centered` gives ``normalize(e - c)``, and :meth:`update` moves ``c`` with the raw
-    embeddings of the batch after the means.
+    (DINO's centering; the first batch sets ``c``), is taken off every embedding before it is
+    scored or tracked: :meth:`centered` gives ``normalize(e - c)``; :meth:`update` first moves
+    ``c`` with the raw embeddings of the batch, then tracks them centered by the moved ``c``.
 
     Args:
         classes: number of classes.
@@ -151,11 +151,14 @@ class TrackedMeans(nn.Module):
     def update(self, embeddings: Tensor, labels: Tensor, *, raw: Tensor | None = None) -> None:
         """Track ``embeddings (N, d)`` of anchors matched to ``labels (N,)`` in ``[0, C)``.
 
-        ``raw (N, d)``: the same embeddings before centering (:meth:`centered`), which move the
-        center; without them (or without centering) the center stays. With a :attr:`reducer` set
-        (distributed training), the per-class sums and counts of the batch (and the raw sum) are
-        first reduced over all processes, so every process applies the same update from the
-        global batch.
+        ``raw (N, d)``: the same embeddings before centering (:meth:`centered`). With centering they
+        first move the center (its first batch sets it: an average started at its first value, not
+        at zero), and what is tracked is ``normalize(raw - center)`` with the moved center, so a
+        batch is tracked against the center it helped make (``embeddings`` are then not used).
+        Without ``raw`` (or without centering) the center stays and ``embeddings`` are tracked.
+        With a :attr:`reducer` set (distributed training), the raw sum and the per-class sums and
+        counts of the batch are first reduced over all processes, so every process applies the
+        same update from the global batch.
 
         Raises:
             ValueError: a label outside ``0..C-1``; nothing is changed.
@@ -167,30 +170,42 @@ class TrackedMeans(nn.Module):
             bad = labels[(labels < 0) | (labels >= classes)].unique()[:5].tolist()
             raise ValueError(f"tracked labels must be classes 0..{classes - 1} of these {classes} means; got {bad}: "
                              "the means were not updated")
+        center = None
+        if self.center is not None and raw is not None:
+            raw = raw.detach().to(self.means.dtype)
+            raw_sum, raw_count = raw.sum(0, keepdim=True), torch.tensor([raw.shape[0]], device=raw.device)  # (1, d)
+            if self.reducer is not None:
+                raw_sum, raw_count = self.reducer(raw_sum, raw_count)
+            center = self._moved_center(raw_sum[0], int(raw_count[0]))
+            embeddings = F.normalize(raw - center, dim=-1, eps=1e-12)
         sums = torch.zeros_like(self.means).index_add_(0, labels, embeddings.detach().to(self.means.dtype))
         counts = torch.bincount(labels, minlength=classes)[:classes]  # (C,)
-        moves_center = self.center is not None and raw is not None
-        if moves_center:  # the raw sum travels as one more row of the sums
-            sums = torch.cat([sums, raw.detach().to(self.means.dtype).sum(0, keepdim=True)])  # (C + 1, d)
-            counts = torch.cat([counts, counts.new_tensor([raw.shape[0]])])
         if self.reducer is not None:
             sums, counts = self.reducer(sums, counts)
-        if not torch.isfinite(sums).all():
+        if not (torch.isfinite(sums).all() and (center is None or torch.isfinite(center).all())):
             raise FloatingPointError("non-finite embeddings reached the tracked class means; the update "
                                      "was refused (check the inputs for NaN/Inf pixels)")
-        raw_sum, raw_count = (sums[classes], int(counts[classes])) if moves_center else (sums.sum(0), int(counts.sum()))
-        sums, counts = sums[:classes], counts[:classes]
         self.stat_sums += sums
         self.stat_counts += counts
-        self.stat_raw_sum += raw_sum
+        self.stat_raw_sum += raw_sum[0] if center is not None else sums.sum(0)
+        if center is not None:
+            self.center.copy_(center)
         if self.mode == "manual":
             self.embeddings_sums += sums
         elif self.steps is not None and int(self.steps) < self.warmup:
             self.steps += 1  # warm-up: the means stay at their start
         else:
             self._step(sums, counts)
-        if moves_center and raw_count > 0:
-            self.center.mul_(self.center_momentum).add_(raw_sum / raw_count, alpha=1 - self.center_momentum)
+
+    def _moved_center(self, raw_sum: Tensor, count: int) -> Tensor:
+        """The center after a batch of ``count`` raw embeddings summing to ``raw_sum (d,)``: their mean
+        at the first batch (a center of zero norm has not been set), ``m c + (1 - m) mean`` after."""
+        if count == 0:
+            return self.center.clone()
+        mean = raw_sum / count
+        if float(self.center.norm()) == 0.0:
+            return mean
+        return self.center_momentum * self.center + (1 - self.center_momentum) * mean
 
     def _step(self, sums: Tensor, counts: Tensor) -> None:
         """One ``'batch'`` update of the classes present in ``counts (C,)`` towards ``sums (C, d)``."""

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .heads import ClassificationHead, check_growth
 from .modes import evaluating
+from .tracking import matched_embeddings
 
 
 def add_classes(model: nn.Module, k: int, names: Sequence[str] | None = None, *,
@@ -59,12 +60,10 @@ def label_of(model: nn.Module, label: int | str) -> int:
     return int(label)
 
 @torch.no_grad()
-def matched_embeddings(model: nn.Module, images: Tensor, boxes: Sequence[Tensor]) -> Tensor:
-    """Unit embeddings ``(N, d)`` of the anchors matched to ``boxes``, as they would be tracked.
-
-    Anchors are matched with this model's assignment (:meth:`dlde.RetinaNet.assign`: its IoU thresholds and
-    low-quality matches), the boxes of one image competing for anchors as in training. The
-    images are embedded in eval mode (the previous mode is restored).
+def box_embeddings(model: nn.Module, images: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+    """Unit embeddings ``(N, d)`` of the anchors matched to ``boxes``, as they would be tracked
+    (:func:`dlde.model.tracking.matched_embeddings`, the boxes of one image competing for anchors as
+    in training). The images are embedded in eval mode (the previous mode is restored).
 
     Args:
         images: ``(B, 3, H, W)`` network input.
@@ -79,16 +78,15 @@ def matched_embeddings(model: nn.Module, images: Tensor, boxes: Sequence[Tensor]
         annotations[i, :len(b), :4] = b
         annotations[i, :len(b), 4] = 0.0
     with evaluating(model):  # BatchNorm uses (and keeps) its running statistics
-        anchors, embeddings = model.embeddings(images)  # (B, A, 4), (B, A, d)
-    assignment = model.assign(anchors, annotations.to(anchors.device))
-    return embeddings[assignment.objects_mask]  # (N, d)
+        return matched_embeddings(model, images, annotations)[0]
+
 
 @torch.no_grad()
 def imprint(model: nn.Module, label: int | str, images: Tensor, boxes: Sequence[Tensor]) -> int:
     """Set class ``label`` from boxes of it, with no gradient step (weight imprinting).
 
     The class's mean (DLDENet) or prototype (learned prototypes) becomes the normalized sum
-    of the embeddings of the anchors matched to the boxes (:func:`matched_embeddings`), the
+    of the embeddings of the anchors matched to the boxes (:func:`box_embeddings`), the
     way a tracked mean is formed; its ``w``/``b`` follow the head's rule (the mean over the
     other classes). The sigmoid head has no embedding space and raises NotImplementedError.
     The images are embedded in eval mode, so BatchNorm statistics do not move: nothing else changes.
@@ -105,7 +103,7 @@ def imprint(model: nn.Module, label: int | str, images: Tensor, boxes: Sequence[
     label = label_of(model, label)
     if type(model.classification).imprint is ClassificationHead.imprint:
         model.classification.imprint(label, None)  # raises the head's own error
-    embeddings = matched_embeddings(model, images, boxes)
+    embeddings = box_embeddings(model, images, boxes)
     if len(embeddings) == 0:
         raise ValueError(f"imprint: no anchor matches the boxes given for class {label}")
     model.classification.imprint(label, embeddings)

@@ -30,6 +30,8 @@ def track_batch(model: nn.Module, images: Tensor, annotations: Tensor) -> None:
         ValueError: an empty batch or bad annotations.
         FloatingPointError: non-finite or absurd pixels, or non-finite embeddings.
     """
+    if model.tracked_means is None:
+        raise TypeError(f"tracking needs class means; the {model.classification.name!r} head has none")
     with buffers_kept_only_on_success(model, enabled=model.training and model.check_inputs):
         embeddings, labels = matched_embeddings(model, images, annotations)
         model.tracked_means.update(embeddings, labels)
@@ -37,20 +39,21 @@ def track_batch(model: nn.Module, images: Tensor, annotations: Tensor) -> None:
 
 @torch.no_grad()
 def matched_embeddings(model: nn.Module, images: Tensor, annotations: Tensor) -> tuple[Tensor, Tensor]:
-    """The embeddings of the anchors matched to ``annotations``, as the head scores and tracks them
-    (centered when it centers), with their labels: ``(N, d)`` and ``(N,)``.
+    """The embeddings of the anchors matched to ``annotations (B, M, 5)``, as the head scores and
+    tracks them (centered when it centers), with their labels: ``(N, d)`` and ``(N,)``.
 
-    Inputs are checked as by :func:`track_batch` (which raises the same errors); the model's mode is
-    used as it is (BatchNorm layers in training mode update their statistics).
+    The one place anchors are matched to boxes for the means: tracking (:func:`track_batch`),
+    re-imprinting (:mod:`dlde.train.reimprint`) and imprinting from boxes
+    (:func:`dlde.model.growth.imprint`). Inputs are checked as by the model's forward (degenerate
+    boxes dropped with one warning); the model's mode is used as it is (BatchNorm layers in
+    training mode update their statistics).
     """
-    if model.tracked_means is None:
-        raise TypeError(f"tracking needs class means; the {model.classification.name!r} head has none")
     images = model.check_images(images)
     if images.shape[0] == 0:
-        raise ValueError("an empty batch (0 images) cannot be tracked")
+        raise ValueError("an empty batch (0 images) has no embeddings")
     annotations = check_annotations(annotations, model.classes, images.shape[0]).to(images.device)
     annotations = drop_degenerate_boxes(annotations, images.shape[-2:])
-    embeddings = model.classification.embed(model.fpn(images))  # (B, A, d)
-    assignment = model.assign(model.anchors(images), annotations)
+    anchors, embeddings = model.embeddings(images)  # (B, A, 4), (B, A, d)
+    assignment = model.assign(anchors, annotations)
     objects = assignment.objects_mask  # (B, A)
     return embeddings[objects], assignment.assigned_annotations[..., 4][objects].long()

@@ -51,12 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from dlde.data.coco import CocoDetection
-from dlde.data.digits import default_digits_root
 from dlde.data.transforms import collate
 from dlde.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, to_original
 from dlde.model.growth import add_classes, classifier_parameters, imprint
 from dlde.model.modes import evaluating
-from dlde.train import TrainConfig, build_datasets
+from dlde.train import TrainConfig, build_datasets, default_data_root
 
 from .embeddings import project_with_means
 from .inspection import device_of, matched_embeddings
@@ -64,7 +63,7 @@ from .stats import t_interval
 
 __all__ = [
     "BASE_CLASSES", "NOVEL_CLASSES", "SHOTS", "DRAWS", "BASE_SEEDS", "SEED_STRIDE", "METHODS", "SUMMARY_METRICS",
-    "FineTune", "Shots", "digits_params", "few_shot_datasets", "draw_shots", "fine_tune", "adapt", "group_metrics",
+    "FineTune", "Shots", "few_shot_datasets", "draw_shots", "fine_tune", "adapt", "group_metrics",
     "run_protocol", "run_over_base_seeds", "summarize", "interval_over", "images_with", "embedding_view",
 ]
 
@@ -102,13 +101,6 @@ class FineTune:
 
 
 # ------------------------------------------------------------------------------------- data
-def digits_params(config) -> dict[str, Any]:
-    """The digits generator's arguments (:func:`dlde.data.digits.default_digits_root`) of a TrainConfig."""
-    return dict(seed=config.digits_seed, canvas_size=config.digits_canvas_size, digit_size=config.digits_size,
-                digits_per_image=config.digits_per_image, train_images=config.digits_train_images,
-                val_images=config.digits_val_images, classes=config.digits_classes)
-
-
 def few_shot_datasets(config, data_root: str | Path | None = None) -> tuple[CocoDetection, CocoDetection]:
     """``(train, val)`` of all ten digits, generated like the base run's ``config`` otherwise.
 
@@ -123,11 +115,10 @@ def few_shot_datasets(config, data_root: str | Path | None = None) -> tuple[Coco
         config = TrainConfig.from_dict(config)
     if config.dataset != "digits":
         raise ValueError(f"the few-shot protocol runs on the digits, got dataset={config.dataset!r}")
-    full = dataclasses.replace(config, digits_classes=None, flip_prob=0.0)
+    full = config.updated({"digits_classes": None, "flip_prob": 0.0})
     if data_root is None:
-        base = Path(config.data_root).parent if config.data_root else Path("data")
-        data_root = default_digits_root(base, **digits_params(full))
-    return build_datasets(dataclasses.replace(full, data_root=str(data_root)))
+        data_root = default_data_root(full, Path(config.data_root).parent if config.data_root else "data")
+    return build_datasets(full.updated({"data_root": str(data_root)}))
 
 
 # -------------------------------------------------------------------------------------- shots

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlde.analysis.fewshot import BASE_CLASSES, BASE_SEEDS, digits_params, few_shot_datasets
+from dlde.analysis.fewshot import BASE_CLASSES, BASE_SEEDS, few_shot_datasets
 from dlde.data.coco import CocoDetection
-from dlde.data.digits import default_digits_root
-from dlde.train import TrainConfig, train
+from dlde.train import TrainConfig, default_data_root, train
 from dlde.train.reproducibility import rng_state, set_rng_state
 from dlde.train.runs import RunFolder
 
@@ -45,7 +44,7 @@ def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "di
         preset: a :data:`dlde.train.PRESETS` name (when ``like`` is None).
         base_classes: digits of the base training (the others never appear).
         data_dir: folder under which the base digits are generated, in a folder named after their
-            settings (:func:`dlde.data.digits.default_digits_root`); None: next to ``like``'s data (its
+            settings (:func:`dlde.train.default_data_root`); None: next to ``like``'s data (its
             parent folder), else ``data``. Ignored when ``data_root`` is among ``overrides``.
         **overrides: further TrainConfig fields (``epochs``, ``seed``, ...).
     """
@@ -59,7 +58,7 @@ def base_config(model: str, run_dir: str | Path, *, like=None, preset: str = "di
     if "data_root" not in overrides:
         if data_dir is None:
             data_dir = Path(like["data_root"]).parent if like is not None and like.get("data_root") else Path("data")
-        config = dataclasses.replace(config, data_root=str(default_digits_root(data_dir, **digits_params(config))))
+        config = dataclasses.replace(config, data_root=str(default_data_root(config, data_dir)))
     return config
 
 

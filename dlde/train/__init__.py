@@ -8,7 +8,7 @@ reproducibility helpers (:mod:`.reproducibility`), the command line (:mod:`.cli`
 e.g. :mod:`dlde.train.loop` for ``validation_loss`` and ``make_loader``. This package re-exports
 public names only; tests import a private one from the module that defines it.
 """
-from .builders import build_datasets, build_model, lr_lambda
+from .builders import build_datasets, build_model, default_data_root, lr_lambda
 from .cli import main
 from .config import AMP_MODES, CHOICES, DATASETS, NONFINITE, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 from .loop import TrainResult, initialize_means, train
@@ -18,6 +18,6 @@ from .validation import evaluate_model, validation_loss
 
 __all__ = [
     "AMP_MODES", "CHOICES", "DATASETS", "NONFINITE", "NUMBER_NEUTRAL_FIELDS", "OPTIMIZERS", "PRESETS", "Run",
-    "RunFolder", "SCHEDULES", "TrainConfig", "TrainResult", "build_datasets", "build_model", "environment",
-    "evaluate_model", "initialize_means", "load_run", "lr_lambda", "main", "train", "validation_loss",
+    "RunFolder", "SCHEDULES", "TrainConfig", "TrainResult", "build_datasets", "build_model", "default_data_root",
+    "environment", "evaluate_model", "initialize_means", "load_run", "lr_lambda", "main", "train", "validation_loss",
 ]

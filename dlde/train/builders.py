@@ -3,6 +3,7 @@ its learning-rate schedule."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -20,15 +21,25 @@ from .checks import dataset_parameters
 from .config import TrainConfig
 
 
+def default_data_root(config: TrainConfig, base: str | Path = "data") -> Path | None:
+    """The folder under ``base`` that :func:`build_datasets` generates the dataset of ``config`` in
+    when ``data_root`` is None: ``<base>/<dataset>-<hash of its settings>``; None for a dataset read
+    where it lies ('coco')."""
+    if config.dataset == "digits":
+        return default_digits_root(base, **dataset_parameters(config, "digits"))
+    if config.dataset == "glyphs":
+        return default_glyphs_root(base, **dataset_parameters(config, "glyphs"))
+    return None
+
+
 def generated_dataset(config: TrainConfig) -> GeneratedPaths | None:
     """The embedded dataset of a config (``dataset`` 'digits' or 'glyphs'), generated if needed
-    under ``data_root`` (default: ``data/<dataset>-<hash of its settings>``); None for 'coco'."""
+    under ``data_root`` (default: :func:`default_data_root`); None for 'coco'."""
+    root = config.data_root or default_data_root(config)
     if config.dataset == "digits":
-        params = dataset_parameters(config, "digits")
-        return make_digits_dataset(config.data_root or default_digits_root("data", **params), **params)
+        return make_digits_dataset(root, **dataset_parameters(config, "digits"))
     if config.dataset == "glyphs":
-        params = dataset_parameters(config, "glyphs")
-        return make_glyphs_dataset(config.data_root or default_glyphs_root("data", **params), **params)
+        return make_glyphs_dataset(root, **dataset_parameters(config, "glyphs"))
     return None
 
 

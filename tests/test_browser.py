@@ -40,6 +40,7 @@ NOTEBOOK_TIMEOUT_MS = 240_000
 #: The line typed at the end of each parameters cell (tiny values, paths relative to the root).
 PARAMETERS = {
     "01_train": f'PRESET = "tiny"; EPOCHS = 2; RUN_DIR = "{RUN}"; DATA_ROOT = "runs/data"; DETECTION_IMAGES = 2',
+    "00_mechanism": f'RUN_DIR = "{RUN}"; IMPRINT_CLASS = 1; SHOTS = 3; STREAM_BATCHES = 60',
     "02_mean_drift": f'RUN_DIR = "{RUN}"',
     "03_embeddings": f'RUN_DIR = "{RUN}"; MAX_IMAGES = 8; N_NEIGHBORS = 5',
     "04_inference": f'RUN_DIR = "{RUN}"; DEMO_IMAGES = 2',
@@ -236,6 +237,15 @@ def test_01_train_in_lab(lab, page, screenshots):
     assert (root / RUN / "figures" / "train_curves.png").exists()
     assert not (root / "figures").exists(), "a notebook run by hand wrote into figures/"
     assert not (root / "notebooks" / "runs").exists(), "a relative path resolved against notebooks/"
+
+
+def test_00_mechanism_in_lab(lab, page, screenshots):
+    _, _, root = lab
+    open_notebook(page, lab, "00_mechanism")
+    edit_parameters(page, PARAMETERS["00_mechanism"])
+    shown = check_executed(page, run_all(page), "00_mechanism", screenshots)
+    results = read_results(root / RUN / "00_mechanism")
+    assert shown == len(results["figures"]) == 2
 
 
 def test_02_mean_drift_in_lab(lab, page, screenshots):

@@ -39,7 +39,8 @@ def test_default_plan_trains_every_run_first_and_prefixes_all_but_the_first(tmp_
     plan = make_plan(FIGURES_YAML, runs_dir=tmp_path / "runs", figures_dir=tmp_path / "figures")
     order = [(s.run, s.notebook) for s in plan.steps]
     assert order[:2] == [("dlde", "01_train.ipynb"), ("sigmoid", "01_train.ipynb")]
-    assert {notebook for _, notebook in order} == {"01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb",
+    assert {notebook for _, notebook in order} == {"00_mechanism.ipynb", "01_train.ipynb", "02_mean_drift.ipynb",
+                                                   "03_embeddings.ipynb",
                                                    "04_inference.ipynb", "05_few_shot.ipynb", "06_open_set.ipynb",
                                                    "07_vocabulary.ipynb"}
     assert {s.run: s.prefix for s in plan.steps} == {"dlde": "", "sigmoid": "sigmoid_", "07_vocabulary": ""}

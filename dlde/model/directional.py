@@ -28,6 +28,15 @@ MAX_PRIOR_WEIGHT = 100.0
 WEIGHT_PARAMS = ("linear", "log")
 
 
+def cosine_probability(cosines: Tensor, weight: float | Tensor, bias: float | Tensor) -> Tensor:
+    """``p = sigmoid(|w| (s + b)) / sigmoid(|w| (1 + b))`` of cosines ``s`` (any shape), with the
+    bounds of :meth:`DirectionalClassification.classify` (``|w| >= MIN_WEIGHT``, ``b`` in [-1, 1]):
+    the head's score of one class as a function of the cosine alone (1 at ``s = 1``)."""
+    weight = torch.as_tensor(weight, dtype=cosines.dtype).abs().clamp(min=MIN_WEIGHT)
+    bias = torch.as_tensor(bias, dtype=cosines.dtype).clamp(-1.0, 1.0)
+    return torch.sigmoid(weight * (cosines + bias)) / torch.sigmoid(weight * (1 + bias))
+
+
 class DirectionalClassification(ClassificationHead):
     """Scores anchors by the cosine between a unit embedding and tracked class means.
 
@@ -186,7 +195,7 @@ class DirectionalClassification(ClassificationHead):
             ``(w, b)`` as floats (deterministic: a quadrature and a bisection, no random draw).
         """
         def probabilities(s: Tensor, weight: float) -> Tensor:
-            return torch.sigmoid(weight * (s + PRIOR_BIAS)) / torch.sigmoid(s.new_tensor(weight * (1 + PRIOR_BIAS)))
+            return cosine_probability(s, weight, PRIOR_BIAS)
 
         weight, _ = balance(probabilities, embedding_size, prior, MIN_WEIGHT, MAX_PRIOR_WEIGHT)
         return weight, PRIOR_BIAS

@@ -162,7 +162,7 @@ def imprinted_class(model: nn.Module, label: int, images: Tensor, boxes: Sequenc
         ``label`` give the matched anchors of the boxes.
     """
     grown = copy.deepcopy(model).eval()
-    new = add_classes(grown, 1, [f"new ({grown.class_names[label]})"])[0]
+    new = add_classes(grown, 1, [f"new ({grown.class_names[label]})"], generator=torch.Generator().manual_seed(0))[0]
     anchors = imprint(grown, new, images, boxes)
     means = F.normalize(grown.tracked_means.means, dim=1)
     probabilities = grown.classification.classify(box_embeddings(grown, images, boxes))  # (N, C + 1)

@@ -38,9 +38,10 @@ def main() -> None:
                         help="training seeds (weights and batch order); several give mean and spread")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
+    digits = preset.dataset_settings()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}: "
-          f"{preset.digits_train_images} train / {preset.digits_val_images} val images of "
-          f"{preset.digits_canvas_size} px, epochs {args.epochs or preset.epochs}, batch {preset.batch_size}",
+          f"{digits.digits_train_images} train / {digits.digits_val_images} val images of "
+          f"{digits.digits_canvas_size} px, epochs {args.epochs or preset.epochs}, batch {preset.batch_size}",
           flush=True)
     results: dict[str, list[dict]] = {model: [] for model in args.models}
     for seed in args.seeds:

@@ -243,7 +243,7 @@ def test_ensure_base_run_refuses_a_folder_holding_another_run(tmp_path):
     import json
 
     config = base_config("dlde", tmp_path / "dlde", preset="tiny", data_root=str(tmp_path / "data"))
-    assert config.digits_classes == fewshot.BASE_CLASSES and config.model == "dlde"
+    assert config.dataset_options["digits_classes"] == fewshot.BASE_CLASSES and config.model == "dlde"
     for changed in ({"epochs": config.epochs + 1}, {"threads": 3}):  # threads change float reductions
         saved = {**config.to_dict(), **changed}
         (tmp_path / "dlde").mkdir(exist_ok=True)
@@ -558,7 +558,8 @@ def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
     for head in ("dlde", "retinanet", "prototypes"):
         for folder, seed in ((head, 0), (f"{head},seed=1", 1)):  # one base run per head and base seed
             saved = TrainConfig.from_dict(json.loads((base_dir / folder / "config.json").read_text())["config"])
-            assert saved.model == head and saved.digits_classes == fewshot.BASE_CLASSES and saved.seed == seed
+            assert saved.model == head and saved.dataset_options["digits_classes"] == fewshot.BASE_CLASSES
+            assert saved.seed == seed
             assert saved.epochs == 1 and saved.head_options == PRESETS["tiny"].head_options  # the run's budget
     assert few["shots"] == [1, 2] and few["draws"] == 2 and few["novel_names"] == ["7", "8", "9"]
     assert few["base_seeds"] == [0, 1] and few["interval"] == "95 % t-interval over 2 base seeds × 2 draws"

@@ -240,16 +240,9 @@ def test_a_too_small_training_batch_says_why():
 
 
 def test_presets_never_share_a_generated_dataset():
-    from dlde.train import PRESETS, build_datasets
+    from dlde.train import PRESETS, build_datasets, default_data_root
 
     assert PRESETS["tiny"].data_root is None and PRESETS["digits"].data_root is None
-    roots = set()
-    for name in ("tiny", "digits"):
-        config = PRESETS[name]
-        from dlde.data.digits import default_digits_root
-        roots.add(default_digits_root("data", seed=config.digits_seed, canvas_size=config.digits_canvas_size,
-                                      digit_size=config.digits_size, digits_per_image=config.digits_per_image,
-                                      train_images=config.digits_train_images,
-                                      val_images=config.digits_val_images, classes=config.digits_classes))
+    roots = {default_data_root(PRESETS[name]) for name in ("tiny", "digits")}
     assert len(roots) == 2
     assert callable(build_datasets)

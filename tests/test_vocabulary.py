@@ -64,7 +64,7 @@ def test_the_heads_sweep_trains_three_heads_at_two_sizes_with_three_seeds(plan):
         for seed, key in enumerate(keys):
             config = plan.runs[key].config
             assert (config["model"], config["seed"], config["threads"]) == (model, seed, 1)
-            assert (config["dataset"], config["glyphs_classes"]) == ("glyphs", classes)
+            assert (config["dataset"], config["dataset_options"]["glyphs_classes"]) == ("glyphs", classes)
             assert config["epochs"] == preset.epochs and config["eval_every"] == preset.epochs
             assert Path(config["data_root"]) == REPO / "data" / f"glyphs-{classes}"
     # Equal budget: at one C the heads differ in the model and its options only.
@@ -80,7 +80,8 @@ def test_the_levers_sweep_names_every_lever_of_its_arms_and_shares_the_preset_ar
     for arm, keys in levers.arms.items():
         for key in keys:
             config = plan.runs[key].config
-            assert config["model"] == "dlde" and config["glyphs_classes"] == 1000 and config["epochs"] == 3
+            assert config["model"] == "dlde" and config["dataset_options"]["glyphs_classes"] == 1000
+            assert config["epochs"] == 3
             assert lever_values(config) == arm.split(",")  # defaults resolved
     # The first arm is the glyphs-1000 preset's own configuration, so it is the heads sweep's dlde arm.
     assert lever_values(PRESETS["glyphs-1000"].to_dict()) == LEVER_ARMS[0].split(",")
@@ -350,7 +351,7 @@ def fake_sweeps(runs_dir: Path, data_dir: Path):
     rng = np.random.default_rng(0)
     for key in keys:
         config = plan.runs[key].config
-        classes = config["glyphs_classes"]
+        classes = config["dataset_options"]["glyphs_classes"]
         root = data_dir / f"glyphs-{classes}"
         folder = make_run(plan.run_dir(key), ap=float(rng.uniform(0.2, 0.4)), buckets=rng.uniform(0.1, 0.5, 3).tolist(),
                           model=config["model"], classes=classes, epochs=config["epochs"],

@@ -34,9 +34,9 @@ from PIL import Image
 
 from dlde.errors import ConfigError, Key
 
-from .generated import GeneratedPaths, Generator, int_range
+from .generated import GeneratedPaths, Generator, at_least, checked_arguments, int_range
 
-__all__ = ["DigitsConfig", "DigitsPaths", "default_digits_root", "make_digits_dataset"]
+__all__ = ["DigitsConfig", "DigitsOptions", "DigitsPaths", "default_digits_root", "make_digits_dataset"]
 
 _DIGITS = Generator(kind="digits", identifier="dlde.digits", format_version=2,
                     default_root="dlde.data.digits.default_digits_root")
@@ -207,6 +207,54 @@ def make_digits_dataset(
                              legacy=_read_legacy_manifest):
         _generate(paths, config)
     return paths
+
+
+#: :class:`DigitsOptions` field -> argument of :func:`make_digits_dataset`.
+_ARGUMENTS = {"digits_seed": "seed", "digits_canvas_size": "canvas_size", "digits_size": "digit_size",
+              "digits_per_image": "digits_per_image", "digits_train_images": "train_images",
+              "digits_val_images": "val_images", "digits_classes": "classes"}
+
+
+@dataclass(frozen=True)
+class DigitsOptions:
+    """The digits as a training config sets them (``dataset='digits'``, registered in
+    :data:`dlde.data.registry.DATASETS`): the arguments of :func:`make_digits_dataset` under the
+    names of the config and the command line (``digits_train_images``, ``--digits-train-images``);
+    ``noise`` keeps its default. Checked on construction, naming these names.
+
+    Attributes:
+        digits_seed: ``seed``, >= 0.
+        digits_canvas_size: ``canvas_size``, >= 1.
+        digits_size: ``digit_size``.
+        digits_per_image: ``digits_per_image``.
+        digits_train_images: ``train_images``, >= 1.
+        digits_val_images: ``val_images``, >= 1.
+        digits_classes: ``classes`` (None: all ten).
+    """
+
+    digits_seed: int = DigitsConfig.seed
+    digits_canvas_size: int = DigitsConfig.canvas_size
+    digits_size: tuple[int, int] = DigitsConfig.digit_size
+    digits_per_image: tuple[int, int] = DigitsConfig.digits_per_image
+    digits_train_images: int = DigitsConfig.train_images
+    digits_val_images: int = DigitsConfig.val_images
+    digits_classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        at_least(self, {"digits_seed": 0, "digits_canvas_size": 1, "digits_train_images": 1, "digits_val_images": 1})
+        checked_arguments(DigitsConfig, self, _ARGUMENTS)
+
+    def arguments(self) -> dict:
+        """The keyword arguments of :func:`make_digits_dataset` and :func:`default_digits_root`."""
+        return {argument: getattr(self, name) for name, argument in _ARGUMENTS.items()}
+
+    def default_root(self, base: str | Path) -> Path:
+        """The folder under ``base`` named after these settings (:func:`default_digits_root`)."""
+        return default_digits_root(base, **self.arguments())
+
+    def build(self, root: str | Path) -> DigitsPaths:
+        """Generate the dataset into ``root`` (or reuse it there): :func:`make_digits_dataset`."""
+        return make_digits_dataset(root, **self.arguments())
 
 
 def _generate(paths: DigitsPaths, config: DigitsConfig) -> None:

@@ -22,7 +22,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 from dlde.errors import ConfigError, Key
 from dlde.files import atomic_write_text
 
-__all__ = ["GeneratedPaths", "Generator", "int_range"]
+__all__ = ["GeneratedPaths", "Generator", "at_least", "checked_arguments", "int_range"]
 
 SPLITS = ("train", "val")
 
@@ -243,3 +243,31 @@ def int_range(name: str, value, *, minimum: int) -> tuple[int, int]:
         raise ConfigError("{name} must satisfy {minimum} <= lo <= hi, got {got!r}", name=Key(name), minimum=minimum,
                           got=value)
     return lo, hi
+
+
+def at_least(options: Any, least: Mapping[str, int]) -> None:
+    """Refuse the first field of ``options`` (a dataset's options) below its least value in ``least``.
+
+    Raises:
+        ConfigError: naming the field.
+    """
+    for name, low in least.items():
+        if getattr(options, name) < low:
+            raise ConfigError("{name} must be >= {least}, got {got}", name=Key(name), least=low,
+                              got=getattr(options, name))
+
+
+def checked_arguments(config_class: type, options: Any, arguments: Mapping[str, str]) -> dict[str, Any]:
+    """The generator arguments of a dataset's ``options`` (``arguments``: option -> argument),
+    checked by the generator's ``config_class`` (nothing is generated).
+
+    Raises:
+        ConfigError: the generator's refusal, naming the option instead of its argument
+            (``glyphs_classes``, not ``classes``).
+    """
+    values = {argument: getattr(options, name) for name, argument in arguments.items()}
+    try:
+        config_class(**values)
+    except ConfigError as error:
+        raise error.renamed({argument: name for name, argument in arguments.items()}) from None
+    return values

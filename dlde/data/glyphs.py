@@ -39,12 +39,12 @@ from PIL import Image
 from dlde.errors import ConfigError, Key
 
 from . import glyph_vocabulary as vocab
-from .generated import GeneratedPaths, Generator, int_range
+from .generated import GeneratedPaths, Generator, at_least, checked_arguments, int_range
 from .glyph_canvas import draw_canvas
 from .glyph_vocabulary import FAMILIES, FontStyle, GlyphClass, GlyphRenderer, build_vocabulary, vocabulary_size
 from .long_tail import BUCKETS, LVIS_V1_SHARES, assign_classes, bucket_sizes, draw_image_counts, objects_per_image
 
-__all__ = ["GlyphsConfig", "GlyphsPlan", "default_glyphs_root", "make_glyphs_dataset", "plan_glyphs"]
+__all__ = ["GlyphsConfig", "GlyphsOptions", "GlyphsPlan", "default_glyphs_root", "make_glyphs_dataset", "plan_glyphs"]
 
 _GLYPHS = Generator(kind="glyphs", identifier="dlde.glyphs", format_version=1,
                     default_root="dlde.data.glyphs.default_glyphs_root")
@@ -219,6 +219,57 @@ def make_glyphs_dataset(root: str | Path, **params) -> GeneratedPaths:
     if _GLYPHS.needs_writing(paths, config.to_json(), (len(plan.train_canvases), config.val_images)):
         _generate(paths, config, plan)
     return paths
+
+
+#: :class:`GlyphsOptions` field -> argument of :func:`make_glyphs_dataset`.
+_ARGUMENTS = {"glyphs_seed": "seed", "glyphs_classes": "classes", "glyphs_canvas_size": "canvas_size",
+              "glyphs_size": "glyph_size", "glyphs_per_image": "glyphs_per_image", "glyphs_val_images": "val_images",
+              "glyphs_bucket_shares": "bucket_shares", "glyphs_max_images": "max_images"}
+
+
+@dataclass(frozen=True)
+class GlyphsOptions:
+    """The glyphs as a training config sets them (``dataset='glyphs'``, registered in
+    :data:`dlde.data.registry.DATASETS`): the arguments of :func:`make_glyphs_dataset` under the
+    names of the config and the command line (``glyphs_classes``, ``--glyphs-classes``); ``families``
+    and ``max_similarity`` keep their defaults. Checked on construction (the glyph vocabulary bounds
+    the classes; nothing is drawn), naming these names.
+
+    Attributes:
+        glyphs_seed: ``seed``, >= 0.
+        glyphs_classes: ``classes``.
+        glyphs_canvas_size: ``canvas_size``, >= 1.
+        glyphs_size: ``glyph_size``.
+        glyphs_per_image: ``glyphs_per_image``.
+        glyphs_val_images: ``val_images``, >= 1.
+        glyphs_bucket_shares: ``bucket_shares``.
+        glyphs_max_images: ``max_images``.
+    """
+
+    glyphs_seed: int = GlyphsConfig.seed
+    glyphs_classes: int = GlyphsConfig.classes
+    glyphs_canvas_size: int = GlyphsConfig.canvas_size
+    glyphs_size: tuple[int, int] = GlyphsConfig.glyph_size
+    glyphs_per_image: tuple[int, int] = GlyphsConfig.glyphs_per_image
+    glyphs_val_images: int = GlyphsConfig.val_images
+    glyphs_bucket_shares: tuple[float, ...] = GlyphsConfig.bucket_shares
+    glyphs_max_images: int = GlyphsConfig.max_images
+
+    def __post_init__(self) -> None:
+        at_least(self, {"glyphs_seed": 0, "glyphs_canvas_size": 1, "glyphs_val_images": 1})
+        checked_arguments(GlyphsConfig, self, _ARGUMENTS)
+
+    def arguments(self) -> dict:
+        """The keyword arguments of :func:`make_glyphs_dataset` and :func:`default_glyphs_root`."""
+        return {argument: getattr(self, name) for name, argument in _ARGUMENTS.items()}
+
+    def default_root(self, base: str | Path) -> Path:
+        """The folder under ``base`` named after these settings (:func:`default_glyphs_root`)."""
+        return default_glyphs_root(base, **self.arguments())
+
+    def build(self, root: str | Path) -> GeneratedPaths:
+        """Generate the dataset into ``root`` (or reuse it there): :func:`make_glyphs_dataset`."""
+        return make_glyphs_dataset(root, **self.arguments())
 
 
 def _generate(paths: GeneratedPaths, config: GlyphsConfig, plan: GlyphsPlan) -> None:

@@ -309,13 +309,10 @@ def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("demo_*.png"):
         old.unlink()
-    skip = int(run_config["digits_val_images"])
-    classes = run_config.get("digits_classes")
+    digits = TrainConfig.from_dict(run_config).dataset_settings()  # old flat records too
+    skip = digits.digits_val_images
     with tempfile.TemporaryDirectory() as scratch:
-        paths = make_digits_dataset(
-            scratch, seed=int(run_config["digits_seed"]), canvas_size=int(run_config["digits_canvas_size"]),
-            digit_size=tuple(run_config["digits_size"]), digits_per_image=tuple(run_config["digits_per_image"]),
-            train_images=0, val_images=skip + n, classes=None if classes is None else tuple(classes))
+        paths = make_digits_dataset(scratch, **{**digits.arguments(), "train_images": 0, "val_images": skip + n})
         for index, source in enumerate(sorted(paths.val_images_dir.glob("*.png"))[skip:]):
             shutil.copyfile(source, folder / f"demo_{index:03d}.png")
     return folder

@@ -8,9 +8,11 @@ reproducibility helpers (:mod:`.reproducibility`), the command line (:mod:`.cli`
 e.g. :mod:`dlde.train.loop` for ``validation_loss`` and ``make_loader``. This package re-exports
 public names only; tests import a private one from the module that defines it.
 """
+from dlde.data.registry import DATASETS
+
 from .builders import build_datasets, build_model, default_data_root, lr_lambda
 from .cli import main
-from .config import AMP_MODES, CHOICES, DATASETS, NONFINITE, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from .config import AMP_MODES, CHOICES, NONFINITE, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 from .loop import TrainResult, initialize_means, train
 from .reproducibility import environment
 from .runs import NUMBER_NEUTRAL_FIELDS, Run, RunFolder, load_run

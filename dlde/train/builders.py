@@ -10,54 +10,32 @@ import torch
 from torch import nn
 
 from dlde.data.coco import CocoDetection
-from dlde.data.digits import default_digits_root, make_digits_dataset
-from dlde.data.generated import GeneratedPaths
-from dlde.data.glyphs import default_glyphs_root, make_glyphs_dataset
 from dlde.data.transforms import DetectionTransform
 from dlde.model.builders import build_detector
 from dlde.model.detector import RetinaNet
 
-from .checks import dataset_parameters
 from .config import TrainConfig
 
 
 def default_data_root(config: TrainConfig, base: str | Path = "data") -> Path | None:
     """The folder under ``base`` that :func:`build_datasets` generates the dataset of ``config`` in
-    when ``data_root`` is None: ``<base>/<dataset>-<hash of its settings>``; None for a dataset read
-    where it lies ('coco')."""
-    if config.dataset == "digits":
-        return default_digits_root(base, **dataset_parameters(config, "digits"))
-    if config.dataset == "glyphs":
-        return default_glyphs_root(base, **dataset_parameters(config, "glyphs"))
-    return None
-
-
-def generated_dataset(config: TrainConfig) -> GeneratedPaths | None:
-    """The embedded dataset of a config (``dataset`` 'digits' or 'glyphs'), generated if needed
-    under ``data_root`` (default: :func:`default_data_root`); None for 'coco'."""
-    root = config.data_root or default_data_root(config)
-    if config.dataset == "digits":
-        return make_digits_dataset(root, **dataset_parameters(config, "digits"))
-    if config.dataset == "glyphs":
-        return make_glyphs_dataset(root, **dataset_parameters(config, "glyphs"))
-    return None
+    when ``data_root`` is None: ``<base>/<dataset>-<hash of its settings>`` (the dataset's
+    ``default_root``); None for a dataset read where it lies ('coco')."""
+    return config.dataset_settings().default_root(base)
 
 
 def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
-    """Training and validation datasets of a config (generating the digits or glyphs if needed)."""
-    paths = generated_dataset(config)
-    if paths is not None:
-        train_images, train_annotations = paths.train_images_dir, paths.train_annotations
-        val_images, val_annotations = paths.val_images_dir, paths.val_annotations
-    else:
-        train_images, train_annotations = config.train_images, config.train_annotations
-        val_images, val_annotations = config.val_images, config.val_annotations
+    """Training and validation datasets of a config: the files of the dataset registered as
+    ``config.dataset`` (:data:`dlde.data.registry.DATASETS`) with ``config.dataset_options``,
+    generated under ``data_root`` (default: :func:`default_data_root`) if needed."""
+    settings = config.dataset_settings()
+    files = settings.build(config.data_root or settings.default_root("data"))
     divisor = 2 ** max(config.fpn_levels)
     train_tf = DetectionTransform(min_size=config.min_size, max_size=config.max_size,
                                   flip_prob=config.flip_prob, size_divisor=divisor)
     val_tf = DetectionTransform(min_size=config.min_size, max_size=config.max_size, size_divisor=divisor)
-    train = CocoDetection(train_images, train_annotations, transform=train_tf)
-    val = CocoDetection(val_images, val_annotations, transform=val_tf)
+    train = CocoDetection(*files.split("train"), transform=train_tf)
+    val = CocoDetection(*files.split("val"), transform=val_tf)
     if train.category_ids != val.category_ids:
         raise ValueError(f"train and val categories differ: {train.category_ids} vs {val.category_ids}")
     return train, val

@@ -2,12 +2,13 @@
 is generated, any run folder claimed or any memory allocated.
 
 Every refusal is a :class:`dlde.errors.ConfigError` of one line that names the key to change (a
-config field or a head option), so the command line can name its flag and a notebook its parameter.
-A field is checked against its type annotation (a field added later is too), then against the
-rules below; the dataset options against the dataset's own config (:class:`~dlde.data.digits.DigitsConfig`,
-:class:`~dlde.data.glyphs.GlyphsConfig`: the glyphs vocabulary bounds the classes), renamed to the
-trainer's keys; the options of the head built against its ``Options`` types and :data:`HEAD_OPTION_CHOICES` and
-:data:`HEAD_OPTION_INTERVALS`.
+config field, a head option or a dataset option), so the command line can name its flag and a
+notebook its parameter. A field is checked against its type annotation (a field added later is
+too), then against the rules below; the options of the head built against its ``Options`` types and
+:data:`HEAD_OPTION_CHOICES` and :data:`HEAD_OPTION_INTERVALS`; the options of the dataset trained on,
+and of any other dataset set away from its defaults, against the types of its options dataclass
+(:data:`dlde.data.registry.DATASETS`) and then its own checks (the glyphs vocabulary bounds the
+classes; nothing is generated).
 The heads' constructors keep their own checks: the trainer builds the model before it claims a run folder.
 """
 from __future__ import annotations
@@ -20,9 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from dlde.data.digits import DigitsConfig
-from dlde.data.glyphs import GlyphsConfig
 from dlde.data.long_tail import BUCKETS
+from dlde.data.registry import DATASETS, all_dataset_options
 from dlde.errors import ConfigError, Key
 from dlde.model.backbone import RESNET_CHANNELS, SUPPORTED_LEVELS
 from dlde.model.directional import WEIGHT_PARAMS
@@ -30,24 +30,12 @@ from dlde.model.means import MEANS_INITS, MEANS_LR_SCHEDULES, MEANS_UPDATES
 from dlde.model.priors import CLASSIFIER_INITS
 from dlde.model.registry import HEADS, all_head_options
 
-#: TrainConfig field -> parameter of :func:`dlde.data.digits.make_digits_dataset` / of
-#: :func:`dlde.data.glyphs.make_glyphs_dataset`: what the trainer generates, and how a dataset's
-#: refusal is renamed to the trainer's key.
-DIGITS_PARAMETERS = {"digits_seed": "seed", "digits_canvas_size": "canvas_size", "digits_size": "digit_size",
-                     "digits_per_image": "digits_per_image", "digits_train_images": "train_images",
-                     "digits_val_images": "val_images", "digits_classes": "classes"}
-GLYPHS_PARAMETERS = {"glyphs_seed": "seed", "glyphs_classes": "classes", "glyphs_canvas_size": "canvas_size",
-                     "glyphs_size": "glyph_size", "glyphs_per_image": "glyphs_per_image",
-                     "glyphs_val_images": "val_images", "glyphs_bucket_shares": "bucket_shares",
-                     "glyphs_max_images": "max_images"}
-
 #: Counts and sizes: at least one (None, where the type allows it, means "all" or "the default").
-AT_LEAST_ONE = ("digits_canvas_size", "digits_train_images", "digits_val_images", "glyphs_canvas_size",
-                "glyphs_val_images", "min_size", "max_size", "pyramid_channels", "head_channels", "init_batches",
+AT_LEAST_ONE = ("min_size", "max_size", "pyramid_channels", "head_channels", "init_batches",
                 "epochs", "batch_size", "threads", "eval_every", "eval_batch_size", "max_train_batches")
 #: Counts that may be zero: hidden convolutions of a head tower (0: the output convolution alone),
-#: data-loading worker processes (0: load in the training process), seeds of the generated data.
-AT_LEAST_ZERO = ("head_convs", "num_workers", "digits_seed", "glyphs_seed")
+#: data-loading worker processes (0: load in the training process).
+AT_LEAST_ZERO = ("head_convs", "num_workers")
 #: Numbers above zero (None, where the type allows it, means "off").
 POSITIVE = ("lr", "grad_clip", "dist_timeout_s", "repeat_threshold", "efl_scale")
 #: Numbers in an interval: ``(low, high, low included, high included)``.
@@ -76,9 +64,10 @@ def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     for f in dataclasses.fields(config):
         _check_type(f.name, values[f.name], f.type)
-    if config.model not in HEADS:
-        raise ConfigError("{model} must be one of {allowed}; got {got!r}", model=Key("model"),
-                          allowed=", ".join(sorted(HEADS)), got=config.model)
+    for name, registry in (("model", HEADS), ("dataset", DATASETS)):
+        if values[name] not in registry:
+            raise ConfigError("{name} must be one of {allowed}; got {got!r}", name=Key(name),
+                              allowed=", ".join(sorted(registry)), got=values[name])
     for name, allowed in choices.items():
         if values[name] not in allowed:
             raise ConfigError("{name} must be one of {allowed}; got {got!r}", name=Key(name),
@@ -158,30 +147,19 @@ def _check_head_options(config: Any) -> None:
             _check_interval(name, value, HEAD_OPTION_INTERVALS[name])
 
 def _check_data(config: Any) -> None:
-    if config.dataset == "coco" and not all((config.train_images, config.train_annotations,
-                                             config.val_images, config.val_annotations)):
-        raise ConfigError("{dataset} needs {train_images}, {train_annotations}, {val_images} and "
-                          "{val_annotations}", dataset=Key("dataset", "coco"), train_images=Key("train_images"),
-                          train_annotations=Key("train_annotations"), val_images=Key("val_images"),
-                          val_annotations=Key("val_annotations"))
-    for kind, parameters in (("digits", DIGITS_PARAMETERS), ("glyphs", GLYPHS_PARAMETERS)):
-        try:
-            dataset_config(config, kind)
-        except ConfigError as error:
-            raise error.renamed({parameter: key for key, parameter in parameters.items()}) from None
-
-
-def dataset_config(config: Any, kind: str) -> DigitsConfig | GlyphsConfig:
-    """The :class:`~dlde.data.digits.DigitsConfig` (``kind='digits'``) or
-    :class:`~dlde.data.glyphs.GlyphsConfig` (``'glyphs'``) of a TrainConfig's ``digits_*`` or
-    ``glyphs_*`` fields (its other settings at their defaults): cheap, nothing is generated."""
-    return (DigitsConfig if kind == "digits" else GlyphsConfig)(**dataset_parameters(config, kind))
-
-
-def dataset_parameters(config: Any, kind: str) -> dict[str, Any]:
-    """The parameters of the ``kind`` ('digits' or 'glyphs') dataset of a TrainConfig."""
-    parameters = DIGITS_PARAMETERS if kind == "digits" else GLYPHS_PARAMETERS
-    return {parameter: getattr(config, key) for key, parameter in parameters.items()}
+    unknown = sorted(set(config.dataset_options) - set(all_dataset_options()))
+    if unknown:
+        raise ConfigError("dataset_options has {unknown}, an option of no registered dataset; dataset options: "
+                          "{known}", unknown=unknown, known=sorted(all_dataset_options()))
+    for name, options in DATASETS.items():
+        own = config.own_dataset_options(name)
+        defaults = {f.name: f.default for f in dataclasses.fields(options)}
+        if name != config.dataset and all(value == defaults[key] for key, value in own.items()):
+            continue  # a dataset not trained on, at its defaults (old records hold every dataset's options)
+        types = {f.name: f.type for f in dataclasses.fields(options)}
+        for key, value in own.items():
+            _check_type(key, value, types[key])
+        options(**own)
 
 
 def _check_run(config: Any) -> None:
@@ -196,7 +174,7 @@ def _check_run(config: Any) -> None:
     if config.resume and config.overwrite:
         raise ConfigError("{resume} and {overwrite} exclude each other: continue the run, or replace it",
                           resume=Key("resume"), overwrite=Key("overwrite"))
-    names = {f.name for f in dataclasses.fields(config)} | set(all_head_options())
+    names = {f.name for f in dataclasses.fields(config)} | set(all_head_options()) | set(all_dataset_options())
     unknown = sorted(set(config.allow_changed) - names)
     if unknown:
         raise ConfigError("{allow_changed} names unknown fields {unknown}", allow_changed=Key("allow_changed"),

@@ -1,8 +1,9 @@
 """``python -m dlde.train`` (and ``torchrun ... -m dlde.train``): every :class:`TrainConfig` field and
-every option of every registered head is a flag.
+every option of every registered head and dataset is a flag.
 
-The head flags and the ``--model`` choices come from :data:`dlde.model.registry.HEADS` when the
-parser is built, so a head registered at run time is trainable and configurable from the shell.
+The head flags and the ``--model`` choices come from :data:`dlde.model.registry.HEADS`, the dataset
+flags and the ``--dataset`` choices from :data:`dlde.data.registry.DATASETS`, when the parser is
+built, so a head or a dataset registered at run time is trainable and configurable from the shell.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
+from dlde.data.registry import DATASETS, dataset_class
 from dlde.errors import UNSET, Refusal
 from dlde.kernels import NATIVE_FLAG
 from dlde.model.registry import HEADS, all_head_options, head_class
@@ -23,8 +25,8 @@ PROG = "python -m dlde.train"
 
 
 def _parser(preset: str = "digits") -> argparse.ArgumentParser:
-    """The CLI: every :class:`TrainConfig` field and head option is a flag; ``--help`` shows the
-    defaults of ``preset``."""
+    """The CLI: every :class:`TrainConfig` field, head option and dataset option is a flag; ``--help``
+    shows the defaults of ``preset``."""
     parser = _OneLineErrors(
         prog=PROG, description="Train a detector (DLDENet, the sigmoid baseline, learned cosine prototypes or "
         "any registered head). Every flag overrides the preset; --help shows the defaults of the preset given "
@@ -34,9 +36,9 @@ def _parser(preset: str = "digits") -> argparse.ArgumentParser:
                         help="let each numeric library take this CPU's fastest code path instead of the portable "
                              "AVX2 setting (dlde.kernels; the numbers then depend on the CPU)")
     base = PRESETS[preset]
-    choices = {**CHOICES, "model": tuple(sorted(HEADS))}
+    choices = {**CHOICES, "model": tuple(sorted(HEADS)), "dataset": tuple(sorted(DATASETS))}
     for f in dataclasses.fields(TrainConfig):
-        if f.name != "head_options":
+        if f.name not in ("head_options", "dataset_options"):
             _add_flag(parser, f.name, _type_name(f.type), f"preset {preset}: {getattr(base, f.name)}",
                       choices.get(f.name))
     group = parser.add_argument_group("head options", "options of the heads (--model); a head takes those it has")
@@ -45,6 +47,11 @@ def _parser(preset: str = "digits") -> argparse.ArgumentParser:
         value = base.head_options.get(name, f"the head's default ({default})")
         _add_flag(group, name, _option_types(owners[0])[name],
                   f"option of {', '.join(owners)}; preset {preset}: {value}")
+    group = parser.add_argument_group("dataset options", "options of the datasets (--dataset)")
+    for dataset in DATASETS:
+        for option in dataclasses.fields(dataset_class(dataset)):
+            value = base.dataset_options.get(option.name, f"the dataset's default ({option.default})")
+            _add_flag(group, option.name, _type_name(option.type), f"option of {dataset}; preset {preset}: {value}")
     return parser
 
 
@@ -88,16 +95,17 @@ def _bool(text: str) -> bool:
 
 def arguments(config: TrainConfig, preset: str) -> list[str]:
     """The arguments of ``python -m dlde.train`` that give ``config``: ``--preset`` plus a flag for
-    every field and head option that differs from the preset.
+    every field, head option and dataset option that differs from the preset.
 
     Raises:
-        ValueError: a value no flag can express (None where the preset has one, or a head option
-            of the preset that ``config`` lacks).
+        ValueError: a value no flag can express (None where the preset has one, or a head or
+            dataset option of the preset that ``config`` lacks).
     """
     base, values = flatten(PRESETS[preset]), flatten(config)
-    missing = sorted(set(PRESETS[preset].head_options) - set(config.head_options))
-    if missing:
-        raise ValueError(f"head options {missing} of preset {preset!r} cannot be unset by a flag")
+    for kind in ("head_options", "dataset_options"):
+        missing = sorted(set(getattr(PRESETS[preset], kind)) - set(getattr(config, kind)))
+        if missing:
+            raise ValueError(f"{kind.replace('_', ' ')} {missing} of preset {preset!r} cannot be unset by a flag")
     words = ["--preset", preset]
     for name, value in values.items():
         if name in base and value == base[name]:

@@ -4,6 +4,9 @@ The head is named by ``model`` (a key of :data:`dlde.model.registry.HEADS`, read
 made, so a head registered at run time is accepted) and configured by ``head_options``, one
 mapping of head options. The config may hold options of several heads (a preset sets options
 shared by several); the head built takes those its ``Options`` declare (:meth:`TrainConfig.own_head_options`).
+The data are named and configured the same way: ``dataset`` (a key of
+:data:`dlde.data.registry.DATASETS`) and ``dataset_options``; the dataset built takes those it
+declares (:meth:`TrainConfig.dataset_settings`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from dlde.data.glyphs import GlyphsConfig
+from dlde.data.registry import DatasetOptions, all_dataset_options, dataset_class, dataset_option_names
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
 from dlde.model.losses import BOX_LOSSES, CLASSIFICATION_LOSSES
@@ -25,7 +29,6 @@ from .distributed import DEFAULT_TIMEOUT_S
 
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("adamw", "sgd")
-DATASETS = ("digits", "glyphs", "coco")
 NONFINITE = ("raise", "skip")
 #: When the trainer re-imprints the tracked means from a pass over the training set
 #: (:mod:`dlde.train.reimprint`): never, after the last epoch's training, or after every epoch's.
@@ -33,8 +36,8 @@ REIMPRINT_WHEN = ("off", "end", "epoch")
 #: Mixed precision: ``'bf16'`` (CPU or GPU) or ``'fp16'`` (CUDA, with a gradient scaler).
 AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Fields whose allowed values are listed by ``--help`` and checked by the config (the heads of
-#: ``model`` are those of the registry when the config is made).
-CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "box_loss": BOX_LOSSES,
+#: ``model`` and the datasets of ``dataset`` are those of the registries when the config is made).
+CHOICES = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "box_loss": BOX_LOSSES,
            "nonfinite": NONFINITE, "reimprint": REIMPRINT_WHEN, "classification_loss": CLASSIFICATION_LOSSES,
            "amp": tuple(AMP_MODES)}
 _DETECTOR = inspect.signature(RetinaNet.__init__).parameters
@@ -44,11 +47,13 @@ _DETECTOR = inspect.signature(RetinaNet.__init__).parameters
 class TrainConfig:
     """Everything a training run depends on. Unknown keys fail loudly (:meth:`from_dict`).
 
-    Data: ``dataset='digits'`` generates the embedded digits dataset under ``data_root`` (see
-    :func:`dlde.make_digits_dataset`, parameters ``digits_*``); ``dataset='glyphs'`` the embedded
-    long-tailed large-vocabulary dataset (:func:`dlde.data.glyphs.make_glyphs_dataset`,
-    parameters ``glyphs_*``); ``dataset='coco'`` reads ``train_images``/``train_annotations``
-    and ``val_images``/``val_annotations``.
+    Data: ``dataset`` names a dataset of :data:`dlde.data.registry.DATASETS` and ``dataset_options``
+    sets its options, flat (``glyphs_classes``; unset ones take the dataset's defaults):
+    ``'digits'`` generates the embedded digits (:class:`dlde.data.digits.DigitsOptions`,
+    ``digits_*``), ``'glyphs'`` the embedded long-tailed large-vocabulary dataset
+    (:class:`dlde.data.glyphs.GlyphsOptions`, ``glyphs_*``), both under ``data_root`` (None:
+    ``data/<dataset>-<hash of its settings>``); ``'coco'`` reads ``train_images``/``train_annotations``
+    and ``val_images``/``val_annotations`` (:class:`dlde.data.coco.CocoOptions`).
     Model: ``model`` names the head, ``head_options`` sets its options (unset ones take the
     defaults of the head's ``Options``).
     """
@@ -56,26 +61,8 @@ class TrainConfig:
     run_dir: str = "runs/default"
     # data
     dataset: str = "digits"
-    data_root: str | None = None  # digits/glyphs: None derives data/<dataset>-<hash of its settings>
-    train_images: str | None = None
-    train_annotations: str | None = None
-    val_images: str | None = None
-    val_annotations: str | None = None
-    digits_seed: int = 0
-    digits_canvas_size: int = 128
-    digits_size: tuple[int, int] = (20, 40)
-    digits_per_image: tuple[int, int] = (1, 3)
-    digits_train_images: int = 2000
-    digits_val_images: int = 400
-    digits_classes: tuple[int, ...] | None = None
-    glyphs_seed: int = GlyphsConfig.seed
-    glyphs_classes: int = GlyphsConfig.classes
-    glyphs_canvas_size: int = GlyphsConfig.canvas_size
-    glyphs_size: tuple[int, int] = GlyphsConfig.glyph_size
-    glyphs_per_image: tuple[int, int] = GlyphsConfig.glyphs_per_image
-    glyphs_val_images: int = GlyphsConfig.val_images
-    glyphs_bucket_shares: tuple[float, ...] = GlyphsConfig.bucket_shares
-    glyphs_max_images: int = GlyphsConfig.max_images
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None  # generated datasets: None derives data/<dataset>-<hash of its settings>
     min_size: int = 128
     max_size: int = 128
     flip_prob: float = 0.0
@@ -137,6 +124,8 @@ class TrainConfig:
         if isinstance(self.amp, bool):  # records written when amp was a bool (True meant CUDA float16)
             object.__setattr__(self, "amp", "fp16" if self.amp else "off")
         object.__setattr__(self, "head_options", dict(self.head_options))  # never shared with the caller
+        object.__setattr__(self, "dataset_options", {key: tuple(value) if isinstance(value, list) else value
+                                                     for key, value in self.dataset_options.items()})
         for f in dataclasses.fields(self):
             if isinstance(getattr(self, f.name), list) and str(f.type).startswith("tuple"):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
@@ -146,68 +135,99 @@ class TrainConfig:
         """The entries of :attr:`head_options` that the head ``model`` declares: what it is built with."""
         return {name: self.head_options[name] for name in head_option_names(self.model) if name in self.head_options}
 
+    def own_dataset_options(self, dataset: str | None = None) -> dict[str, Any]:
+        """The entries of :attr:`dataset_options` that ``dataset`` (default: :attr:`dataset`) declares."""
+        names = dataset_option_names(self.dataset if dataset is None else dataset)
+        return {name: self.dataset_options[name] for name in names if name in self.dataset_options}
+
+    def dataset_settings(self, dataset: str | None = None) -> DatasetOptions:
+        """The options of ``dataset`` (default: :attr:`dataset`), unset ones at their defaults: what
+        it is built with (``config.dataset_settings().build(root)``).
+
+        Raises:
+            ConfigError: an option is refused by the dataset (naming it).
+        """
+        name = self.dataset if dataset is None else dataset
+        return dataset_class(name)(**self.own_dataset_options(name))
+
     def updated(self, values: Mapping[str, Any]) -> "TrainConfig":
         """A copy with ``values`` set.
 
-        Keys are TrainConfig fields, or options of any registered head: flat (``means_lr``, as in
-        old ``config.json`` records, ``figures.yaml`` and the notebooks) or in a nested
-        ``head_options`` mapping; both are merged into :attr:`head_options`. Lists become tuples.
+        Keys are TrainConfig fields, options of any registered head or options of any registered
+        dataset: flat (``means_lr``, ``glyphs_classes``, as in old ``config.json`` records,
+        ``figures.yaml``, the notebooks and the flags) or in a nested ``head_options`` or
+        ``dataset_options`` mapping; both are merged into :attr:`head_options` and
+        :attr:`dataset_options`, the flat ones last. Lists become tuples.
 
         Raises:
-            ValueError: a key is neither a field nor a head option (both lists are named), or a
-                value is invalid.
+            ValueError: a key is neither a field nor a head or dataset option (the lists are
+                named), or a value is invalid.
         """
-        names, options = field_names(), all_head_options()
-        unknown = sorted(key for key in values if key not in names and key not in options)
+        names, heads, datasets = _FIELDS, all_head_options(), all_dataset_options()
+        unknown = sorted(key for key in values if key not in names and key not in heads and key not in datasets)
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}; "
-                             f"head options: {sorted(options)}")
+                             f"head options: {sorted(heads)}; dataset options: {sorted(datasets)}")
         changes = {key: tuple(value) if isinstance(value, list) else value
                    for key, value in values.items() if key in names}
         head_options = {**self.head_options, **dict(changes.pop("head_options", None) or {}),
-                        **{key: value for key, value in values.items() if key not in names}}
-        return dataclasses.replace(self, **changes, head_options=head_options)
+                        **{key: value for key, value in values.items() if key in heads and key not in names}}
+        dataset_options = {**self.dataset_options, **dict(changes.pop("dataset_options", None) or {}),
+                           **{key: value for key, value in values.items() if key in datasets and key not in names}}
+        return dataclasses.replace(self, **changes, head_options=head_options, dataset_options=dataset_options)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, preset: str | None = None) -> "TrainConfig":
         """A config from a preset (default: the dataclass defaults) updated with ``values``
-        (:meth:`updated`: flat head option names are routed into :attr:`head_options`)."""
+        (:meth:`updated`: flat head and dataset option names are routed into :attr:`head_options`
+        and :attr:`dataset_options`)."""
         base = PRESETS[preset] if preset is not None else cls()
         return base.updated(values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields (tuples as lists; :attr:`head_options` nested)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        """JSON-able fields (tuples as lists; :attr:`head_options` and :attr:`dataset_options` nested)."""
+        values = {key: list(value) if isinstance(value, tuple) else value
+                  for key, value in dataclasses.asdict(self).items()}
+        values["dataset_options"] = {key: list(value) if isinstance(value, tuple) else value
+                                     for key, value in self.dataset_options.items()}
+        return values
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def field_names() -> list[str]:
-    """The field names of :class:`TrainConfig`."""
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+    """The keys of :class:`TrainConfig` besides the head options: its fields and, flat, the options
+    of every registered dataset (``glyphs_classes``), as :meth:`TrainConfig.updated`, figures.yaml
+    and the flags take them."""
+    return [f.name for f in dataclasses.fields(TrainConfig)] + list(all_dataset_options())
 
 
 def flatten(config: Any) -> dict[str, Any]:
-    """A TrainConfig (or its dict) as one flat dict: the entries of ``head_options`` beside the
-    fields, as the flags of ``python -m dlde.train`` and the names of sweep run folders show them."""
+    """A TrainConfig (or its dict) as one flat dict: the entries of ``head_options`` and
+    ``dataset_options`` beside the fields, as the flags of ``python -m dlde.train`` and the names of
+    sweep run folders show them."""
     values = dict(config) if isinstance(config, Mapping) else config.to_dict()
-    return {**{key: value for key, value in values.items() if key != "head_options"},
-            **(values.get("head_options") or {})}
+    return {**{key: value for key, value in values.items() if key not in ("head_options", "dataset_options")},
+            **(values.get("dataset_options") or {}), **(values.get("head_options") or {})}
 
 
 #: Named presets. ``digits`` is the default of the paper figures: tuned to reach a high AP on
 #: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(
-        run_dir="runs/digits", digits_canvas_size=64, digits_size=(12, 24),
-        digits_per_image=(1, 3), digits_train_images=2000, digits_val_images=400, min_size=64, max_size=64,
+        run_dir="runs/digits", dataset_options={
+            "digits_canvas_size": 64, "digits_size": (12, 24), "digits_per_image": (1, 3), "digits_train_images": 2000,
+            "digits_val_images": 400}, min_size=64, max_size=64,
         fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2, group_norm=True,
         anchor_sizes=(12.0, 24.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), anchor_ratios=(1.0,),
         head_options={"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.003}, epochs=16,
         batch_size=16, lr=2e-3, weight_decay=1e-4, box_loss="giou", eval_every=4),
     "tiny": TrainConfig(
-        run_dir="runs/tiny", digits_canvas_size=64, digits_size=(16, 24), digits_per_image=(1, 2),
-        digits_train_images=32, digits_val_images=16, min_size=64, max_size=64, fpn_levels=(3, 4),
-        digits_classes=(0, 1, 2), pyramid_channels=16, head_channels=16, head_convs=1, group_norm=True,
+        run_dir="runs/tiny", dataset_options={
+            "digits_canvas_size": 64, "digits_size": (16, 24), "digits_per_image": (1, 2), "digits_train_images": 32,
+            "digits_val_images": 16, "digits_classes": (0, 1, 2)}, min_size=64, max_size=64, fpn_levels=(3, 4),
+        pyramid_channels=16, head_channels=16, head_convs=1, group_norm=True,
         anchor_sizes=(16.0, 32.0),
         anchor_scales=(1.0,), anchor_ratios=(1.0,), head_options={"embedding_size": 8}, epochs=2, batch_size=8,
         lr=2e-3, progress=False),
@@ -221,7 +241,8 @@ def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: 
     in these short schedules (7.0 -> 7.0-7.4 at 1,000 classes), so its start is the head's
     temperature."""
     return dataclasses.replace(
-        PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs", glyphs_classes=classes,
+        PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs",
+        dataset_options={**PRESETS["digits"].dataset_options, "glyphs_classes": classes},
         min_size=GlyphsConfig.canvas_size, max_size=GlyphsConfig.canvas_size,
         head_options={**PRESETS["digits"].head_options, "embedding_size": embedding_size, "init_weight": init_weight},
         epochs=epochs, eval_every=epochs)

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import nn
 
+from dlde.data.registry import all_dataset_options
 from dlde.errors import ConfigError, Key, RunFolderTaken
 from dlde.files import atomic_save_npy, atomic_write_json, atomic_write_text, read_jsonl
 from dlde.model.builders import load_detector
@@ -87,16 +88,20 @@ class Run:
 
 
 def run_identity(config: Any) -> dict[str, Any]:
-    """What decides the numbers of a run of ``config`` (a TrainConfig or its dict, flat head
-    option names or a nested ``head_options``), as one flat dict.
+    """What decides the numbers of a run of ``config`` (a TrainConfig or its dict, flat head and
+    dataset option names or nested ``head_options`` and ``dataset_options``), as one flat dict.
 
     The head's options are resolved against its ``Options`` defaults (an option left unset and
     the same option set to its default are one run); options of other heads and the fields of
-    :data:`NUMBER_NEUTRAL_FIELDS` are left out. ``amp`` recorded as a bool (older records)
-    becomes its mode.
+    :data:`NUMBER_NEUTRAL_FIELDS` are left out. The options of every registered dataset are
+    resolved against their defaults too, and kept: they were fields of the config, and a run's
+    identity names its folder in the sweeps. ``amp`` recorded as a bool (older records) becomes
+    its mode.
     """
     flat = {key: list(value) if isinstance(value, tuple) else value
             for key, value in flatten(config).items() if key not in NUMBER_NEUTRAL_FIELDS}
+    for name, default in all_dataset_options().items():
+        flat.setdefault(name, list(default) if isinstance(default, tuple) else default)
     if isinstance(flat.get("amp"), bool):  # recorded when amp was a bool (True meant CUDA float16)
         flat["amp"] = "fp16" if flat["amp"] else "off"
     head = HEADS.get(flat.get("model"))

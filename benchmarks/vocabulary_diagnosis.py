@@ -74,7 +74,7 @@ def scale_text(model) -> str:
     prototypes' scale ('–' for the sigmoid head)."""
     head = model.classification
     if getattr(head, "name", "") == "dlde":
-        weight = head.weight.detach().abs()
+        weight = head.scales().detach()
         return f"{head.start_weight:.2f} → {weight.mean():.2f} [{weight.min():.2f}, {weight.max():.2f}]"
     if hasattr(head, "log_scale"):
         learned = "learned" if isinstance(head.log_scale, torch.nn.Parameter) else "fixed"

@@ -74,7 +74,12 @@ def bucket_mask(frequencies: Sequence[str] | None, buckets: Sequence[str] | None
 def reimprint(model: nn.Module, dataset, config: TrainConfig, device: torch.device | str,
               context: distributed.DistributedContext | None = None, *,
               buckets: Sequence[str] | None = None) -> dict[str, Any]:
-    """Set the means of ``model`` from one pass over ``dataset`` (:func:`class_sums`), in place.
+    """Set the means of ``model`` from one pass over ``dataset`` (:func:`class_sums`), in place: each
+    class mean becomes the normalized sum of its centered embeddings. A head that centers
+    (``center_momentum``) embeds them centered by its running center already; otherwise the mean of
+    every matched embedding of the pass is taken off (the embeddings share one large direction, and
+    means that keep it score every anchor alike: measured on the glyphs-1000 preset, uncentered sums
+    took APf from 0.239 to 0.160, and to 0.000 when only the rare and common means were re-imprinted).
 
     Args:
         model: a detector whose head has tracked means.
@@ -94,6 +99,9 @@ def reimprint(model: nn.Module, dataset, config: TrainConfig, device: torch.devi
         raise TypeError(f"re-imprinting needs class means; the {model.classification.name!r} head has none")
     chosen = bucket_mask(getattr(dataset, "frequencies", None), buckets, means.means.shape[0])
     sums, counts = class_sums(model, dataset, config, device, context)
+    if means.center is None:  # centered class sums: the mean of every matched embedding taken off
+        total = counts.sum().clamp(min=1).to(sums.dtype)
+        sums = sums - counts.to(sums.dtype)[:, None] * (sums.sum(0) / total)  # sum over i of (e_i - mean)
     before = means.means.clone()
     changed = means.imprint_sums(sums, counts, None if chosen is None else chosen.to(counts.device))
     cosines = (before[changed] * means.means[changed]).sum(1)

@@ -215,6 +215,26 @@ def test_reimprinting_sets_every_mean_to_the_normalized_centered_class_sum(tiny_
     torch.testing.assert_close(model.tracked_means.means[seen], F.normalize(sums[seen], dim=1), rtol=0, atol=1e-5)
 
 
+def test_without_centering_reimprinting_takes_the_mean_embedding_off_the_class_sums(tmp_path):
+    config = TrainConfig.from_dict({**TINY, "run_dir": str(tmp_path / "run"), "data_root": str(tmp_path / "data")},
+                                   preset="tiny")
+    model = train(config).model
+    train_set, _ = build_datasets(config)
+    collected, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for index in range(len(train_set)):
+            embeddings, batch_labels = matched_embeddings(model, *collate([train_set[index]]))
+            collected.append(embeddings)
+            labels.append(batch_labels)
+    embeddings, labels = torch.cat(collected), torch.cat(labels)
+    centered = embeddings - embeddings.mean(0)  # by hand: every matched embedding less their mean
+    expected = torch.zeros_like(model.tracked_means.means).index_add_(0, labels, centered)
+    reimprint(model, train_set, config, "cpu")
+    seen = torch.bincount(labels, minlength=len(expected)) > 0
+    torch.testing.assert_close(model.tracked_means.means[seen], F.normalize(expected[seen], dim=1), rtol=0, atol=1e-4)
+
+
 def test_reimprinting_chosen_buckets_only_and_refusing_buckets_without_frequencies(tiny_run):
     config, result = tiny_run
     train_set, _ = build_datasets(config)

@@ -46,7 +46,7 @@ figures: $(STAMP)
 # then notebook 07 on them into figures/vocabulary/ (make figures draws 07 on the reduced sweep
 # vocabulary_figures).
 ABLATIONS := means_lr starting_means means_update embedding_size headline
-VOCABULARY := vocabulary_heads vocabulary_levers vocabulary_scale vocabulary_screen
+VOCABULARY := vocabulary_heads vocabulary_levers vocabulary_scale vocabulary_screen vocabulary_longtail
 
 ablations: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(ABLATIONS)

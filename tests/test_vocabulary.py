@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
 HEADS = ("dlde", "retinanet", "prototypes")
 VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]  # the two sweeps notebook 07 draws
-MAKE_VOCABULARY = VOCABULARY + ["vocabulary_scale", "vocabulary_screen"]  # make vocabulary's sweeps
+MAKE_VOCABULARY = VOCABULARY + ["vocabulary_scale", "vocabulary_screen", "vocabulary_longtail"]  # make vocabulary's sweeps
 LEVER_ARMS = ["d=256,w=14,constant", "d=256,w=7,constant", "d=128,w=14,constant", "d=128,w=7,constant",
               "d=128,w=prior,constant", "d=128,w=7,count", "d=32,w=7,constant"]
 

@@ -10,7 +10,7 @@ alone, and the bytes one process all-reduces per step for the means: ``C * (d + 
 values, against the gradient all-reduce DDP does anyway (4 bytes per parameter).
 Synthetic images and boxes: no dataset is read. ``--table figures/benchmarks/ddp_scaling.md`` also
 writes the README's table there, with the provenance line of
-:func:`dlde.analysis.tables.write_table_file`.
+:func:`dlde.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.kernels import pin_script
+from dlde.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.train import PRESETS, build_model, distributed  # noqa: E402
 
 

@@ -8,7 +8,7 @@ boxes each, several draws per k and base seed), :func:`dlde.analysis.openset_pro
 prints three markdown tables (mean [95 % t-interval]: over the base seeds of each seed's mean over
 its draws for few-shot, over the base seeds for unknown objects and retrieval; with one base seed,
 few-shot intervals are over draws) followed by one JSON object (also written to ``--json``; the tables,
-with the provenance line of :func:`dlde.analysis.tables.write_table_file`, to ``--table``, e.g.
+with the provenance line of :func:`dlde.tables.write_table_file`, to ``--table``, e.g.
 ``figures/few_shot_benchmark.md``). Times are wall-clock seconds on this machine. The base runs
 are trained by :mod:`dlde.pipeline.base_runs`.
 
@@ -35,10 +35,11 @@ from dlde.analysis import fewshot
 from dlde.analysis.openset import SCORES
 from dlde.analysis.openset_protocol import open_set_over_seeds, pool_open_set
 from dlde.analysis.retrieval_protocol import pool_retrieval, retrieval_over_seeds, retrieval_summary
-from dlde.analysis.tables import few_shot_table, open_set_table, retrieval_table, write_table_file
 from dlde.files import jsonable
 from dlde.kernels import pin_script
 from dlde.pipeline.base_runs import prepare
+from dlde.protocols.tables import few_shot_table, open_set_table, retrieval_table
+from dlde.tables import write_table_file
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,7 +19,7 @@ Examples::
 
 ``--table`` also writes the README's table (per C and d: the sigmoid head's loss, each start's mean
 loss over head seeds as a ratio to it) with the provenance line of
-:func:`dlde.analysis.tables.write_table_file`.
+:func:`dlde.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde import CosinePrototypeClassification, DirectionalClassification, build_detector  # noqa: E402
-from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.kernels import pin_script
 from dlde.model.priors import cosine_quadrature, excess_losses  # noqa: E402
 from dlde.model.registry import head_factory  # noqa: E402
+from dlde.tables import markdown_table, write_table_file  # noqa: E402
 
 HEADS = ("dlde", "prototypes")
 INITS = ("fixed", "prior")

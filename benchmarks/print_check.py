@@ -1,21 +1,21 @@
 """Print check: every figure read at the width it is printed at.
 
-Every figure of dlde is drawn at its print width (:func:`dlde.analysis.plotting.figure_size`): one
-column (:data:`~dlde.analysis.plotting.WIDTH`, 3.4 in) or, where one column cannot hold it, two
-(:data:`~dlde.analysis.plotting.TEXT_WIDTH`, 7.0 in). A PNG's physical width (pixels / dpi) is
+Every figure of dlde is drawn at its print width (:func:`dlde.plots.plotting.figure_size`): one
+column (:data:`~dlde.plots.plotting.WIDTH`, 3.4 in) or, where one column cannot hold it, two
+(:data:`~dlde.plots.plotting.TEXT_WIDTH`, 7.0 in). A PNG's physical width (pixels / dpi) is
 therefore the width it declares. For each PNG under ``figures/`` (subfolders included) the check
 reads that width and flags
 
 - **width**: a figure not drawn at a print width; it is then read as if printed one column wide;
 - **text**: the smallest text the figure prints at that width, if below
-  :data:`~dlde.analysis.plotting.MIN_TEXT_PT` (6 pt);
+  :data:`~dlde.plots.plotting.MIN_TEXT_PT` (6 pt);
 - **colour only**: legend entries told apart by colour alone (same line style and marker, same
   patch hatch, same scatter marker), which grey printing merges; a group of more entries than
-  :data:`~dlde.analysis.plotting.MARKERS` holds is a figure's classes, coloured by design, and noted
+  :data:`~dlde.plots.plotting.MARKERS` holds is a figure's classes, coloured by design, and noted
   rather than failed;
 
-then the colour pairs of the shared palettes (:data:`~dlde.analysis.plotting.OKABE_ITO`,
-:data:`~dlde.analysis.plotting.BUCKET_COLORS`, the first :func:`~dlde.analysis.plotting.class_colors`)
+then the colour pairs of the shared palettes (:data:`~dlde.plots.plotting.OKABE_ITO`,
+:data:`~dlde.plots.plotting.BUCKET_COLORS`, the first :func:`~dlde.plots.plotting.class_colors`)
 whose grey levels differ by less than 0.1. A PNG records neither its font sizes nor its legend, so
 both are read from the figure its plot function draws from small made-up inputs
 (:data:`SAMPLES`, matched by file name) by the current code, so a committed figure drawn by older
@@ -62,16 +62,17 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlde.analysis import (  # noqa: E402
-    aggregate,
+from dlde.analysis.sweep_stats import collapse_curves, summarize_arms  # noqa: E402
+from dlde.plots import (  # noqa: E402
     detection_plots,
     embedding_plots,
     fewshot_plots,
     metric_plots,
+    sweep_plots,
     vocabulary_plots,
 )
-from dlde.analysis.interactive import MeansExplorer  # noqa: E402
-from dlde.analysis.plotting import (  # noqa: E402
+from dlde.plots.interactive import MeansExplorer  # noqa: E402
+from dlde.plots.plotting import (  # noqa: E402
     BUCKET_COLORS,
     MARKERS,
     MIN_TEXT_PT,
@@ -102,7 +103,7 @@ def column_scale(width_in: float, column_in: float = WIDTH) -> float:
 
 
 def print_columns(width_in: float) -> int | None:
-    """The columns (:data:`~dlde.analysis.plotting.PRINT_WIDTHS`) a figure ``width_in`` inches wide is
+    """The columns (:data:`~dlde.plots.plotting.PRINT_WIDTHS`) a figure ``width_in`` inches wide is
     drawn for, or None when it is drawn at no print width."""
     return next((columns for columns, width in PRINT_WIDTHS.items() if abs(width_in - width) <= WIDTH_TOLERANCE),
                 None)
@@ -232,13 +233,13 @@ def _collapse(title: str) -> Figure:
             run.mkdir()
             np.save(run / "means_history.npy", rng.normal(size=(5, 10, 8)))
             arms[arm] = [run]
-        return aggregate.plot_collapse(arms, title)
+        return sweep_plots.plot_collapse(collapse_curves(arms), title)
 
 
 def _sweep(title: str) -> Figure:
     summaries = [{"AP": 0.5, "AP50": 0.8, "AP75": 0.5, "min_angle_deg": 50.0, "kappa": 40.0, "ECE": 0.1}] * 3
-    return aggregate.plot_sweep(aggregate.summarize_arms({"x=1": summaries, "x=2": summaries}), title,
-                                {"x=1": summaries, "x=2": summaries})
+    return sweep_plots.plot_sweep(summarize_arms({"x=1": summaries, "x=2": summaries}), title,
+                                  {"x=1": summaries, "x=2": summaries})
 
 
 def _means_explorer() -> Figure:
@@ -354,7 +355,7 @@ def sample_for(name: str) -> Sample | None:
 
 def draw_samples(folder: Path, dpi: int = 150) -> list[Path]:
     """Draws every :data:`SAMPLES` figure with the current plot code and saves it as ``folder/<example>.png``,
-    as the pipeline saves its figures (:func:`~dlde.analysis.plotting.save_figure`, 150 dpi)."""
+    as the pipeline saves its figures (:func:`~dlde.plots.plotting.save_figure`, 150 dpi)."""
     paths = []
     for sample in SAMPLES.values():
         where = folder / sample.example
@@ -371,7 +372,7 @@ class FigureCheck:
         name: path relative to the figures folder.
         width_in: the file's width at its dpi: its print width when it is drawn at one.
         print_in: the width it is read at: its own print width, the width asked for, or one column
-            (:data:`~dlde.analysis.plotting.WIDTH`) for a figure drawn at no print width.
+            (:data:`~dlde.plots.plotting.WIDTH`) for a figure drawn at no print width.
         drawn_by: the plot function matched, or None.
         smallest_pt: the smallest text at the figure's own size (None without a sample).
         colour_only: groups of legend entries told apart by colour only (classes included).

@@ -13,7 +13,7 @@ Example::
 
 Each run's numbers are kept in ``--cache`` (default ``runs/reimprint``, one JSON per run and choice of
 buckets) and reused; the run folders are never written. ``--table`` writes mean ± sd [95 % t-interval]
-over seeds per arm and choice, with the provenance line of :func:`dlde.analysis.tables.write_table_file`.
+over seeds per arm and choice, with the provenance line of :func:`dlde.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ import json
 import sys
 from pathlib import Path
 
-from dlde.analysis.aggregate import summarize_arms, sweep_table
-from dlde.analysis.tables import write_table_file
+from dlde.analysis.sweep_stats import summarize_arms
 from dlde.files import atomic_write_json
 from dlde.kernels import pin_script
 from dlde.pipeline.sweeps import make_sweep_plan
+from dlde.reports.sweeps import sweep_table
+from dlde.tables import write_table_file
 from dlde.train.config import TrainConfig
 from dlde.train.reimprint import reimprint_run
 from dlde.train.runs import RunFolder, load_run

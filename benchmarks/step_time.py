@@ -41,7 +41,7 @@ Examples::
 
 ``--table`` measures every configuration of ``TABLE_ROWS`` in turn (the other arguments apply to
 each) and writes the README's speed table there, with the provenance line of
-:func:`dlde.analysis.tables.write_table_file`.
+:func:`dlde.tables.write_table_file`.
 """
 from __future__ import annotations
 
@@ -63,10 +63,10 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN  # noqa:
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7  # noqa: E402
 
 import dlde  # noqa: E402
-from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.kernels import pin_script
 from dlde.model.priors import CLASSIFIER_INITS  # noqa: E402
 from dlde.model.tracking import track_batch  # noqa: E402
+from dlde.tables import markdown_table, write_table_file  # noqa: E402
 
 SCALES_3 = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
 

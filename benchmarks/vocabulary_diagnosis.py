@@ -18,7 +18,7 @@ Examples::
     python benchmarks/vocabulary_diagnosis.py RUN_DIR --images 100 --table figures/benchmarks/vocabulary_diagnosis.md
 
 Nothing is trained; ``--table`` writes the rows as a table with the provenance line of
-:func:`dlde.analysis.tables.write_table_file`. The numbers depend only on the runs and ``--images``.
+:func:`dlde.tables.write_table_file`. The numbers depend only on the runs and ``--images``.
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlde.analysis.embeddings import angle_to_final  # noqa: E402
-from dlde.analysis.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.data.transforms import collate  # noqa: E402
 from dlde.kernels import pin_script
 from dlde.model.modes import evaluating  # noqa: E402
+from dlde.tables import markdown_table, write_table_file  # noqa: E402
 from dlde.train import load_run  # noqa: E402
 
 BUCKETS = ("r", "c", "f")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from dlde.analysis.interactive import WIDGETS_ENV
 from dlde.pipeline.lock import check_parameters_cell
 from dlde.pipeline.notebook import ROOT_ENV, read_results
+from dlde.plots.interactive import WIDGETS_ENV
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

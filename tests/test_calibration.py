@@ -15,7 +15,7 @@ from dlde.analysis.calibration import (
     match_detections,
     reliability_curve,
 )
-from dlde.analysis.metric_plots import plot_per_class_ap, plot_reliability
+from dlde.plots.metric_plots import plot_per_class_ap, plot_reliability
 
 
 def test_perfectly_calibrated_scores_give_zero_ece():

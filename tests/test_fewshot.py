@@ -18,10 +18,11 @@ from dlde.analysis import fewshot
 from dlde.analysis.openset_protocol import open_set_evaluation
 from dlde.analysis.retrieval_protocol import retrieval_evaluation, retrieval_examples
 from dlde.analysis.stats import t_interval
-from dlde.analysis.tables import few_shot_table, interval_cell
 from dlde.model.growth import add_classes, imprint
 from dlde.model.registry import head_factory
 from dlde.pipeline.base_runs import base_config, ensure_base_run
+from dlde.protocols.tables import few_shot_table
+from dlde.tables import interval_cell
 
 HEADS = {"dlde": {"embedding_size": 8}, "retinanet": {}, "prototypes": {"embedding_size": 8}}
 

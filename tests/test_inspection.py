@@ -3,9 +3,9 @@ import pytest
 from PIL import Image
 
 from dlde import build_detector
-from dlde.analysis.detection_plots import detection_grid
 from dlde.analysis.inspection import detect_folder, detection_samples, image_files, matched_embeddings
 from dlde.pipeline.notebook import inference_results
+from dlde.plots.detection_plots import detection_grid
 from dlde.train import TrainConfig, train
 from dlde.train.runs import load_run
 

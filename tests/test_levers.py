@@ -279,7 +279,8 @@ def test_training_reimprints_at_the_end_and_writes_the_diagnostics_every_epoch(t
 
 # ------------------------------------------------------------------------------------ sweep tables
 def test_sweep_tables_add_what_the_means_did_when_the_runs_recorded_it(tmp_path):
-    from dlde.analysis.aggregate import diagnostics_table, run_summary, summarize_arms, sweep_markdown
+    from dlde.analysis.sweep_stats import run_summary, summarize_arms
+    from dlde.reports.sweeps import diagnostics_table, sweep_markdown
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -346,7 +347,7 @@ def test_tracking_curves_read_what_the_means_did_against_the_images_trained(tmp_
     import numpy as np
 
     from dlde.analysis.vocabulary import tracking_curves
-    from dlde.analysis.vocabulary_plots import plot_tracking
+    from dlde.plots.vocabulary_plots import plot_tracking
 
     def run(folder, w):
         folder.mkdir()

@@ -12,12 +12,12 @@ import nbformat
 import numpy as np
 import pytest
 
-from dlde.analysis import interactive
 from dlde.pipeline import lock
 from dlde.pipeline import notebook as nbhelpers
 from dlde.pipeline.execute import KERNEL_NAME, PAPERMILL_OPTIONS, kernel_argv
 from dlde.pipeline.lock import NOTEBOOKS_DIR
 from dlde.pipeline.notebook import read_results
+from dlde.plots import interactive
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED = ["00_mechanism.ipynb", "01_train.ipynb", "02_mean_drift.ipynb", "03_embeddings.ipynb", "04_inference.ipynb",

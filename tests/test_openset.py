@@ -11,8 +11,6 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from dlde.analysis.fewshot_plots import plot_unknown_scores
-from dlde.analysis.metric_plots import plot_roc, plot_score_histograms
 from dlde.analysis.openset import (
     absolute_open_set_error,
     auroc,
@@ -41,8 +39,11 @@ from dlde.analysis.openset_protocol import (
 )
 from dlde.analysis.retrieval import EmbeddingIndex
 from dlde.analysis.stats import t_interval
-from dlde.analysis.tables import interval_cell, open_set_table
 from dlde.analysis.unknown_flag import UnknownFlag
+from dlde.plots.fewshot_plots import plot_unknown_scores
+from dlde.plots.metric_plots import plot_roc, plot_score_histograms
+from dlde.protocols.tables import open_set_table
+from dlde.tables import interval_cell
 
 
 def test_cosine_unknown_score_is_one_minus_nearest_cosine():

@@ -309,7 +309,7 @@ def test_tiny_pipeline_writes_figures_index_and_metrics(tmp_path, capsys):
     assert "`notebooks/02_mean_drift.ipynb`" in index and 'PRESET=`"tiny"`' in index
     metrics = (figures / "metrics.md").read_text().splitlines()
     assert [row.split("|")[1].strip() for row in metrics[2:] if row.startswith("|")] == ["dlde", "sigmoid"]
-    assert metrics[-1].startswith("<sub>commit ")  # the provenance line (dlde.analysis.tables.write_table_file)
+    assert metrics[-1].startswith("<sub>commit ")  # the provenance line (dlde.tables.write_table_file)
     assert (tmp_path / "tiny" / "sigmoid" / "04_inference.ipynb").exists()
     # A rerun finds the identical finished runs in their folders and reuses them (no retraining).
     checkpoint = tmp_path / "tiny" / "dlde" / "checkpoint.pt"

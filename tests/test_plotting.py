@@ -1,4 +1,4 @@
-"""Tests for the figures (dlde.analysis.plotting, embedding_plots, metric_plots, detection_plots): figure
+"""Tests for the figures (dlde.plots.plotting, embedding_plots, metric_plots, detection_plots): figure
 structure (axes, artists) and deterministic saving."""
 
 import matplotlib
@@ -17,8 +17,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
 
-from dlde.analysis.detection_plots import detection_grid, draw_detections  # noqa: E402
-from dlde.analysis.embedding_plots import (  # noqa: E402
+from dlde.plots.detection_plots import detection_grid, draw_detections  # noqa: E402
+from dlde.plots.embedding_plots import (  # noqa: E402
     plot_angular_drift,
     plot_concentration,
     plot_cosine_heatmaps,
@@ -26,8 +26,8 @@ from dlde.analysis.embedding_plots import (  # noqa: E402
     plot_embedding_2d,
     plot_sphere,
 )
-from dlde.analysis.metric_plots import MAX_CLASS_BARS, plot_per_class_ap, plot_training_curves  # noqa: E402
-from dlde.analysis.plotting import (  # noqa: E402
+from dlde.plots.metric_plots import MAX_CLASS_BARS, plot_per_class_ap, plot_training_curves  # noqa: E402
+from dlde.plots.plotting import (  # noqa: E402
     FONT_PT,
     LABEL_PT,
     PRINT_WIDTHS,

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from dlde.analysis import embedding_plots, metric_plots, vocabulary_plots  # noqa: E402
-from dlde.analysis.plotting import BUCKET_COLORS, MIN_TEXT_PT, PRINT_WIDTHS, WIDTH, save_figure  # noqa: E402
+from dlde.plots import embedding_plots, metric_plots, vocabulary_plots  # noqa: E402
+from dlde.plots.plotting import BUCKET_COLORS, MIN_TEXT_PT, PRINT_WIDTHS, WIDTH, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("print_check", ROOT / "benchmarks" / "print_check.py")

@@ -1,6 +1,6 @@
 """The results tables of README.md and docs/*.md are their files' tables (``python -m
 dlde.pipeline.readme``), markers resolve from the repository root in every document, and every table
-file can name the commit, command and date that made it (``dlde.analysis.tables``)."""
+file can name the commit, command and date that made it (``dlde.tables``)."""
 import re
 import shutil
 import subprocess
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dlde.analysis.tables import (
+from dlde.kernels import setting as kernel_setting
+from dlde.pipeline.readme import documents, main, render, render_documents, table_commits, table_files
+from dlde.tables import (
     PROVENANCE,
     code_commit,
     command_line,
@@ -18,8 +20,6 @@ from dlde.analysis.tables import (
     split_provenance,
     write_table_file,
 )
-from dlde.kernels import setting as kernel_setting
-from dlde.pipeline.readme import documents, main, render, render_documents, table_commits, table_files
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Each document (README.md, docs/*.md) by its name relative to the root -> its text.

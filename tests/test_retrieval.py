@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from dlde.analysis.detection_plots import plot_retrieval_grid
 from dlde.analysis.retrieval import (
     EmbeddingIndex,
     box_embeddings,
@@ -19,7 +18,8 @@ from dlde.analysis.retrieval import (
 )
 from dlde.analysis.retrieval_protocol import pool_retrieval
 from dlde.analysis.stats import t_interval
-from dlde.analysis.tables import retrieval_table
+from dlde.plots.detection_plots import plot_retrieval_grid
+from dlde.protocols.tables import retrieval_table
 
 
 def _brute_force(gallery, queries, k):

@@ -13,16 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlde.analysis import aggregate
-from dlde.analysis.aggregate import (
-    final_kappa,
-    min_angle_deg,
-    run_summary,
-    summarize_arms,
-    sweep_table,
-    write_sweep,
-)
 from dlde.analysis.stats import t_interval, t_quantile
+from dlde.analysis.sweep_stats import final_kappa, min_angle_deg, run_summary, summarize_arms
 from dlde.files import release_lock, try_lock
 from dlde.pipeline import execute
 from dlde.pipeline import sweeps as sweeps_module
@@ -32,6 +24,8 @@ from dlde.pipeline.plan import STEP_FILE, confined, make_plan, train_config
 from dlde.pipeline.progress import EpochProgress, Summary
 from dlde.pipeline.reports import write_index
 from dlde.pipeline.sweeps import SWEEP_LOCK, aggregate_sweeps, make_sweep_plan, run_key, run_sweeps
+from dlde.plots.sweep_plots import plot_sweep
+from dlde.reports.sweeps import sweep_table, write_sweep
 from dlde.train import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +151,7 @@ def test_sweep_figure_has_a_panel_per_available_metric_with_the_seeds(tmp_path):
 
     seeds = {"a": [{"AP": 0.1}, {"AP": 0.3}], "b": [{"AP": 0.5}, {"AP": 0.5}]}
     rows = summarize_arms(seeds)
-    fig = aggregate.plot_sweep(rows, "demo", seeds)
+    fig = plot_sweep(rows, "demo", seeds)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["AP"]  # only AP has data here
     (bars,) = [c for c in visible[0].containers]
@@ -453,7 +447,8 @@ def test_an_interrupted_sweep_resumes_after_its_last_epoch(tmp_path):
 
 
 def test_max_mean_cosine_shows_a_collapse_and_ece_is_tabulated(tmp_path):
-    from dlde.analysis.aggregate import max_mean_cosine, plot_collapse, run_summary
+    from dlde.analysis.sweep_stats import collapse_curves, max_mean_cosine, run_summary
+    from dlde.plots.sweep_plots import plot_collapse
 
     spread = np.eye(3, 4)
     collapsed = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0]])
@@ -468,8 +463,10 @@ def test_max_mean_cosine_shows_a_collapse_and_ece_is_tabulated(tmp_path):
     np.save(run / "means_history.npy", np.stack([spread, collapsed]))
     (run / "01_train" / "results.json").write_text(json.dumps({"ECE": 0.125}))
     assert run_summary(run)["ECE"] == 0.125
-    fig = plot_collapse({"fast": [run], "empty": [tmp_path / "missing"]})
-    assert len(fig.axes[0].lines) == 2  # the arm's curve and the collapse line at 1; the empty arm skipped
+    curves = collapse_curves({"fast": [run], "empty": [tmp_path / "missing"]})
+    assert list(curves) == ["fast"] and curves["fast"].shape == (1, 2)  # the arm without means left out
+    fig = plot_collapse(curves)
+    assert len(fig.axes[0].lines) == 2  # the arm's curve and the collapse line at 1
 
 
 @pytest.mark.slow

@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dlde.analysis.aggregate import sweep_markdown
 from dlde.analysis.stats import t_interval
-from dlde.analysis.tables import (
-    few_shot_table,
-    interval_cell,
-    markdown_table,
-    open_set_table,
-    retrieval_table,
-    split_provenance,
-)
+from dlde.protocols.tables import few_shot_table, open_set_table, retrieval_table
+from dlde.reports.sweeps import sweep_markdown
+from dlde.tables import interval_cell, markdown_table, split_provenance
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 

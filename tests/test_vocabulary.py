@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlde.analysis import aggregate
-from dlde.analysis.aggregate import METRICS, run_summary, summarize_arms, sweep_table, write_csv, write_sweep
+from dlde.analysis import sweep_stats
+from dlde.analysis.sweep_stats import METRICS, run_summary, summarize_arms
 from dlde.analysis.vocabulary import (
     arm_rows,
     class_image_counts,
@@ -20,9 +20,11 @@ from dlde.analysis.vocabulary import (
     missing_runs,
     training_sets,
 )
-from dlde.analysis.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
 from dlde.pipeline.plan import load_config, notebook_defaults
 from dlde.pipeline.sweeps import make_sweep_plan
+from dlde.plots.sweep_plots import plot_sweep
+from dlde.plots.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
+from dlde.reports.sweeps import sweep_table, write_csv, write_sweep
 from dlde.train import PRESETS, TrainConfig, train
 from dlde.train.runs import RunFolder, run_identity
 
@@ -30,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
 HEADS = ("dlde", "retinanet", "prototypes")
 VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]  # the two sweeps notebook 07 draws
-MAKE_VOCABULARY = VOCABULARY + ["vocabulary_scale", "vocabulary_screen", "vocabulary_longtail"]  # make vocabulary's sweeps
+#: make vocabulary's sweeps
+MAKE_VOCABULARY = VOCABULARY + ["vocabulary_scale", "vocabulary_screen", "vocabulary_longtail"]
 LEVER_ARMS = ["d=256,w=14,constant", "d=256,w=7,constant", "d=128,w=14,constant", "d=128,w=7,constant",
               "d=128,w=prior,constant", "d=128,w=7,count", "d=32,w=7,constant"]
 
@@ -195,7 +198,7 @@ def test_digits_sweeps_keep_their_columns_even_with_epoch_times(tmp_path):
     committed = (REPO / "figures" / "ablations" / "headline.md").read_text().splitlines()[2]
     assert sweep_table(rows).splitlines()[0] == committed
     assert not any(key.startswith(("APr", "epoch_time_s")) for key in rows[0])
-    assert aggregate.tabulated(rows) == list(METRICS)
+    assert sweep_stats.tabulated(rows) == list(METRICS)
 
 
 def test_a_vocabulary_sweep_is_written_with_bucket_panels(tmp_path):
@@ -206,7 +209,7 @@ def test_a_vocabulary_sweep_is_written_with_bucket_panels(tmp_path):
     written = write_sweep("vocabulary_demo", runs, tmp_path / "ablations")
     assert "APr mean ± sd" in written["md"].read_text()
     rows = summarize_arms({arm: [run_summary(d) for d in dirs] for arm, dirs in runs.items()})
-    fig = aggregate.plot_sweep(rows, "demo")
+    fig = plot_sweep(rows, "demo")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["AP", "AP50", "AP75", "APr", "APc", "APf", "training time per epoch (s)"]
     plt.close(fig)

@@ -32,8 +32,8 @@
   seed's mean over its draws** (``n`` = base seeds); with one base seed, over its draws.
 
 The same base models meet unknown objects in :mod:`dlde.analysis.openset_protocol` and serve
-retrieval in :mod:`dlde.analysis.retrieval_protocol`; the tables are in :mod:`dlde.analysis.tables`,
-the figures in :mod:`dlde.analysis.fewshot_plots`.
+retrieval in :mod:`dlde.analysis.retrieval_protocol`; the tables are in :mod:`dlde.tables`,
+the figures in :mod:`dlde.plots.fewshot_plots`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from .retrieval import box_embeddings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Label of a detection flagged as an unknown object (see :func:`detect_folder`); drawn dotted in grey
-#: as "unknown" by :mod:`dlde.analysis.detection_plots`.
+#: as "unknown" by :mod:`dlde.plots.detection_plots`.
 UNKNOWN_LABEL = -1
 
 
@@ -111,7 +111,7 @@ def _detect(model: nn.Module, images: list[np.ndarray], transform: DetectionTran
 
 def detection_samples(model: nn.Module, dataset, indices: Sequence[int], *, score_threshold: float = 0.3) -> list[dict]:
     """Detections on dataset items, in original pixels, with their ground truth, for
-    :func:`dlde.analysis.detection_plots.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
+    :func:`dlde.plots.detection_plots.detection_grid` (keys ``image, boxes, labels, scores, gt_boxes``)."""
     images = [display_image(dataset.image_path(i)) for i in indices]
     samples = _detect(model, images, dataset.transform, score_threshold)
     for sample, index in zip(samples, indices):

@@ -351,7 +351,7 @@ def auroc(known_scores: Any, unknown_scores: Any) -> float:
 
 
 def roc_curve(known_scores: Any, unknown_scores: Any) -> dict:
-    """ROC of unknown detection, for :func:`dlde.analysis.metric_plots.plot_roc`.
+    """ROC of unknown detection, for :func:`dlde.plots.metric_plots.plot_roc`.
 
     Args:
         known_scores: (N,) unknown scores of known objects.

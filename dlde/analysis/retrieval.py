@@ -264,7 +264,7 @@ def per_class(values: Any, labels: Any) -> dict[int, float]:
 
 
 def crop_boxes(image: Any, boxes: Any, *, pad: int = 0) -> list[np.ndarray]:
-    """Crops of an image for display (e.g. :func:`dlde.analysis.detection_plots.plot_retrieval_grid`).
+    """Crops of an image for display (e.g. :func:`dlde.plots.detection_plots.plot_retrieval_grid`).
 
     Args:
         image: (3, H, W) tensor/array or (H, W, 3) array.

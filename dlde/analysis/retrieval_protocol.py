@@ -84,7 +84,7 @@ def retrieval_evaluation(model: nn.Module, dataset: CocoDetection, *, max_images
 def retrieval_examples(dataset: CocoDetection, retrieval: Mapping[str, Any], queries: Sequence[int], k: int = 5,
                        *, pad: int = 1) -> dict[str, Any]:
     """Crops of query boxes and of their k nearest gallery boxes, for
-    :func:`dlde.analysis.detection_plots.plot_retrieval_grid`.
+    :func:`dlde.plots.detection_plots.plot_retrieval_grid`.
 
     Args:
         dataset: the dataset of :func:`retrieval_evaluation`.

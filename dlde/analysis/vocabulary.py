@@ -2,8 +2,8 @@
 
 The sweeps ``vocabulary_heads`` and ``vocabulary_levers`` of ``figures.yaml`` train the heads on
 ``glyphs`` datasets of several sizes C (:mod:`dlde.data.glyphs`). Here their run folders become
-plain rows for :mod:`dlde.analysis.vocabulary_plots` and the tables of
-:mod:`dlde.analysis.aggregate`: which runs are missing, the mean and t-interval of every metric
+plain rows for :mod:`dlde.plots.vocabulary_plots` and the tables of
+:mod:`dlde.reports.sweeps`: which runs are missing, the mean and t-interval of every metric
 per arm with the arm's head and C, the training images per class of a dataset, and detections of
 one run per head for example canvases. Each function takes ``arm -> run folders`` (as a sweep plan
 gives them), so it is tested on hand-made folders.
@@ -24,8 +24,8 @@ from dlde.data.long_tail import frequency
 from dlde.model.registry import HEADS
 from dlde.train.runs import RunFolder, load_run, run_identity
 
-from .aggregate import min_angle_deg, run_summary, summarize_arms
 from .inspection import detection_samples
+from .sweep_stats import min_angle_deg, run_summary, summarize_arms
 
 Arms = Mapping[str, Sequence[str | os.PathLike]]  # arm name -> its run folders (one per seed)
 
@@ -63,7 +63,7 @@ def _head_options(run_dir: Path) -> dict[str, Any]:
 
 
 def arm_rows(arms: Arms) -> list[dict[str, Any]]:
-    """Per arm with a finished run, :func:`dlde.analysis.aggregate.summarize_arms` over its finished
+    """Per arm with a finished run, :func:`dlde.analysis.sweep_stats.summarize_arms` over its finished
     runs, with its ``head`` (the model) and ``classes`` (C) added; arms without one are left out.
 
     Returns:
@@ -135,7 +135,7 @@ def example_detections(arms: Arms, *, images: int, score_threshold: float) -> di
 
     Returns:
         Head -> ``run`` (its folder), ``samples`` (for
-        :func:`dlde.analysis.detection_plots.detection_grid`) and ``class_names``; heads without
+        :func:`dlde.plots.detection_plots.detection_grid`) and ``class_names``; heads without
         such a run are left out.
     """
     chosen: dict[str, tuple[int, Path]] = {}

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from dlde.analysis.interactive import widget_canvas
-from dlde.analysis.plotting import save_figure
 from dlde.data.digits import make_digits_dataset
 from dlde.errors import UNSET, Refusal
 from dlde.files import atomic_write_text, jsonable
+from dlde.plots.interactive import widget_canvas
+from dlde.plots.plotting import save_figure
 from dlde.train import TrainConfig, TrainResult, train
 
 RESULTS_FILE = "results.json"
@@ -168,7 +168,7 @@ class Figures:
         directory: output folder (PNG + PDF per figure).
         prefix: prepended to every name (e.g. ``"sigmoid_"``).
         interactive: display each figure as an ``ipympl`` widget (zoom, pan, 3-D rotation)
-            instead of a static image; see :func:`dlde.analysis.interactive.use_widgets`.
+            instead of a static image; see :func:`dlde.plots.interactive.use_widgets`.
         names: the names saved so far, in order (for ``results.json``).
     """
 

@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from dlde.reports.sweeps import ABLATIONS_FOLDER
 from dlde.train import TrainConfig
 
 from .lock import NOTEBOOKS_DIR, check_parameters_cell
@@ -39,7 +40,6 @@ PATH_PARAMETERS = ("RUN_DIR", "DATA_ROOT", "FIGURES_DIR", "OUT_DIR", "IMAGES_DIR
 TINY_RUN = {"PRESET": "tiny", "EPOCHS": 1, "RESUME": False, "DETECTION_IMAGES": 4}
 TINY_NOTEBOOK = {"MAX_IMAGES": 16, "DEMO_IMAGES": 4, "SHOTS": "1,2", "DRAWS": 2, "FINETUNE_STEPS": 2, "BASE_EPOCHS": 1}
 STEP_FILE = "pipeline_step.json"  # next to results.json: the parameters the pipeline injected
-ABLATIONS_FOLDER = "ablations"  # under figures_dir: the aggregated sweeps
 #: Names of runs, sweeps and arms: they become folder names, so no separators and no leading dot.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 #: The top-level keys of figures.yaml, and those of one sweep.

@@ -12,7 +12,7 @@ too::
 
 ``#k`` after the path picks the k-th table (1-based) of a file holding several
 (``figures/few_shot_benchmark.md#2``). :func:`render` puts between the markers the file's table
-verbatim and then its provenance line (:func:`dlde.analysis.tables.write_table_file`), each after
+verbatim and then its provenance line (:func:`dlde.tables.write_table_file`), each after
 an empty line; an indented marker (a table inside a list item) indents the whole block.
 
 A table made by hand from files (a pivot of one, a summary of several) sits between::
@@ -51,8 +51,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlde.analysis.tables import missing_provenance, split_provenance
 from dlde.files import atomic_write_text
+from dlde.tables import missing_provenance, split_provenance
 
 #: The repository's README (the one next to this package); its folder is the root of every marker.
 README = Path(__file__).resolve().parents[2] / "README.md"

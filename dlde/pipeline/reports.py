@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dlde.analysis.aggregate import SWEEP_RECORD_SUFFIX
-from dlde.analysis.tables import markdown_table, write_table_file
 from dlde.files import atomic_write_text
+from dlde.reports.sweeps import SWEEPS_HEADING, index_lines
+from dlde.tables import code_value, markdown_table, write_table_file
 
 from .notebook import RESULTS_FILE, read_results
-from .plan import ABLATIONS_FOLDER, PATH_PARAMETERS, STEP_FILE, TRAIN_NOTEBOOK, Plan, Step
+from .plan import PATH_PARAMETERS, STEP_FILE, TRAIN_NOTEBOOK, Plan, Step
 
 #: Next to results.json: ``{"failed", "reason", "figures"}``, figures of earlier pipeline runs
 #: whose step (``failed``: that notebook, or the run's training) failed since.
@@ -76,38 +76,12 @@ def clear_stale(plan: Plan, step: Step) -> None:
     (plan.out_dir(step) / STALE_FILE).unlink(missing_ok=True)
 
 
-def _markdown_value(value: Any) -> str:
-    return f"`{json.dumps(value)}`" if isinstance(value, str) else f"`{value}`"
-
-
-def _sweep_index_lines(plan: Plan) -> list[str]:
-    """The ``Sweeps`` section of index.md: every aggregated sweep in ``<figures_dir>/ablations``."""
-    folder = plan.ablations_dir
-    records = sorted(folder.glob(f"*{SWEEP_RECORD_SUFFIX}")) if folder.is_dir() else []
-    if not records:
-        return []
-    rows = []
-    for path in records:
-        record = json.loads(path.read_text())
-        name, parameters = record["sweep"], record.get("parameters", {})
-        base = ", ".join(f"{k}={_markdown_value(v)}" for k, v in (parameters.get("base") or {}).items()) or "defaults"
-        arms = parameters.get("grid") or parameters.get("arms") or {}
-        arms_text = "; ".join(f"{k}: {_markdown_value(v)}" for k, v in arms.items())
-        seeds = ", ".join(str(s) for s in parameters.get("seeds", []))
-        rows.append([name, f"[{name}.md]({ABLATIONS_FOLDER}/{name}.md) ([csv]({ABLATIONS_FOLDER}/{name}.csv))",
-                     f"[{name}.png]({ABLATIONS_FOLDER}/{name}.png) ([pdf]({ABLATIONS_FOLDER}/{name}.pdf))",
-                     base, arms_text, seeds])
-    return ["", f"{SWEEPS_HEADING} (`python -m dlde.pipeline --sweeps`, `make ablations`)", "",
-            "Mean ± sd and 95 % t-interval over seeds; every arm's runs are listed in the `.json`.", "",
-            markdown_table(["sweep", "table", "figure", "base", "arms", "seeds"], rows)]
-
-
 def _figure_rows(plan: Plan, done: list[tuple[Step, dict[str, Any], dict[str, Any]]]) -> list[list[str]]:
     """One row per figure of the finished steps: figure, run, notebook, executed copy, parameters."""
     rows = []
     for step, results, record in done:
         parameters = ", ".join(
-            f"{key}={_markdown_value(plan.display(value) if key in PATH_PARAMETERS and value else value)}"
+            f"{key}={code_value(plan.display(value) if key in PATH_PARAMETERS and value else value)}"
             for key, value in record["parameters"].items()) or "defaults"
         rows += [[_figure_link(name), step.run, f"`notebooks/{step.notebook}`",
                   f"`{plan.display(plan.executed(step))}`", parameters] for name in results.get("figures", [])]
@@ -158,12 +132,10 @@ def write_index(plan: Plan) -> Path:
                                  [[step.run, f"`notebooks/{step.notebook}`", f"`{plan.display(plan.executed(step))}`"]
                                   for step in missing])]
     lines += _stale_lines(plan)
-    lines += _sweep_index_lines(plan)
+    lines += index_lines(plan.ablations_dir)
     plan.figures_dir.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(plan.figures_dir / "index.md", "\n".join(lines) + "\n")
 
-
-SWEEPS_HEADING = "## Sweeps"
 
 
 def write_sweep_index(plan: Plan) -> Path:
@@ -178,7 +150,7 @@ def write_sweep_index(plan: Plan) -> Path:
     start = next((i for i, line in enumerate(lines) if line.startswith(SWEEPS_HEADING)), len(lines))
     while start > 0 and not lines[start - 1].strip():
         start -= 1
-    return atomic_write_text(path, "\n".join(lines[:start] + _sweep_index_lines(plan)) + "\n")
+    return atomic_write_text(path, "\n".join(lines[:start] + index_lines(plan.ablations_dir)) + "\n")
 
 
 def _number(value: Any, digits: int = 3) -> str:

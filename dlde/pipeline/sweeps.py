@@ -12,7 +12,7 @@ reported with its executed notebook and the others go on (``--fail-fast`` stops)
 processes may share a runs folder: a run one of them is training is skipped by the others.
 ``--executor local|slurm`` trains each run as a submitit job (:func:`train_job`, :mod:`.executors`)
 in the same folders under the same locks, and waits for them. Then
-:mod:`dlde.analysis.aggregate` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
+:mod:`dlde.reports.sweeps` writes ``<figures_dir>/ablations/<sweep>.md/.csv/.png/.pdf`` (mean ± sd
 and 95 % t-interval over seeds) and ``index.md`` lists them. A notebook of the figure pipeline that
 reads sweeps has their runs trained the same way first (:func:`train_step_sweeps`).
 """
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlde.analysis.aggregate import write_sweep
 from dlde.files import release_lock, try_lock
 from dlde.kernels import setting as kernel_setting
 from dlde.model.registry import all_head_options
+from dlde.reports.sweeps import write_sweep
 from dlde.train import PRESETS, RunFolder
 from dlde.train.config import field_names
 from dlde.train.runs import describe_changes, run_identity
@@ -420,7 +420,7 @@ def run_sweeps(plan: SweepPlan, *, force: bool = False, fail_fast: bool = False,
     ``force`` every run is retrained in its folder with ``overwrite``, which replaces only the
     run's own files.
     After all runs (also after failures) every sweep is aggregated over its finished runs
-    (:func:`dlde.analysis.aggregate.write_sweep`) and ``index.md`` is rewritten, unless not ``aggregate``.
+    (:func:`dlde.reports.sweeps.write_sweep`) and ``index.md`` is rewritten, unless not ``aggregate``.
 
     Args:
         plan: from :func:`make_sweep_plan`.

@@ -45,7 +45,7 @@ def use_widgets(enable: bool | None = None) -> bool:
 def widget_canvas(fig):
     """Attach an ``ipympl`` widget canvas to ``fig`` and return it (display it to show ``fig``).
 
-    The figure stays usable after :func:`dlde.analysis.plotting.save_figure` closed it in pyplot; the
+    The figure stays usable after :func:`dlde.plots.plotting.save_figure` closed it in pyplot; the
     canvas also carries a PNG of the figure for viewers without widgets.
     """
     from ipympl.backend_nbagg import Canvas, FigureManager

@@ -4,7 +4,7 @@ Images may be (3, H, W) float in [0, 1], (H, W, 3) uint8 or float, or (H, W) gra
 arrays or torch tensors; boxes are (N, 4) as x1, y1, x2, y2 in pixels. Each function returns a
 :class:`matplotlib.figure.Figure`: one image one column wide, grids of images two columns wide
 (the full text width, shared by the grid's columns); class ``c`` is drawn in
-:func:`dlde.analysis.plotting.class_colors` ``(C)[c]``.
+:func:`dlde.plots.plotting.class_colors` ``(C)[c]``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .embeddings import to_numpy
-from .inspection import UNKNOWN_LABEL
+from dlde.analysis.embeddings import to_numpy
+from dlde.analysis.inspection import UNKNOWN_LABEL
+
 from .plotting import FONT_PT, TEXT_WIDTH, WIDTH, as_labels, class_colors, figure_size, print_style
 
 __all__ = ["UNKNOWN_COLOR", "draw_detections", "detection_grid", "plot_retrieval_grid"]

@@ -1,8 +1,8 @@
 """Charts of measured numbers: training curves, AP per class, reliability, open-set scores and ROC.
 
 Each function returns a :class:`matplotlib.figure.Figure` one column wide (see
-:mod:`dlde.analysis.plotting` for the shared colors, print sizes and
-:func:`~dlde.analysis.plotting.save_figure`); AP bars for many classes take two columns.
+:mod:`dlde.plots.plotting` for the shared colors, print sizes and
+:func:`~dlde.plots.plotting.save_figure`); AP bars for many classes take two columns.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .calibration import ece_of_curve
-from .embeddings import to_numpy
+from dlde.analysis.calibration import ece_of_curve
+from dlde.analysis.embeddings import to_numpy
+
 from .plotting import (
     BUCKET_COLORS,
     BUCKET_LINES,

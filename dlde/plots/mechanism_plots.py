@@ -1,7 +1,7 @@
 """Figures of ``notebooks/00_mechanism.ipynb`` (:mod:`dlde.analysis.mechanism`): the score of a class
 against the cosine, and tracked means moving (or collapsing) on a stream of embeddings.
 
-One column wide, print-sized (:func:`dlde.analysis.plotting.print_style`); series differ by line
+One column wide, print-sized (:func:`dlde.plots.plotting.print_style`); series differ by line
 style as well as colour, so the figures read in grey.
 """
 from __future__ import annotations

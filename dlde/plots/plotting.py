@@ -1,9 +1,9 @@
 """What every figure of dlde shares: class colors, class names and labels, deterministic saving.
 
-The figures themselves live by subject: :mod:`dlde.analysis.metric_plots` (training curves, AP per
-class, calibration, open-set scores), :mod:`dlde.analysis.embedding_plots` (class means and
-embeddings), :mod:`dlde.analysis.detection_plots` (images with boxes, retrieval crops) and
-:mod:`dlde.analysis.fewshot_plots`. Every ``plot_*`` function returns a
+The figures themselves live by subject: :mod:`dlde.plots.metric_plots` (training curves, AP per
+class, calibration, open-set scores), :mod:`dlde.plots.embedding_plots` (class means and
+embeddings), :mod:`dlde.plots.detection_plots` (images with boxes, retrieval crops) and
+:mod:`dlde.plots.fewshot_plots`. Every ``plot_*`` function returns a
 :class:`matplotlib.figure.Figure` and never calls ``plt.show``; pass it to :func:`save_figure`
 (which closes it) or display it in a notebook. Class ``c`` is drawn in ``class_colors(C)[c]`` in
 every figure. Inputs may be numpy arrays or torch tensors.

@@ -4,7 +4,7 @@ comparison over base seeds.
 :func:`plot_shots` and :func:`plot_forgetting` read the rows of :func:`dlde.analysis.fewshot.summarize`,
 :func:`plot_unknown_scores` the result of :func:`dlde.analysis.openset_protocol.pool_open_set`; all
 return matplotlib figures, one column wide but the two panels of :func:`plot_unknown_scores` (two
-columns). Each method or model has its own marker (:data:`dlde.analysis.plotting.MARKERS`) besides
+columns). Each method or model has its own marker (:data:`dlde.plots.plotting.MARKERS`) besides
 its colour, so the series read apart in grey.
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .fewshot import interval_over
-from .openset import SCORES
+from dlde.analysis.fewshot import interval_over
+from dlde.analysis.openset import SCORES
+
 from .plotting import MARKERS, OKABE_ITO, class_colors, figure_size, print_style
 
 __all__ = ["plot_shots", "plot_forgetting", "plot_unknown_scores"]

@@ -1,13 +1,13 @@
 """Figures of the large-vocabulary sweeps: metrics against the number of classes per head, DLDENet's
 levers against the embedding size, and the class frequencies of a long-tailed dataset.
 
-Sized for one column of a paper (:func:`dlde.analysis.plotting.figure_size`, 7-8 pt text) and
+Sized for one column of a paper (:func:`dlde.plots.plotting.figure_size`, 7-8 pt text) and
 colour-blind safe: the heads and the frequency buckets take colours of the Okabe-Ito palette, and
 each head also has its own marker and line style, so the figures read in grey too. Every function returns a
-:class:`matplotlib.figure.Figure` (save it with :func:`dlde.analysis.plotting.save_figure`).
+:class:`matplotlib.figure.Figure` (save it with :func:`dlde.plots.plotting.save_figure`).
 The inputs are the plain rows of :func:`dlde.analysis.vocabulary.arm_rows` and the counts of
 :func:`dlde.analysis.vocabulary.class_image_counts`; examples of detections are drawn by
-:func:`dlde.analysis.detection_plots.detection_grid`.
+:func:`dlde.plots.detection_plots.detection_grid`.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from dlde.analysis.stats import CONFIDENCE
+from dlde.analysis.sweep_stats import METRICS, VOCABULARY_METRICS
 from dlde.data.long_tail import BUCKETS
 
-from .aggregate import METRICS, VOCABULARY_METRICS
 from .plotting import BUCKET_COLORS, BUCKET_HATCHES, OKABE_ITO, figure_size, print_style
-from .stats import CONFIDENCE
 
 __all__ = ["HEAD_STYLES", "plot_against_classes", "plot_class_frequency", "plot_levers", "plot_tracking"]
 

@@ -4,7 +4,7 @@ How the means move and spread during training (angular drift, cosine matrices, c
 and where the embeddings lie (a 2-D layout, the unit sphere, cosine margins). Each function
 returns a :class:`matplotlib.figure.Figure` one column wide, but the two side-by-side panels of
 the drift and the cosine matrices, which take two; class ``c`` is drawn in
-:func:`dlde.analysis.plotting.class_colors` ``(C)[c]`` and named in a legend beside the axes.
+:func:`dlde.plots.plotting.class_colors` ``(C)[c]`` and named in a legend beside the axes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .embeddings import to_numpy
+from dlde.analysis.embeddings import to_numpy
+
 from .plotting import HATCH, MIN_TEXT_PT, as_labels, class_colors, display_names, figure_size, print_style
 
 __all__ = [

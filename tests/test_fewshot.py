@@ -14,13 +14,13 @@ from helpers import SMALL, batch_annotations
 from torch.testing import assert_close
 
 from dlde import DLDENetWithTrackedMeans, RetinaNet
-from dlde.analysis import fewshot
-from dlde.analysis.openset_protocol import open_set_evaluation
-from dlde.analysis.retrieval_protocol import retrieval_evaluation, retrieval_examples
 from dlde.analysis.stats import t_interval
 from dlde.model.growth import add_classes, imprint
 from dlde.model.registry import head_factory
-from dlde.pipeline.base_runs import base_config, ensure_base_run
+from dlde.protocols import fewshot
+from dlde.protocols.base_runs import base_config, ensure_base_run
+from dlde.protocols.openset import open_set_evaluation
+from dlde.protocols.retrieval import retrieval_evaluation, retrieval_examples
 from dlde.protocols.tables import few_shot_table
 from dlde.tables import interval_cell
 
@@ -198,7 +198,7 @@ def test_summarize_over_base_seeds_is_the_t_interval_of_the_per_seed_means():
 
 
 def test_base_run_folders_keep_seed_0_where_one_base_run_per_head_was(tmp_path):
-    from dlde.pipeline.base_runs import base_run_dir, prepare
+    from dlde.protocols.base_runs import base_run_dir, prepare
 
     assert base_run_dir(tmp_path, "dlde", 0) == tmp_path / "dlde"  # the folder cached before base seeds
     assert base_run_dir(tmp_path, "prototypes", 2) == tmp_path / "prototypes,seed=2"
@@ -382,7 +382,7 @@ def test_open_set_and_retrieval_leave_the_global_generators_alone(tiny_setting):
 def test_ensure_base_run_leaves_threads_and_global_generators_as_it_found_them(tmp_path, monkeypatch):
     """Training pins its threads and seeds the global generators; a fresh pipeline run trains the
     base runs in the process that then measures them, a cached one does not: both must go on alike."""
-    from dlde.pipeline import base_runs
+    from dlde.protocols import base_runs
     from dlde.train.reproducibility import seed_everything
 
     def trainer(config):  # what dlde.train.train does to the process
@@ -408,10 +408,10 @@ def test_ensure_base_run_leaves_threads_and_global_generators_as_it_found_them(t
 def test_a_cached_rerun_of_the_few_shot_path_repeats_a_fresh_one(tmp_path):
     """Base runs of two base seeds trained here (fresh), then read back from their folders (cached), in
     one process: the few-shot rows, the unknown-object numbers of every score and retrieval repeat."""
-    from dlde.analysis.openset_protocol import SCORES, open_set_over_seeds, pool_open_set
-    from dlde.analysis.retrieval_protocol import pool_retrieval, retrieval_over_seeds
     from dlde.files import jsonable
-    from dlde.pipeline.base_runs import prepare
+    from dlde.protocols.base_runs import prepare
+    from dlde.protocols.openset import SCORES, open_set_over_seeds, pool_open_set
+    from dlde.protocols.retrieval import pool_retrieval, retrieval_over_seeds
 
     def run():
         base = prepare(None, tmp_path / "base", seeds=(0, 1), preset="tiny", epochs=1, data_dir=tmp_path / "data",

@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from dlde import build_detector
-from dlde.analysis.inspection import detect_folder, detection_samples, image_files, matched_embeddings
+from dlde.analysis.inspection import matched_embeddings
+from dlde.inference.detect import detect_folder, detection_samples, image_files
 from dlde.pipeline.notebook import inference_results
 from dlde.plots.detection_plots import detection_grid
 from dlde.train import TrainConfig, train

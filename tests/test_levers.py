@@ -346,8 +346,8 @@ def test_the_levers_options_are_refused_when_the_config_is_made():
 def test_tracking_curves_read_what_the_means_did_against_the_images_trained(tmp_path):
     import numpy as np
 
-    from dlde.analysis.vocabulary import tracking_curves
     from dlde.plots.vocabulary_plots import plot_tracking
+    from dlde.protocols.vocabulary import tracking_curves
 
     def run(folder, w):
         folder.mkdir()

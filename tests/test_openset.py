@@ -29,19 +29,12 @@ from dlde.analysis.openset import (
     vmf_unknown_score,
     wilderness_impact,
 )
-from dlde.analysis.openset_protocol import (
-    SCORES,
-    _flagged,
-    _precision_at_recall,
-    calibrate_unknown_flag,
-    open_set_evaluation,
-    pool_open_set,
-)
 from dlde.analysis.retrieval import EmbeddingIndex
 from dlde.analysis.stats import t_interval
-from dlde.analysis.unknown_flag import UnknownFlag
+from dlde.inference.unknown_flag import UnknownFlag, calibrate_unknown_flag
 from dlde.plots.fewshot_plots import plot_unknown_scores
 from dlde.plots.metric_plots import plot_roc, plot_score_histograms
+from dlde.protocols.openset import SCORES, _flagged, _precision_at_recall, open_set_evaluation, pool_open_set
 from dlde.protocols.tables import open_set_table
 from dlde.tables import interval_cell
 
@@ -427,8 +420,8 @@ def test_pool_open_set_gives_t_intervals_over_base_seeds():
 @pytest.fixture(scope="module")
 def tiny_open_set(tmp_path_factory):
     """Untrained tiny base models on 0-6 (keeping every detection) and the ten-digit tiny datasets."""
-    from dlde.analysis import fewshot
-    from dlde.pipeline.base_runs import base_config
+    from dlde.protocols import fewshot
+    from dlde.protocols.base_runs import base_config
     from dlde.train import build_model
 
     root = tmp_path_factory.mktemp("openset")
@@ -483,8 +476,8 @@ def test_open_set_evaluation_every_score_at_tiny_size(tiny_open_set):
 def test_calibrate_unknown_flag_then_flag_a_folder(tiny_open_set, tmp_path):
     """The flag of a run (notebook 04): its threshold keeps the asked fraction of the known
     detections of the validation images; detect_folder labels what scores above it -1."""
-    from dlde.analysis import fewshot
-    from dlde.analysis.inspection import detect_folder
+    from dlde.inference.detect import detect_folder
+    from dlde.protocols import fewshot
 
     models, _, _, _, config = tiny_open_set  # the base runs' configuration: their 7 digits
     flags = {score: calibrate_unknown_flag(models["dlde"], score, config, known_recall=0.5, max_images=4, iou=0.3,
@@ -518,21 +511,21 @@ def test_calibrate_unknown_flag_then_flag_a_folder(tiny_open_set, tmp_path):
 def test_the_notebook_flag_is_left_off_with_a_reason_when_nothing_matches(monkeypatch):
     from types import SimpleNamespace
 
-    from dlde.analysis import openset_protocol
+    from dlde.inference import unknown_flag
 
     run = SimpleNamespace(config={}, kappa_history=None)
-    assert openset_protocol.run_unknown_flag(None, "", run) == (None, "no unknown flag")
+    assert unknown_flag.run_unknown_flag(None, "", run) == (None, "no unknown flag")
 
     def weak(*args, **kwargs):
-        raise openset_protocol.NoMatchedDetections("no detection of 16 validation images matches an object")
+        raise unknown_flag.NoMatchedDetections("no detection of 16 validation images matches an object")
 
-    monkeypatch.setattr(openset_protocol, "calibrate_unknown_flag", weak)
-    flag, about = openset_protocol.run_unknown_flag(None, "knn", run)
+    monkeypatch.setattr(unknown_flag, "calibrate_unknown_flag", weak)
+    flag, about = unknown_flag.run_unknown_flag(None, "knn", run)
     assert flag is None and about == "no unknown flag: no detection of 16 validation images matches an object"
 
     def broken(*args, **kwargs):
         raise ValueError("the 'retinanet' head has no embedding space for the 'knn' score")
 
-    monkeypatch.setattr(openset_protocol, "calibrate_unknown_flag", broken)
+    monkeypatch.setattr(unknown_flag, "calibrate_unknown_flag", broken)
     with pytest.raises(ValueError, match="no embedding space"):  # any other problem still fails loudly
-        openset_protocol.run_unknown_flag(None, "knn", run)
+        unknown_flag.run_unknown_flag(None, "knn", run)

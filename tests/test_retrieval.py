@@ -16,9 +16,9 @@ from dlde.analysis.retrieval import (
     per_class,
     recall_at_k,
 )
-from dlde.analysis.retrieval_protocol import pool_retrieval
 from dlde.analysis.stats import t_interval
 from dlde.plots.detection_plots import plot_retrieval_grid
+from dlde.protocols.retrieval import pool_retrieval
 from dlde.protocols.tables import retrieval_table
 
 

@@ -12,7 +12,11 @@ import pytest
 
 from dlde.analysis import sweep_stats
 from dlde.analysis.sweep_stats import METRICS, run_summary, summarize_arms
-from dlde.analysis.vocabulary import (
+from dlde.pipeline.plan import load_config, notebook_defaults
+from dlde.pipeline.sweeps import make_sweep_plan
+from dlde.plots.sweep_plots import plot_sweep
+from dlde.plots.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
+from dlde.protocols.vocabulary import (
     arm_rows,
     class_image_counts,
     example_detections,
@@ -20,10 +24,6 @@ from dlde.analysis.vocabulary import (
     missing_runs,
     training_sets,
 )
-from dlde.pipeline.plan import load_config, notebook_defaults
-from dlde.pipeline.sweeps import make_sweep_plan
-from dlde.plots.sweep_plots import plot_sweep
-from dlde.plots.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
 from dlde.reports.sweeps import sweep_table, write_csv, write_sweep
 from dlde.train import PRESETS, TrainConfig, train
 from dlde.train.runs import RunFolder, run_identity

@@ -1,7 +1,7 @@
 """The confidence interval of a mean over seeds or draws (two-sided Student's t).
 
 Used by the sweep statistics (:mod:`dlde.analysis.sweep_stats`, over seeds) and by the few-shot
-summary (:func:`dlde.analysis.fewshot.summarize`, over k-shot draws).
+summary (:func:`dlde.protocols.fewshot.summarize`, over k-shot draws).
 """
 from __future__ import annotations
 

@@ -20,13 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from dlde.analysis.embeddings import to_numpy
-from dlde.analysis.inspection import UNKNOWN_LABEL
+from dlde.inference.detect import UNKNOWN_LABEL
 
 from .plotting import FONT_PT, TEXT_WIDTH, WIDTH, as_labels, class_colors, figure_size, print_style
 
 __all__ = ["UNKNOWN_COLOR", "draw_detections", "detection_grid", "plot_retrieval_grid"]
 
-#: Color of a detection flagged as an unknown object (label :data:`dlde.analysis.inspection.UNKNOWN_LABEL`),
+#: Color of a detection flagged as an unknown object (label :data:`dlde.inference.detect.UNKNOWN_LABEL`),
 #: drawn dotted and named "unknown".
 UNKNOWN_COLOR = (0.55, 0.55, 0.55)
 

@@ -1,8 +1,8 @@
 """Figures of the few-shot protocol (a metric against k per method, forgetting) and of its unknown-object
 comparison over base seeds.
 
-:func:`plot_shots` and :func:`plot_forgetting` read the rows of :func:`dlde.analysis.fewshot.summarize`,
-:func:`plot_unknown_scores` the result of :func:`dlde.analysis.openset_protocol.pool_open_set`; all
+:func:`plot_shots` and :func:`plot_forgetting` read the rows of :func:`dlde.protocols.fewshot.summarize`,
+:func:`plot_unknown_scores` the result of :func:`dlde.protocols.openset.pool_open_set`; all
 return matplotlib figures, one column wide but the two panels of :func:`plot_unknown_scores` (two
 columns). Each method or model has its own marker (:data:`dlde.plots.plotting.MARKERS`) besides
 its colour, so the series read apart in grey.
@@ -15,8 +15,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dlde.analysis.fewshot import interval_over
 from dlde.analysis.openset import SCORES
+from dlde.protocols.fewshot import interval_over
 
 from .plotting import MARKERS, OKABE_ITO, class_colors, figure_size, print_style
 
@@ -31,12 +31,12 @@ _UNKNOWN_METRICS = {"auroc": "AUROC (0.5: chance)", "unknown_recall": "unknown r
 @print_style
 def plot_shots(summary: Sequence[Mapping[str, Any]], metric: str = "novel_AP"):
     """``metric`` against k per method: the mean with its 95 % interval as an error bar (over draws, or over
-    base seeds of the per-seed means: :func:`dlde.analysis.fewshot.summarize`; the title says which), the
+    base seeds of the per-seed means: :func:`dlde.protocols.fewshot.summarize`; the title says which), the
     methods dodged sideways so that each interval reads as its own in grey too.
 
     Args:
-        summary: :func:`dlde.analysis.fewshot.summarize` rows.
-        metric: one of :data:`dlde.analysis.fewshot.SUMMARY_METRICS`.
+        summary: :func:`dlde.protocols.fewshot.summarize` rows.
+        metric: one of :data:`dlde.protocols.fewshot.SUMMARY_METRICS`.
     """
     fig, ax, series = _per_method(summary)
     for color, marker, method, rows, k in series:
@@ -98,8 +98,8 @@ def plot_unknown_scores(pooled: Mapping[str, Any], metrics: Sequence[str] = ("au
     its 95 % t-interval as an error bar.
 
     Args:
-        pooled: :func:`dlde.analysis.openset_protocol.pool_open_set`.
-        metrics: keys of :data:`dlde.analysis.openset_protocol.POOLED_SCORE_METRICS`.
+        pooled: :func:`dlde.protocols.openset.pool_open_set`.
+        metrics: keys of :data:`dlde.protocols.openset.POOLED_SCORE_METRICS`.
     """
     models = list(pooled["models"])
     kinds = [k for k in SCORES if any(k in m["scores"] for m in pooled["models"].values())]

@@ -5,8 +5,8 @@ Sized for one column of a paper (:func:`dlde.plots.plotting.figure_size`, 7-8 pt
 colour-blind safe: the heads and the frequency buckets take colours of the Okabe-Ito palette, and
 each head also has its own marker and line style, so the figures read in grey too. Every function returns a
 :class:`matplotlib.figure.Figure` (save it with :func:`dlde.plots.plotting.save_figure`).
-The inputs are the plain rows of :func:`dlde.analysis.vocabulary.arm_rows` and the counts of
-:func:`dlde.analysis.vocabulary.class_image_counts`; examples of detections are drawn by
+The inputs are the plain rows of :func:`dlde.protocols.vocabulary.arm_rows` and the counts of
+:func:`dlde.protocols.vocabulary.class_image_counts`; examples of detections are drawn by
 :func:`dlde.plots.detection_plots.detection_grid`.
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ def plot_against_classes(rows: Sequence[Mapping[str, Any]], metrics: Sequence[st
 
     Args:
         rows: one per arm, with ``head``, ``classes`` and ``<metric>_mean``, ``_low``, ``_high``
-            (:func:`dlde.analysis.vocabulary.arm_rows`); a metric a row lacks counts as NaN.
+            (:func:`dlde.protocols.vocabulary.arm_rows`); a metric a row lacks counts as NaN.
         metrics: one panel each (two per row), e.g. ``("AP", "APr", "APc", "APf")`` or
             ``("epoch_time_s",)``.
         title: the figure's title.
@@ -129,7 +129,7 @@ def plot_levers(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP
     Args:
         rows: one per arm, with ``embedding_size``, ``classifier_init``, ``init_weight``,
             ``means_lr_schedule`` and ``<metric>_mean``, ``_low``, ``_high``
-            (:func:`dlde.analysis.vocabulary.arm_rows`).
+            (:func:`dlde.protocols.vocabulary.arm_rows`).
         metrics: one panel each (two per row).
         title: the figure's title.
     """
@@ -170,7 +170,7 @@ def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *
 
     Args:
         image_count: (C,) training images containing each class
-            (:func:`dlde.analysis.vocabulary.class_image_counts`); classes in no image are left out.
+            (:func:`dlde.protocols.vocabulary.class_image_counts`); classes in no image are left out.
         frequency: (C,) each class's bucket letter ``r``, ``c`` or ``f``; the legend counts them.
         title: the axis title (default: the number of classes).
 
@@ -208,7 +208,7 @@ def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *
     return fig
 
 
-#: Panels of :func:`plot_tracking`: curve keys of :func:`dlde.analysis.vocabulary.tracking_curves`
+#: Panels of :func:`plot_tracking`: curve keys of :func:`dlde.protocols.vocabulary.tracking_curves`
 #: (one line style per frequency bucket where a panel has several) and the panel's title.
 TRACKING_PANELS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("cos_start_r", "cos_start_c", "cos_start_f"),
@@ -228,7 +228,7 @@ def plot_tracking(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str 
     over seeds, with a band from the lowest to the highest seed where there are several.
 
     Args:
-        curves: from :func:`dlde.analysis.vocabulary.tracking_curves`.
+        curves: from :func:`dlde.protocols.vocabulary.tracking_curves`.
         title: the figure's title.
     """
     import matplotlib.pyplot as plt

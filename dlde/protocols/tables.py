@@ -14,7 +14,7 @@ __all__ = ["few_shot_table", "open_set_seeds_table", "open_set_table", "retrieva
 
 
 def few_shot_table(summary: Sequence[Mapping[str, Any]]) -> str:
-    """The few-shot summary (:func:`dlde.analysis.fewshot.summarize`) as a markdown table: mean
+    """The few-shot summary (:func:`dlde.protocols.fewshot.summarize`) as a markdown table: mean
     [95 % interval] over draws, or over base seeds of the per-seed means (column ``base seeds × draws``)."""
     seeds = any("base_seeds" in e for e in summary)
     header = ["method", "k", "base seeds × draws" if seeds else "draws", "novel AP", "novel AP50",
@@ -28,7 +28,7 @@ def few_shot_table(summary: Sequence[Mapping[str, Any]]) -> str:
 
 
 def open_set_table(result: Mapping[str, Any]) -> str:
-    """One row per model and score of :func:`dlde.analysis.openset_protocol.open_set_evaluation`
+    """One row per model and score of :func:`dlde.protocols.openset.open_set_evaluation`
     (or its summary): AUROC, unknown recall at the known-precision point, WI, A-OSE; for a result
     pooled over base seeds (``base_seeds``), :func:`open_set_seeds_table`."""
     if "base_seeds" in result:
@@ -49,7 +49,7 @@ def open_set_table(result: Mapping[str, Any]) -> str:
 
 
 def open_set_seeds_table(pooled: Mapping[str, Any]) -> str:
-    """One row per model and unknown score of :func:`dlde.analysis.openset_protocol.pool_open_set`: mean
+    """One row per model and unknown score of :func:`dlde.protocols.openset.pool_open_set`: mean
     [95 % interval over base seeds] of AUROC, unknown and known recall at 95 % known precision, and WI
     and A-OSE after flagging by the score at that point; first per model a row ``no flag`` (WI, A-OSE)."""
     header = ["model", "score", "AUROC", "unknown recall at 95 % known precision", "known recall there",
@@ -66,9 +66,9 @@ def open_set_seeds_table(pooled: Mapping[str, Any]) -> str:
 
 
 def retrieval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per model (results of :func:`dlde.analysis.retrieval_protocol.retrieval_evaluation`) MAP@R
+    """Per model (results of :func:`dlde.protocols.retrieval.retrieval_evaluation`) MAP@R
     and Recall@k, then a second table of MAP@R per class. For results pooled over base seeds
-    (:func:`dlde.analysis.retrieval_protocol.pool_retrieval`, ``base_seeds`` per model) a column of
+    (:func:`dlde.protocols.retrieval.pool_retrieval`, ``base_seeds`` per model) a column of
     the base seeds, every value a mean [95 % interval over base seeds], per class the means."""
     pooled = any("base_seeds" in r for r in results.values())
     cell = interval_cell if pooled else (lambda value: f"{value:.3f}")

@@ -2,7 +2,7 @@
 
 Each box of a dataset is embedded by a detector with an embedding space and searched with the
 index and metrics of :mod:`dlde.analysis.retrieval`; on the digits the gallery is the
-ten-digit validation set seen by the few-shot base models (:mod:`dlde.analysis.fewshot`). Over
+ten-digit validation set seen by the few-shot base models (:mod:`dlde.protocols.fewshot`). Over
 several base seeds (:func:`retrieval_over_seeds`) each number gets a t-interval over the seeds
 (:func:`pool_retrieval`).
 """
@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlde.analysis.inspection import device_of
+from dlde.analysis.retrieval import EmbeddingIndex, box_embeddings, crop_boxes, map_at_r, per_class, recall_at_k
+from dlde.analysis.stats import t_interval
 from dlde.data.coco import CocoDetection
 from dlde.data.transforms import collate
+from dlde.inference.detect import display_image
 from dlde.model.modes import evaluating
-
-from .inspection import device_of, display_image
-from .retrieval import EmbeddingIndex, box_embeddings, crop_boxes, map_at_r, per_class, recall_at_k
-from .stats import t_interval
 
 __all__ = ["pool_retrieval", "retrieval_evaluation", "retrieval_examples", "retrieval_over_seeds",
            "retrieval_summary"]

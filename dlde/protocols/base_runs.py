@@ -1,13 +1,13 @@
 """The base runs of the few-shot protocol: trained once per head and base seed on the base digits, then reused.
 
-The few-shot, unknown-object and retrieval protocols (:mod:`dlde.analysis.fewshot`,
-:mod:`dlde.analysis.openset_protocol`, :mod:`dlde.analysis.retrieval_protocol`) measure base
+The few-shot, unknown-object and retrieval protocols (:mod:`dlde.protocols.fewshot`,
+:mod:`dlde.protocols.openset`, :mod:`dlde.protocols.retrieval`) measure base
 models trained on the digits ``BASE_CLASSES`` only, several training seeds per head (the *base
-seeds*, :data:`dlde.analysis.fewshot.BASE_SEEDS`), so their intervals cover another training
+seeds*, :data:`dlde.protocols.fewshot.BASE_SEEDS`), so their intervals cover another training
 seed too. :func:`base_config` derives such a run's configuration from another run (or a preset),
 :func:`ensure_base_run` trains it unless its folder (:func:`base_run_dir`) already holds it, and
 :func:`prepare` returns the base models of several heads and base seeds with the ten-digit
-datasets (:class:`BaseModels`), as notebooks 05 and 06 and ``benchmarks/few_shot.py`` use them.
+datasets (:class:`BaseModels`), as notebooks 05 and 06 and ``python -m dlde.protocols.fewshot`` use them.
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlde.analysis.fewshot import BASE_CLASSES, BASE_SEEDS, few_shot_datasets
 from dlde.data.coco import CocoDetection
 from dlde.train import TrainConfig, default_data_root, train
 from dlde.train.reproducibility import rng_state, set_rng_state
 from dlde.train.runs import RunFolder
+
+from .fewshot import BASE_CLASSES, BASE_SEEDS, few_shot_datasets
 
 __all__ = ["BaseModels", "base_config", "base_run_dir", "ensure_base_run", "prepare"]
 

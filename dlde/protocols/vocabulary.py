@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from dlde.analysis.sweep_stats import min_angle_deg, run_summary, summarize_arms
 from dlde.data.generated import GeneratedPaths
 from dlde.data.long_tail import frequency
+from dlde.inference.detect import detection_samples
 from dlde.model.registry import HEADS
 from dlde.train.runs import RunFolder, load_run, run_identity
-
-from .inspection import detection_samples
-from .sweep_stats import min_angle_deg, run_summary, summarize_arms
 
 Arms = Mapping[str, Sequence[str | os.PathLike]]  # arm name -> its run folders (one per seed)
 

@@ -1,4 +1,5 @@
-"""Tests for dlde.analysis.figure_compare: a figure's pixels (PNG) or drawing (PDF) compared, not only its bytes."""
+"""Tests for dlde.plots.tools.compare (``python -m dlde.plots.tools compare``): a figure's pixels (PNG) or
+drawing (PDF) compared, not only its bytes."""
 
 import matplotlib
 
@@ -9,7 +10,8 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, PngImagePlugin  # noqa: E402
 
-from dlde.analysis.figure_compare import PDF_TOLERANCE, compare_figures, compare_folders, main  # noqa: E402
+from dlde.plots.tools import cli  # noqa: E402
+from dlde.plots.tools.compare import PDF_TOLERANCE, compare_figures, compare_folders, main  # noqa: E402
 
 
 def _pixels(height=10, width=20):
@@ -147,3 +149,14 @@ def test_command_line_prints_one_line_per_file_and_fails_on_a_difference(tmp_pat
     assert lines[3] == "2 figure files in both: 1 differs, 1 same pixels"
     (b / "ablations" / "sweep.png").write_bytes((a / "ablations" / "sweep.png").read_bytes())
     assert main([str(a), str(b)]) == 0
+
+
+def test_the_tools_command_runs_compare_and_names_its_commands(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        _png(folder / "x.png", _pixels())
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    assert "x.png  same bytes" in capsys.readouterr().out
+    assert cli.main(["nothing"]) == 2 and cli.main([]) == 2
+    assert "{compare,print-check}" in capsys.readouterr().err

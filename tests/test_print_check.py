@@ -1,8 +1,6 @@
-"""Tests for benchmarks/print_check.py: figures drawn at their print width, text size there, series told apart by
-colour only, grey levels."""
+"""Tests for dlde.plots.tools.print_check (``python -m dlde.plots.tools print-check``): figures drawn at their
+print width, text size there, series told apart by colour only, grey levels."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,12 +13,9 @@ import pytest  # noqa: E402
 
 from dlde.plots import embedding_plots, metric_plots, vocabulary_plots  # noqa: E402
 from dlde.plots.plotting import BUCKET_COLORS, MIN_TEXT_PT, PRINT_WIDTHS, WIDTH, save_figure  # noqa: E402
+from dlde.plots.tools import print_check  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("print_check", ROOT / "benchmarks" / "print_check.py")
-print_check = importlib.util.module_from_spec(_spec)
-sys.modules["print_check"] = print_check  # dataclasses look their module up there
-_spec.loader.exec_module(print_check)
 
 
 @pytest.fixture(autouse=True)

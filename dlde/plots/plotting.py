@@ -160,7 +160,7 @@ def save_figure(
     Timestamps and version strings are left out of the file metadata, and the compression and
     other save-time settings are fixed, so saving the same figure again gives identical bytes: a
     PNG's bytes depend only on its pixels and dpi (given Pillow and the zlib library; compare two
-    PNGs' pixels with :mod:`dlde.analysis.figure_compare`), a PDF's on the drawing.
+    PNGs' pixels with :mod:`dlde.plots.tools.compare`), a PDF's on the drawing.
 
     Args:
         fig: the figure.

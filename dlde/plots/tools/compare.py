@@ -14,14 +14,13 @@ figure looks the same. :func:`compare_figures` tells these cases apart:
 
 Command line (exit status 1 when a figure present in both folders differs)::
 
-    python -m dlde.analysis.figure_compare figures/ other_clone/figures/
+    python -m dlde.plots.tools compare figures/ other_clone/figures/
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,7 +207,7 @@ def _figure_files(folder: Path) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints one line per figure file of two folders and a count; returns 1 when one differs."""
-    parser = argparse.ArgumentParser(prog="python -m dlde.analysis.figure_compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dlde.plots.tools compare", description=__doc__.split("\n")[0])
     parser.add_argument("dir_a", help="a folder of figures")
     parser.add_argument("dir_b", help="the folder to compare it with")
     args = parser.parse_args(argv)
@@ -224,6 +223,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(verdicts)} figure files in both: {counts or 'none'}")
     return 1 if result.differing else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,10 +25,10 @@ its width only.
 
 Usage::
 
-    python benchmarks/print_check.py                    # figures/, each at the width it is drawn
-    python benchmarks/print_check.py --column 3.4       # every figure printed 3.4 in wide
-    python benchmarks/print_check.py --drawn            # the samples drawn now by the current code
-    python benchmarks/print_check.py --drawn --save DIR # ... and kept in DIR as PNG files to look at
+    python -m dlde.plots.tools print-check                    # figures/, each at the width it is drawn
+    python -m dlde.plots.tools print-check --column 3.4       # every figure printed 3.4 in wide
+    python -m dlde.plots.tools print-check --drawn            # the samples drawn now by the current code
+    python -m dlde.plots.tools print-check --drawn --save DIR # ... and kept in DIR as PNG files to look at
 
 Exit status 1 when a figure fails. The checks are functions (``text_sizes``, ``colour_only_series``,
 ``grey_level``, ``close_grey_pairs``) that ``tests/test_print_check.py`` tests.
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,43 +45,24 @@ from pathlib import Path
 from typing import NamedTuple
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import Collection
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from PIL import Image
 
-matplotlib.use("Agg")
+from dlde.analysis.sweep_stats import collapse_curves, summarize_arms
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.collections import Collection  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from PIL import Image  # noqa: E402
+from .. import detection_plots, embedding_plots, fewshot_plots, metric_plots, sweep_plots, vocabulary_plots
+from ..interactive import MeansExplorer
+from ..plotting import BUCKET_COLORS, MARKERS, MIN_TEXT_PT, OKABE_ITO, PRINT_WIDTHS, WIDTH, class_colors, save_figure
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dlde.analysis.sweep_stats import collapse_curves, summarize_arms  # noqa: E402
-from dlde.plots import (  # noqa: E402
-    detection_plots,
-    embedding_plots,
-    fewshot_plots,
-    metric_plots,
-    sweep_plots,
-    vocabulary_plots,
-)
-from dlde.plots.interactive import MeansExplorer  # noqa: E402
-from dlde.plots.plotting import (  # noqa: E402
-    BUCKET_COLORS,
-    MARKERS,
-    MIN_TEXT_PT,
-    OKABE_ITO,
-    PRINT_WIDTHS,
-    WIDTH,
-    class_colors,
-    save_figure,
-)
-
+#: The checkout's committed figures (the default of ``--figures``).
+FIGURES_DIR = Path(__file__).resolve().parents[3] / "figures"
 WIDTH_TOLERANCE = 0.01  # inches: a figure this close to a print width is drawn at it (pixels are whole)
 MIN_GREY_STEP = 0.1  # grey levels (0 black .. 1 white) closer than this read as one in print
 #: More series than there are markers are classes, coloured by design (read in colour, named in the legend).
@@ -474,14 +454,15 @@ def check_folder(figures: Path, column_in: float | None = None) -> list[FigureCh
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the check of every PNG under ``--figures`` (or of the samples drawn now) and of the palettes;
     1 when a figure fails."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--figures", type=Path, default=ROOT / "figures", help="folder of committed figures")
+    parser = argparse.ArgumentParser(prog="python -m dlde.plots.tools print-check", description=__doc__.split("\n")[0])
+    parser.add_argument("--figures", type=Path, default=FIGURES_DIR, help="folder of committed figures")
     parser.add_argument("--column", type=float, default=None,
                         help="print every figure this many inches wide (default: the print width it is drawn at)")
     parser.add_argument("--drawn", action="store_true",
                         help="check the samples drawn now by the current plot code instead of --figures")
     parser.add_argument("--save", type=Path, default=None, help="with --drawn: keep the drawn PNGs in this folder")
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # draws and measures only, never shows
     if args.drawn:
         with tempfile.TemporaryDirectory() as scratch:
             folder = args.save or Path(scratch)
@@ -492,6 +473,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(report(checks)))
     return 1 if any(c.failures for c in checks) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ from PIL import Image
 from dlde.data.coco import CocoFiles
 from dlde.data.registry import DATASETS, all_dataset_options
 from dlde.errors import ConfigError, Key
-from dlde.pipeline.plan import train_config
+from dlde.pipeline.run_config import train_config
 from dlde.train import PRESETS, TrainConfig, default_data_root, main, train
 from dlde.train.cli import _parser, arguments
 from dlde.train.config import flatten

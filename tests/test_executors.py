@@ -14,7 +14,7 @@ from dlde.kernels import setting as kernel_setting
 from dlde.pipeline import sweeps as sweeps_module
 from dlde.pipeline.cli import main
 from dlde.pipeline.executors import JobOptions, JobRunner, job_environment, job_options, make_executor
-from dlde.pipeline.plan import train_config
+from dlde.pipeline.run_config import train_config
 from dlde.pipeline.sweeps import make_sweep_plan, train_job
 from dlde.train import RunFolder, train
 

@@ -235,11 +235,12 @@ def test_command_line_refusals_name_flags(tmp_path, capsys):
 
 
 def test_notebook_refusals_name_the_notebook_parameters(tmp_path):
-    from dlde.pipeline import notebook
-    from dlde.pipeline.plan import notebook_defaults, train_config
+    from dlde.pipeline import run_config as notebook
+    from dlde.pipeline.lock import NOTEBOOKS_DIR, notebook_defaults
+    from dlde.pipeline.run_config import train_config
 
-    assert notebook_defaults()["OVERWRITE"] is False
-    cells = json.loads((Path(notebook.__file__).parents[2] / "notebooks" / "01_train.ipynb").read_text())["cells"]
+    assert notebook_defaults("01_train.ipynb")["OVERWRITE"] is False
+    cells = json.loads((NOTEBOOKS_DIR / "01_train.ipynb").read_text())["cells"]
     assert any("result = train_run(config)" in "".join(cell["source"]) for cell in cells)
     parameters = {"PRESET": "tiny", "EPOCHS": 1, "RUN_DIR": str(tmp_path / "run"),
                   "DATA_ROOT": str(tmp_path / "data"), "OVERRIDES_JSON": '{"max_train_batches": 1, "progress": false}'}

@@ -16,8 +16,10 @@ from dlde.pipeline import plan as planning
 from dlde.pipeline import sweeps as sweeping
 from dlde.pipeline.cli import main
 from dlde.pipeline.execute import NotebookFailed, run_pipeline, torchrun_command
+from dlde.pipeline.lock import notebook_defaults
 from dlde.pipeline.notebook import demo_images, mean_drift_results, write_results
-from dlde.pipeline.plan import TINY_NOTEBOOK, make_plan, train_config
+from dlde.pipeline.plan import TINY_NOTEBOOK, make_plan
+from dlde.pipeline.run_config import run_parameters, split_entry, train_config
 from dlde.pipeline.sweeps import make_sweep_plan
 from dlde.train import PRESETS, RunFolder, TrainConfig, build_datasets
 
@@ -407,3 +409,22 @@ def test_notebook_kernels_get_one_thread_unless_told_otherwise(monkeypatch, tmp_
     # the Python entry points pin the same default as the command line
     assert inspect.signature(run_pipeline).parameters["threads"].default == cli.KERNEL_THREADS
     assert inspect.signature(sweeping.run_sweeps).parameters["threads"].default == cli.KERNEL_THREADS
+
+
+def test_one_translation_from_a_figures_yaml_entry_to_a_train_config(tmp_path):
+    """Upper-case parameters of 01_train, lower-case TrainConfig fields and OVERRIDES_JSON of an entry
+    reach one TrainConfig by one path: split_entry -> run_parameters -> train_config, the function
+    the notebook calls with its globals() (all parameters given) and the pipeline with a few."""
+    entry = {"PRESET": "tiny", "EPOCHS": 2, "OVERRIDES_JSON": '{"lr": 0.02}', "means_lr": 0.05}
+    parameters, fields = split_entry(entry, "sweep s arm a")
+    assert parameters == {"PRESET": "tiny", "EPOCHS": 2, "OVERRIDES_JSON": '{"lr": 0.02}'}
+    assert fields == {"means_lr": 0.05}
+    values = run_parameters(parameters, fields)
+    assert values["OVERRIDES_JSON"] == '{"lr": 0.02, "means_lr": 0.05}'
+    config = train_config(values)
+    assert (config.epochs, config.lr, config.head_options["means_lr"]) == (2, 0.02, 0.05)
+    notebook_globals = notebook_defaults("01_train.ipynb") | values | {"config": None, "np": None}
+    assert train_config(notebook_globals) == config  # other names of a namespace are not read
+    assert run_parameters({"EPOCHS": 2}) == {"EPOCHS": 2}  # nothing to fold: OVERRIDES_JSON not added
+    with pytest.raises(ValueError, match="sweep s arm a has 'bogus', neither a parameter of 01_train.ipynb"):
+        split_entry({"bogus": 1}, "sweep s arm a")

@@ -20,9 +20,10 @@ from dlde.pipeline import execute
 from dlde.pipeline import sweeps as sweeps_module
 from dlde.pipeline.cli import main
 from dlde.pipeline.execute import NotebookFailed, run_pipeline
-from dlde.pipeline.plan import STEP_FILE, confined, make_plan, train_config
+from dlde.pipeline.plan import STEP_FILE, confined, make_plan
 from dlde.pipeline.progress import EpochProgress, Summary
 from dlde.pipeline.reports import write_index
+from dlde.pipeline.run_config import train_config
 from dlde.pipeline.sweeps import SWEEP_LOCK, aggregate_sweeps, make_sweep_plan, run_key, run_sweeps
 from dlde.plots.sweep_plots import plot_sweep
 from dlde.reports.sweeps import sweep_table, write_sweep

@@ -12,7 +12,8 @@ import pytest
 
 from dlde.analysis import sweep_stats
 from dlde.analysis.sweep_stats import METRICS, run_summary, summarize_arms
-from dlde.pipeline.plan import load_config, notebook_defaults
+from dlde.pipeline.lock import notebook_defaults
+from dlde.pipeline.plan import load_config
 from dlde.pipeline.sweeps import make_sweep_plan
 from dlde.plots.sweep_plots import plot_sweep
 from dlde.plots.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers

@@ -25,21 +25,12 @@ from dlde.files import atomic_write_text, jsonable
 from dlde.train import RunFolder, TrainConfig
 from dlde.train.cli import arguments
 
-from .lock import NOTEBOOKS_DIR
+from .lock import NOTEBOOKS_DIR, TRAIN_NOTEBOOK, declared, notebook_defaults
 from .notebook import RESULTS_FILE, read_results
-from .plan import (
-    STEP_FILE,
-    SWEEP_PARAMETERS,
-    TRAIN_NOTEBOOK,
-    Plan,
-    Step,
-    declared,
-    notebook_defaults,
-    overrides_of,
-    train_config,
-)
+from .plan import STEP_FILE, SWEEP_PARAMETERS, Plan, Step
 from .progress import EpochProgress, Summary
 from .reports import clear_stale, mark_failed, step_figures, write_index, write_metrics_table
+from .run_config import overrides_of, train_config
 
 KERNEL_NAME = "python3"  # the native ipykernel spec: resolves to this interpreter (see kernel_argv)
 #: How every notebook is executed (``papermill.execute_notebook`` keywords). The kernel logs

@@ -13,10 +13,12 @@ writes or checks the lock.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: The committed record of every notebook's ``parameters`` cell, next to the notebooks.
 LOCK_FILE = "parameters.lock.json"
 LOCK_COMMAND = "`.venv/bin/python -m dlde.pipeline.lock --lock`"
+#: The notebook that trains a run (:mod:`dlde.pipeline.run_config`); every other reads runs.
+TRAIN_NOTEBOOK = "01_train.ipynb"
 
 
 def parameters_cell(notebook: str | os.PathLike) -> str:
@@ -39,6 +43,24 @@ def parameters_cell(notebook: str | os.PathLike) -> str:
         raise ValueError(f"{notebook}: {len(cells)} cells tagged 'parameters', expected exactly one")
     source = cells[0]["source"]
     return "".join(source) if isinstance(source, list) else source
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The parameters a notebook declares (``papermill.inspect_notebook``)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+@cache
+def declared(notebook: str) -> dict[str, dict[str, Any]]:
+    """The parameters ``notebooks/<notebook>`` declares (read once per process)."""
+    return notebook_parameters(NOTEBOOKS_DIR / notebook)
+
+
+def notebook_defaults(notebook: str = TRAIN_NOTEBOOK) -> dict[str, Any]:
+    """The default values of a notebook's parameters cell (``{"EPOCHS": 16, ...}``)."""
+    return {name: ast.literal_eval(spec["default"]) for name, spec in declared(notebook).items()}
 
 
 def read_lock(notebooks_dir: str | os.PathLike | None = None) -> dict[str, str]:

@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 
 from dlde.data.digits import make_digits_dataset
-from dlde.errors import UNSET, Refusal
 from dlde.files import atomic_write_text, jsonable
 from dlde.plots.interactive import widget_canvas
 from dlde.plots.plotting import save_figure
-from dlde.train import TrainConfig, TrainResult, train
+from dlde.train import TrainConfig
 
 RESULTS_FILE = "results.json"
 
@@ -75,62 +74,6 @@ def project_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
         return path
     base = Path(root).expanduser().resolve() if root is not None else project_root()
     return (base / path).resolve()
-
-
-#: Parameters of ``01_train.ipynb`` that are :class:`~dlde.train.TrainConfig` fields; ``PRESET``
-#: picks the preset and ``OVERRIDES_JSON`` sets any further field.
-TRAIN_FIELDS = {"MODEL": "model", "EPOCHS": "epochs", "SEED": "seed", "MEANS_UPDATE": "means_update",
-                "RESUME": "resume", "OVERWRITE": "overwrite", "RUN_DIR": "run_dir", "DATA_ROOT": "data_root"}
-
-
-def spell_parameter(name: str, value: Any = UNSET) -> str:
-    """A config key as ``01_train.ipynb`` sets it (a :class:`dlde.errors.Refusal` spelled for the
-    notebook): its parameter (``RUN_DIR``, ``RESUME = True``), or a key of ``OVERRIDES_JSON``."""
-    parameter = {field: parameter for parameter, field in TRAIN_FIELDS.items()}.get(name)
-    if parameter is not None:
-        return parameter if value is UNSET else f"{parameter} = {value!r}"
-    if value is UNSET:
-        return f'"{name}" in OVERRIDES_JSON'
-    return f"OVERRIDES_JSON = '{json.dumps({name: list(value) if isinstance(value, tuple) else value})}'"
-
-
-def train_config(parameters: Mapping[str, Any]) -> TrainConfig:
-    """The :class:`~dlde.train.TrainConfig` that ``01_train.ipynb`` trains with its parameters:
-    :data:`TRAIN_FIELDS` (paths through :func:`project_path`), then ``OVERRIDES_JSON``, over the
-    preset ``PRESET``. The notebook and the pipeline both call it, so they cannot disagree.
-
-    Args:
-        parameters: the notebook's parameters by name; the notebook passes its ``globals()``,
-            so its parameters cell is the one list of them. Names that are neither in
-            :data:`TRAIN_FIELDS` nor ``PRESET`` / ``OVERRIDES_JSON`` are not read.
-
-    Raises:
-        ValueError: ``OVERRIDES_JSON`` is not a JSON object, or a key or value is invalid (a
-            :class:`dlde.errors.ConfigError` naming the parameter to change).
-    """
-    fields = {name: parameters[parameter] for parameter, name in TRAIN_FIELDS.items()}
-    fields.update(run_dir=str(project_path(fields["run_dir"])), data_root=str(project_path(fields["data_root"])))
-    text = parameters["OVERRIDES_JSON"]
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"OVERRIDES_JSON is not JSON ({error.msg}): {text!r}") from None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"OVERRIDES_JSON must be a JSON object, got {text!r}")
-    try:
-        return TrainConfig.from_dict(fields | overrides, preset=parameters["PRESET"])
-    except Refusal as error:
-        raise error.respelled(spell_parameter) from None
-
-
-def train_run(config: TrainConfig) -> TrainResult:
-    """:func:`dlde.train.train` for ``01_train.ipynb``: a refused value or run folder names the
-    notebook's parameters (:func:`spell_parameter`: ``RESUME``, ``OVERWRITE``, ``RUN_DIR``,
-    ``OVERRIDES_JSON``), not the Python arguments."""
-    try:
-        return train(config)
-    except Refusal as error:
-        raise error.respelled(spell_parameter) from None
 
 
 def output_dirs(run_dir: str | os.PathLike, figures_dir: str, out_dir: str, stem: str,

@@ -11,22 +11,17 @@ notebook) and may omit ``run``. :func:`load_config` checks its shape;
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from dlde.reports.sweeps import ABLATIONS_FOLDER
-from dlde.train import TrainConfig
 
-from .lock import NOTEBOOKS_DIR, check_parameters_cell
-from .notebook import train_config as notebook_train_config
+from .lock import NOTEBOOKS_DIR, TRAIN_NOTEBOOK, check_parameters_cell, declared
 
-TRAIN_NOTEBOOK = "01_train.ipynb"
 #: A run's key in figures.yaml (not a notebook parameter): train it under torchrun with N processes.
 NPROC_KEY = "nproc"
 #: Parameters the pipeline sets itself; figures.yaml may not set them.
@@ -146,36 +141,6 @@ class Plan:
             return path.resolve().relative_to(self.root).as_posix()
         except ValueError:
             return str(path)
-
-
-# ------------------------------------------------------------------------ notebook parameters
-def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The parameters a notebook declares (``papermill.inspect_notebook``)."""
-    import papermill
-
-    return papermill.inspect_notebook(str(notebook))
-
-
-@cache
-def declared(notebook: str) -> dict[str, dict[str, Any]]:
-    """The parameters ``notebooks/<notebook>`` declares (read once per process)."""
-    return notebook_parameters(NOTEBOOKS_DIR / notebook)
-
-
-def notebook_defaults(notebook: str = TRAIN_NOTEBOOK) -> dict[str, Any]:
-    """The default values of a notebook's parameters cell (``{"EPOCHS": 16, ...}``)."""
-    return {name: ast.literal_eval(spec["default"]) for name, spec in declared(notebook).items()}
-
-
-def train_config(parameters: Mapping[str, Any]) -> TrainConfig:
-    """The :class:`~dlde.train.TrainConfig` ``01_train.ipynb`` trains with these parameters
-    (:func:`dlde.pipeline.notebook.train_config`); parameters not given take the notebook's defaults."""
-    return notebook_train_config(notebook_defaults(TRAIN_NOTEBOOK) | dict(parameters))
-
-
-def overrides_of(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The further TrainConfig fields of a training step: its ``OVERRIDES_JSON`` (or the notebook's default)."""
-    return json.loads(parameters.get("OVERRIDES_JSON", notebook_defaults()["OVERRIDES_JSON"]))
 
 
 # --------------------------------------------------------------------------- figures.yaml

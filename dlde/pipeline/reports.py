@@ -16,8 +16,9 @@ from dlde.files import atomic_write_text
 from dlde.reports.sweeps import SWEEPS_HEADING, index_lines
 from dlde.tables import code_value, markdown_table, write_table_file
 
+from .lock import TRAIN_NOTEBOOK
 from .notebook import RESULTS_FILE, read_results
-from .plan import PATH_PARAMETERS, STEP_FILE, TRAIN_NOTEBOOK, Plan, Step
+from .plan import PATH_PARAMETERS, STEP_FILE, Plan, Step
 
 #: Next to results.json: ``{"failed", "reason", "figures"}``, figures of earlier pipeline runs
 #: whose step (``failed``: that notebook, or the run's training) failed since.

@@ -31,32 +31,17 @@ from typing import Any
 
 from dlde.files import release_lock, try_lock
 from dlde.kernels import setting as kernel_setting
-from dlde.model.registry import all_head_options
 from dlde.reports.sweeps import write_sweep
 from dlde.train import PRESETS, RunFolder
-from dlde.train.config import field_names
 from dlde.train.runs import describe_changes, run_identity
 
 from .execute import KERNEL_THREADS, NotebookFailed, failure_reason, kernel_argv, kernel_threads, papermill_execute
 from .executors import JobRunner, job_environment
-from .lock import NOTEBOOKS_DIR, check_parameters_cell
-from .plan import (
-    MANAGED_PARAMETERS,
-    TINY_RUN,
-    TRAIN_NOTEBOOK,
-    Plan,
-    Step,
-    check_name,
-    confined,
-    declared,
-    load_config,
-    make_plan,
-    notebook_defaults,
-    overrides_of,
-    train_config,
-)
+from .lock import NOTEBOOKS_DIR, TRAIN_NOTEBOOK, check_parameters_cell, notebook_defaults
+from .plan import MANAGED_PARAMETERS, TINY_RUN, Plan, Step, check_name, confined, load_config, make_plan
 from .progress import EpochProgress, Summary, duration, echo_line
 from .reports import write_sweep_index
+from .run_config import overrides_of, run_parameters, split_entry, train_config
 
 #: A sweep may not set these: the pipeline sets them (seeds come from ``seeds``).
 SWEEP_MANAGED = MANAGED_PARAMETERS + ("SEED", "RESUME", "seed", "resume", "run_dir", "data_root")
@@ -160,22 +145,13 @@ def run_key(config: Mapping[str, Any], preset: str) -> str:
 
 # ---------------------------------------------------------------------------------- planning
 def _split_parameters(path: Path, where: str, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Notebook parameters (upper case) and TrainConfig fields or head options (lower case) of a sweep entry."""
-    parameters_of_notebook = declared(TRAIN_NOTEBOOK)
-    fields = set(field_names()) | set(all_head_options())
-    parameters, overrides = {}, {}
-    for key, value in values.items():
-        if key in SWEEP_MANAGED:
-            raise ValueError(f"{path}: {where} sets {key!r}, which the sweep sets itself "
-                             "(seeds come from 'seeds'; folders from runs_dir)")
-        if key in parameters_of_notebook:
-            parameters[key] = value
-        elif key in fields:
-            overrides[key] = value
-        else:
-            raise ValueError(f"{path}: {where} has {key!r}, neither a parameter of {TRAIN_NOTEBOOK} "
-                             f"{sorted(parameters_of_notebook)} nor a TrainConfig field or head option")
-    return parameters, overrides
+    """Notebook parameters (upper case) and TrainConfig fields or head options (lower case) of a sweep
+    entry (:func:`dlde.pipeline.run_config.split_entry`), none of them one the sweep sets itself."""
+    managed = [key for key in values if key in SWEEP_MANAGED]
+    if managed:
+        raise ValueError(f"{path}: {where} sets {managed[0]!r}, which the sweep sets itself "
+                         "(seeds come from 'seeds'; folders from runs_dir)")
+    return split_entry(values, f"{path}: {where}")
 
 
 def _arms(path: Path, name: str, sweep: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -212,12 +188,10 @@ def _resolve(where: str, parameters: Mapping[str, Any], overrides: Mapping[str, 
         tiny_data: with ``--tiny``: the data folder of the tiny runs.
     """
     values = dict(parameters, SEED=seed)
-    extra = json.loads(values.get("OVERRIDES_JSON", "{}")) | dict(overrides)
     if tiny_data is not None:
         values.update({k: v for k, v in TINY_RUN.items() if k != "RESUME"})
         values["DATA_ROOT"] = str(tiny_data)
-    if extra:
-        values["OVERRIDES_JSON"] = json.dumps(extra, sort_keys=True)
+    values = run_parameters(values, overrides)
     try:
         return values, train_config(values).to_dict()
     except (ValueError, TypeError) as error:

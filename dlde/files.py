@@ -6,6 +6,7 @@ torn one. Temporary files an earlier kill left behind (``.<name>.*.tmp``) are re
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +58,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data: numpy scalars and arrays -> Python, paths -> strings, mapping
-    keys -> strings, non-finite floats -> None (JSON has no NaN)."""
+    keys -> strings, non-finite floats -> None (JSON has no NaN), a dataclass instance -> its
+    ``to_dict()`` (its fields when it has none)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value))
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):

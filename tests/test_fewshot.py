@@ -157,19 +157,29 @@ def test_add_classes_and_imprint_reject_bad_input():
         imprint(model, 0, images, boxes_of(annotations, 0)[:1])
 
 
+def _result(rows):
+    """A few-shot result of hand-made rows, base AP 0.75 before."""
+    return fewshot.FewShotResult({"dlde": {"AP": 0.75}}, [fewshot.FewShotRow.from_dict(r) for r in rows],
+                                 fewshot.FineTune(), [], [], 0, [], [], 0)
+
+
 def test_summarize_gives_the_t_interval_over_draws_and_the_forgetting():
     rows = [{"method": "dlde_imprint", "k": 1, "draw": j, "steps": 0, "seconds": 0.1, "novel_AP": ap,
-             "novel_AP50": ap, "base_AP": 0.5, "base_AP50": 0.5} for j, ap in enumerate([1.0, 2.0, 3.0])]
+             "novel_AP50": ap, "base_AP": 0.5, "base_AP50": 0.5, "novel_per_class_AP": {}}
+            for j, ap in enumerate([1.0, 2.0, 3.0])]
     rows.append({**rows[0], "k": 2, "novel_AP": float("nan")})
-    (entry, single) = fewshot.summarize({"rows": rows, "before": {"dlde": {"AP": 0.75}}})
-    stats = entry["novel_AP"]
+    (entry, single) = fewshot.summarize(_result(rows))
+    stats = entry.novel_AP
     assert list(stats) == ["mean", "sd", "low", "high", "n"]  # the key order results.json shows
     assert stats["mean"] == 2.0 and stats["sd"] == 1.0 and stats["n"] == 3
     half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2}
     assert stats["low"] == pytest.approx(2.0 - half) and stats["high"] == pytest.approx(2.0 + half)
-    assert entry["base_AP_before"] == 0.75 and entry["base_AP_drop"] == pytest.approx(0.25)
-    assert single["draws"] == 1 and single["novel_AP"]["n"] == 0 and math.isnan(single["novel_AP"]["mean"])
-    assert math.isnan(single["base_AP"]["low"])
+    assert entry.base_AP_before == 0.75 and entry.base_AP_drop == pytest.approx(0.25)
+    assert single.draws == 1 and single.novel_AP["n"] == 0 and math.isnan(single.novel_AP["mean"])
+    assert math.isnan(single.base_AP["low"])
+    assert list(entry.to_dict()) == ["method", "k", "draws", "steps", "novel_AP", "novel_AP50", "base_AP",
+                                     "base_AP50", "seconds", "base_AP_before", "base_AP_drop"]  # results.json
+    assert fewshot.FewShotSummary.from_dict(entry.to_dict()) == entry
     assert few_shot_table([entry, single]).splitlines()[2:] == [
         f"| dlde_imprint | 1 | 3 | 2.000 [{2 - half:.3f}, {2 + half:.3f}] | 2.000 [{2 - half:.3f}, {2 + half:.3f}] "
         "| 0.750 → 0.500 [0.500, 0.500] | 0 | 0.1 [0.1, 0.1] |",
@@ -179,21 +189,22 @@ def test_summarize_gives_the_t_interval_over_draws_and_the_forgetting():
 def test_summarize_over_base_seeds_is_the_t_interval_of_the_per_seed_means():
     def row(seed, draw, ap):
         return {"method": "dlde_imprint", "k": 1, "draw": draw, "base_seed": seed, "steps": 0, "seconds": 0.1,
-                "novel_AP": ap, "novel_AP50": ap, "base_AP": 0.5, "base_AP50": 0.5}
+                "novel_AP": ap, "novel_AP50": ap, "base_AP": 0.5, "base_AP50": 0.5, "novel_per_class_AP": {}}
 
     aps = {0: [0.1, 0.3], 1: [0.4, float("nan")], 2: [0.5, 0.7]}  # a NaN draw leaves its seed's mean to the others
     rows = [row(seed, j, ap) for seed, values in aps.items() for j, ap in enumerate(values)]
-    (entry,) = fewshot.summarize({"rows": rows, "before": {"dlde": {"AP": 0.75}}})
-    assert entry["base_seeds"] == 3 and entry["draws"] == 2
+    (entry,) = fewshot.summarize(_result(rows))
+    assert entry.base_seeds == 3 and entry.draws == 2
+    assert list(entry.to_dict())[:5] == ["method", "k", "draws", "steps", "base_seeds"]  # results.json
     expected = t_interval([0.2, 0.4, 0.6])
-    assert entry["novel_AP"] == pytest.approx(expected) and entry["novel_AP"]["n"] == 3  # n = base seeds, not pairs
-    assert entry["base_AP"]["mean"] == 0.5 and entry["base_AP_drop"] == pytest.approx(0.25)
+    assert entry.novel_AP == pytest.approx(expected) and entry.novel_AP["n"] == 3  # n = base seeds, not pairs
+    assert entry.base_AP["mean"] == 0.5 and entry.base_AP_drop == pytest.approx(0.25)
     assert fewshot.interval_over([entry]) == "3 base seeds × 2 draws"
     table = few_shot_table([entry]).splitlines()
     assert table[0].startswith("| method | k | base seeds × draws | novel AP |")
     assert table[2].startswith(f"| dlde_imprint | 1 | 3 × 2 | {interval_cell(expected)} |")
-    single = fewshot.summarize({"rows": [r for r in rows if r["base_seed"] == 0], "before": {"dlde": {"AP": 0.75}}})
-    assert "base_seeds" not in single[0] and single[0]["novel_AP"] == pytest.approx(t_interval([0.1, 0.3]))
+    single = fewshot.summarize(_result([r for r in rows if r["base_seed"] == 0]))
+    assert "base_seeds" not in single[0].to_dict() and single[0].novel_AP == pytest.approx(t_interval([0.1, 0.3]))
     assert fewshot.interval_over(single) == "2 draws"
 
 
@@ -260,15 +271,17 @@ def test_few_shot_protocol_runs_end_to_end_at_tiny_size(tiny_setting):
     settings = fewshot.FineTune(steps=2, batch_size=2)
     result = fewshot.run_protocol(models, [str(c) for c in fewshot.BASE_CLASSES], train_set, val_set,
                                   shots=(1, 2), draws=2, settings=settings, max_eval_images=6)
-    assert set(result["before"]) == set(models)
-    assert len(result["rows"]) == 2 * 2 * len(fewshot.METHODS)
-    for row in result["rows"]:
+    assert set(result.before) == set(models)
+    assert len(result.rows) == 2 * 2 * len(fewshot.METHODS)
+    for row in result.rows:
         for key in ("novel_AP", "novel_AP50", "base_AP", "base_AP50"):
-            assert 0.0 <= row[key] <= 1.0 or math.isnan(row[key]), (row["method"], key)
-        assert row["steps"] == (settings.steps if fewshot.METHODS[row["method"]][2] else 0)
-        assert row["seconds"] > 0
+            assert 0.0 <= getattr(row, key) <= 1.0 or math.isnan(getattr(row, key)), (row.method, key)
+        assert row.steps == (settings.steps if fewshot.METHODS[row.method][2] else 0)
+        assert row.seconds > 0
+    assert list(result.rows[0].to_dict()) == ["method", "k", "draw", "steps", "seconds", "novel_AP", "novel_AP50",
+                                              "base_AP", "base_AP50", "novel_per_class_AP"]  # results.json
     summary = fewshot.summarize(result)
-    assert len(summary) == 2 * len(fewshot.METHODS) and all(e["draws"] == 2 for e in summary)
+    assert len(summary) == 2 * len(fewshot.METHODS) and all(e.draws == 2 for e in summary)
     table = few_shot_table(summary)
     assert table.count("\n") == len(summary) + 1 and "dlde_imprint" in table
     # the base model is not changed by adapting copies of it
@@ -283,13 +296,15 @@ def test_few_shot_protocol_runs_end_to_end_at_tiny_size(tiny_setting):
 def test_open_set_and_retrieval_at_tiny_size(tiny_setting):
     models, _, val_set = tiny_setting
     out = open_set_evaluation(models, val_set, [str(c) for c in fewshot.BASE_CLASSES], max_images=8)
-    assert out["images"] == 8 and out["known_objects"] + out["unknown_objects"] > 0
-    assert set(out["models"]) == set(models)
-    assert "cosine" in out["models"]["dlde"] and "cosine" not in out["models"]["retinanet"]
-    for metrics in out["models"].values():
-        assert isinstance(metrics["A-OSE"], int) and metrics["A-OSE_flagged"] <= metrics["A-OSE"]
+    assert out.images == 8 and out.known_objects + out.unknown_objects > 0
+    assert set(out.models) == set(models)
+    assert "cosine" in out.models["dlde"].scores and "cosine" not in out.models["retinanet"].scores
+    assert out.models["retinanet"].skipped == {"cosine": "no embedding space"}
+    for metrics in out.models.values():
+        assert isinstance(metrics.a_ose, int) and metrics.a_ose_flagged <= metrics.a_ose
     retrieval = retrieval_evaluation(models["dlde"], val_set, max_images=8)
-    assert 0.0 <= retrieval["MAP@R"] <= 1.0 and 0.0 <= retrieval["Recall@1"] <= retrieval["Recall@5"] <= 1.0
+    assert 0.0 <= retrieval.map_at_r <= 1.0 and 0.0 <= retrieval.recall[1] <= retrieval.recall[5] <= 1.0
+    assert list(retrieval.to_dict())[:3] == ["MAP@R", "Recall@1", "Recall@5"]
     examples = retrieval_examples(val_set, retrieval, [0, 1], k=3)
     assert len(examples["query_crops"]) == 2 and len(examples["result_crops"][0]) == 3
     assert examples["result_labels"].shape == (2, 3)
@@ -301,20 +316,21 @@ def test_each_base_seed_runs_the_protocol_with_its_own_draws(tiny_setting):
     common = dict(shots=(1,), draws=2, methods=["dlde_imprint"], max_eval_images=2)
 
     def numbers(rows):
-        return [{k: v for k, v in r.items() if k not in ("seconds", "base_seed")} for r in rows]
+        return [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "base_seed")} for r in rows]
 
     pooled = fewshot.run_over_base_seeds({0: models, 3: models}, names, train_set, val_set, seed=5, **common)
-    assert pooled["base_seeds"] == [0, 3] and [r["base_seed"] for r in pooled["rows"]] == [0, 0, 3, 3]
+    assert pooled.base_seeds == [0, 3] and [r.base_seed for r in pooled.rows] == [0, 0, 3, 3]
     for base_seed in (0, 3):  # base seed s runs with seed 5 + 1000 s: seed 0 is the protocol of one base model
         alone = fewshot.run_protocol(models, names, train_set, val_set, seed=5 + fewshot.SEED_STRIDE * base_seed,
                                      **common)
-        assert numbers(r for r in pooled["rows"] if r["base_seed"] == base_seed) == numbers(alone["rows"])
-        assert pooled["before_by_seed"][base_seed] == alone["before"]
+        assert numbers(r for r in pooled.rows if r.base_seed == base_seed) == numbers(alone.rows)
+        assert pooled.before_by_seed[base_seed] == alone.before
     first = fewshot.draw_shots(train_set, list(fewshot.NOVEL_CLASSES), 1, 2, seed=5)
     other = fewshot.draw_shots(train_set, list(fewshot.NOVEL_CLASSES), 1, 2, seed=5 + 3 * fewshot.SEED_STRIDE)
     assert [d.boxes for d in first] != [d.boxes for d in other]  # draws nested in base seeds
-    assert pooled["before"]["dlde"]["AP"] == pytest.approx(pooled["before_by_seed"][0]["dlde"]["AP"])  # same models
-    assert fewshot.summarize(pooled)[0]["base_seeds"] == 2
+    assert pooled.before["dlde"]["AP"] == pytest.approx(pooled.before_by_seed[0]["dlde"]["AP"])  # same models
+    assert fewshot.summarize(pooled)[0].base_seeds == 2
+    assert list(pooled.rows[0].to_dict())[:2] == ["base_seed", "method"]  # results.json: the seed first
 
 
 # ------------------------------------------------------------ no global random state (issue 18)
@@ -364,7 +380,7 @@ def test_few_shot_protocol_neither_reads_nor_moves_the_global_generators(tiny_se
                                       shots=(1,), draws=1, settings=fewshot.FineTune(steps=2, batch_size=2),
                                       max_eval_images=2)
         assert_same_states(before, global_states())
-        return json.dumps([{k: v for k, v in row.items() if k != "seconds"} for row in result["rows"]])
+        return json.dumps([{k: v for k, v in row.to_dict().items() if k != "seconds"} for row in result.rows])
 
     first = protocol()
     use_global_generators(2)
@@ -422,11 +438,13 @@ def test_a_cached_rerun_of_the_few_shot_path_repeats_a_fresh_one(tmp_path):
         open_set = pool_open_set(open_set_over_seeds(base.models, base.val_set, base.base_names, max_images=6,
                                                      concentrations=base.concentrations, scores=SCORES,
                                                      train_set=base.train_set, gallery_images=8, knn_k=2))
-        retrieval = pool_retrieval(retrieval_over_seeds(base.models, base.val_set, max_images=6))
+        retrieval = {name: pooled.to_dict() for name, pooled in
+                     pool_retrieval(retrieval_over_seeds(base.models, base.val_set, max_images=6)).items()}
         for pooled in retrieval.values():
             pooled.pop("seconds_per_query")
-        return json.dumps(jsonable({"before": result["before_by_seed"], "open_set": open_set, "retrieval": retrieval,
-                                    "rows": [{k: v for k, v in r.items() if k != "seconds"} for r in result["rows"]]}))
+        return json.dumps(jsonable({"before": result.before_by_seed, "open_set": open_set, "retrieval": retrieval,
+                                    "rows": [{k: v for k, v in r.to_dict().items() if k != "seconds"}
+                                             for r in result.rows]}))
 
     fresh = run()
     assert (tmp_path / "base" / "prototypes" / "checkpoint.pt").exists()
@@ -497,16 +515,18 @@ def _global_draws(path: Path, seeded_calls: set[str]) -> list[str]:
 
 
 def test_no_analysis_draws_from_a_global_random_state():
-    """Every random draw in dlde/analysis names its generator (a seeded torch.Generator or
-    np.random.default_rng(seed)), also when it calls a dlde function that takes one (e.g.
-    add_classes growing the prototypes): its numbers must not depend on what ran before."""
+    """Every random draw in dlde/analysis, dlde/inference and dlde/protocols names its generator (a
+    seeded torch.Generator or np.random.default_rng(seed)), also when it calls a dlde function that
+    takes one (e.g. add_classes growing the prototypes): its numbers must not depend on what ran before."""
     import dlde
 
     package = Path(dlde.__file__).parent
     seeded_calls = _generator_taking_functions(package)
     assert {"add_classes", "grow"} <= seeded_calls
-    found = {path.name: hits for path in sorted((package / "analysis").glob("*.py"))
-             if (hits := _global_draws(path, seeded_calls))}
+    paths = [path for folder in ("analysis", "inference", "protocols")
+             for path in sorted((package / folder).rglob("*.py"))]
+    assert any(path.name == "protocol.py" for path in paths)  # the few-shot protocol's own module
+    found = {path.name: hits for path in paths if (hits := _global_draws(path, seeded_calls))}
     assert not found, f"draws from a global random state (give them a generator): {found}"
 
 

@@ -34,7 +34,15 @@ from dlde.analysis.stats import t_interval
 from dlde.inference.unknown_flag import UnknownFlag, calibrate_unknown_flag
 from dlde.plots.fewshot_plots import plot_unknown_scores
 from dlde.plots.metric_plots import plot_roc, plot_score_histograms
-from dlde.protocols.openset import SCORES, _flagged, _precision_at_recall, open_set_evaluation, pool_open_set
+from dlde.protocols.openset import (
+    SCORES,
+    OpenSetResult,
+    PooledOpenSet,
+    _flagged,
+    _precision_at_recall,
+    open_set_evaluation,
+    pool_open_set,
+)
 from dlde.protocols.tables import open_set_table
 from dlde.tables import interval_cell
 
@@ -381,28 +389,34 @@ def test_unknown_flag_scores_each_detection_by_its_score():
 
 
 def _seed_result(auroc, wi, aose, flagged):
-    """An open_set_summary-like result of one base seed: one head, two scores."""
-    return {"images": 4, "known_objects": 6, "unknown_objects": 2, "closed_images": 2,
+    """The result of one base seed as its JSON gives it back: one head, two scores."""
+    return OpenSetResult.from_dict({"images": 4, "known_objects": 6, "unknown_objects": 2, "closed_images": 2,
             "models": {"dlde": {"probability": {"auroc": auroc, "unknown_recall": 0.5, "known_recall": 0.25,
                                                 "threshold": 0.1, "wilderness_impact_flagged": wi,
                                                 "A-OSE_flagged": flagged},
                                 "vmf": {"auroc": auroc + 0.1, "unknown_recall": 1.0, "known_recall": 0.75,
                                         "threshold": -3.0, "wilderness_impact_flagged": None, "A-OSE_flagged": 0},
                                 "primary_score": "cosine", "wilderness_impact": wi, "A-OSE": aose,
-                                "known_detections": 5, "unknown_detections": 2,
-                                "skipped": {}}}}
+                                "A-OSE_flagged": flagged, "known_detections": 5, "unknown_detections": 2,
+                                "skipped": {}}}})
 
 
 def test_pool_open_set_gives_t_intervals_over_base_seeds():
     results = {0: _seed_result(0.6, 0.1, 10, 3), 1: _seed_result(0.7, 0.3, 14, 5), 2: _seed_result(0.8, 0.2, 12, 4)}
     pooled = pool_open_set(results)
-    assert pooled["base_seeds"] == [0, 1, 2] and pooled["images"] == 4 and set(pooled["by_seed"]) == {0, 1, 2}
-    dlde = pooled["models"]["dlde"]
-    assert list(dlde["scores"]) == ["probability", "vmf"]  # SCORES order
-    assert dlde["scores"]["probability"]["auroc"] == t_interval([0.6, 0.7, 0.8])
-    assert dlde["scores"]["vmf"]["auroc"]["mean"] == pytest.approx(0.8)
-    assert dlde["scores"]["vmf"]["wilderness_impact_flagged"]["n"] == 0  # NaN (None) left out
-    assert dlde["A-OSE"] == t_interval([10, 14, 12]) and dlde["scores"]["probability"]["A-OSE_flagged"]["mean"] == 4.0
+    assert pooled.base_seeds == [0, 1, 2] and pooled.images == 4 and set(pooled.by_seed) == {0, 1, 2}
+    dlde = pooled.models["dlde"]
+    assert list(dlde.scores) == ["probability", "vmf"]  # SCORES order
+    assert dlde.scores["probability"].auroc == t_interval([0.6, 0.7, 0.8])
+    assert dlde.scores["vmf"].auroc["mean"] == pytest.approx(0.8)
+    assert dlde.scores["vmf"].wilderness_impact_flagged["n"] == 0  # NaN (None) left out
+    assert dlde.a_ose == t_interval([10, 14, 12]) and dlde.scores["probability"].metric("A-OSE_flagged")["mean"] == 4.0
+    saved = pooled.to_dict()
+    assert list(saved) == ["base_seeds", "images", "known_objects", "unknown_objects", "models", "by_seed"]
+    assert list(saved["models"]["dlde"]) == ["scores", "wilderness_impact", "A-OSE", "known_detections",
+                                             "unknown_detections"]
+    assert list(saved["by_seed"][0]["models"]["dlde"])[:3] == ["probability", "vmf", "primary_score"]
+    assert PooledOpenSet.from_dict(saved).to_dict() == saved
     table = open_set_table(pooled).splitlines()
     assert table[0].startswith("| model | score | AUROC |") and len(table) == 2 + 3
     assert table[2].startswith("| dlde | no flag |  |  |  | 0.200 [")
@@ -444,29 +458,31 @@ def test_open_set_evaluation_every_score_at_tiny_size(tiny_open_set):
     given[0] = np.nan
     out = open_set_evaluation(models, val_set, names, **common, scores=SCORES, train_set=train_set,
                               concentrations={"dlde": given}, knn_k=3)
-    for name, metrics in out["models"].items():
+    for name, metrics in out.models.items():
         has_space = name != "retinanet"
         kinds = list(SCORES) if has_space else ["probability", "energy"]
-        assert [k for k in SCORES if k in metrics] == kinds
-        assert set(metrics["skipped"]) == (set() if has_space else {"cosine", "vmf", "knn"})
-        assert metrics["known_detections"] == default["models"][name]["known_detections"] > 0
+        assert list(metrics.scores) == kinds
+        assert set(metrics.skipped) == (set() if has_space else {"cosine", "vmf", "knn"})
+        assert metrics.known_detections == default.models[name].known_detections > 0
         for kind in kinds:
-            values = out["scores"][name][kind]
-            assert np.isfinite(values["known"]).all() and np.isfinite(values["unknown"]).all()
-            flagged = metrics[kind]["A-OSE_flagged"]
-            assert isinstance(flagged, int) and flagged <= metrics["A-OSE"]
-            assert "wilderness_impact_flagged" in metrics[kind]
+            values = out.scores[name][kind]
+            assert np.isfinite(values.known).all() and np.isfinite(values.unknown).all()
+            flagged = metrics.scores[kind].a_ose_flagged
+            assert isinstance(flagged, int) and flagged <= metrics.a_ose
         for kind in ("probability", "cosine"):  # the default scores are those of the default call
-            if kind in default["models"][name]:
+            if kind in default.models[name].scores:
                 for split in ("known", "unknown"):
-                    np.testing.assert_array_equal(out["scores"][name][kind][split],
-                                                  default["scores"][name][kind][split])
-                assert "wilderness_impact_flagged" not in default["models"][name][kind]
-    dlde, prototypes = out["models"]["dlde"], out["models"]["prototypes"]
-    assert dlde["vmf_kappa_source"] == "given" and np.isnan(dlde["vmf_kappa"][0]) and dlde["vmf_kappa"][1] == 40.0
-    assert prototypes["vmf_kappa_source"] == "training boxes" and len(prototypes["vmf_kappa"]) == len(names)
-    assert prototypes["knn_k"] == 3 and prototypes["knn_gallery"] > 3
-    assert "skipped" not in default["models"]["dlde"] and list(default["scores"]["dlde"]) == ["probability", "cosine"]
+                    np.testing.assert_array_equal(getattr(out.scores[name][kind], split),
+                                                  getattr(default.scores[name][kind], split))
+                assert default.models[name].scores[kind] == metrics.scores[kind]  # every number, flagged too
+    dlde, prototypes = out.models["dlde"], out.models["prototypes"]
+    kappa = dlde.statistics["vmf_kappa"]
+    assert dlde.statistics["vmf_kappa_source"] == "given" and np.isnan(kappa[0]) and kappa[1] == 40.0
+    assert prototypes.statistics["vmf_kappa_source"] == "training boxes"
+    assert len(prototypes.statistics["vmf_kappa"]) == len(names)
+    assert prototypes.statistics["knn_k"] == 3 and prototypes.statistics["knn_gallery"] > 3
+    assert default.models["dlde"].skipped == {} and list(default.scores["dlde"]) == ["probability", "cosine"]
+    assert default.models["retinanet"].skipped == {"cosine": "no embedding space"}
     with pytest.raises(ValueError, match="need train_set"):
         open_set_evaluation(models, val_set, names, **common, scores=["knn"])
     with pytest.raises(ValueError, match="distinct names"):

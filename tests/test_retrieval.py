@@ -18,7 +18,7 @@ from dlde.analysis.retrieval import (
 )
 from dlde.analysis.stats import t_interval
 from dlde.plots.detection_plots import plot_retrieval_grid
-from dlde.protocols.retrieval import pool_retrieval
+from dlde.protocols.retrieval import PooledRetrieval, RetrievalResult, pool_retrieval
 from dlde.protocols.tables import retrieval_table
 
 
@@ -168,17 +168,21 @@ def test_box_embeddings_are_normalized_sums_of_matched_anchors():
 
 
 def test_pool_retrieval_gives_t_intervals_over_base_seeds():
-    def seed(map_r, recall, classes):
-        return {"MAP@R": map_r, "Recall@1": recall, "Recall@5": 1.0, "gallery": 40, "seconds_per_query": 1e-5,
-                "per_class": {c: {"MAP@R": map_r, "Recall@1": recall} for c in classes}}
+    def seed(map_r, recall, classes):  # a result as its JSON gives it back
+        return RetrievalResult.from_dict({"MAP@R": map_r, "Recall@1": recall, "Recall@5": 1.0, "gallery": 40,
+                                          "seconds_per_query": 1e-5,
+                                          "per_class": {c: {"MAP@R": map_r, "Recall@1": recall} for c in classes}})
 
     results = {0: {"dlde": seed(0.5, 0.8, ["0", "7"]), "prototypes": seed(0.3, 0.7, ["0"])},
                1: {"dlde": seed(0.7, 0.9, ["0"]), "prototypes": seed(0.4, 0.6, ["0"])}}
     pooled = pool_retrieval(results)
-    assert list(pooled) == ["dlde", "prototypes"] and pooled["dlde"]["base_seeds"] == 2
-    assert pooled["dlde"]["MAP@R"] == t_interval([0.5, 0.7])
-    assert pooled["prototypes"]["Recall@1"] == t_interval([0.7, 0.6])
-    assert pooled["dlde"]["per_class"]["7"]["MAP@R"]["n"] == 1  # a class one seed did not see counts once
+    assert list(pooled) == ["dlde", "prototypes"] and pooled["dlde"].base_seeds == 2
+    assert pooled["dlde"].map_at_r == t_interval([0.5, 0.7])
+    assert pooled["prototypes"].recall[1] == t_interval([0.7, 0.6])
+    assert pooled["dlde"].per_class["7"]["n"] == 1  # a class one seed did not see counts once
+    saved = pooled["dlde"].to_dict()
+    assert list(saved) == ["base_seeds", "gallery", "MAP@R", "Recall@1", "Recall@5", "seconds_per_query", "per_class"]
+    assert PooledRetrieval.from_dict(saved) == pooled["dlde"] and saved["per_class"]["7"]["MAP@R"]["n"] == 1
     table = retrieval_table(pooled).splitlines()
     assert table[0] == "| model | base seeds | gallery | MAP@R | Recall@1 | Recall@5 | ms per query |"
     assert table[2].startswith("| dlde | 2 | 40 | 0.600 [") and table[2].endswith("| 1.000 [1.000, 1.000] | 0.010 |")

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from dlde.analysis.stats import t_interval
+from dlde.protocols.fewshot import FewShotSummary
 from dlde.protocols.fewshot.cli import TABLE_TITLE, sections
+from dlde.protocols.openset import PooledOpenSet
+from dlde.protocols.retrieval import PooledRetrieval
 from dlde.protocols.tables import few_shot_table, open_set_table, retrieval_table
 from dlde.reports.sweeps import sweep_markdown
 from dlde.tables import interval_cell, markdown_table, split_provenance
@@ -49,8 +52,9 @@ def test_interval_cell_leaves_out_what_is_nan():
 def test_the_committed_few_shot_benchmark_tables_come_back_from_its_json():
     data = _nan_for_null(json.loads((FIGURES / "few_shot_benchmark.json").read_text()))
     text = split_provenance((FIGURES / "few_shot_benchmark.md").read_text())[0]
-    for table in (few_shot_table(data["few_shot"]), open_set_table(data["open_set"]),
-                  retrieval_table(data["retrieval"])):
+    for table in (few_shot_table([FewShotSummary.from_dict(e) for e in data["few_shot"]]),
+                  open_set_table(PooledOpenSet.from_dict(data["open_set"])),
+                  retrieval_table({name: PooledRetrieval.from_dict(r) for name, r in data["retrieval"].items()})):
         assert f"\n\n{table}\n\n" in text + "\n"  # a whole block (the last one ends the file)
 
 
@@ -58,7 +62,9 @@ def test_the_few_shot_command_writes_the_committed_table_file_from_its_json():
     """``python -m dlde.protocols.fewshot --table`` writes what the benchmark script it replaced wrote."""
     data = _nan_for_null(json.loads((FIGURES / "few_shot_benchmark.json").read_text()))
     text = split_provenance((FIGURES / "few_shot_benchmark.md").read_text())[0]
-    parts = sections({"skipped_shots": data["skipped_shots"]}, data["few_shot"], data["open_set"], data["retrieval"],
+    parts = sections([FewShotSummary.from_dict(e) for e in data["few_shot"]], data["skipped_shots"],
+                     PooledOpenSet.from_dict(data["open_set"]),
+                     {name: PooledRetrieval.from_dict(r) for name, r in data["retrieval"].items()},
                      len(data["base_seeds"]))
     assert "\n\n".join([TABLE_TITLE] + parts) + "\n" == text
 

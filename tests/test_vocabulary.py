@@ -240,13 +240,13 @@ def test_class_image_counts_from_lvis_fields_or_from_the_annotations(tmp_path):
     lvis.write_text(json.dumps({"categories": [{"id": 1, "name": "a", "image_count": 3, "frequency": "r"},
                                                {"id": 2, "name": "b", "image_count": 120, "frequency": "f"}]}))
     counts = class_image_counts(lvis)
-    assert counts["image_count"].tolist() == [3, 120] and counts["frequency"] == ["r", "f"]
+    assert counts.image_count.tolist() == [3, 120] and counts.frequency == ["r", "f"]
     coco = tmp_path / "coco.json"
     annotations = [{"image_id": i, "category_id": 1} for i in range(12)] + [{"image_id": 0, "category_id": 2}] * 2
     coco.write_text(json.dumps({"categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}, {"id": 3, "name": "z"}],
                                 "annotations": annotations}))
     counts = class_image_counts(coco)
-    assert counts["image_count"].tolist() == [12, 1, 0] and counts["frequency"] == ["c", "r", ""]
+    assert counts.image_count.tolist() == [12, 1, 0] and counts.frequency == ["c", "r", ""]
 
 
 def test_training_sets_name_one_annotation_file_per_number_of_classes(tmp_path):
@@ -262,9 +262,9 @@ def test_example_detections_take_one_run_per_head_with_a_checkpoint(tmp_path):
                                     "epochs": 1, "progress": False}, preset="tiny")
     train(config)
     examples = example_detections({"tiny": [tmp_path / "run", tmp_path / "missing"]}, images=2, score_threshold=0.0)
-    assert list(examples) == ["dlde"] and examples["dlde"]["run"] == tmp_path / "run"
-    assert len(examples["dlde"]["samples"]) == 2 and examples["dlde"]["class_names"] == ["0", "1", "2"]
-    assert {"image", "boxes", "labels", "scores", "gt_boxes"} <= set(examples["dlde"]["samples"][0])
+    assert list(examples) == ["dlde"] and examples["dlde"].run == tmp_path / "run"
+    assert len(examples["dlde"].samples) == 2 and examples["dlde"].class_names == ["0", "1", "2"]
+    assert {"image", "boxes", "labels", "scores", "gt_boxes"} <= set(examples["dlde"].samples[0])
 
 
 # ---------------------------------------------------------------------------------- figures

@@ -38,10 +38,8 @@ from dlde.model.modes import evaluating
 __all__ = ["check_scores", "object_kind", "score_plan", "scored_detections", "training_embeddings"]
 
 
-def check_scores(scores: Sequence[str] | None) -> list[str]:
-    """The score names asked for (the default pair for None); unknown or repeated names raise."""
-    if scores is None:
-        return ["probability", "cosine"]
+def check_scores(scores: Sequence[str]) -> list[str]:
+    """The score names asked for; unknown or repeated names (or none) raise."""
     wanted = list(scores)
     bad = sorted(set(wanted) - set(SCORES))
     if bad or len(set(wanted)) != len(wanted) or not wanted:

@@ -6,11 +6,16 @@ scores of :mod:`dlde.analysis.openset` (:mod:`dlde.inference.unknown_scores`) an
 metrics. Over several base seeds (:func:`open_set_over_seeds`) every number gets a t-interval over
 the seeds (:func:`pool_open_set`). The same scores flag unknown objects of a trained run at
 inference (:mod:`dlde.inference.unknown_flag`).
+
+Results are typed: :class:`OpenSetResult` (one base seed: per model a :class:`ModelOpenSet`, per
+score a :class:`ScoreMetrics`) and :class:`PooledOpenSet` (over base seeds); ``to_dict`` gives their
+JSON (keys such as ``A-OSE`` and ``A-OSE_flagged``) and ``from_dict`` reads it back.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,20 +38,214 @@ from dlde.analysis.stats import t_interval
 from dlde.data.coco import CocoDetection
 from dlde.inference.unknown_scores import check_scores, object_kind, score_plan, scored_detections
 
-__all__ = ["POOLED_MODEL_METRICS", "POOLED_SCORE_METRICS", "SCORES", "WI_RECALL", "open_set_evaluation",
-           "open_set_over_seeds", "open_set_summary", "pool_open_set"]
+__all__ = ["DEFAULT_SCORES", "POOLED_MODEL_METRICS", "POOLED_SCORE_METRICS", "SCORES", "WI_RECALL", "KnownUnknown",
+           "ModelOpenSet", "OpenSetResult", "PooledModel", "PooledOpenSet", "PooledScore", "ScoreMetrics",
+           "open_set_evaluation", "open_set_over_seeds", "pool_open_set"]
 
 #: Operating recall of ORE's wilderness impact.
 WI_RECALL = 0.8
+#: The scores :func:`open_set_evaluation` computes unless asked for others: those that need no training images.
+DEFAULT_SCORES = ("probability", "cosine")
+#: The numbers :func:`pool_open_set` gives an interval of: per score, and per model (without a flag).
+POOLED_SCORE_METRICS = ("auroc", "unknown_recall", "known_recall", "wilderness_impact_flagged", "A-OSE_flagged")
+POOLED_MODEL_METRICS = ("wilderness_impact", "A-OSE", "known_detections", "unknown_detections")
+#: JSON key -> attribute, where the two differ.
+_ATTRIBUTE = {"A-OSE": "a_ose", "A-OSE_flagged": "a_ose_flagged"}
+
+Interval = dict[str, float]  # a t-interval: mean, sd, low, high, n (dlde.analysis.stats.t_interval)
+
+
+@dataclass(frozen=True)
+class ScoreMetrics:
+    """One unknown score of one model on one base seed's images.
+
+    Attributes:
+        auroc: AUROC of known vs unknown detections (NaN without both).
+        unknown_recall: unknown recall at the operating point of the known precision asked for.
+        known_recall: known recall there.
+        threshold: the score at that point (flagged above it).
+        wilderness_impact_flagged: WI once the detections flagged at ``threshold`` leave.
+        a_ose_flagged: A-OSE (JSON ``A-OSE_flagged``) once they leave.
+        roc: :func:`dlde.analysis.openset.roc_curve` (None without both kinds, and in JSON).
+    """
+
+    auroc: float
+    unknown_recall: float
+    known_recall: float
+    threshold: float
+    wilderness_impact_flagged: float
+    a_ose_flagged: int
+    roc: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self, curve: bool = False) -> dict[str, Any]:
+        """The JSON keys, in order (``roc`` after ``auroc`` with ``curve``, when there is one)."""
+        roc = {"roc": self.roc} if curve and self.roc is not None else {}
+        return {"auroc": self.auroc, **roc, "unknown_recall": self.unknown_recall, "known_recall": self.known_recall,
+                "threshold": self.threshold, "wilderness_impact_flagged": self.wilderness_impact_flagged,
+                "A-OSE_flagged": self.a_ose_flagged}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreMetrics:
+        return cls(data["auroc"], data["unknown_recall"], data["known_recall"], data["threshold"],
+                   data["wilderness_impact_flagged"], data["A-OSE_flagged"], data.get("roc"))
+
+
+@dataclass(frozen=True)
+class KnownUnknown:
+    """The unknown scores of the detections matched to known objects and to unknown ones."""
+
+    known: np.ndarray
+    unknown: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelOpenSet:
+    """One model on one base seed's images.
+
+    Attributes:
+        scores: score name -> its metrics, in the order asked (those the head has).
+        primary_score: ``cosine`` when the head has it, else ``probability``.
+        wilderness_impact: ORE's WI before flagging.
+        a_ose: A-OSE before flagging (JSON ``A-OSE``).
+        a_ose_flagged: A-OSE after flagging by the primary score (JSON ``A-OSE_flagged``).
+        statistics: what the embedding scores were computed with (``vmf_kappa``,
+            ``vmf_kappa_source``, ``knn_k``, ``knn_gallery``), written beside the other keys.
+        skipped: score asked for -> why the head has none.
+        known_detections, unknown_detections: the detections matched to each kind of object.
+    """
+
+    scores: dict[str, ScoreMetrics]
+    primary_score: str
+    wilderness_impact: float
+    a_ose: int
+    a_ose_flagged: int
+    statistics: dict[str, Any]
+    skipped: dict[str, str]
+    known_detections: int
+    unknown_detections: int
+
+    def to_dict(self, curves: bool = False) -> dict[str, Any]:
+        """The JSON keys: each score's, then the model's (with ``curves``, the ROC curves too)."""
+        return {**{kind: s.to_dict(curves) for kind, s in self.scores.items()}, "primary_score": self.primary_score,
+                "wilderness_impact": self.wilderness_impact, "A-OSE": self.a_ose, "A-OSE_flagged": self.a_ose_flagged,
+                **self.statistics, "skipped": self.skipped, "known_detections": self.known_detections,
+                "unknown_detections": self.unknown_detections}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelOpenSet:
+        named = {"primary_score", "wilderness_impact", "A-OSE", "A-OSE_flagged", "skipped", "known_detections",
+                 "unknown_detections"}
+        return cls({k: ScoreMetrics.from_dict(v) for k, v in data.items() if k in SCORES}, data["primary_score"],
+                   data["wilderness_impact"], data["A-OSE"], data["A-OSE_flagged"],
+                   {k: v for k, v in data.items() if k not in SCORES and k not in named}, dict(data["skipped"]),
+                   data["known_detections"], data["unknown_detections"])
+
+
+@dataclass(frozen=True)
+class OpenSetResult:
+    """The base models of one base seed on images with known and unknown objects (:func:`open_set_evaluation`).
+
+    Attributes:
+        models: name -> its :class:`ModelOpenSet`.
+        scores: name -> score -> the scores of its known and unknown detections (empty from JSON).
+        images, closed_images: images evaluated, and those without an unknown object.
+        known_objects, unknown_objects: ground-truth objects of each kind in those images.
+    """
+
+    models: dict[str, ModelOpenSet]
+    scores: dict[str, dict[str, KnownUnknown]] = field(repr=False, compare=False)
+    images: int
+    closed_images: int
+    known_objects: int
+    unknown_objects: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers, without score arrays and curves (JSON)."""
+        return {"images": self.images, "closed_images": self.closed_images, "known_objects": self.known_objects,
+                "unknown_objects": self.unknown_objects,
+                "models": {name: m.to_dict() for name, m in self.models.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OpenSetResult:
+        return cls({name: ModelOpenSet.from_dict(m) for name, m in data["models"].items()}, {}, data["images"],
+                   data["closed_images"], data["known_objects"], data["unknown_objects"])
+
+
+@dataclass(frozen=True)
+class PooledScore:
+    """One unknown score of one model over base seeds: a t-interval of each of :data:`POOLED_SCORE_METRICS`."""
+
+    auroc: Interval
+    unknown_recall: Interval
+    known_recall: Interval
+    wilderness_impact_flagged: Interval
+    a_ose_flagged: Interval
+
+    def metric(self, name: str) -> Interval:
+        """The interval of a metric by its name in :data:`POOLED_SCORE_METRICS` (``A-OSE_flagged``, ...)."""
+        return getattr(self, _ATTRIBUTE.get(name, name))
+
+    def to_dict(self) -> dict[str, Interval]:
+        return {name: self.metric(name) for name in POOLED_SCORE_METRICS}
+
+
+@dataclass(frozen=True)
+class PooledModel:
+    """One model over base seeds: per score a :class:`PooledScore` (in :data:`SCORES` order), and a
+    t-interval of each of :data:`POOLED_MODEL_METRICS` (WI and A-OSE without a flag)."""
+
+    scores: dict[str, PooledScore]
+    wilderness_impact: Interval
+    a_ose: Interval
+    known_detections: Interval
+    unknown_detections: Interval
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": {kind: s.to_dict() for kind, s in self.scores.items()},
+                **{name: getattr(self, _ATTRIBUTE.get(name, name)) for name in POOLED_MODEL_METRICS}}
+
+
+@dataclass(frozen=True)
+class PooledOpenSet:
+    """:func:`pool_open_set`: every model's numbers over base seeds, with each seed's own result.
+
+    Attributes:
+        base_seeds: the seeds, in order.
+        images, known_objects, unknown_objects: those of the first seed (the same images for every seed).
+        models: name -> its :class:`PooledModel`.
+        by_seed: base seed -> its :class:`OpenSetResult`.
+    """
+
+    base_seeds: list[int]
+    images: int
+    known_objects: int
+    unknown_objects: int
+    models: dict[str, PooledModel]
+    by_seed: dict[int, OpenSetResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base_seeds": self.base_seeds, "images": self.images, "known_objects": self.known_objects,
+                "unknown_objects": self.unknown_objects,
+                "models": {name: m.to_dict() for name, m in self.models.items()},
+                "by_seed": {seed: r.to_dict() for seed, r in self.by_seed.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PooledOpenSet:
+        """A pooled result back from :meth:`to_dict` (its JSON)."""
+        models = {name: PooledModel({kind: PooledScore(*(s[n] for n in POOLED_SCORE_METRICS))
+                                     for kind, s in m["scores"].items()}, *(m[n] for n in POOLED_MODEL_METRICS))
+                  for name, m in data["models"].items()}
+        return cls(list(data["base_seeds"]), data["images"], data["known_objects"], data["unknown_objects"], models,
+                   {int(seed): OpenSetResult.from_dict(r) for seed, r in data["by_seed"].items()})
 
 
 @torch.no_grad()
 def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection, known_names: Sequence[str], *,
                         max_images: int | None = None, score_threshold: float | None = None, iou: float = DEFAULT_IOU,
                         precision: float = DEFAULT_KNOWN_PRECISION, batch_size: int = 32,
-                        scores: Sequence[str] | None = None, train_set: CocoDetection | None = None,
+                        scores: Sequence[str] = DEFAULT_SCORES, train_set: CocoDetection | None = None,
                         concentrations: Mapping[str, Any] | None = None, knn_k: int = DEFAULT_KNN_K,
-                        gallery_images: int | None = None) -> dict[str, Any]:
+                        gallery_images: int | None = None) -> OpenSetResult:
     """Unknown-object detection by base models on images that also hold unknown classes.
 
     Every detection (``model.predict``: one label per box) is matched to the ground-truth object
@@ -66,8 +265,8 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
     per model: ORE's wilderness impact (precision of the known detections at recall 0.8 on the
     images without unknown objects vs on all images) and absolute open-set error (unknown objects
     detected as a known class), before and after flagging the detections whose primary score
-    (cosine when there is one) exceeds the threshold of ``precision``; with ``scores``, also per
-    score after flagging by its own threshold (``wilderness_impact_flagged``, ``A-OSE_flagged``).
+    (cosine when there is one) exceeds the threshold of ``precision``; per score also after
+    flagging by its own threshold (``wilderness_impact_flagged``, ``A-OSE_flagged``).
 
     Args:
         models: name -> base detector whose classes are ``known_names`` (label order).
@@ -78,16 +277,15 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
         iou: IoU of a match.
         precision: known precision of the unknown-recall operating point.
         batch_size: images per forward pass.
-        scores: names of :data:`SCORES`, in this order; None: ``probability`` and ``cosine`` as in
-            earlier versions (without per-score flagged metrics, ``skipped`` and statistics).
+        scores: names of :data:`SCORES`, in this order (a head without an embedding space skips
+            those that need one).
         train_set: images whose known-class boxes give the ``knn`` gallery and the estimated κ̂.
         concentrations: name -> (C,) κ̂ of the model's classes (e.g. the last row of a DLDENet
             run's ``kappa_history.npy``: the tracked means' statistics); NaN: a class left out.
         knn_k, gallery_images: the neighbour of ``knn``; the first images of ``train_set`` only, for its gallery and κ̂.
 
     Returns:
-        ``{"models": name -> metrics, "scores": name -> {score: {"known", "unknown"} arrays},
-        "known_objects", "unknown_objects", "images"}``.
+        Per model its metrics and its known and unknown scores, and the objects counted.
     """
     wanted = check_scores(scores)
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
@@ -95,52 +293,53 @@ def open_set_evaluation(models: Mapping[str, nn.Module], dataset: CocoDetection,
     unknown_labels = [c for c in range(len(dataset.class_names)) if c not in known.tolist()]
     targets = [dataset.targets(i) for i in indices]
     closed = np.array([not torch.isin(t[:, 4].long(), torch.as_tensor(unknown_labels)).any() for t in targets])
-    out: dict[str, Any] = {"models": {}, "scores": {}, "images": len(indices), "closed_images": int(closed.sum()),
-                           "known_objects": int(sum(torch.isin(t[:, 4].long(), known).sum() for t in targets)),
-                           "unknown_objects": int(sum((~torch.isin(t[:, 4].long(), known)).sum() for t in targets))}
+    models_out, arrays = {}, {}
     for name, model in models.items():  # a few models
         threshold = float(model.score_threshold if score_threshold is None else score_threshold)
         kinds, scorers, statistics = score_plan(model, wanted, train_set, known, batch_size,
-                                                 kappa=(concentrations or {}).get(name), knn_k=knn_k,
-                                                 gallery_images=gallery_images)
+                                                kappa=(concentrations or {}).get(name), knn_k=knn_k,
+                                                gallery_images=gallery_images)
         per_image = scored_detections(model, scorers, dataset, indices, known, threshold, batch_size,
-                                       energy="energy" in kinds)
+                                      energy="energy" in kinds)
         kind_of = np.concatenate([object_kind(d["boxes"], t, known, iou) for d, t in zip(per_image, targets)]) \
             if per_image else np.zeros(0, np.int64)
-        metrics, score_arrays = _score_metrics(per_image, kinds, kind_of, precision)
-        metrics["primary_score"] = primary = "cosine" if "cosine" in kinds else "probability"
-        metrics["wilderness_impact"] = _wilderness(per_image, targets, closed, known, iou)
-        metrics["A-OSE"] = absolute_open_set_error(per_image, targets, unknown_labels, iou=iou)
-        metrics["A-OSE_flagged"] = absolute_open_set_error(_flagged(per_image, primary, metrics[primary]["threshold"]),
-                                                           targets, unknown_labels, iou=iou)
-        if scores is not None:
-            for kind in kinds:  # a few scores
-                metrics[kind] |= _flagged_metrics(per_image, kind, metrics[kind]["threshold"], targets, closed, known,
-                                                  unknown_labels, iou)
-            metrics |= statistics | {"skipped": {k: "no embedding space" for k in wanted if k not in kinds}}
-        metrics |= {"known_detections": int((kind_of == 0).sum()), "unknown_detections": int((kind_of == 1).sum())}
-        out["models"][name], out["scores"][name] = metrics, score_arrays
-    return out
+        points, arrays[name] = _operating_points(per_image, kinds, kind_of, precision)
+        flagged = {kind: _flagged_metrics(per_image, kind, points[kind]["threshold"], targets, closed, known,
+                                          unknown_labels, iou) for kind in kinds}
+        primary = "cosine" if "cosine" in kinds else "probability"
+        models_out[name] = ModelOpenSet(
+            {kind: ScoreMetrics(**points[kind], wilderness_impact_flagged=flagged[kind][0],
+                                a_ose_flagged=flagged[kind][1]) for kind in kinds},
+            primary, _wilderness(per_image, targets, closed, known, iou),
+            absolute_open_set_error(per_image, targets, unknown_labels, iou=iou),
+            absolute_open_set_error(_flagged(per_image, primary, points[primary]["threshold"]), targets,
+                                    unknown_labels, iou=iou),
+            statistics, {k: "no embedding space" for k in wanted if k not in kinds},
+            int((kind_of == 0).sum()), int((kind_of == 1).sum()))
+    return OpenSetResult(models_out, arrays, len(indices), int(closed.sum()),
+                         int(sum(torch.isin(t[:, 4].long(), known).sum() for t in targets)),
+                         int(sum((~torch.isin(t[:, 4].long(), known)).sum() for t in targets)))
 
 
-def _score_metrics(per_image: Sequence[Mapping[str, Tensor]], kinds: Sequence[str], kind_of: np.ndarray,
-                   precision: float) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Per score kind: AUROC, ROC curve and the operating point at ``precision`` known precision
-    (NaN without both known and unknown detections), and the known and unknown score arrays."""
-    metrics, scores = {}, {}
+def _operating_points(per_image: Sequence[Mapping[str, Tensor]], kinds: Sequence[str], kind_of: np.ndarray,
+                      precision: float) -> tuple[dict[str, dict[str, Any]], dict[str, KnownUnknown]]:
+    """Per score kind: AUROC, ROC curve (None without both known and unknown detections) and the
+    operating point at ``precision`` known precision (NaN without both), and the known and unknown
+    score arrays."""
+    points, scores = {}, {}
     for kind in kinds:
         values = torch.cat([d[kind] for d in per_image]).numpy() if per_image else np.zeros(0)
         k_scores, u_scores = values[kind_of == 0], values[kind_of == 1]
-        scores[kind] = {"known": k_scores, "unknown": u_scores}
+        scores[kind] = KnownUnknown(k_scores, u_scores)
         if k_scores.size and u_scores.size:
             at = unknown_recall_at_known_precision(k_scores, u_scores, precision)
-            metrics[kind] = {"auroc": auroc(k_scores, u_scores), "roc": roc_curve(k_scores, u_scores),
-                             "unknown_recall": at["unknown_recall"], "known_recall": at["known_recall"],
-                             "threshold": at["threshold"]}
+            points[kind] = {"auroc": auroc(k_scores, u_scores), "roc": roc_curve(k_scores, u_scores),
+                            "unknown_recall": at["unknown_recall"], "known_recall": at["known_recall"],
+                            "threshold": at["threshold"]}
         else:
-            metrics[kind] = {"auroc": math.nan, "unknown_recall": math.nan, "known_recall": math.nan,
-                             "threshold": math.nan}
-    return metrics, scores
+            points[kind] = {"auroc": math.nan, "roc": None, "unknown_recall": math.nan, "known_recall": math.nan,
+                            "threshold": math.nan}
+    return points, scores
 
 
 def _flagged(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: float, *,
@@ -161,12 +360,12 @@ def _flagged(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: f
 
 def _flagged_metrics(per_image: Sequence[Mapping[str, Tensor]], score: str, threshold: float,
                      targets: Sequence[Tensor], closed: np.ndarray, known: Tensor, unknown_labels: Sequence[int],
-                     iou: float) -> dict[str, Any]:
+                     iou: float) -> tuple[float, int]:
     """WI and A-OSE of the detections that ``score`` keeps as known at ``threshold`` (the flagged ones
-    leave): ``wilderness_impact_flagged``, ``A-OSE_flagged``."""
+    leave): ``(wilderness impact, A-OSE)``."""
     kept = _flagged(per_image, score, threshold, drop=True)
-    return {"wilderness_impact_flagged": _wilderness(kept, targets, closed, known, iou),
-            "A-OSE_flagged": absolute_open_set_error(kept, targets, unknown_labels, iou=iou)}
+    return (_wilderness(kept, targets, closed, known, iou),
+            absolute_open_set_error(kept, targets, unknown_labels, iou=iou))
 
 
 def _precision_at_recall(scores: np.ndarray, correct: np.ndarray, objects: int, recall: float) -> float:
@@ -202,23 +401,11 @@ def _wilderness(per_image: Sequence[Mapping[str, Tensor]], targets: Sequence[Ten
     return wilderness_impact(precisions[0], precisions[1])
 
 
-def open_set_summary(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers of :func:`open_set_evaluation` without curves and score arrays (JSON-able)."""
-    models = {name: {key: ({k: v for k, v in value.items() if k != "roc"} if isinstance(value, Mapping) else value)
-                     for key, value in metrics.items()}
-              for name, metrics in result["models"].items()}
-    return {key: value for key, value in result.items() if key not in ("models", "scores")} | {"models": models}
-
 
 # ---------------------------------------------------------------------------- over base seeds
-#: The numbers :func:`pool_open_set` gives an interval of: per score, and per model (without a flag).
-POOLED_SCORE_METRICS = ("auroc", "unknown_recall", "known_recall", "wilderness_impact_flagged", "A-OSE_flagged")
-POOLED_MODEL_METRICS = ("wilderness_impact", "A-OSE", "known_detections", "unknown_detections")
-
-
 def open_set_over_seeds(models: Mapping[int, Mapping[str, nn.Module]], dataset: CocoDetection,
                         known_names: Sequence[str], *, concentrations: Mapping[int, Mapping[str, Any]] | None = None,
-                        **options: Any) -> dict[int, dict[str, Any]]:
+                        **options: Any) -> dict[int, OpenSetResult]:
     """:func:`open_set_evaluation` of the base models of each base seed.
 
     Args:
@@ -235,31 +422,35 @@ def open_set_over_seeds(models: Mapping[int, Mapping[str, nn.Module]], dataset: 
             for seed, per_head in models.items()}
 
 
-def pool_open_set(results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+def pool_open_set(results: Mapping[int, OpenSetResult]) -> PooledOpenSet:
     """Mean and 95 % t-interval over base seeds (:func:`dlde.analysis.stats.t_interval`) of every number
-    of :func:`open_set_over_seeds` (or of the :func:`open_set_summary` of each seed).
+    of :func:`open_set_over_seeds`.
 
     Each base seed is one independent training of every head, so its AUROC, unknown recall, WI and
     A-OSE are one draw each: the interval has ``n = len(results)`` (no k-shot draws here).
 
     Returns:
-        ``base_seeds``; ``images``, ``known_objects``, ``unknown_objects`` (those of the first seed:
-        the same images for every seed); ``models``: name -> ``scores`` (score -> metric -> interval
-        for :data:`POOLED_SCORE_METRICS`, the scores in :data:`SCORES` order) and an interval for
-        each of :data:`POOLED_MODEL_METRICS` (WI and A-OSE without a flag); ``by_seed``: base seed ->
-        its :func:`open_set_summary`.
+        The seeds; the images and objects of the first seed (the same images for every seed); per
+        model the intervals of :data:`POOLED_SCORE_METRICS` per score (in :data:`SCORES` order) and of
+        :data:`POOLED_MODEL_METRICS`; each seed's own result.
     """
     if not results:
         raise ValueError("pool_open_set needs the results of at least one base seed")
     per_seed = list(results.values())
     first = per_seed[0]
-    models: dict[str, Any] = {}
-    for name in first["models"]:  # a few heads
-        seen = [r["models"][name] for r in per_seed if name in r["models"]]
-        kinds = [k for k in SCORES if any(isinstance(m.get(k), Mapping) for m in seen)]
-        models[name] = {"scores": {kind: {metric: t_interval([m.get(kind, {}).get(metric) for m in seen])
-                                          for metric in POOLED_SCORE_METRICS} for kind in kinds}}
-        models[name] |= {metric: t_interval([m.get(metric) for m in seen]) for metric in POOLED_MODEL_METRICS}
-    return {"base_seeds": [int(s) for s in results], "images": first["images"],
-            "known_objects": first["known_objects"], "unknown_objects": first["unknown_objects"], "models": models,
-            "by_seed": {int(s): open_set_summary(r) for s, r in results.items()}}
+    models: dict[str, PooledModel] = {}
+    for name in first.models:  # a few heads
+        seen = [r.models[name] for r in per_seed if name in r.models]
+        kinds = [k for k in SCORES if any(k in m.scores for m in seen)]
+        scores = {kind: PooledScore(*(t_interval([_metric(m.scores[kind], metric) if kind in m.scores else None
+                                                  for m in seen]) for metric in POOLED_SCORE_METRICS))
+                  for kind in kinds}
+        models[name] = PooledModel(scores, *(t_interval([_metric(m, metric) for m in seen])
+                                             for metric in POOLED_MODEL_METRICS))
+    return PooledOpenSet([int(s) for s in results], first.images, first.known_objects, first.unknown_objects, models,
+                         {int(s): r for s, r in results.items()})
+
+
+def _metric(numbers: ScoreMetrics | ModelOpenSet, name: str) -> float:
+    """A number of a score's or a model's metrics by its JSON name (``A-OSE``, ``auroc``, ...)."""
+    return getattr(numbers, _ATTRIBUTE.get(name, name))

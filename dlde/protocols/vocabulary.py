@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,27 @@ def training_sets(arms: Arms) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def class_image_counts(annotations_file: str | os.PathLike) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per class of a dataset (in its category order): ``image_count`` ``(C,)`` int64, the training
+    images holding it, and ``frequency``, its LVIS bucket letter ``r``/``c``/``f`` (``""`` for a class
+    in no image)."""
+
+    image_count: np.ndarray
+    frequency: list[str]
+
+
+@dataclass(frozen=True)
+class ExampleDetections:
+    """Detections of one run on its first validation images (:func:`example_detections`): ``run`` its
+    folder, ``samples`` for :func:`dlde.plots.detection_plots.detection_grid`, ``class_names`` its classes."""
+
+    run: Path
+    samples: list[dict[str, Any]]
+    class_names: list[str]
+
+
+def class_image_counts(annotations_file: str | os.PathLike) -> ClassCounts:
     """Training images containing each class, and its LVIS bucket, from a COCO / LVIS file.
 
     A category's ``image_count`` and ``frequency`` are taken when it carries them (LVIS, glyphs);
@@ -110,8 +130,7 @@ def class_image_counts(annotations_file: str | os.PathLike) -> dict[str, Any]:
     (:func:`dlde.data.long_tail.frequency`).
 
     Returns:
-        ``image_count`` (C,) int64 and ``frequency`` (C,) letters ``r``/``c``/``f`` (``""`` for a
-        class in no image), in the file's category order.
+        The counts and buckets, in the file's category order.
     """
     data = json.loads(Path(annotations_file).read_text())
     categories = data["categories"]
@@ -122,10 +141,10 @@ def class_image_counts(annotations_file: str | os.PathLike) -> dict[str, Any]:
     counts = np.array([c["image_count"] if "image_count" in c else len(images_of[c["id"]]) for c in categories],
                       dtype=np.int64)  # (C,)
     letters = [c.get("frequency") or (frequency(int(n)) if n > 0 else "") for c, n in zip(categories, counts)]
-    return {"image_count": counts, "frequency": letters}
+    return ClassCounts(counts, letters)
 
 
-def example_detections(arms: Arms, *, images: int, score_threshold: float) -> dict[str, dict[str, Any]]:
+def example_detections(arms: Arms, *, images: int, score_threshold: float) -> dict[str, ExampleDetections]:
     """Detections on the first validation images of one finished run per head, at the largest C.
 
     For each head, the first run (arms in order, seeds in order) at the largest number of classes
@@ -133,9 +152,7 @@ def example_detections(arms: Arms, *, images: int, score_threshold: float) -> di
     generated when its folder is missing).
 
     Returns:
-        Head -> ``run`` (its folder), ``samples`` (for
-        :func:`dlde.plots.detection_plots.detection_grid`) and ``class_names``; heads without
-        such a run are left out.
+        Head -> the run's :class:`ExampleDetections`; heads without such a run are left out.
     """
     chosen: dict[str, tuple[int, Path]] = {}
     for dirs in arms.values():
@@ -151,7 +168,7 @@ def example_detections(arms: Arms, *, images: int, score_threshold: float) -> di
         _, val_set = run.datasets()
         samples = detection_samples(run.load_model(), val_set, range(min(images, len(val_set))),
                                     score_threshold=score_threshold)
-        examples[head] = {"run": run_dir, "samples": samples, "class_names": run.class_names}
+        examples[head] = ExampleDetections(run_dir, samples, run.class_names)
     return examples
 
 

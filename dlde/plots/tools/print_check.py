@@ -56,6 +56,8 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from dlde.analysis.sweep_stats import collapse_curves, summarize_arms
+from dlde.protocols.fewshot import FewShotSummary
+from dlde.protocols.openset import PooledModel, PooledOpenSet, PooledScore
 
 from .. import detection_plots, embedding_plots, fewshot_plots, metric_plots, sweep_plots, vocabulary_plots
 from ..interactive import MeansExplorer
@@ -184,10 +186,9 @@ def _detections(rng, n: int = 8) -> list[dict]:
              "scores": np.array([0.9, 0.6]), "gt_boxes": boxes} for _ in range(n)]
 
 
-def _few_shot_rows() -> list[dict]:
+def _few_shot_rows() -> list[FewShotSummary]:
     interval = {"mean": 0.5, "low": 0.4, "high": 0.6}
-    return [{"method": method, "k": k, "draws": 3, "steps": 20, "novel_AP": interval, "novel_AP50": interval,
-             "base_AP": interval, "base_AP_before": 0.7}
+    return [FewShotSummary(method, k, 3, 20, interval, interval, interval, interval, interval, 0.7, 0.2)
             for method in ("dlde_imprint", "dlde_finetune", "prototypes_finetune") for k in (1, 5, 30)]
 
 
@@ -199,9 +200,9 @@ def _vocabulary_rows(x: str, series: Mapping[str, object]) -> list[dict]:
 
 def _unknown_scores() -> Figure:
     interval = {"mean": 0.7, "low": 0.6, "high": 0.8}
-    scores = {kind: {"auroc": interval, "unknown_recall": interval} for kind in ("probability", "cosine", "energy")}
-    return fewshot_plots.plot_unknown_scores({"models": {head: {"scores": scores} for head in ("dlde", "retinanet")},
-                                              "base_seeds": [0, 1, 2]})
+    scores = {kind: PooledScore(*[interval] * 5) for kind in ("probability", "cosine", "energy")}
+    models = {head: PooledModel(scores, *[interval] * 4) for head in ("dlde", "retinanet")}
+    return fewshot_plots.plot_unknown_scores(PooledOpenSet([0, 1, 2], 0, 0, 0, models, {}))
 
 
 def _collapse(title: str) -> Figure:

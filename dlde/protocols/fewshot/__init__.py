@@ -33,21 +33,24 @@
 
 The same base models meet unknown objects in :mod:`dlde.protocols.openset` and serve
 retrieval in :mod:`dlde.protocols.retrieval`; the tables are in :mod:`dlde.protocols.tables`,
-the figures in :mod:`dlde.plots.fewshot_plots`. The protocol is :mod:`.protocol`; ``python -m
+the figures in :mod:`dlde.plots.fewshot_plots`. The protocol is :mod:`.protocol` (run with the
+settings of :mod:`.methods`; its typed results are :mod:`.results`); ``python -m
 dlde.protocols.fewshot`` (:mod:`.cli`) runs it with the unknown-object and retrieval protocols on
 the same base models and writes their tables.
 """
 
-from .protocol import (
+from .methods import (
     BASE_CLASSES,
     BASE_SEEDS,
+    DEFAULT_FINE_TUNE,
     DRAWS,
     METHODS,
     NOVEL_CLASSES,
     SEED_STRIDE,
     SHOTS,
-    SUMMARY_METRICS,
     FineTune,
+)
+from .protocol import (
     Shots,
     adapt,
     draw_shots,
@@ -56,14 +59,14 @@ from .protocol import (
     fine_tune,
     group_metrics,
     images_with,
-    interval_over,
     run_over_base_seeds,
     run_protocol,
-    summarize,
 )
+from .results import SUMMARY_METRICS, FewShotResult, FewShotRow, FewShotSummary, interval_over, summarize
 
 __all__ = [
     "BASE_CLASSES", "NOVEL_CLASSES", "SHOTS", "DRAWS", "BASE_SEEDS", "SEED_STRIDE", "METHODS", "SUMMARY_METRICS",
-    "FineTune", "Shots", "few_shot_datasets", "draw_shots", "fine_tune", "adapt", "group_metrics",
-    "run_protocol", "run_over_base_seeds", "summarize", "interval_over", "images_with", "embedding_view",
+    "DEFAULT_FINE_TUNE", "FineTune", "Shots", "FewShotRow", "FewShotResult", "FewShotSummary", "few_shot_datasets",
+    "draw_shots", "fine_tune", "adapt", "group_metrics", "run_protocol", "run_over_base_seeds", "summarize",
+    "interval_over", "images_with", "embedding_view",
 ]

@@ -25,7 +25,7 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ from dlde.files import jsonable
 from dlde.tables import write_table_file
 
 from ..base_runs import prepare
-from ..openset import open_set_over_seeds, pool_open_set
-from ..retrieval import pool_retrieval, retrieval_over_seeds, retrieval_summary
+from ..openset import PooledOpenSet, open_set_over_seeds, pool_open_set
+from ..retrieval import PooledRetrieval, pool_retrieval, retrieval_over_seeds
 from ..tables import few_shot_table, open_set_table, retrieval_table
-from .protocol import BASE_SEEDS, DRAWS, METHODS, SHOTS, FineTune, interval_over, run_over_base_seeds, summarize
+from .methods import BASE_SEEDS, DRAWS, METHODS, SHOTS, FineTune
+from .protocol import run_over_base_seeds
+from .results import FewShotSummary, interval_over, summarize
 
 #: The first line of the table file (kept from the benchmark script this command replaced, so the file
 #: it writes stays the same).
@@ -77,16 +79,16 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sections(result: dict[str, Any], summary: list[dict[str, Any]], open_set: dict[str, Any],
-             retrieval: dict[str, Any], seeds: int) -> list[str]:
+def sections(summary: Sequence[FewShotSummary], skipped_shots: Sequence[int], open_set: PooledOpenSet,
+             retrieval: Mapping[str, PooledRetrieval], seeds: int) -> list[str]:
     """The markdown of the three protocols: a heading and a table each, with the notes between."""
     parts = [f"## Few-shot: novel digits 7-9 from k boxes (mean [95 % t-interval] over "
              f"{interval_over(summary)})", few_shot_table(summary)]
     if seeds > 1:
         parts.append("Each base seed has its own k-shot draws; the interval is over the base seeds of each "
                      "seed's mean over its draws.")
-    if result["skipped_shots"]:
-        parts.append(f"skipped k {result['skipped_shots']}: too few boxes of a novel class in the training set")
+    if skipped_shots:
+        parts.append(f"skipped k {list(skipped_shots)}: too few boxes of a novel class in the training set")
     parts += [f"## Unknown objects: base models (0-6) on images with 7-9 (mean [95 % t-interval] over {seeds} "
               "base seeds)", open_set_table(open_set)]
     if retrieval:
@@ -115,18 +117,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train_set=base.train_set, gallery_images=args.gallery_images, max_images=args.max_images))
     retrieval_by_seed = retrieval_over_seeds(base.models, base.val_set, max_images=args.max_images)
     retrieval = pool_retrieval(retrieval_by_seed)
-    parts = sections(result, summary, open_set, retrieval, len(base.seeds))
+    parts = sections(summary, result.skipped_shots, open_set, retrieval, len(base.seeds))
     print("\n" + "\n\n".join(parts))
     if args.table:
         write_table_file(args.table, "\n\n".join([TABLE_TITLE] + parts))
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "threads": torch.get_num_threads(), "torch": torch.__version__},
               "arguments": vars(args), "base_seconds": base_seconds, "base_seeds": base.seeds,
-              "before": result["before"], "before_by_seed": result["before_by_seed"],
-              "few_shot": summary, "rows": result["rows"], "skipped_shots": result["skipped_shots"],
-              "open_set": open_set, "retrieval": retrieval,
-              "retrieval_by_seed": {seed: {head: retrieval_summary(r) for head, r in per_head.items()}
-                                    for seed, per_head in retrieval_by_seed.items()},
+              "before": result.before, "before_by_seed": result.before_by_seed,
+              "few_shot": summary, "rows": result.rows, "skipped_shots": result.skipped_shots,
+              "open_set": open_set, "retrieval": retrieval, "retrieval_by_seed": retrieval_by_seed,
               "total_seconds": time.perf_counter() - started}
     text = json.dumps(jsonable(report), indent=1)
     print("\n## JSON\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from torch import Tensor, nn
 
 from dlde.analysis.embeddings import project_with_means
 from dlde.analysis.inspection import device_of, matched_embeddings
-from dlde.analysis.stats import t_interval
 from dlde.data.coco import CocoDetection
 from dlde.data.transforms import collate
 from dlde.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, to_original
@@ -27,44 +25,11 @@ from dlde.model.growth import add_classes, classifier_parameters, imprint
 from dlde.model.modes import evaluating
 from dlde.train import TrainConfig, build_datasets, default_data_root
 
-__all__ = [
-    "BASE_CLASSES", "NOVEL_CLASSES", "SHOTS", "DRAWS", "BASE_SEEDS", "SEED_STRIDE", "METHODS", "SUMMARY_METRICS",
-    "FineTune", "Shots", "few_shot_datasets", "draw_shots", "fine_tune", "adapt", "group_metrics",
-    "run_protocol", "run_over_base_seeds", "summarize", "interval_over", "images_with", "embedding_view",
-]
+from .methods import DEFAULT_FINE_TUNE, DRAWS, METHODS, NOVEL_CLASSES, SEED_STRIDE, SHOTS, FineTune
+from .results import FewShotResult, FewShotRow
 
-BASE_CLASSES = (0, 1, 2, 3, 4, 5, 6)  # digits of the base training
-NOVEL_CLASSES = (7, 8, 9)  # digits added from k shots
-SHOTS = (1, 2, 5, 10, 30)  # k: annotated boxes per novel class
-DRAWS = 5  # random k-shot sets per k
-BASE_SEEDS = (0, 1, 2)  # training seeds of the base runs of each head
-#: Base seed ``s`` runs the protocol with seed ``seed + SEED_STRIDE * s``: its own draws and
-#: fine-tuning batches, never sharing a generator seed with another base seed's (below 1,000 draws).
-SEED_STRIDE = 1000
-#: method -> (base model, imprint the novel classes, fine-tune the classifier layer).
-METHODS: dict[str, tuple[str, bool, bool]] = {
-    "dlde_imprint": ("dlde", True, False),
-    "dlde_imprint_finetune": ("dlde", True, True),
-    "retinanet_finetune": ("retinanet", False, True),
-    "prototypes_finetune": ("prototypes", False, True),
-    "prototypes_imprint": ("prototypes", True, False),
-}
-
-
-@dataclass(frozen=True)
-class FineTune:
-    """TFA-style fine-tuning of the classifier layer on the k-shot images.
-
-    Attributes:
-        steps: optimizer steps (AdamW, no weight decay, constant learning rate).
-        lr: learning rate.
-        batch_size: shot images per step (drawn with replacement when there are fewer).
-    """
-
-    steps: int = 100
-    lr: float = 0.01
-    batch_size: int = 8
-
+__all__ = ["Shots", "adapt", "draw_shots", "embedding_view", "few_shot_datasets", "fine_tune", "group_metrics",
+           "images_with", "run_over_base_seeds", "run_protocol"]
 
 # ------------------------------------------------------------------------------------- data
 def few_shot_datasets(config, data_root: str | Path | None = None) -> tuple[CocoDetection, CocoDetection]:
@@ -185,7 +150,7 @@ def _shot_batch(dataset: CocoDetection, shots: Shots, base_labels: Sequence[int]
 
 
 # ------------------------------------------------------------------------------- adaptation
-def fine_tune(model: nn.Module, images: Tensor, annotations: Tensor, settings: FineTune = FineTune(), *,
+def fine_tune(model: nn.Module, images: Tensor, annotations: Tensor, settings: FineTune = DEFAULT_FINE_TUNE, *,
               seed: int = 0) -> dict[str, float]:
     """Train only the classifier layer of ``model`` on a k-shot set (TFA-style); returns steps and seconds.
 
@@ -230,7 +195,7 @@ def fine_tune(model: nn.Module, images: Tensor, annotations: Tensor, settings: F
 
 
 def adapt(base_model: nn.Module, method: str, dataset: CocoDetection, shots: Shots, *, base_names: Sequence[str],
-          settings: FineTune = FineTune(), seed: int = 0) -> tuple[nn.Module, dict[str, float]]:
+          settings: FineTune = DEFAULT_FINE_TUNE, seed: int = 0) -> tuple[nn.Module, dict[str, float]]:
     """A copy of ``base_model`` grown by the novel classes of ``shots`` and adapted by ``method``.
 
     Args:
@@ -338,8 +303,8 @@ def _evaluate_groups(model: nn.Module, dataset: CocoDetection, indices: Sequence
 def run_protocol(base_models: Mapping[str, nn.Module], base_names: Sequence[str], train_set: CocoDetection,
                  val_set: CocoDetection, *, novel_names: Sequence[str] = tuple(map(str, NOVEL_CLASSES)),
                  shots: Sequence[int] = SHOTS, draws: int = DRAWS, methods: Sequence[str] = tuple(METHODS),
-                 settings: FineTune = FineTune(), max_eval_images: int | None = None, seed: int = 0,
-                 progress: bool = False) -> dict[str, Any]:
+                 settings: FineTune = DEFAULT_FINE_TUNE, max_eval_images: int | None = None, seed: int = 0,
+                 progress: bool = False) -> FewShotResult:
     """The few-shot experiment: every method x k x draw, with base metrics before.
 
     Args:
@@ -359,9 +324,8 @@ def run_protocol(base_models: Mapping[str, nn.Module], base_names: Sequence[str]
         progress: print one line per (method, k, draw).
 
     Returns:
-        ``before``: head -> base AP/AP50 of the base model (base categories); ``rows``: one dict
-        per (method, k, draw) with ``novel_AP``, ``novel_AP50``, ``base_AP``, ``base_AP50``,
-        ``steps``, ``seconds``; ``settings``, ``base_names``, ``novel_names``, ``eval_images``.
+        The base AP and AP50 of each base model (base categories), one row per (method, k, draw),
+        and what the run was asked for.
     """
     indices = list(range(len(val_set) if max_eval_images is None else min(max_eval_images, len(val_set))))
     base_labels = [val_set.class_names.index(n) for n in base_names]
@@ -382,24 +346,20 @@ def run_protocol(base_models: Mapping[str, nn.Module], base_names: Sequence[str]
                                     settings=settings, seed=seed + draw.draw)
                 groups = _evaluate_groups(model, val_set, indices, model.class_names,
                                           {"novel": novel_labels, "base": base_labels})
-                row = {"method": method, "k": k, "draw": draw.draw, **cost,
-                       "novel_AP": groups["novel"]["AP"], "novel_AP50": groups["novel"]["AP50"],
-                       "base_AP": groups["base"]["AP"], "base_AP50": groups["base"]["AP50"],
-                       "novel_per_class_AP": groups["novel"]["per_class"]}
+                row = FewShotRow(method, k, draw.draw, cost["steps"], cost["seconds"], groups["novel"]["AP"],
+                                 groups["novel"]["AP50"], groups["base"]["AP"], groups["base"]["AP50"],
+                                 groups["novel"]["per_class"])
                 rows.append(row)
                 if progress:
-                    print(f"{method} k={k} draw={draw.draw}: novel AP {row['novel_AP']:.3f} "
-                          f"AP50 {row['novel_AP50']:.3f}, base AP {row['base_AP']:.3f} ({cost['seconds']:.1f} s)",
-                          flush=True)
-    return {"before": before, "rows": rows, "settings": dataclasses.asdict(settings), "base_names": list(base_names),
-            "novel_names": list(novel_names), "eval_images": len(indices),
-            "shots": [k for k in shots if k not in skipped],
-            "skipped_shots": skipped, "draws": draws}
+                    print(f"{method} k={k} draw={draw.draw}: novel AP {row.novel_AP:.3f} "
+                          f"AP50 {row.novel_AP50:.3f}, base AP {row.base_AP:.3f} ({row.seconds:.1f} s)", flush=True)
+    return FewShotResult(before, rows, settings, list(base_names), list(novel_names), len(indices),
+                         [k for k in shots if k not in skipped], skipped, draws)
 
 
 def run_over_base_seeds(base_models: Mapping[int, Mapping[str, nn.Module]], base_names: Sequence[str],
                         train_set: CocoDetection, val_set: CocoDetection, *, seed: int = 0, progress: bool = False,
-                        **protocol: Any) -> dict[str, Any]:
+                        **protocol: Any) -> FewShotResult:
     """:func:`run_protocol` on the base models of every base seed, pooled.
 
     Base seed ``s`` runs with the seed ``seed + SEED_STRIDE * s`` (:data:`SEED_STRIDE`): its own
@@ -415,9 +375,8 @@ def run_over_base_seeds(base_models: Mapping[int, Mapping[str, nn.Module]], base
         **protocol: further arguments of :func:`run_protocol` (``shots``, ``draws``, ``settings``, ...).
 
     Returns:
-        What :func:`run_protocol` returns, with ``base_seed`` in every row, ``before``: head ->
-        base AP/AP50 averaged over the base seeds, ``before_by_seed``: base seed -> that seed's
-        ``before``, and ``base_seeds``.
+        What :func:`run_protocol` returns, with the base seed in every row, the base AP and AP50
+        averaged over the base seeds (each seed's own in ``before_by_seed``) and the base seeds.
     """
     if not base_models:
         raise ValueError("run_over_base_seeds needs the base models of at least one base seed")
@@ -428,63 +387,11 @@ def run_over_base_seeds(base_models: Mapping[int, Mapping[str, nn.Module]], base
         results[int(base_seed)] = run_protocol(models, base_names, train_set, val_set,
                                                seed=seed + SEED_STRIDE * int(base_seed), progress=progress, **protocol)
     first = next(iter(results.values()))
-    heads = list(first["before"])
-    before = {head: {key: float(np.mean([r["before"][head][key] for r in results.values()])) for key in ("AP", "AP50")}
-              for head in heads}
-    rows = [{"base_seed": s, **row} for s, r in results.items() for row in r["rows"]]
-    return {**first, "before": before, "before_by_seed": {s: r["before"] for s, r in results.items()}, "rows": rows,
-            "base_seeds": list(results)}
-
-
-# ---------------------------------------------------------------------------------- summary
-#: The per-draw numbers :func:`summarize` gives an interval of.
-SUMMARY_METRICS = ("novel_AP", "novel_AP50", "base_AP", "base_AP50", "seconds")
-
-
-def interval_over(entries: Sequence[Mapping[str, Any]]) -> str:
-    """What the intervals of :func:`summarize` rows are over, for captions and titles: ``"3 base seeds
-    × 5 draws"`` (the t-interval over the base seeds of each seed's mean over its 5 draws) or
-    ``"5 draws"`` (one base seed)."""
-    seeds = max((e.get("base_seeds", 1) for e in entries), default=1)
-    draws = max((e["draws"] for e in entries), default=0)
-    return f"{seeds} base seeds × {draws} draws" if seeds > 1 else f"{draws} draws"
-
-
-def summarize(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per (method, k): :func:`dlde.analysis.stats.t_interval` of each metric, the steps, and the
-    forgetting ``base_AP_drop`` (base AP before minus after, means).
-
-    With rows of several base seeds (:func:`run_over_base_seeds`) the interval is over the base
-    seeds of each seed's mean over its draws (``n`` = base seeds; the row gets ``base_seeds`` and
-    ``draws`` per seed). Draws of one base seed share its model, so they are not independent
-    replicates of a training: pooling all seed × draw pairs into one t-interval would count them as
-    such and make it too narrow when the seeds differ; the two-stage mean is the standard analysis
-    of draws nested in seeds (its variance holds the seed-to-seed variance plus the draw variance
-    over the draws per seed). With one base seed (rows without ``base_seed``) the interval is over
-    the draws, as before there were base seeds.
-    """
-    table = []
-    keys = sorted({(r["method"], r["k"]) for r in result["rows"]},
-                  key=lambda mk: (list(METHODS).index(mk[0]), mk[1]))
-    for method, k in keys:
-        rows = [r for r in result["rows"] if r["method"] == method and r["k"] == k]
-        by_seed: dict[int, list[Mapping[str, Any]]] = {}
-        for r in rows:  # the draws, grouped by base seed
-            by_seed.setdefault(int(r.get("base_seed", 0)), []).append(r)
-        entry = {"method": method, "k": k, "draws": max(len(v) for v in by_seed.values()), "steps": rows[0]["steps"]}
-        if len(by_seed) > 1:
-            entry["base_seeds"] = len(by_seed)
-            for metric in SUMMARY_METRICS:
-                entry[metric] = t_interval([t_interval([r[metric] for r in v])["mean"] for v in by_seed.values()])
-        else:
-            for metric in SUMMARY_METRICS:
-                entry[metric] = t_interval([r[metric] for r in rows])
-        before = result["before"][METHODS[method][0]]["AP"]
-        entry["base_AP_before"] = before
-        after = entry["base_AP"]["mean"]
-        entry["base_AP_drop"] = before - after if math.isfinite(after) else math.nan
-        table.append(entry)
-    return table
+    before = {head: {key: float(np.mean([r.before[head][key] for r in results.values()])) for key in ("AP", "AP50")}
+              for head in first.before}
+    rows = [dataclasses.replace(row, base_seed=s) for s, r in results.items() for row in r.rows]
+    return dataclasses.replace(first, before=before, rows=rows,
+                               before_by_seed={s: r.before for s, r in results.items()}, base_seeds=list(results))
 
 
 # ------------------------------------------------------------------------- grown models, views

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -332,3 +333,47 @@ def test_benchmarks_import_only_public_names(tmp_path):
                                         "from dlde.model import detector\nfrom ._local import x\n")
     assert _private_imports(tmp_path) == ["sample.py:1 `import dlde._hidden`",
                                           "sample.py:2 `from dlde.train.cli import _parser, main`"]
+
+
+def _dlde_imports(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line, module, name)`` of every dlde import of a file: ``import dlde.x`` gives ``(line, "dlde.x", None)``,
+    ``from dlde.x import a`` gives ``(line, "dlde.x", "a")``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, None) for alias in node.names if alias.name.split(".")[0] == TOP]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == TOP:
+            found += [(node.lineno, node.module, alias.name) for alias in node.names]
+    return found
+
+
+def _beyond_public_api(folder: Path) -> list[str]:
+    """``file:line`` of every dlde name ``folder/*.py`` imports that its module lacks, or that is not in
+    its module's ``__all__`` where it has one (a public submodule of a package is fine)."""
+    offenders = []
+    for path in sorted(folder.glob("*.py")):
+        for line, module_name, name in _dlde_imports(path):
+            module = importlib.import_module(module_name)
+            if name is None:
+                continue
+            if hasattr(module, "__path__") and importlib.util.find_spec(f"{module_name}.{name}") is not None:
+                continue  # a submodule of a package (`from dlde.plots import metric_plots`)
+            public = getattr(module, "__all__", None)
+            if not hasattr(module, name):
+                offenders.append(f"{path.name}:{line} {module_name} has no {name}")
+            elif public is not None and name not in public:
+                offenders.append(f"{path.name}:{line} {module_name}.{name} is not in its __all__")
+    return offenders
+
+
+def test_benchmarks_use_the_public_api(tmp_path):
+    """benchmarks/ sit above every layer of the package and use it as a user does: every dlde name they
+    import exists, and where its module lists its public names (``__all__``) it is one of them."""
+    assert _beyond_public_api(ROOT / "benchmarks") == [], "benchmarks import beyond the public API"
+    (tmp_path / "sample.py").write_text("from dlde.train import TrainConfig, loop\n"
+                                        "from dlde.plots import metric_plots\n"
+                                        "from dlde.train import reimprint_cli, gone\n"
+                                        "from dlde.train.loop import train\n"
+                                        "from dlde.analysis.retrieval import BACKENDS, torch\n")
+    assert _beyond_public_api(tmp_path) == ["sample.py:3 dlde.train has no gone",
+                                            "sample.py:5 dlde.analysis.retrieval.torch is not in its __all__"]

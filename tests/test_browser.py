@@ -40,7 +40,7 @@ NOTEBOOK_TIMEOUT_MS = 240_000
 #: The line typed at the end of each parameters cell (tiny values, paths relative to the root).
 PARAMETERS = {
     "01_train": f'PRESET = "tiny"; EPOCHS = 2; RUN_DIR = "{RUN}"; DATA_ROOT = "runs/data"; DETECTION_IMAGES = 2',
-    "00_mechanism": f'RUN_DIR = "{RUN}"; IMPRINT_CLASS = 1; SHOTS = 3; STREAM_BATCHES = 60',
+    "00_mechanism": f'RUN_DIR = "{RUN}"; IMPRINT_CLASS = 1; IMPRINT_SHOTS = 3; STREAM_BATCHES = 60',
     "02_mean_drift": f'RUN_DIR = "{RUN}"',
     "03_embeddings": f'RUN_DIR = "{RUN}"; MAX_IMAGES = 8; N_NEIGHBORS = 5',
     "04_inference": f'RUN_DIR = "{RUN}"; DEMO_IMAGES = 2',

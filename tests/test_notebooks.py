@@ -127,7 +127,7 @@ def test_01_train(tiny_run):
 def test_00_mechanism(tiny_run, tmp_path):
     run_dir, _, _ = tiny_run
     results = execute("00_mechanism.ipynb", tmp_path, RUN_DIR=str(run_dir), FIGURES_DIR=str(tmp_path / "figures"),
-                      IMPRINT_CLASS=1, SHOTS=3, STREAM_BATCHES=60)
+                      IMPRINT_CLASS=1, IMPRINT_SHOTS=3, STREAM_BATCHES=60)
     shapes = {stage["name"]: stage["shape"] for stage in results["stages"]}
     assert shapes["embeddings"][-1] == 3 and shapes["class means"] == [3, 3]  # the run's embedding_size 3
     assert shapes["probabilities"] == shapes["cosines"] == [*shapes["embeddings"][:2], 3]

@@ -33,7 +33,8 @@ SWEEP_PARAMETERS = ("CONFIG", "RUNS_DIR", "TINY")
 PATH_PARAMETERS = ("RUN_DIR", "DATA_ROOT", "FIGURES_DIR", "OUT_DIR", "IMAGES_DIR")
 #: ``--tiny``: parameters replaced in every training run / every notebook that declares them.
 TINY_RUN = {"PRESET": "tiny", "EPOCHS": 1, "RESUME": False, "DETECTION_IMAGES": 4}
-TINY_NOTEBOOK = {"MAX_IMAGES": 16, "DEMO_IMAGES": 4, "SHOTS": "1,2", "DRAWS": 2, "FINETUNE_STEPS": 2, "BASE_EPOCHS": 1}
+TINY_NOTEBOOK = {"MAX_IMAGES": 16, "DEMO_IMAGES": 4, "SHOTS": "1,2", "DRAWS": 2, "FINETUNE_STEPS": 2, "BASE_EPOCHS": 1,
+                 "IMPRINT_CLASS": 1, "IMPRINT_SHOTS": 2, "STREAM_BATCHES": 60}  # the tiny preset's classes are 0-2
 STEP_FILE = "pipeline_step.json"  # next to results.json: the parameters the pipeline injected
 #: Names of runs, sweeps and arms: they become folder names, so no separators and no leading dot.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")

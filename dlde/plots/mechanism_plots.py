@@ -1,4 +1,4 @@
-"""Figures of ``notebooks/00_mechanism.ipynb`` (:mod:`dlde.analysis.mechanism`): the score of a class
+"""Figures of ``notebooks/00_mechanism.ipynb`` (:mod:`dlde.protocols.mechanism`): the score of a class
 against the cosine, and tracked means moving (or collapsing) on a stream of embeddings.
 
 One column wide, print-sized (:func:`dlde.plots.plotting.print_style`); series differ by line
@@ -17,7 +17,7 @@ __all__ = ["plot_probability_curves", "plot_stream_tracking"]
 
 @print_style
 def plot_probability_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]):
-    """``p_c`` against the cosine ``s_c`` for a few ``(w, b)`` (:func:`dlde.analysis.mechanism.probability_curves`)."""
+    """``p_c`` against the cosine ``s_c`` for a few ``(w, b)`` (:func:`dlde.protocols.mechanism.probability_curves`)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=figure_size(2.4))
@@ -36,7 +36,7 @@ def plot_probability_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]])
 @print_style
 def plot_stream_tracking(runs: Mapping[str, Mapping[str, np.ndarray]]):
     """Tracked means on a stream of embeddings that share one direction
-    (:func:`dlde.analysis.mechanism.track_stream`): left, how far one class mean turned from its start;
+    (:func:`dlde.protocols.mechanism.track_stream`): left, how far one class mean turned from its start;
     right, the smallest angle between two means (it falls when they collapse together)."""
     import matplotlib.pyplot as plt
 

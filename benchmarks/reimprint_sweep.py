@@ -8,7 +8,7 @@ the same checkpoint, the same pass, the same evaluation as the trainer's ``reimp
 
 Example::
 
-    python benchmarks/reimprint_sweep.py --config figures.yaml --sweep vocabulary_levers \\
+    python benchmarks/reimprint_sweep.py --config figures.yaml --sweep vocabulary_longtail \\
         --arms C=1000,dlde,center --buckets all r,c --table figures/ablations/vocabulary_reimprint.md
 
 Each run's numbers are kept in ``--cache`` (default ``runs/reimprint``, one JSON per run and choice of

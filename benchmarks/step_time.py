@@ -78,7 +78,7 @@ PRESETS = {
     # RetinaNet layout: P3-P7, sizes 32..512, 3 scales x 3 ratios. Embedding 128: the size at which
     # DLDENet leads the sigmoid head at 100 classes (figures/ablations/vocabulary_heads.md); 32-d, chosen
     # on the 10 digits for speed, does not detect at 1,000 classes, where 256-d is needed
-    # (figures/ablations/vocabulary_levers.md; README, "Large vocabularies").
+    # (the retired vocabulary_levers sweep, docs/changes.md; docs/large-vocabularies.md).
     "coco-like": dict(size=384, batch=4, levels=[3, 4, 5, 6, 7], channels=128, sizes=[32, 64, 128, 256, 512],
                       scales=SCALES_3, ratios=(0.5, 1.0, 2.0), embedding_size=128, classes=80,
                       box_range=(16, 256), steps=6, warmup=1),

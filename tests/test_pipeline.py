@@ -271,11 +271,11 @@ def test_notebook_option_executes_one_notebook_with_its_parameters_and_fails_wit
     monkeypatch.setattr(executing, "papermill_execute", fake_papermill)
     monkeypatch.setattr(executing, "kernel_argv", lambda: [sys.executable])
     args = ["--config", str(FIGURES_YAML), "--runs-dir", str(tmp_path), "--tiny", "--notebook", "07_vocabulary.ipynb",
-            "-p", "LEVERS_SWEEP", "", "-p", "FIGURES_DIR", "figures/vocabulary", "-p", "DETECTION_IMAGES", "2"]
+            "-p", "TRACKING_SWEEP", "", "-p", "FIGURES_DIR", "figures/vocabulary", "-p", "DETECTION_IMAGES", "2"]
     assert main(args) == 0
     assert seen["executed"] == REPO / "runs" / "vocabulary" / "07_vocabulary.ipynb"  # the notebook's RUN_DIR
-    assert (seen["LEVERS_SWEEP"], seen["DETECTION_IMAGES"], seen["FIGURES_DIR"]) == ("", 2, str(REPO / "figures" /
-                                                                                               "vocabulary"))
+    assert (seen["TRACKING_SWEEP"], seen["DETECTION_IMAGES"], seen["FIGURES_DIR"]) == ("", 2, str(REPO / "figures" /
+                                                                                                 "vocabulary"))
     assert (seen["CONFIG"], seen["RUNS_DIR"], seen["TINY"]) == (str(FIGURES_YAML), str(tmp_path), True)
     assert "HEADS_SWEEP" not in seen  # its own default
     assert main(args[:-1] + ["0"]) == 1
@@ -343,8 +343,8 @@ def test_tiny_pipeline_trains_the_sweep_07_reads_then_07_draws_it(tmp_path, caps
     for name in expected:
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
 
-    alone = ["--notebook", "07_vocabulary.ipynb", "-p", "HEADS_SWEEP", "vocabulary_figures", "-p", "LEVERS_SWEEP", "",
-             "-p", "DETECTION_IMAGES", "0", "-p", "RUN_DIR", str(tmp_path / "alone"),
+    alone = ["--notebook", "07_vocabulary.ipynb", "-p", "HEADS_SWEEP", "vocabulary_figures", "-p", "TRACKING_SWEEP", "",
+             "-p", "SCREEN_SWEEP", "", "-p", "DETECTION_IMAGES", "0", "-p", "RUN_DIR", str(tmp_path / "alone"),
              "-p", "FIGURES_DIR", str(tmp_path / "alone" / "figures")]
     assert main(args + alone) == 0
     assert json.loads((tmp_path / "alone" / "07_vocabulary" / "results.json").read_text())["figures"] == drawn

@@ -155,6 +155,9 @@ def test_one_column_figures_pass_at_one_column():
                                             ("unknown_scores_dlde_cosine", "plot_score_histograms"),
                                             ("sigmoid_inference", "detection_grid"),
                                             ("ablations/means_lr_collapse", "plot_collapse"),
-                                            ("ablations/means_lr", "plot_sweep")])
+                                            ("ablations/means_lr", "plot_sweep"),
+                                            ("vocabulary/vocabulary_arms_screen", "plot_arms"),
+                                            ("vocabulary/vocabulary_tracking", "plot_tracking"),
+                                            ("ablations/vocabulary_screen", "plot_sweep")])
 def test_file_names_find_the_function_that_drew_them(name, drawn_by):
     assert print_check.sample_for(name).drawn_by == drawn_by

@@ -1,6 +1,6 @@
 """The large-vocabulary sweeps: their plan in figures.yaml and the Makefile, the bucket and time
-columns of the sweep tables, the figures against C and of the class frequencies, and notebook 07
-on a hand-made sweep folder."""
+columns of the sweep tables, the figures against C, per arm and of the class frequencies, what the
+runs show said in words, and notebook 07 on a hand-made sweep folder."""
 import csv
 import json
 import math
@@ -16,34 +16,30 @@ from dlde.pipeline.lock import notebook_defaults
 from dlde.pipeline.plan import load_config
 from dlde.pipeline.sweeps import make_sweep_plan
 from dlde.plots.sweep_plots import plot_sweep
-from dlde.plots.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_class_frequency, plot_levers
+from dlde.plots.vocabulary_plots import HEAD_STYLES, plot_against_classes, plot_arms, plot_class_frequency
 from dlde.protocols.vocabulary import (
     arm_rows,
     class_image_counts,
+    describe_arms,
+    describe_tracking,
     example_detections,
     missing_report,
     missing_runs,
+    tracking_curves,
+    tracking_ends,
     training_sets,
 )
 from dlde.reports.sweeps import sweep_table, write_csv, write_sweep
 from dlde.train import PRESETS, TrainConfig, train
-from dlde.train.runs import RunFolder, run_identity
+from dlde.train.runs import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_YAML = REPO / "figures.yaml"
 HEADS = ("dlde", "retinanet", "prototypes")
-VOCABULARY = ["vocabulary_heads", "vocabulary_levers"]  # the two sweeps notebook 07 draws
+#: The sweeps notebook 07 draws (its HEADS_SWEEP, TRACKING_SWEEP and SCREEN_SWEEP).
+VOCABULARY = ["vocabulary_heads", "vocabulary_longtail", "vocabulary_screen"]
 #: make vocabulary's sweeps
-MAKE_VOCABULARY = VOCABULARY + ["vocabulary_scale", "vocabulary_screen", "vocabulary_longtail"]
-LEVER_ARMS = ["d=256,w=14,constant", "d=256,w=7,constant", "d=128,w=14,constant", "d=128,w=7,constant",
-              "d=128,w=prior,constant", "d=128,w=7,count", "d=32,w=7,constant"]
-
-
-def lever_values(config) -> list[str]:
-    """The levers an arm name spells (``d=256,w=14,constant``) as a run's resolved config sets them."""
-    identity = run_identity(config)
-    start = "prior" if identity["classifier_init"] == "prior" else f"{identity['init_weight']:g}"
-    return [f"d={identity['embedding_size']}", f"w={start}", identity["means_lr_schedule"]]
+MAKE_VOCABULARY = ["vocabulary_heads", "vocabulary_scale", "vocabulary_screen", "vocabulary_longtail"]
 
 
 def makefile_list(name):
@@ -78,22 +74,23 @@ def test_the_heads_sweep_trains_three_heads_at_two_sizes_with_three_seeds(plan):
         assert budgets[0] == budgets[1] == budgets[2]
 
 
-def test_the_levers_sweep_names_every_lever_of_its_arms_and_shares_the_preset_arm(plan):
-    heads, levers = plan.sweeps
-    assert list(levers.arms) == LEVER_ARMS and all(len(keys) == 3 for keys in levers.arms.values())
-    for arm, keys in levers.arms.items():
-        for key in keys:
-            config = plan.runs[key].config
-            assert config["model"] == "dlde" and config["dataset_options"]["glyphs_classes"] == 1000
-            assert config["epochs"] == 3
-            assert lever_values(config) == arm.split(",")  # defaults resolved
-    # The first arm is the glyphs-1000 preset's own configuration, so it is the heads sweep's dlde arm.
-    assert lever_values(PRESETS["glyphs-1000"].to_dict()) == LEVER_ARMS[0].split(",")
-    assert levers.arms[LEVER_ARMS[0]] == heads.arms["C=1000,dlde"]
-    assert levers.arms["d=32,w=7,constant"] == [
-        f"glyphs-1000/embedding_size=32,init_weight=7,threads=1,seed={s}" for s in range(3)]
-    assert len(plan.runs) == 18 + 21 - 3  # the preset's lever arm is the heads sweep's dlde arm at C = 1,000
-    assert sum(key.startswith("glyphs-100/") for key in plan.runs) == 9
+def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_sweep(plan):
+    heads, longtail, screen = plan.sweeps
+    plain = [f"C={c},{h}" for c in (100, 1000) for h in HEADS]
+    assert all(longtail.arms[arm] == heads.arms[arm] for arm in plain)  # trained once for both
+    assert all(len(keys) == 3 for keys in longtail.arms.values()) and all(
+        len(keys) == 1 for keys in screen.arms.values())
+    # The screen is seed 0 of the comparison's arms at C = 1,000 where they coincide.
+    assert screen.arms["dlde"] == heads.arms["C=1000,dlde"][:1]
+    assert screen.arms["retinanet"] == heads.arms["C=1000,retinanet"][:1]
+    assert screen.arms["dlde,center"] == longtail.arms["C=1000,dlde,center"][:1]
+    # One lever at a time from the glyphs-1000 preset: the run folder names what differs from it.
+    assert screen.arms["dlde,w=20"] == ["glyphs-1000/init_weight=20,threads=1,seed=0"]
+    assert screen.arms["retinanet,rfs"] == ["glyphs-1000/model=retinanet,repeat_threshold=0.005,threads=1,seed=0"]
+    for keys in screen.arms.values():
+        config = plan.runs[keys[0]].config
+        assert (config["dataset_options"]["glyphs_classes"], config["epochs"], config["seed"]) == (1000, 3, 0)
+    assert len(plan.runs) == 18 + (33 - 18) + (15 - 3)
 
 
 def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_others(tmp_path):
@@ -113,7 +110,8 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
     assert recipe[0].endswith("--sweeps $(VOCABULARY)") and recipe[1].endswith(
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
     defaults = notebook_defaults("07_vocabulary.ipynb")
-    assert [defaults["HEADS_SWEEP"], defaults["LEVERS_SWEEP"]] == VOCABULARY
+    assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
+    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 48  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):
@@ -125,7 +123,9 @@ def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_
     entry = load_config(FIGURES_YAML)["notebooks"][-1]
     assert (entry["notebook"], entry["sweeps"]) == ("07_vocabulary.ipynb", ["vocabulary_figures"])
     assert "run" not in entry  # it trains nothing of its own
-    assert entry["parameters"]["HEADS_SWEEP"] == "vocabulary_figures" and entry["parameters"]["LEVERS_SWEEP"] == ""
+    parameters = entry["parameters"]
+    assert (parameters["HEADS_SWEEP"], parameters["TRACKING_SWEEP"], parameters["SCREEN_SWEEP"]) == (
+        "vocabulary_figures", "", "")  # the reduced view trains neither the comparison nor the screen
 
 
 def test_the_scale_sweep_at_c_100_shares_its_w_7_arm_with_the_heads_sweep(plan, tmp_path):
@@ -142,9 +142,12 @@ def test_tiny_vocabulary_sweeps_still_plan(tmp_path):
 
 # ------------------------------------------------------------------------- table columns
 def make_run(folder: Path, *, ap, buckets=None, times=(10.0, 20.0), model="dlde", classes=4, epochs=2,
-             data_root=None, config=None):
+             data_root=None, config=None, tracked=False):
     """A hand-made finished run: config.json (``config``, or a minimal one), metrics.jsonl with the
-    bucket APs and epoch times."""
+    bucket APs and epoch times; ``tracked``: also the per-epoch diagnostics of tracked means (100
+    images an epoch; the smallest angle 5° lower an epoch from 90°; the cosine to the start 1 for
+    rare classes, 0.01 an epoch lower for common and 0.02 for frequent ones; the mean embedding's
+    length 0.1 longer an epoch from 0.5; w 14) and ``means_history.npy`` (:func:`starting_means`)."""
     folder.mkdir(parents=True)
     config = {"model": model, "epochs": epochs, "dataset": "glyphs", "glyphs_classes": classes,
               **(config or {}), "data_root": str(data_root or folder / "data")}
@@ -156,9 +159,23 @@ def make_run(folder: Path, *, ap, buckets=None, times=(10.0, 20.0), model="dlde"
         row = {"epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "train_time_s": times[epoch - 1]}
         if epoch == epochs:
             row.update({"AP": ap, "AP50": ap + 0.1, "AP75": ap - 0.1} | dict(zip(("APr", "APc", "APf"), buckets or ())))
+        if tracked:
+            row.update({"train_images": 100, "means_min_angle": 90.0 - 5 * epoch, "means_cos_to_start_r": 1.0,
+                        "means_cos_to_start_c": 1.0 - 0.01 * epoch, "means_cos_to_start_f": 1.0 - 0.02 * epoch,
+                        "mean_embedding_norm": 0.5 + 0.1 * epoch, "w_mean": 14.0})
         rows.append(row)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if tracked:
+        np.save(folder / "means_history.npy", np.stack([starting_means(classes)] * (epochs + 1)))
     return folder
+
+
+def starting_means(classes: int, d: int = 8) -> np.ndarray:
+    """(C, d) unit means: orthonormal when C <= d (90° apart), else seeded random directions."""
+    if classes <= d:
+        return np.eye(classes, d, dtype=np.float32)
+    means = np.random.default_rng(classes).normal(size=(classes, d)).astype(np.float32)
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
 
 
 def test_run_summary_adds_the_bucket_metrics_and_the_time_per_epoch_only_when_the_run_has_them(tmp_path):
@@ -305,26 +322,56 @@ def test_metrics_against_classes_have_a_panel_per_metric_and_a_line_per_head():
     plt.close(fig)
 
 
-def test_levers_figure_has_a_line_per_start_and_step_against_the_embedding_size():
+def test_arms_figure_has_a_panel_per_metric_and_a_row_per_arm_in_its_head_s_style():
     import matplotlib.pyplot as plt
 
-    starts = {"w 7": ("fixed", 7.0), "w 14": ("fixed", 14.0), "prior": ("prior", 7.0)}
-    rows = [{"arm": f"d={d},{start},{step}", "n": 3, "embedding_size": d, "classifier_init": starts[start][0],
-             "init_weight": starts[start][1], "means_lr_schedule": step,
-             "AP_mean": d / 1000 + (start == "prior") / 10, "AP_low": math.nan, "AP_high": math.nan}
-            for d in (32, 128, 256) for start in starts for step in ("constant", "count")]
-    fig = plot_levers(rows, ("AP", "APr"))
-    ap, apr = fig.axes
-    assert ap.get_xticks().tolist() == [32, 128, 256] and [t.get_text() for t in ap.get_xticklabels()] == [
-        "32", "128", "256"]
-    assert len(ap.containers) == 6 and len(apr.containers) == 6  # APr missing: drawn as NaN, not an error
-    prior_count = ap.containers[5].lines[0]
-    assert prior_count.get_ydata().tolist() == pytest.approx([0.132, 0.228, 0.356])
-    assert prior_count.get_linestyle() == "--" and prior_count.get_marker() == "s"
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
-        "w 7 start, constant step", "w 7 start, count step", "w 14 start, constant step", "w 14 start, count step",
-        "prior start, constant step", "prior start, count step"]
+    rows = head_rows()
+    rows[1] |= {"APr_low": math.nan, "APr_high": math.nan}  # one seed: no interval
+    del rows[2]["APf_mean"]  # a metric an arm lacks: not drawn, not an error
+    fig = plot_arms(rows)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["AP", "APr", "APc", "APf"]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == [r["arm"] for r in rows]  # first arm on top
+    assert axes[0].get_ylim() == (len(rows) - 0.5, -0.5) and fig.get_size_inches()[0] == pytest.approx(7.0)
+    assert len(axes[0].containers) == len(HEADS)  # one series per head
+    dlde, sigmoid = axes[0].containers[0], axes[0].containers[1]
+    assert dlde.lines[0].get_color() == HEAD_STYLES["dlde"][1] and sigmoid.lines[0].get_marker() == "s"
+    x, y = dlde.lines[0].get_data()
+    assert x.tolist() == pytest.approx([0.4, 0.3]) and y.tolist() == [0, 1]  # C=100,dlde and C=1000,dlde
+    low, high = dlde.lines[1][0].get_xdata()[0], dlde.lines[1][1].get_xdata()[0]  # the caps of C=100,dlde
+    assert (low, high) == pytest.approx((0.38, 0.42))
+    caps = axes[1].containers[0].lines[1][0].get_xdata()  # APr: the arm without an interval has no bar
+    assert caps[1] == pytest.approx(0.3) and axes[1].get_xlim()[0] == 0.0
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["DLDENet", "sigmoid", "learned prototypes"]
     plt.close(fig)
+
+
+def test_describe_arms_says_each_arm_s_metrics_with_their_interval():
+    rows = head_rows()[:2]
+    rows[1] = {**rows[1], "n": 1, "APr_low": math.nan, "APr_high": math.nan, "APc_mean": math.nan}
+    assert describe_arms(rows, ("AP", "APr", "APc")) == [
+        "C=100,dlde (3 seeds): AP 0.400 [0.380, 0.420], APr 0.400 [0.380, 0.420], APc 0.400 [0.380, 0.420]",
+        "C=1000,dlde (1 seed): AP 0.300 [0.280, 0.320], APr 0.300"]  # one seed: no interval; no APc: left out
+    assert describe_arms([{"arm": "a", "n": 2}]) == ["a (2 seeds): no metric"]
+
+
+def test_tracking_ends_and_their_description_from_runs_that_tracked_means(tmp_path):
+    arms = {"dlde": [make_run(tmp_path / f"d{s}", ap=0.2, tracked=True) for s in range(2)],
+            "retinanet": [make_run(tmp_path / "r0", ap=0.3, model="retinanet")]}
+    curves = tracking_curves(arms)
+    assert list(curves) == ["dlde"]  # the sigmoid head tracks no means
+    ends = tracking_ends(curves)
+    assert ends["dlde"] == pytest.approx({"seeds": 2, "images": 200.0, "cos_start_r": 1.0, "cos_start_c": 0.98,
+                                          "cos_start_f": 0.96, "min_angle": 80.0, "embedding_norm": 0.7, "w": 14.0,
+                                          "min_angle_start": 90.0})
+    assert describe_tracking(curves) == [
+        "dlde (2 seeds, 200 images): cosine of a mean to its start rare 1.000, common 0.980, frequent 0.960; "
+        "smallest angle between means 90.0° → 80.0°; length of the mean embedding 0.700; w 14.00"]
+    curves["dlde"]["w"][:] = np.nan  # a run written before w was recorded
+    curves["dlde"]["cos_start_c"][:] = np.nan
+    assert math.isnan(tracking_ends(curves)["dlde"]["w"])
+    assert describe_tracking(curves)[0].endswith("rare 1.000, frequent 0.960; smallest angle between means "
+                                                 "90.0° → 80.0°; length of the mean embedding 0.700")
 
 
 def test_class_frequency_histogram_is_log_scaled_with_the_buckets_shaded():
@@ -345,13 +392,14 @@ def test_class_frequency_histogram_is_log_scaled_with_the_buckets_shaded():
 
 # ---------------------------------------------------------------------------------- notebook
 def fake_sweeps(runs_dir: Path, data_dir: Path):
-    """Finished fake runs for every run of the heads sweep but one, and for one levers arm; the
-    training annotations of each C."""
+    """Finished fake runs for every run of the heads sweep but one, for two more arms of the comparison
+    and one more of the screen (DLDENet's with the diagnostics of tracked means); the training
+    annotations of each C."""
     plan = make_sweep_plan(FIGURES_YAML, VOCABULARY, runs_dir=runs_dir)
-    heads, levers = plan.sweeps
+    heads, longtail, screen = plan.sweeps
     skipped = heads.arms["C=1000,prototypes"][2]
     keys = [k for keys in heads.arms.values() for k in keys if k != skipped]
-    keys += levers.arms["d=32,w=7,constant"]
+    keys += longtail.arms["C=1000,dlde,center"] + longtail.arms["C=1000,retinanet,rfs,efl"] + screen.arms["dlde,w=log"]
     rng = np.random.default_rng(0)
     for key in keys:
         config = plan.runs[key].config
@@ -359,7 +407,8 @@ def fake_sweeps(runs_dir: Path, data_dir: Path):
         root = data_dir / f"glyphs-{classes}"
         folder = make_run(plan.run_dir(key), ap=float(rng.uniform(0.2, 0.4)), buckets=rng.uniform(0.1, 0.5, 3).tolist(),
                           model=config["model"], classes=classes, epochs=config["epochs"],
-                          times=[float(classes) / 10.0] * config["epochs"], data_root=root, config=config)
+                          times=[float(classes) / 10.0] * config["epochs"], data_root=root, config=config,
+                          tracked=config["model"] == "dlde")
         assert RunFolder(folder).is_finished()
     for classes in (100, 1000):
         counts = rng.integers(1, 150, classes)
@@ -390,24 +439,41 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
                                            "OUT_DIR": str(out_dir), "DETECTION_IMAGES": 2},
                                cwd=str(tmp_path), **PAPERMILL_OPTIONS)
     results = read_results(out_dir)
-    expected = ["vocabulary_ap", "vocabulary_epoch_time", "vocabulary_levers", "vocabulary_class_frequency_100",
-                "vocabulary_class_frequency_1000"]
+    expected = ["vocabulary_ap", "vocabulary_epoch_time", "vocabulary_arms_tracking", "vocabulary_arms_screen",
+                "vocabulary_tracking", "vocabulary_class_frequency_100", "vocabulary_class_frequency_1000"]
     assert results["figures"] == expected
     for name in expected:
         assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
     assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
-    assert results["sweeps"]["vocabulary_levers"]["runs"] == 21
-    assert len(results["sweeps"]["vocabulary_levers"]["missing"]) == 21 - 6  # 3 own runs, 3 shared with heads
+    # The comparison: 17 runs shared with the heads sweep (the skipped one is its too) and two arms of its own.
+    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 33
+    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 33 - 17 - 6
+    assert str(plan.run_dir(skipped)) in results["sweeps"]["vocabulary_longtail"]["missing"]
+    # The screen: seed 0 of dlde, retinanet (heads) and dlde,center (the comparison), and its own w=log run.
+    screen_runs = results["sweeps"]["vocabulary_screen"]
+    assert screen_runs["runs"] == 15 and len(screen_runs["missing"]) == 15 - 4
     heads = results["rows"]["vocabulary_heads"]
     assert [(r["head"], r["classes"], r["n"]) for r in heads] == [(h, c, 2 if (h, c) == ("prototypes", 1000) else 3)
                                                                   for c in (100, 1000) for h in HEADS]
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
-    levers = results["rows"]["vocabulary_levers"]
-    assert [(r["arm"], r["embedding_size"], r["init_weight"], r["means_lr_schedule"]) for r in levers] == [
-        ("d=256,w=14,constant", 256, 14.0, "constant"), ("d=32,w=7,constant", 32, 7.0, "constant")]
+    screen = results["rows"]["vocabulary_screen"]
+    assert [(r["arm"], r["head"], r["n"]) for r in screen] == [("dlde", "dlde", 1), ("dlde,center", "dlde", 1),
+                                                              ("retinanet", "retinanet", 1), ("dlde,w=log", "dlde", 1)]
+    # What the tracked means did: the DLDENet arms of both sweeps with finished runs, in the sweeps' order.
+    assert list(results["tracking"]) == ["C=1000,dlde", "C=1000,dlde,center", "C=100,dlde", "dlde", "dlde,center",
+                                         "dlde,w=log"]
+    ends = results["tracking"]["C=1000,dlde,center"]
+    assert (ends["seeds"], ends["images"], ends["min_angle"], ends["cos_start_f"]) == pytest.approx((3, 300, 75, 0.94))
+    assert results["tracking"]["C=100,dlde"]["images"] == 1600  # 16 epochs of 100 fake images
     streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams
+    assert "vocabulary_screen: 4 of 15 runs finished" in streams
+    # What the runs show, said from the rows when the notebook runs (nothing typed into its markdown).
+    row = next(r for r in results["rows"]["vocabulary_longtail"] if r["arm"] == "C=1000,dlde,center")
+    interval = f"AP {row['AP_mean']:.3f} [{row['AP_low']:.3f}, {row['AP_high']:.3f}]"
+    assert f"C=1000,dlde,center (3 seeds): {interval}" in streams
+    assert "dlde,w=log (1 seed, 300 images): cosine of a mean to its start rare 1.000" in streams
     assert "no finished run with a checkpoint" in streams  # fake runs have no model to draw
 
 
@@ -424,7 +490,8 @@ def test_tables_only_writes_the_sweep_tables_from_the_finished_runs_and_trains_n
     assert not plan.run_dir(skipped).exists()  # the missing run was not started
     heads = (figures / "ablations" / "vocabulary_heads.md").read_text()
     assert "| C=1000,prototypes | 2 |" in heads and "| C=100,dlde | 3 |" in heads
-    levers = (figures / "ablations" / "vocabulary_levers.md").read_text()
-    assert "| d=32,w=7,constant | 3 |" in levers and "| d=128,w=14,constant | 0 |" in levers
+    longtail = (figures / "ablations" / "vocabulary_longtail.md").read_text()
+    assert "| C=1000,dlde,center | 3 |" in longtail and "| C=100,dlde,center | 0 |" in longtail
+    assert "| dlde,w=log | 1 |" in (figures / "ablations" / "vocabulary_screen.md").read_text()
     assert main(args + ["--force"]) == 2
     assert "--tables-only trains nothing" in capsys.readouterr().err

@@ -1,11 +1,14 @@
-"""Figures of the large-vocabulary sweeps: metrics against the number of classes per head, DLDENet's
-levers against the embedding size, and the class frequencies of a long-tailed dataset.
+"""Figures of the large-vocabulary sweeps: metrics against the number of classes per head, metrics per
+arm of a sweep, what the tracked means did during training, and the class frequencies of a long-tailed
+dataset.
 
-Sized for one column of a paper (:func:`dlde.plots.plotting.figure_size`, 7-8 pt text) and
-colour-blind safe: the heads and the frequency buckets take colours of the Okabe-Ito palette, and
-each head also has its own marker and line style, so the figures read in grey too. Every function returns a
+Sized for one column of a paper (:func:`dlde.plots.plotting.figure_size`, 7-8 pt text; two for the
+panels per arm and the tracking panels) and colour-blind safe: the heads and the frequency buckets
+take colours of the Okabe-Ito palette, and each head (each arm in the tracking panels) also has its
+own marker and line style, so the figures read in grey too. Every function returns a
 :class:`matplotlib.figure.Figure` (save it with :func:`dlde.plots.plotting.save_figure`).
-The inputs are the plain rows of :func:`dlde.protocols.vocabulary.arm_rows` and the counts of
+The inputs are the plain rows of :func:`dlde.protocols.vocabulary.arm_rows`, the curves of
+:func:`dlde.protocols.vocabulary.tracking_curves` and the counts of
 :func:`dlde.protocols.vocabulary.class_image_counts`; examples of detections are drawn by
 :func:`dlde.plots.detection_plots.detection_grid`.
 """
@@ -21,9 +24,9 @@ from dlde.analysis.stats import CONFIDENCE
 from dlde.analysis.sweep_stats import METRICS, VOCABULARY_METRICS
 from dlde.data.long_tail import BUCKETS
 
-from .plotting import BUCKET_COLORS, BUCKET_HATCHES, OKABE_ITO, figure_size, print_style
+from .plotting import BUCKET_COLORS, BUCKET_HATCHES, BUCKET_LINES, LINES, MARKERS, OKABE_ITO, figure_size, print_style
 
-__all__ = ["HEAD_STYLES", "plot_against_classes", "plot_class_frequency", "plot_levers", "plot_tracking"]
+__all__ = ["HEAD_STYLES", "plot_against_classes", "plot_arms", "plot_class_frequency", "plot_tracking"]
 
 #: Head -> (label, colour, marker, line style); a head not listed takes the next free colour.
 HEAD_STYLES: dict[str, tuple[str, str, str, str]] = {
@@ -120,39 +123,48 @@ def plot_against_classes(rows: Sequence[Mapping[str, Any]], metrics: Sequence[st
 
 
 @print_style
-def plot_levers(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"), *,
-                title: str = ""):
-    """DLDENet's levers: metrics against the embedding size, one line per start of ``w``, ``b``
-    (:func:`lever_start`: colour and marker) and step of the tracked means (``means_lr_schedule``:
-    line style), with the t-interval over seeds.
+def plot_arms(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf"), *,
+              title: str = ""):
+    """Metrics per arm of a sweep, one panel per metric side by side: the arms one below the other
+    (in the order of ``rows``), each its mean and t-interval over seeds (no bar with one seed), in
+    the colour and marker of its head (:data:`HEAD_STYLES`).
 
     Args:
-        rows: one per arm, with ``embedding_size``, ``classifier_init``, ``init_weight``,
-            ``means_lr_schedule`` and ``<metric>_mean``, ``_low``, ``_high``
-            (:func:`dlde.protocols.vocabulary.arm_rows`).
-        metrics: one panel each (two per row).
-        title: the figure's title.
+        rows: one per arm, with ``arm``, ``head`` and ``<metric>_mean``, ``_low``, ``_high``
+            (:func:`dlde.protocols.vocabulary.arm_rows`); a metric a row lacks counts as NaN.
+        metrics: one panel each, sharing the arms' axis.
+        title: the figure's title ("" names the interval).
+
+    Returns:
+        A figure two columns wide, its height growing with the number of arms; the legend names
+        the heads.
     """
-    starts = list(dict.fromkeys(lever_start(r) for r in rows))
-    schedules = list(dict.fromkeys(str(r["means_lr_schedule"]) for r in rows))
+    import matplotlib.pyplot as plt
 
-    def style(name: str, index: int) -> Style:
-        start, schedule = name.split(" / ")
-        k, j = starts.index(start), schedules.index(schedule)
-        return (f"{start} start, {schedule} step", OKABE_ITO[k % len(OKABE_ITO)], "o^sDv"[k % 5],
-                ("-", "--", ":", "-.")[j % 4])
-
-    return _metric_lines(rows, metrics, x="embedding_size",
-                         series=lambda r: f"{lever_start(r)} / {r['means_lr_schedule']}", style=style,
-                         xlabel="embedding size d", title=title)
-
-
-def lever_start(row: Mapping[str, Any]) -> str:
-    """The start of DLDENet's ``w``, ``b`` as a label: ``prior`` (``classifier_init='prior'``) or
-    ``w 7`` (the fixed start's ``init_weight``)."""
-    if row["classifier_init"] == "prior":
-        return "prior"
-    return f"w {float(row['init_weight']):g}"
+    heads = list(dict.fromkeys(str(r["head"]) for r in rows))
+    styles = {head: _head_style(head, index) for index, head in enumerate(heads)}
+    fig, axes = plt.subplots(1, len(metrics), figsize=figure_size(0.9 + 0.17 * len(rows), columns=2), sharey=True,
+                             squeeze=False, layout="constrained")
+    at = np.arange(len(rows))  # (arms,) from the top
+    for ax, metric in zip(axes[0], metrics):
+        mean, low, high = (np.array([r.get(f"{metric}_{k}", math.nan) for r in rows], dtype=np.float64)
+                           for k in ("mean", "low", "high"))  # (arms,)
+        errors = np.where(np.isfinite(low) & np.isfinite(high), np.stack([mean - low, high - mean]), 0.0)  # (2, arms)
+        for head, (label, colour, marker, _) in styles.items():
+            mine = np.array([str(r["head"]) == head for r in rows])
+            ax.errorbar(mean[mine], at[mine], xerr=errors[:, mine], color=colour, marker=marker, linestyle="none",
+                        markersize=4, capsize=2, elinewidth=1.0, label=label)
+        ax.set_title(METRICS.get(metric) or VOCABULARY_METRICS.get(metric, metric))
+        drawn = np.concatenate([mean, high])
+        drawn = drawn[np.isfinite(drawn)]
+        ax.set_xlim(0.0, 1.1 * drawn.max() if drawn.size and drawn.max() > 0 else 1.0)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(at, [str(r["arm"]) for r in rows])
+    axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)  # the first arm on top
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=max(1, len(heads)),
+               frameon=False)
+    fig.suptitle(title or f"mean and {100 * CONFIDENCE:g} % t-interval over seeds")
+    return fig
 
 
 def _edges(largest: int) -> np.ndarray:
@@ -209,15 +221,22 @@ def plot_class_frequency(image_count: Sequence[int], frequency: Sequence[str], *
 
 
 #: Panels of :func:`plot_tracking`: curve keys of :func:`dlde.protocols.vocabulary.tracking_curves`
-#: (one line style per frequency bucket where a panel has several) and the panel's title.
+#: (the frequency buckets' line styles, :data:`~dlde.plots.plotting.BUCKET_LINES`, where a panel has
+#: several) and the panel's title.
 TRACKING_PANELS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("cos_start_r", "cos_start_c", "cos_start_f"),
-     "cosine of a class mean to its start\n(rare —, common --, frequent :)"),
+     "cosine of a class mean to its start\n(rare ···, common --, frequent -·)"),
     (("min_angle",), "smallest angle between two means (°)"),
     (("embedding_norm",), "length of the mean tracked embedding\n(1: all point one way)"),
     (("w",), "scale w (mean over classes)"),
 )
-_BUCKET_LINES = {"cos_start_r": "-", "cos_start_c": "--", "cos_start_f": ":"}
+
+
+def _arm_style(index: int) -> tuple[str, str, str]:
+    """``(colour, marker, line style)`` of the ``index``-th arm of :func:`plot_tracking`: the marker and,
+    past :data:`~dlde.plots.plotting.MARKERS`, the line style tell every arm apart without colour."""
+    turn = index // len(MARKERS)
+    return (OKABE_ITO[(index + turn) % len(OKABE_ITO)], MARKERS[index % len(MARKERS)], LINES[turn % len(LINES)])
 
 
 @print_style
@@ -230,14 +249,20 @@ def plot_tracking(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str 
     Args:
         curves: from :func:`dlde.protocols.vocabulary.tracking_curves`.
         title: the figure's title.
+
+    Returns:
+        A figure two columns wide with four panels sharing the images axis; each arm has its
+        colour, marker and (after the seventh arm, in the panels of one curve) line style; the
+        legend below grows with the arms.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=figure_size(4.4, columns=2), squeeze=False)
+    legend_rows = math.ceil(len(curves) / 3)
+    fig, axes = plt.subplots(2, 2, figsize=figure_size(4.0 + 0.14 * legend_rows, columns=2), squeeze=False,
+                             sharex=True, layout="constrained")
     for ax, (keys, panel) in zip(axes.flat, TRACKING_PANELS):
         for index, (arm, curve) in enumerate(curves.items()):
-            colour = OKABE_ITO[index % len(OKABE_ITO)]
-            marker = _SPARE_MARKERS[index % len(_SPARE_MARKERS)] if index >= 3 else "os^"[index]
+            colour, marker, arm_line = _arm_style(index)
             labelled = False
             for key in keys:
                 values = curve[key]  # (S, E + 1)
@@ -246,7 +271,7 @@ def plot_tracking(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str 
                 known = np.isfinite(values).any(axis=0)  # points some seed has (w is unknown before training)
                 images = curve["images"].mean(0)[known]
                 values = values[:, known]
-                line = _BUCKET_LINES.get(key, "-")
+                line = BUCKET_LINES[key[-1]] if len(keys) > 1 else arm_line
                 ax.plot(images, np.nanmean(values, axis=0), color=colour, marker=marker, ms=3, ls=line,
                         label=None if labelled else arm)
                 labelled = True
@@ -254,12 +279,12 @@ def plot_tracking(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str 
                     ax.fill_between(images, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
                                     alpha=0.12, lw=0)
         ax.set_title(panel)
-        ax.set_xlabel("images trained")
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[1].get_legend_handles_labels()
+    for ax in axes[-1]:
+        ax.set_xlabel("images trained")
+    handles, labels = axes[0, 1].get_legend_handles_labels()  # one curve per arm: its own line style
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
     return fig

@@ -1,16 +1,19 @@
 """The large-vocabulary sweeps read back: per head and number of classes, what the runs measured.
 
-The sweeps ``vocabulary_heads`` and ``vocabulary_levers`` of ``figures.yaml`` train the heads on
-``glyphs`` datasets of several sizes C (:mod:`dlde.data.glyphs`). Here their run folders become
-plain rows for :mod:`dlde.plots.vocabulary_plots` and the tables of
-:mod:`dlde.reports.sweeps`: which runs are missing, the mean and t-interval of every metric
-per arm with the arm's head and C, the training images per class of a dataset, and detections of
-one run per head for example canvases. Each function takes ``arm -> run folders`` (as a sweep plan
-gives them), so it is tested on hand-made folders.
+The ``vocabulary_*`` sweeps of ``figures.yaml`` (the heads against C, the long-tail comparison over
+seeds, the one-seed screen of DLDENet's levers) train the heads on ``glyphs`` datasets of several
+sizes C (:mod:`dlde.data.glyphs`). Here their run folders become plain rows for
+:mod:`dlde.plots.vocabulary_plots` and the tables of :mod:`dlde.reports.sweeps`: which runs are
+missing, the mean and t-interval of every metric per arm with the arm's head and C, what the
+tracked means did per epoch, the training images per class of a dataset, and detections of one run
+per head for example canvases; :func:`describe_arms` and :func:`describe_tracking` say in one line
+per arm what the runs show. Each function takes ``arm -> run folders`` (as a sweep plan gives
+them), or what one of them returned, so it is tested on hand-made folders.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -24,6 +27,7 @@ from dlde.data.generated import GeneratedPaths
 from dlde.data.long_tail import frequency
 from dlde.inference.detect import detection_samples
 from dlde.model.registry import HEADS
+from dlde.tables import interval_cell
 from dlde.train.runs import RunFolder, load_run, run_identity
 
 Arms = Mapping[str, Sequence[str | os.PathLike]]  # arm name -> its run folders (one per seed)
@@ -80,6 +84,20 @@ def arm_rows(arms: Arms) -> list[dict[str, Any]]:
         rows.append({"arm": row["arm"], "n": row["n"], "head": head, "classes": classes, **_head_options(dirs[0]),
                      **row})
     return rows
+
+
+def describe_arms(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("AP", "APr", "APc", "APf")) -> list[str]:
+    """One line per row of :func:`arm_rows`: the arm, its seeds and each metric's mean and t-interval
+    (:func:`dlde.tables.interval_cell`; one seed has none), e.g.
+    ``C=1000,dlde (3 seeds): AP 0.114 [0.055, 0.173], APr 0.000 [0.000, 0.000], ...``. A metric the
+    arm lacks (NaN) is left out."""
+    lines = []
+    for row in rows:
+        cells = [f"{metric} {interval_cell({k: row.get(f'{metric}_{k}', math.nan) for k in ('mean', 'low', 'high')})}"
+                 for metric in metrics if math.isfinite(row.get(f"{metric}_mean", math.nan))]
+        seeds = f"{row['n']} seed{'s' if row['n'] != 1 else ''}"
+        lines.append(f"{row['arm']} ({seeds}): {', '.join(cells) or 'no metric'}")
+    return lines
 
 
 def train_annotations(run_dir: str | os.PathLike) -> Path:
@@ -213,3 +231,43 @@ def _tracking_run(run_dir: Path) -> dict[str, np.ndarray] | None:
         if np.isfinite(curve[f"cos_start_{bucket}"][1:]).any():
             curve[f"cos_start_{bucket}"][0] = 1.0
     return curve
+
+
+_BUCKET_NAMES = {"r": "rare", "c": "common", "f": "frequent"}  # LVIS bucket letter -> its name
+
+
+def tracking_ends(curves: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Where the means of each arm of :func:`tracking_curves` ended: per :data:`TRACKING_KEYS` curve
+    its mean over seeds after the last epoch (NaN where no run recorded it), with ``seeds``,
+    ``images`` (trained, mean over seeds) and ``min_angle_start`` (the smallest angle before
+    training)."""
+    ends = {}
+    for arm, curve in curves.items():
+        points = {key: curve[key][:, -1] for key in TRACKING_KEYS} | {"min_angle_start": curve["min_angle"][:, 0]}
+        ends[arm] = {"seeds": len(curve["images"]), "images": float(np.mean(curve["images"][:, -1]))} | {
+            key: float(np.nanmean(values)) if np.isfinite(values).any() else math.nan  # values: (S,)
+            for key, values in points.items()}
+    return ends
+
+
+def describe_tracking(curves: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+    """One line per arm of :func:`tracking_curves` saying where its means ended (:func:`tracking_ends`):
+    the cosine of a class mean to its start per bucket (1.000: never moved), the smallest angle
+    between two means before and after training (falling: collapse), the length of the mean tracked
+    embedding (near 1: every embedding points one way) and ``w``; parts no run recorded are left out."""
+    lines = []
+    for arm, end in tracking_ends(curves).items():
+        known = {key: value for key, value in end.items() if math.isfinite(value)}
+        buckets = [f"{name} {known[f'cos_start_{b}']:.3f}" for b, name in _BUCKET_NAMES.items()
+                   if f"cos_start_{b}" in known]
+        parts = ["cosine of a mean to its start " + ", ".join(buckets)] if buckets else []
+        if "min_angle" in known and "min_angle_start" in known:
+            parts.append(f"smallest angle between means {known['min_angle_start']:.1f}° → {known['min_angle']:.1f}°")
+        if "embedding_norm" in known:
+            parts.append(f"length of the mean embedding {known['embedding_norm']:.3f}")
+        if "w" in known:
+            parts.append(f"w {known['w']:.2f}")
+        seeds = end["seeds"]
+        lines.append(f"{arm} ({seeds} seed{'s' if seeds != 1 else ''}, {end['images']:,.0f} images): "
+                     + ("; ".join(parts) or "nothing recorded"))
+    return lines

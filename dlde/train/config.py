@@ -237,9 +237,9 @@ PRESETS: dict[str, TrainConfig] = {
 def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: float) -> TrainConfig:
     """The ``digits`` preset's network and optimizer on the glyphs dataset of ``classes`` classes
     (default glyphs settings), one evaluation at the end, and DLDENet's embedding size and starting
-    scale ``w`` for that vocabulary (figures/ablations/vocabulary_levers.md): ``w`` barely moves
-    in these short schedules (7.0 -> 7.0-7.4 at 1,000 classes), so its start is the head's
-    temperature."""
+    scale ``w`` for that vocabulary (measured by the retired ``vocabulary_levers`` sweep at commit
+    2146dee, docs/changes.md): ``w`` barely moves in these short schedules (7.0 -> 7.0-7.4 at 1,000
+    classes), so its start is the head's temperature."""
     return dataclasses.replace(
         PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs",
         dataset_options={**PRESETS["digits"].dataset_options, "glyphs_classes": classes},

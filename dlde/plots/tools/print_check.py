@@ -250,12 +250,24 @@ def _retrieval() -> Figure:
                                                class_names=NAMES)
 
 
-def _levers() -> Figure:
-    starts = ({"classifier_init": "fixed", "init_weight": 7.0}, {"classifier_init": "fixed", "init_weight": 14.0},
-              {"classifier_init": "prior", "init_weight": 7.0})
-    rows = [row for start in starts for schedule in ("constant", "count")
-            for row in _vocabulary_rows("embedding_size", start | {"means_lr_schedule": schedule})]
-    return vocabulary_plots.plot_levers(rows)
+def _arms() -> Figure:
+    arms = [f"C={c},{head}{lever}" for c in (1000, 100) for head in ("dlde", "retinanet", "prototypes")
+            for lever in ("", ",rfs,efl")]
+    rows = [{"arm": arm, "head": arm.split(",")[1], **row}
+            for arm, row in zip(arms, _vocabulary_rows("classes", {}) * 4)]
+    return vocabulary_plots.plot_arms(rows)
+
+
+def _tracking() -> Figure:
+    rng = np.random.default_rng(0)
+    images = np.tile(np.arange(4) * 4000.0, (3, 1))  # (seeds, epochs + 1)
+    curves = {}
+    for index in range(9):  # more arms than markers: the line style tells the last apart
+        falling = 1.0 - np.cumsum(rng.uniform(0.0, 0.05, (3, 4)), axis=1)
+        curves[f"dlde,lever={index}"] = {"images": images, "cos_start_r": falling, "cos_start_c": falling - 0.01,
+                                         "cos_start_f": falling - 0.02, "min_angle": 90.0 * falling,
+                                         "embedding_norm": 0.5 * falling, "w": 14.0 * falling}
+    return vocabulary_plots.plot_tracking(curves)
 
 
 def _per_class_ap() -> Figure:
@@ -315,7 +327,8 @@ SAMPLES: dict[str, Sample] = {
     r"vocabulary_ap|vocabulary_epoch_time": Sample("vocabulary_ap", "plot_against_classes", lambda: (
         vocabulary_plots.plot_against_classes([row for head in ("dlde", "retinanet", "prototypes")
                                                for row in _vocabulary_rows("classes", {"head": head})]))),
-    r"vocabulary_levers": Sample("vocabulary_levers", "plot_levers", _levers),
+    r"vocabulary_arms_.*": Sample("vocabulary_arms_tracking", "plot_arms", _arms),
+    r"vocabulary_tracking": Sample("vocabulary_tracking", "plot_tracking", _tracking),
     r"vocabulary_class_frequency_.*": Sample("vocabulary_class_frequency_1000", "plot_class_frequency", lambda: (
         vocabulary_plots.plot_class_frequency(list(range(1, 301)), ["r"] * 100 + ["c"] * 100 + ["f"] * 100))),
     r"ablations/.*_collapse": Sample("ablations/means_lr_collapse", "plot_collapse", lambda: (

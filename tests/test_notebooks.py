@@ -63,6 +63,45 @@ def test_every_parameter_is_a_documented_primitive(path):
         assert parameter["inferred_type_name"] in {"str", "int", "float", "bool"}, name
 
 
+#: The notebooks that open with their question, what to look for, cost and prerequisites, link their committed
+#: figures, and print what the run shows after each figure.
+EXPLAINED = ["01_train", "02_mean_drift", "03_embeddings", "04_inference", "05_few_shot", "06_open_set"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_relative_link_of_a_notebook_exists(path):
+    from dlde.pipeline.readme import broken_links
+
+    nb = nbformat.read(path, as_version=4)
+    assert [line for index, cell in enumerate(nb.cells) if cell.cell_type == "markdown"
+            for line in broken_links(cell.source, path, f"{path.name}, cell {index}")] == []
+
+
+@pytest.mark.parametrize("name", EXPLAINED)
+def test_a_notebook_opens_with_its_question_and_says_what_each_figure_shows(name):
+    import re
+
+    import papermill
+
+    path = NOTEBOOKS_DIR / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0].source
+    for part in ("**The question.**", "**What to look for.**", "**Cost and prerequisites.**"):
+        assert part in first, f"{name}: no {part}"
+    assert "../docs/notebooks.md#paths" in first and "Relative paths are relative" not in first  # the note, once
+    for parameter in papermill.inspect_notebook(str(path)):  # documented once, in the parameters cell
+        assert f"- `{parameter}`:" not in first, f"{name}: the first cell lists {parameter} again"
+    codes = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    linked = set(re.findall(r"\(\.\./figures/([\w-]+)\.png\)", first))
+    shown = re.compile(r'figures\.show\(.*?,\s*"(\w+)"\)$', re.S | re.M)  # the name: the call's last argument
+    drawn = {figure for source in codes for figure in shown.findall(source)}
+    committed = {figure for figure in drawn if (NOTEBOOKS_DIR.parent / "figures" / f"{figure}.png").exists()}
+    assert committed and committed <= linked, f"{name}: committed figures not linked: {committed - linked}"
+    for index, source in enumerate(codes[:-1]):
+        if "figures.show(" in source and not source.startswith("if "):  # a figure drawn only sometimes: none
+            assert "_finding(" in codes[index + 1], f"{name}: nothing says what the figure of code cell {index} shows"
+
+
 def test_papermill_kernel_is_this_interpreter():
     import sys
 
@@ -84,6 +123,25 @@ def execute(notebook, output_dir, **parameters):
                       if o.output_type == "stream")
     assert "TqdmWarning" not in streams and "IProgress not found" not in streams
     return read_results(out_dir)
+
+
+def printed(output_dir, notebook):
+    """Everything the cells of an executed notebook printed."""
+    executed = nbformat.read(output_dir / notebook, as_version=4)
+    return "".join(o.text for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream")
+
+
+def refused(notebook, output_dir, **parameters):
+    """Run a notebook that must stop on an error; return the error's message (its name and value)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as error:
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / notebook), str(output_dir / notebook),
+                                   parameters={**parameters, "OUT_DIR": str(output_dir / Path(notebook).stem)},
+                                   cwd=str(output_dir), **PAPERMILL_OPTIONS)
+    return f"{error.value.ename}: {error.value.evalue}"
 
 
 def finite(value, low=-math.inf, high=math.inf):
@@ -121,6 +179,11 @@ def test_01_train(tiny_run):
     assert set(results["per_class_AP"]) <= {"0", "1", "2"}
     assert "ECE" in results and (results["ECE"] is None or finite(results["ECE"], 0.0, 1.0))  # None: no detections
     assert_figures(figures_dir, results, ["t_train_curves", "t_per_class_ap", "t_reliability", "t_val_detections"])
+    text = printed(run_dir.parent, "01_train.ipynb")  # what the run shows, under each figure
+    assert "Over 2 epochs the validation AP went from" in text
+    assert "Per-class AP after the last epoch" in text or "No class has an AP yet" in text
+    assert "detections, " in text or "No detection on the validation set" in text
+    assert "2 images with" in text
 
 
 @pytest.mark.slow
@@ -152,6 +215,12 @@ def test_02_mean_drift(tiny_run, tmp_path):
     assert finite(results["max_off_diagonal_cosine_last"], -1.0, 1.0)
     assert all(finite(v, 0.0) and v > 0 for v in results["last_kappa"].values())
     assert_figures(tmp_path / "figures", results, ["mean_drift", "mean_cosines", "concentration"])
+    text = printed(tmp_path, "02_mean_drift.ipynb")
+    assert "The means turned" in text and "The mean κ̂ over classes went from" in text
+    # the failure the notebook watches for, named under the cosines with the run's own numbers
+    first_angle = math.degrees(math.acos(results["max_off_diagonal_cosine_first"]))
+    assert f"The smallest angle between two class means went from {first_angle:.1f}° before training" in text
+    assert "after epoch 2" in text and "collapse" in text
 
 
 @pytest.mark.slow
@@ -166,6 +235,10 @@ def test_03_embeddings(tiny_run, tmp_path):
     assert_figures(tmp_path / "figures", results,
                    ["embeddings_umap", "embeddings_sphere", "embeddings_raw_sphere", "means_through_training",
                     "cosine_margins"])
+    text = printed(tmp_path, "03_embeddings.ipynb")
+    assert f"{results['fraction_own_above_other']:.1%} of the {results['N']} embeddings are nearer" in text
+    assert "The median embedding lies" in text and "each mean travelled" in text
+    assert f"Mean cosine {results['mean_own_cosine']:.3f} to the own class mean" in text
 
 
 @pytest.mark.slow
@@ -187,6 +260,46 @@ def test_04_inference_on_a_folder_of_images(tiny_run, tmp_path):
         "unknown_detections"]
     assert finite(results["mean_detections_per_image"], 0.0)
     assert_figures(tmp_path / "figures", results, ["inference"])
+    assert f"{results['detections']} detections in 2 images" in printed(tmp_path, "04_inference.ipynb")
+
+
+# ---------------------------------------------------------- a second run into the same folder
+@pytest.mark.slow
+def test_01_train_run_again_into_its_folder_stops_naming_resume_and_overwrite(tiny_run, tmp_path):
+    """After `make figures`, 01_train with another EPOCHS and the same RUN_DIR stops before it trains,
+    naming the notebook's parameters (not the Python arguments), and leaves the run as it was."""
+    run_dir, _, _ = tiny_run
+    saved = {name: (run_dir / name).stat().st_mtime_ns for name in ("checkpoint.pt", "config.json", "metrics.jsonl")}
+    message = refused("01_train.ipynb", tmp_path, PRESET="tiny", EPOCHS=3, RUN_DIR=str(run_dir),
+                      DATA_ROOT=str(run_dir.parent / "data"), FIGURES_DIR=str(tmp_path / "figures"))
+    assert "RESUME = True" in message and "OVERWRITE = True" in message and "RUN_DIR" in message, message
+    assert "resume=True" not in message
+    assert saved == {name: (run_dir / name).stat().st_mtime_ns for name in saved}
+
+
+@pytest.mark.slow
+def test_05_and_06_with_other_base_epochs_stop_naming_the_parameters(tiny_run, tmp_path):
+    """As after `make figures` (base runs of BASE_EPOCHS 8 in runs/fewshot_base): 05 and 06 opened with the
+    default BASE_EPOCHS (those of RUN_DIR's run) stop before training anything, naming BASE_EPOCHS with the
+    epochs the folder holds and BASE_RUNS_DIR."""
+    run_dir, _, _ = tiny_run
+    base_dir = tmp_path / "base"
+    common = dict(RUN_DIR=str(run_dir), BASE_RUNS_DIR=str(base_dir), HEADS="dlde", BASE_SEEDS="0", MAX_IMAGES=8,
+                  FIGURES_DIR=str(tmp_path / "figures"))
+    first = execute("05_few_shot.ipynb", tmp_path, **common, BASE_EPOCHS=1, SHOTS="1", DRAWS=1, FINETUNE_STEPS=1,
+                    DETECTION_IMAGES=1)
+    assert first["base_seeds"] == [0] and set(first["before"]) == {"dlde"}
+    text = printed(tmp_path, "05_few_shot.ipynb")
+    assert "novel_AP (mean [95 % interval]): at k = 1" in text and "Cosine of each imprinted mean" in text
+    checkpoint = base_dir / "dlde" / "checkpoint.pt"
+    trained = checkpoint.stat().st_mtime_ns
+    again = tmp_path / "again"
+    again.mkdir()
+    for notebook in ("05_few_shot.ipynb", "06_open_set.ipynb"):
+        message = refused(notebook, again, **common)  # BASE_EPOCHS 0: the 2 epochs of the run in RUN_DIR
+        assert "epochs: 1 -> 2" in message and "BASE_EPOCHS = 1" in message, message
+        assert "BASE_RUNS_DIR = " in message and "Nothing was trained" in message
+    assert checkpoint.stat().st_mtime_ns == trained and sorted(p.name for p in base_dir.iterdir()) == ["dlde"]
 
 
 # ------------------------------------------------------- paths, parameters lock, saving in Lab
@@ -344,3 +457,106 @@ def test_interactive_figures_display_as_widgets_with_a_png_fallback(tmp_path):
     before = bundle["image/png"]
     explorer.update(0)
     assert canvas._repr_mimebundle_()["image/png"] != before
+
+
+# ------------------------------------------------------------ what a run shows, under its figures
+def test_the_sentence_under_the_cosines_names_the_smallest_angle_and_a_collapse():
+    from dlde.reports import findings
+
+    start = np.eye(3, 4)  # orthonormal: 90° apart
+    apart = np.array([[1.0, 0.0, 0.0, 0.0], [0.5, math.sqrt(3) / 2, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])  # 60° closest
+    text = findings.mean_angles_finding(np.stack([start, apart]), ["a", "b", "c"])
+    assert text.startswith("The smallest angle between two class means went from 90.0° before training to "
+                           "60.0° after epoch 1 (classes 'a' and 'b')")
+    assert "No two means collapsed" in text and "angles near 0°" in text
+    tilt = math.radians(2.0)
+    collapsed = np.array([[1.0, 0.0, 0.0, 0.0], [math.cos(tilt), math.sin(tilt), 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    text = findings.mean_angles_finding(np.stack([start, apart, collapsed, apart]), ["a", "b", "c"])
+    assert "to 60.0° after epoch 3" in text and "its lowest was 2.0° after epoch 2" in text
+    assert "collapsed onto each other (closer than 5°) after epoch 2 and came apart again" in text
+    text = findings.mean_angles_finding(np.stack([start, collapsed]), ["a", "b", "c"])
+    assert "2.0° after epoch 1" in text and "they have collapsed onto each other" in text
+
+
+def test_the_sentences_under_the_training_figures_follow_the_numbers():
+    from dlde.reports import findings
+
+    metrics = [{"epoch": 1, "AP": 0.2, "train_loss": 1.0, "val_loss": 0.9},
+               {"epoch": 2, "AP": 0.6, "train_loss": 0.5, "val_loss": 0.4},
+               {"epoch": 3, "AP": 0.5, "train_loss": 0.3, "val_loss": 0.45}]
+    text = findings.training_finding(metrics)
+    assert text.startswith("Over 3 epochs the validation AP went from 0.200 after epoch 1 to 0.500 after epoch 3 "
+                           "(best 0.600 after epoch 2)")
+    assert "lowest after epoch 2 (0.400)" in text
+    assert findings.per_class_finding({"0": 0.9, "1": 0.0, "2": 0.5}).startswith(
+        "Per-class AP after the last epoch ranges from 0.000 (class '1') to 0.900 (class '0')")
+    calibration = {"scores": np.array([0.9, 0.9, 0.2, 0.2]), "correct": np.array([True, False, False, False]),
+                   "ece": 0.3}
+    text = findings.calibration_finding(calibration)
+    assert "4 detections, 25.0% of them right" in text and "over-confident by 0.300" in text
+    assert "Of the 2 scoring at least 0.5, 50.0% are right" in text
+    samples = [{"boxes": np.array([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]),
+                "gt_boxes": np.array([[1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])}]
+    assert findings.detections_finding(samples, 0.3) == ("1 image with 2 objects: 2 boxes scoring at least 0.3, "
+                                                         "and 1 of the 2 objects overlapped by one at IoU ≥ 0.5.")
+
+
+def test_base_runs_of_other_settings_are_refused_naming_the_notebook_parameters(tmp_path, monkeypatch):
+    """What make figures leaves in runs/fewshot_base (BASE_EPOCHS 8) against 05/06's default (RUN_DIR's epochs)."""
+    from dlde.protocols.base_runs import base_config, base_run_dir
+    from dlde.train import TrainConfig
+    from dlde.train.runs import RunFolder
+
+    monkeypatch.setenv(nbhelpers.ROOT_ENV, str(tmp_path))
+    like = TrainConfig.from_dict({"epochs": 16, "data_root": str(tmp_path / "data" / "digits")}, preset="tiny")
+    base_dir = tmp_path / "runs" / "fewshot_base"
+    for head in ("dlde", "retinanet"):
+        saved = base_config(head, base_run_dir(base_dir, head, 0), like=like, seed=0, epochs=8)
+        RunFolder(saved.run_dir).path.mkdir(parents=True)
+        RunFolder(saved.run_dir).write_record({"config": saved.to_dict()})
+    with pytest.raises(FileExistsError) as refused_error:
+        nbhelpers.base_models(like.to_dict(), base_dir, ["dlde", "retinanet"], seeds=[0], epochs=0)
+    message = str(refused_error.value)
+    assert message.startswith("runs/fewshot_base/dlde and 1 more base run folders hold base runs of other settings "
+                              "than this notebook asks for (epochs: 8 -> 16)")
+    assert "BASE_EPOCHS = 8 to use the base runs already there" in message
+    assert 'BASE_RUNS_DIR = "runs/fewshot_base_mine"' in message and "Nothing was trained" in message
+    assert "RUN_DIR to the run" not in message
+    other = like.to_dict() | {"lr": like.lr * 2}  # RUN_DIR now holds another run than the one copied
+    with pytest.raises(FileExistsError, match=r"lr: .* RUN_DIR to the run they were trained from") as refused_error:
+        nbhelpers.base_models(other, base_dir, ["dlde"], seeds=[0], epochs=8)
+    assert "BASE_EPOCHS" not in str(refused_error.value)
+    assert sorted(p.name for p in base_dir.iterdir()) == ["dlde", "retinanet"]  # nothing trained
+
+
+def test_the_few_shot_and_open_set_sentences_say_which_intervals_overlap():
+    from dlde.protocols.fewshot import FewShotSummary
+    from dlde.protocols.openset import PooledModel, PooledOpenSet, PooledScore
+    from dlde.reports import findings
+
+    def interval(mean, half=0.05):
+        return {"mean": mean, "sd": half, "low": mean - half, "high": mean + half, "n": 3}
+
+    def row(method, k, novel, base_before, base_after):
+        return FewShotSummary(method, k, 3, 0, interval(novel), interval(novel), interval(base_after),
+                              interval(base_after), interval(1.0), base_before, base_before - base_after, 3)
+
+    summary = [row("dlde_imprint", 1, 0.30, 0.80, 0.78), row("retinanet_finetune", 1, 0.10, 0.82, 0.70),
+               row("dlde_imprint", 30, 0.45, 0.80, 0.79), row("retinanet_finetune", 30, 0.42, 0.82, 0.84)]
+    assert findings.novel_ap_finding(summary) == (
+        "novel_AP (mean [95 % interval]): at k = 1 dlde_imprint leads with 0.300 [0.250, 0.350], above "
+        "retinanet_finetune's 0.100 [0.050, 0.150]; at k = 30 dlde_imprint leads with 0.450 [0.400, 0.500], "
+        "overlapping retinanet_finetune's 0.420 [0.370, 0.470].")
+    assert findings.forgetting_finding(summary) == (
+        "At k = 30 dlde_imprint forgot most: its base AP fell from 0.800 to 0.790 [0.740, 0.840]; "
+        "retinanet_finetune forgot least: its base AP rose from 0.820 to 0.840 [0.790, 0.890].")
+
+    def model(**auroc):
+        scores = {kind: PooledScore(interval(value), *[interval(0.5)] * 4) for kind, value in auroc.items()}
+        return PooledModel(scores, *[interval(0.5)] * 4)
+
+    pooled = PooledOpenSet([0, 1, 2], 10, 20, 5, {"dlde": model(probability=0.6, knn=0.77),
+                                                  "retinanet": model(probability=0.78)}, {})
+    assert findings.open_set_finding(pooled) == (
+        "Best unknown score per head, AUROC mean [95 % interval] over 3 base seeds: dlde knn 0.770 [0.720, 0.820]; "
+        "retinanet probability 0.780 [0.730, 0.830]. DLDENet's best and retinanet's best overlap: not told apart.")

@@ -32,12 +32,7 @@ def test_the_readme_starts_with_the_two_set_up_commands():
     assert first.startswith("bash\n") and shell_blocks("```" + first + "```") == ["make figures", "make test"]
 
 
-#: Documents another change is writing, with what they still spell without the venv.
-BEING_WRITTEN = {"docs/cluster.md": "line 83 names `python -m dlde.pipeline` inline (issue 27's cluster page)"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(reason=BEING_WRITTEN[name], strict=False))
-                                  if name in BEING_WRITTEN else name for name in sorted(DOCUMENTS)])
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
 def test_no_command_needs_an_activated_venv(name):
     text = DOCUMENTS[name]
     inline = re.findall(r"`([^`\n]+)`", text)

@@ -1,5 +1,5 @@
-"""What the notebooks call: paths, the training config, figure saving, and the numbers each
-notebook reports.
+"""What the notebooks call: paths, the training config, figure saving, the base runs of ``05_few_shot`` and
+``06_open_set`` (:func:`base_models`), and the numbers each notebook reports.
 
 Each notebook ends by writing a small ``results.json`` whose content is defined by one of the
 ``*_results`` functions here, so tests and the pipeline can read the numbers back. What executes
@@ -24,7 +24,9 @@ from dlde.data.digits import make_digits_dataset
 from dlde.files import atomic_write_text, jsonable
 from dlde.plots.interactive import widget_canvas
 from dlde.plots.plotting import save_figure
+from dlde.protocols.base_runs import BaseModels, base_config, base_run_dir, prepare
 from dlde.train import TrainConfig
+from dlde.train.runs import RunFolder, describe_changes
 
 RESULTS_FILE = "results.json"
 
@@ -259,3 +261,68 @@ def demo_images(folder: str | os.PathLike, n: int, run_config: Mapping[str, Any]
         for index, source in enumerate(sorted(paths.val_images_dir.glob("*.png"))[skip:]):
             shutil.copyfile(source, folder / f"demo_{index:03d}.png")
     return folder
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a notebook parameter would name it: relative to the project root when inside it."""
+    try:
+        return str(path.resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)
+
+
+def base_models(like: Mapping[str, Any], base_runs_dir: str | os.PathLike, heads: Sequence[str], *,
+                seeds: Sequence[int], epochs: int | None = None) -> BaseModels:
+    """:func:`dlde.protocols.base_runs.prepare` for ``05_few_shot`` and ``06_open_set``, refusing first, before
+    anything trains, when a base run folder holds a run of other settings, with the notebook parameters
+    that resolve it (``BASE_EPOCHS``, ``RUN_DIR``, ``BASE_RUNS_DIR``).
+
+    ``make figures`` trains the base runs with ``BASE_EPOCHS = 8`` into ``runs/fewshot_base``, the folder
+    the notebooks use by default with the epochs of ``RUN_DIR``'s run (16): without this check, opening
+    either notebook with its defaults afterwards stopped on the first base run, naming neither parameter.
+
+    Args:
+        like: the configuration the base runs copy (the ``config`` of the run in ``RUN_DIR``).
+        base_runs_dir: ``BASE_RUNS_DIR`` resolved.
+        heads, seeds: the heads and base seeds (``HEADS``, ``BASE_SEEDS``).
+        epochs: ``BASE_EPOCHS`` (None or 0: those of ``like``).
+
+    Raises:
+        FileExistsError: a base run folder holds a run of other settings; nothing was trained.
+    """
+    base_runs_dir = Path(base_runs_dir)
+    overrides = {"epochs": int(epochs)} if epochs else {}
+    taken = []
+    for seed in seeds:
+        for head in heads:
+            config = base_config(head, base_run_dir(base_runs_dir, head, seed), like=like, seed=int(seed), **overrides)
+            folder = RunFolder(config.run_dir)
+            if folder.state(config) == "changed":
+                try:
+                    taken.append((folder.path, folder.config_changes(config)))
+                except ValueError:  # not a run record
+                    taken.append((folder.path, {}))
+    if taken:
+        raise FileExistsError(_base_runs_taken(taken, base_runs_dir))
+    return prepare(like, base_runs_dir, heads, seeds=seeds, epochs=epochs or None)
+
+
+def _base_runs_taken(taken: Sequence[tuple[Path, Mapping[str, tuple[Any, Any]]]], base_runs_dir: Path) -> str:
+    """The refusal of :func:`base_models`: which folders hold which other settings, and the parameters to set."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for _, changed in taken:
+        for key, value in changed.items():
+            changes.setdefault(key, value)
+    first = _shown(taken[0][0])
+    holds = f"{first} and {len(taken) - 1} more base run folders hold base runs" if len(taken) > 1 else \
+        f"{first} holds a base run"
+    what = describe_changes(changes) if changes else "no run record"
+    ways = []
+    if set(changes) == {"epochs"}:
+        ways.append(f"BASE_EPOCHS = {changes['epochs'][0]!r} to use the base runs already there")
+    elif set(changes) - {"epochs"}:
+        ways.append("RUN_DIR to the run they were trained from (the base runs copy its configuration)")
+    suggested = _shown(base_runs_dir.parent / f"{base_runs_dir.name}_mine")
+    ways.append(f'BASE_RUNS_DIR = "{suggested}" (a new folder) to train these base runs there')
+    return (f"{holds} of other settings than this notebook asks for ({what}): set "
+            + ", or ".join(ways) + f"; or delete {_shown(base_runs_dir)}. Nothing was trained.")

@@ -17,3 +17,12 @@ def batch_annotations():
     """Two images: one with a padded row, one with two objects; labels in 0..2."""
     return torch.tensor([[[10.0, 10.0, 50.0, 50.0, 0.0], [-1.0, -1.0, -1.0, -1.0, -1.0]],
                          [[20.0, 30.0, 60.0, 62.0, 2.0], [5.0, 5.0, 14.0, 14.0, 1.0]]])
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 free at this instant (for a gloo process group's MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 
 from dlde.train import TrainConfig, build_model, distributed, train
 from dlde.train.batches import global_batches, steps_per_epoch
@@ -212,14 +213,6 @@ def _steps_worker(rank, world, port, options, out):
         torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [
     {"means_update": "batch"}, {"means_update": "manual"},
@@ -237,7 +230,7 @@ def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tm
         _steps_worker(0, 1, 0, options, tmp_path / "one.pt")  # in this process: restore its thread count after
     finally:
         torch.set_num_threads(threads)
-    torch.multiprocessing.spawn(_steps_worker, args=(2, _free_port(), options, tmp_path / "two.pt"), nprocs=2)
+    torch.multiprocessing.spawn(_steps_worker, args=(2, free_port(), options, tmp_path / "two.pt"), nprocs=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["means"].dtype == torch.float64
     assert not torch.equal(one["means"][0], one["means"][-1])  # the means moved

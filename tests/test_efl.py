@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from helpers import SMALL, batch_annotations
+from helpers import SMALL, batch_annotations, free_port
 from torch.testing import assert_close
 
 from dlde import RetinaNet
@@ -327,14 +327,6 @@ def _efl_steps_worker(rank, world, port, out):
         torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_hold_the_same_efl_state_as_one_process_with_the_global_batch(tmp_path):
     threads = torch.get_num_threads()
@@ -342,7 +334,7 @@ def test_two_processes_hold_the_same_efl_state_as_one_process_with_the_global_ba
         _efl_steps_worker(0, 1, 0, tmp_path / "one.pt")
     finally:
         torch.set_num_threads(threads)
-    torch.multiprocessing.spawn(_efl_steps_worker, args=(2, _free_port(), tmp_path / "two.pt"), nprocs=2)
+    torch.multiprocessing.spawn(_efl_steps_worker, args=(2, free_port(), tmp_path / "two.pt"), nprocs=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")  # (steps, 2, C)
     assert one[-1, 1].gt(0).all() and one[-1, 0, 2] == 0  # class 2 never had a positive
     assert_close(two, one, rtol=1e-4, atol=1e-6)  # the global batch's sums: the same up to rounding

@@ -590,6 +590,11 @@ def test_notebooks_05_and_06_run_under_papermill_with_tiny_parameters(tmp_path):
     expected = ["f_few_shot_novel_ap", "f_few_shot_novel_ap50", "f_few_shot_base_ap", "f_few_shot_detections",
                 "f_few_shot_means_umap"]
     assert few["figures"] == expected
+    import nbformat
+
+    shown = "".join(o.text for c in nbformat.read(tmp_path / "05_few_shot.ipynb", as_version=4).cells
+                    if c.cell_type == "code" for o in c.outputs if o.output_type == "stream")
+    assert "novel_AP (mean [95 % interval]): at k = 1" in shown and "Cosine of each imprinted mean" in shown
     mtimes = {head: (base_dir / head / "checkpoint.pt").stat().st_mtime for head in ("dlde", "retinanet")}
     opened = execute("06_open_set.ipynb", tmp_path, **common, HEADS="dlde,retinanet", RETRIEVAL_QUERIES=2,
                      RETRIEVAL_K=2, GALLERY_IMAGES=8, FIGURE_PREFIX="o_")

@@ -281,22 +281,19 @@ def test_01_train_run_again_into_its_folder_stops_naming_resume_and_overwrite(ti
 def test_05_and_06_with_other_base_epochs_stop_naming_the_parameters(tiny_run, tmp_path):
     """As after `make figures` (base runs of BASE_EPOCHS 8 in runs/fewshot_base): 05 and 06 opened with the
     default BASE_EPOCHS (those of RUN_DIR's run) stop before training anything, naming BASE_EPOCHS with the
-    epochs the folder holds and BASE_RUNS_DIR."""
+    epochs the folder holds and BASE_RUNS_DIR. The base run is made here by the function 05 calls (what 05
+    prints when it runs: test_fewshot)."""
+    from dlde.train.runs import load_run
+
     run_dir, _, _ = tiny_run
     base_dir = tmp_path / "base"
-    common = dict(RUN_DIR=str(run_dir), BASE_RUNS_DIR=str(base_dir), HEADS="dlde", BASE_SEEDS="0", MAX_IMAGES=8,
-                  FIGURES_DIR=str(tmp_path / "figures"))
-    first = execute("05_few_shot.ipynb", tmp_path, **common, BASE_EPOCHS=1, SHOTS="1", DRAWS=1, FINETUNE_STEPS=1,
-                    DETECTION_IMAGES=1)
-    assert first["base_seeds"] == [0] and set(first["before"]) == {"dlde"}
-    text = printed(tmp_path, "05_few_shot.ipynb")
-    assert "novel_AP (mean [95 % interval]): at k = 1" in text and "Cosine of each imprinted mean" in text
+    nbhelpers.base_models(load_run(run_dir).config, base_dir, ["dlde"], seeds=[0], epochs=1)
     checkpoint = base_dir / "dlde" / "checkpoint.pt"
     trained = checkpoint.stat().st_mtime_ns
-    again = tmp_path / "again"
-    again.mkdir()
+    common = dict(RUN_DIR=str(run_dir), BASE_RUNS_DIR=str(base_dir), HEADS="dlde", BASE_SEEDS="0", MAX_IMAGES=8,
+                  FIGURES_DIR=str(tmp_path / "figures"))
     for notebook in ("05_few_shot.ipynb", "06_open_set.ipynb"):
-        message = refused(notebook, again, **common)  # BASE_EPOCHS 0: the 2 epochs of the run in RUN_DIR
+        message = refused(notebook, tmp_path, **common)  # BASE_EPOCHS 0: the 2 epochs of the run in RUN_DIR
         assert "epochs: 1 -> 2" in message and "BASE_EPOCHS = 1" in message, message
         assert "BASE_RUNS_DIR = " in message and "Nothing was trained" in message
     assert checkpoint.stat().st_mtime_ns == trained and sorted(p.name for p in base_dir.iterdir()) == ["dlde"]

@@ -237,6 +237,16 @@ def _short(name: str) -> str:
 
 
 
+def _unit_square(curves: Mapping[str, Any], diagonal: str) -> tuple[Figure, Any, np.ndarray]:
+    """The axis a rate-against-rate plot draws on (reliability, ROC): refuses no curves, draws the dashed
+    diagonal labelled ``diagonal``, and gives one colour per curve."""
+    if not curves:
+        raise ValueError("curves is empty")
+    fig, ax = plt.subplots(figsize=figure_size(WIDTH), layout="constrained")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label=diagonal)
+    return fig, ax, class_colors(len(curves))
+
+
 @print_style
 def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Reliability diagram: accuracy against confidence per score bin, one set per model.
@@ -251,11 +261,7 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
         (accuracy per bin, side by side within the bin) and one line (accuracy against mean
         confidence of the filled bins) labelled with its ECE.
     """
-    if not curves:
-        raise ValueError("curves is empty")
-    fig, ax = plt.subplots(figsize=figure_size(WIDTH), layout="constrained")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="perfect calibration")
-    colors = class_colors(len(curves))
+    fig, ax, colors = _unit_square(curves, "perfect calibration")
     for k, (name, curve) in enumerate(curves.items()):
         curve = curve.get("curve", curve)
         edges = np.asarray(curve["bin_edges"], dtype=np.float64)
@@ -322,11 +328,7 @@ def plot_roc(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
         Figure with one axis: the chance diagonal, then one line per curve labelled with its
         AUROC.
     """
-    if not curves:
-        raise ValueError("curves is empty")
-    fig, ax = plt.subplots(figsize=figure_size(WIDTH), layout="constrained")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="chance")
-    colors = class_colors(len(curves))
+    fig, ax, colors = _unit_square(curves, "chance")
     for k, (name, curve) in enumerate(curves.items()):
         ax.plot(to_numpy(curve["fpr"]), to_numpy(curve["tpr"]), color=colors[k], marker=MARKERS[k % len(MARKERS)],
                 markevery=0.1, markersize=5, label=f"{name} (AUROC {float(curve['auroc']):.3f})")

@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from dlde.analysis.embeddings import angle_to_final, angular_steps, cosine_margins, cosine_matrix
 from dlde.analysis.sweep_stats import min_angle_deg
+from dlde.model.anchors import pairwise_iou
 from dlde.tables import interval_cell
 
 __all__ = ["COLLAPSED_DEG", "calibration_finding", "concentration_finding", "detections_finding", "drift_finding",
@@ -108,13 +110,8 @@ def _covered(boxes: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> int:
     """Ground-truth boxes ``gt (M, 4)`` overlapped by some box of ``boxes (N, 4)`` at ``iou`` or more."""
     if not len(boxes) or not len(gt):
         return 0
-    boxes, gt = np.asarray(boxes, dtype=np.float64), np.asarray(gt, dtype=np.float64)
-    low = np.maximum(boxes[:, None, :2], gt[None, :, :2])
-    high = np.minimum(boxes[:, None, 2:], gt[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0.0, None), axis=2)  # (N, M)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    union = area(boxes)[:, None] + area(gt)[None, :] - inter
-    return int((inter / np.where(union > 0, union, np.inf) >= iou).any(axis=0).sum())
+    boxes, gt = (torch.as_tensor(np.asarray(b, dtype=np.float64)) for b in (boxes, gt))
+    return int((pairwise_iou(boxes, gt[None])[0] >= iou).any(dim=0).sum())  # (N, M) overlaps
 
 
 def detections_finding(samples: Sequence[Mapping[str, Any]], score_threshold: float) -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 import numpy as np
-import torch
 
 # The permissions of a file created with open(): mkstemp's 0600 would hide results from other users.
 _UMASK = os.umask(0)
@@ -26,8 +25,10 @@ os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """``write(file)`` into a temporary file next to ``path``, then rename it over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """``write(file)`` into a temporary file next to ``path``, then rename it over ``path``; returns the
+    path. A kill at any moment leaves the old file or the new one; an error leaves the old one.
+    (Checkpoints: :func:`dlde.model.checkpoints.atomic_save`, which keeps this module free of torch.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -48,7 +49,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
-    return _atomic_write(path, lambda file: file.write(data))
+    return atomic_write(path, lambda file: file.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -86,12 +87,7 @@ def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """``np.save`` of ``array`` to ``path`` atomically (the name is kept as given); returns the path."""
-    return _atomic_write(path, lambda file: np.save(file, array))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` of ``obj`` to ``path`` atomically; returns the path."""
-    return _atomic_write(path, lambda file: torch.save(obj, file))
+    return atomic_write(path, lambda file: np.save(file, array))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -8,7 +8,10 @@ on its assertion rather than on an import.
 """
 import hashlib
 import json
+import os
 import pickle
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -22,8 +25,9 @@ import dlde.data.long_tail as long_tail
 import dlde.train.loop as training
 from dlde import RetinaNet
 from dlde.data.glyphs import GlyphsConfig, plan_glyphs
+from dlde.kernels import PORTABLE_KERNELS, SETTING_VARIABLE
 from dlde.model.heads import HeadTower
-from dlde.train import TrainConfig, main, train
+from dlde.train import PRESETS, TrainConfig, main, train
 
 
 def tiny(tmp_path, name="run", **overrides):
@@ -112,6 +116,70 @@ def test_the_command_line_names_the_flag_and_refuses_before_planning_or_any_fold
     err = cli_error(capsys, ["--preset", "tiny", "--embedding-size", "0", *folders])
     assert "--embedding-size must be >= 1, got 0" in err
     assert list(tmp_path.iterdir()) == []  # no run folder, no data
+
+
+# A command's dataset options are checked before torch loads: same refusal, same words, no torch.
+EARLY_REFUSALS = [
+    ["--preset", "glyphs-1000", "--glyphs-classes", "5000"],
+    ["--dataset", "glyphs", "--glyphs-classes", "5000"],
+    ["--glyphs-classes", "5000"],  # a dataset not trained on, set away from its defaults
+    ["--preset", "glyphs-100", "--glyphs-classes", "1"],
+    ["--preset", "tiny", "--digits-train-images", "0"],
+    ["--preset=glyphs-100", "--glyphs-size", "40", "10"],
+    ["--glyphs-classes", "many"],
+    ["--dataset", "coco", "--train-images", "a"],
+]
+
+
+@pytest.mark.parametrize("words", EARLY_REFUSALS, ids=" ".join)
+def test_the_early_dataset_check_refuses_as_the_full_command_line_does(words, tmp_path, capsys):
+    from dlde.train import preflight  # new in issue 28: imported here, so the other tests run on older code
+
+    folders = ["--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data")]
+    with pytest.raises(SystemExit) as exit_info:
+        preflight.check_dataset([*words, *folders])
+    assert exit_info.value.code == 2
+    early = capsys.readouterr().err.strip()
+    assert early == cli_error(capsys, [*words, *folders])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("words", [
+    ["--preset", "glyphs-1000", "--glyphs-classes", "500"], ["--preset", "glyphs-100"], [],
+    ["--dataset", "coco", "--train-images", "a", "--train-annotations", "b", "--val-images", "c",
+     "--val-annotations", "d"],
+    ["--pre", "glyphs-100", "--glyphs-classes", "5000"],  # an abbreviated --preset: left to the full parser
+    ["--glyphs-classes", "5000", "--help"], ["--preset", "none", "--glyphs-classes", "5000"],
+    ["--embedding-size", "0"],  # not a dataset option: refused by the full command line
+], ids=" ".join)
+def test_the_early_dataset_check_leaves_everything_else_to_the_full_command_line(words):
+    from dlde.train import preflight
+
+    assert preflight.check_dataset(words) is None
+
+
+def test_the_early_check_reads_the_datasets_the_presets_train_on():
+    from dlde.train.preset_data import PRESET_DATA
+
+    for name, config in PRESETS.items():
+        assert (config.dataset, config.dataset_options) == PRESET_DATA[name], name
+
+
+def test_a_dataset_typo_is_refused_before_torch_loads(tmp_path):
+    """``python -m dlde.train`` re-executes itself with the portable kernels, then checks the
+    dataset; neither process imports torch on the way (which is what takes seconds)."""
+    environ = {key: value for key, value in os.environ.items() if key not in PORTABLE_KERNELS}
+    environ.pop(SETTING_VARIABLE, None)
+    environ["PYTHONPROFILEIMPORTTIME"] = "1"  # both processes list their imports
+    done = subprocess.run([sys.executable, "-m", "dlde.train", "--preset", "glyphs-1000",
+                           "--glyphs-classes", "5000", "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("dlde.kernels") == 2  # the first process and its pinned re-execution
+    assert "dlde.train.preflight" in imported and not any(name.split(".")[0] == "torch" for name in imported)
+    assert "--glyphs-classes 5000 is more than the 1462 classes" in done.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------- 2. the planner in linear memory

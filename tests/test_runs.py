@@ -9,11 +9,12 @@ import torch
 
 from dlde.files import (
     atomic_save_npy,
-    atomic_torch_save,
+    atomic_write,
     atomic_write_json,
     atomic_write_text,
     read_jsonl,
 )
+from dlde.model.checkpoints import atomic_save
 from dlde.train.runs import NUMBER_NEUTRAL_FIELDS, RunFolder, load_run, run_identity
 
 CONFIG = {"model": "dlde", "epochs": 2, "seed": 0, "lr": 0.002, "run_dir": "x", "resume": False,
@@ -43,7 +44,7 @@ def test_atomic_writes_give_the_bytes_of_the_plain_writers(tmp_path):
     array = np.arange(6.0).reshape(2, 3)
     np.save(tmp_path / "plain.npy", array)
     assert atomic_save_npy(tmp_path / "a.npy", array).read_bytes() == (tmp_path / "plain.npy").read_bytes()
-    atomic_torch_save({"x": torch.ones(2)}, tmp_path / "m.pt")
+    atomic_save({"x": torch.ones(2)}, tmp_path / "m.pt")
     torch.testing.assert_close(torch.load(tmp_path / "m.pt", weights_only=True)["x"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "m.pt", "plain.npy", "sub", "v.json"]
     umask = os.umask(0)
@@ -55,7 +56,7 @@ def test_an_atomic_write_removes_stale_temporaries_and_keeps_the_old_file_on_err
     target = atomic_write_text(tmp_path / "f.txt", "old")
     (tmp_path / ".f.txt.abc.tmp").write_text("left by a kill")
     with pytest.raises(Exception, match="pickle"):
-        atomic_torch_save({"x": lambda: 0}, target)  # fails mid-write
+        atomic_write(target, lambda file: (file.write(b"half"), torch.save({"x": lambda: 0}, file)))  # fails mid-write
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 

@@ -8,7 +8,6 @@ import os
 import struct
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dlde.errors import ConfigError, Key
-
+from .coco_files import CocoFiles, CocoOptions
 from .long_tail import BUCKETS
 
 __all__ = ["CocoDetection", "CocoFiles", "CocoOptions", "read_image"]
@@ -172,50 +170,6 @@ class CocoDetection(Dataset):
         """Returns annotations (M, 5) of item ``index`` in original pixels, without loading
         the image or applying the transform."""
         return torch.from_numpy(self._targets[index].copy())
-
-
-@dataclass(frozen=True)
-class CocoFiles:
-    """The two splits of a COCO-format dataset on disk."""
-
-    train_images: Path
-    train_annotations: Path
-    val_images: Path
-    val_annotations: Path
-
-    def split(self, split: str) -> tuple[Path, Path]:
-        """``(images folder, annotation file)`` of ``split`` ('train' or 'val')."""
-        if split == "train":
-            return self.train_images, self.train_annotations
-        return self.val_images, self.val_annotations
-
-
-@dataclass(frozen=True)
-class CocoOptions:
-    """COCO-format files read where they lie, as a training config names them (``dataset='coco'``,
-    registered in :data:`dlde.data.registry.DATASETS`): image folders and ``instances`` files of
-    the training and the validation split, all four needed (LVIS v1 files load the same way)."""
-
-    train_images: str | None = None
-    train_annotations: str | None = None
-    val_images: str | None = None
-    val_annotations: str | None = None
-
-    def __post_init__(self) -> None:
-        if not all((self.train_images, self.train_annotations, self.val_images, self.val_annotations)):
-            raise ConfigError("{dataset} needs {train_images}, {train_annotations}, {val_images} and "
-                              "{val_annotations}", dataset=Key("dataset", "coco"), train_images=Key("train_images"),
-                              train_annotations=Key("train_annotations"), val_images=Key("val_images"),
-                              val_annotations=Key("val_annotations"))
-
-    def default_root(self, base: str | Path) -> None:
-        """None: nothing is generated."""
-        return None
-
-    def build(self, root: str | Path | None) -> CocoFiles:
-        """The files as they are (``root`` is not used)."""
-        return CocoFiles(Path(self.train_images), Path(self.train_annotations), Path(self.val_images),
-                         Path(self.val_annotations))
 
 
 def read_image(path: str | Path) -> torch.Tensor:

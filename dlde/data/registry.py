@@ -25,7 +25,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
-from .coco import CocoOptions
+from .coco_files import CocoOptions
 from .digits import DigitsOptions
 from .glyphs import GlyphsOptions
 

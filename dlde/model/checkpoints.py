@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from dlde.files import atomic_torch_save
+from dlde.files import atomic_write
 
 #: What ``torch.load(..., weights_only=True)`` reads back: scalars, tensors, dtypes, devices ...
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
@@ -62,14 +62,14 @@ def check_plain_data(obj: Any, what: str) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``
-    (:func:`dlde.files.atomic_torch_save`): a kill at any moment leaves the old file or the new one.
+    (:func:`dlde.files.atomic_write`): a kill at any moment leaves the old file or the new one.
 
     Raises:
         ValueError: ``obj`` holds something other than plain data (:func:`check_plain_data`);
             nothing is written.
     """
     check_plain_data(obj, f"{path} was not written")
-    return atomic_torch_save(obj, path)
+    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

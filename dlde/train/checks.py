@@ -7,7 +7,7 @@ notebook its parameter. A field is checked against its type annotation (a field 
 too), then against the rules below; the options of the head built against its ``Options`` types and
 :data:`HEAD_OPTION_CHOICES` and :data:`HEAD_OPTION_INTERVALS`; the options of the dataset trained on,
 and of any other dataset set away from its defaults, against the types of its options dataclass
-(:data:`dlde.data.registry.DATASETS`) and then its own checks (the glyphs vocabulary bounds the
+(:data:`dlde.data.registry.DATASETS`) and then its own checks (:mod:`.data_checks`; the glyphs vocabulary bounds the
 classes; nothing is generated).
 The heads' constructors keep their own checks: the trainer builds the model before it claims a run folder.
 """
@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from dlde.data.long_tail import BUCKETS
@@ -29,6 +27,8 @@ from dlde.model.directional import WEIGHT_PARAMS
 from dlde.model.means import MEANS_INITS, MEANS_LR_SCHEDULES, MEANS_UPDATES
 from dlde.model.priors import CLASSIFIER_INITS
 from dlde.model.registry import HEADS, all_head_options
+
+from .data_checks import check_dataset_options, check_type
 
 #: Counts and sizes: at least one (None, where the type allows it, means "all" or "the default").
 AT_LEAST_ONE = ("min_size", "max_size", "pyramid_channels", "head_channels", "init_batches",
@@ -63,7 +63,7 @@ def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
     """
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     for f in dataclasses.fields(config):
-        _check_type(f.name, values[f.name], f.type)
+        check_type(f.name, values[f.name], f.type)
     for name, registry in (("model", HEADS), ("dataset", DATASETS)):
         if values[name] not in registry:
             raise ConfigError("{name} must be one of {allowed}; got {got!r}", name=Key(name),
@@ -79,7 +79,7 @@ def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
                           name=Key("reimprint_buckets"), allowed=", ".join(BUCKETS), got=list(buckets))
     _check_model(config)
     _check_head_options(config)
-    _check_data(config)
+    check_dataset_options(config.dataset, config.dataset_options)
     _check_run(config)
 
 
@@ -136,7 +136,7 @@ def _check_head_options(config: Any) -> None:
                           unknown=unknown, known=sorted(all_head_options()))
     types = {f.name: f.type for f in dataclasses.fields(HEADS[config.model].Options)}
     for name, value in config.own_head_options().items():
-        _check_type(name, value, types[name])
+        check_type(name, value, types[name])
         if name in HEAD_OPTION_LEAST and value < HEAD_OPTION_LEAST[name]:
             raise ConfigError("{name} must be >= {least}, got {got}", name=Key(name), least=HEAD_OPTION_LEAST[name],
                               got=value)
@@ -145,22 +145,6 @@ def _check_head_options(config: Any) -> None:
                               allowed=", ".join(HEAD_OPTION_CHOICES[name]), got=value)
         if name in HEAD_OPTION_INTERVALS:
             _check_interval(name, value, HEAD_OPTION_INTERVALS[name])
-
-def _check_data(config: Any) -> None:
-    unknown = sorted(set(config.dataset_options) - set(all_dataset_options()))
-    if unknown:
-        raise ConfigError("dataset_options has {unknown}, an option of no registered dataset; dataset options: "
-                          "{known}", unknown=unknown, known=sorted(all_dataset_options()))
-    for name, options in DATASETS.items():
-        own = config.own_dataset_options(name)
-        defaults = {f.name: f.default for f in dataclasses.fields(options)}
-        if name != config.dataset and all(value == defaults[key] for key, value in own.items()):
-            continue  # a dataset not trained on, at its defaults (old records hold every dataset's options)
-        types = {f.name: f.type for f in dataclasses.fields(options)}
-        for key, value in own.items():
-            _check_type(key, value, types[key])
-        options(**own)
-
 
 def _check_run(config: Any) -> None:
     if not config.run_dir:
@@ -182,59 +166,3 @@ def _check_run(config: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ types
-def _check_type(name: str, value: Any, annotation: Any) -> None:
-    """Refuse ``value`` unless it fits ``annotation`` (a type or its string: ``'int | None'``,
-    ``'tuple[float, ...]'``); floats must be finite. Annotations it cannot read are not checked."""
-    text = _type_text(annotation)
-    if not _fits(text, value):
-        raise ConfigError("{name} must be of type {type}, got {got!r}", name=Key(name), type=text, got=value)
-    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
-        raise ConfigError("{name} must be a finite number, got {got}", name=Key(name), got=value)
-    if isinstance(value, tuple) and any(isinstance(v, numbers.Real) and not math.isfinite(v) for v in value):
-        raise ConfigError("{name} must hold finite numbers, got {got}", name=Key(name), got=list(value))
-
-
-_SCALARS: dict[str, Callable[[Any], bool]] = {
-    "None": lambda v: v is None,
-    "bool": lambda v: isinstance(v, (bool, np.bool_)),
-    "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)),
-    "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)),
-    "str": lambda v: isinstance(v, str),
-}
-
-
-def _fits(annotation: str, value: Any) -> bool:
-    for option in _split(annotation, "|"):
-        if option in _SCALARS:
-            if _SCALARS[option](value):
-                return True
-        elif option.startswith("tuple[") and option.endswith("]"):
-            items = _split(option[len("tuple["):-1], ",")
-            if not isinstance(value, tuple):
-                continue
-            if len(items) == 2 and items[1] == "...":
-                if all(_fits(items[0], v) for v in value):
-                    return True
-            elif len(items) == len(value) and all(_fits(item, v) for item, v in zip(items, value)):
-                return True
-        else:  # dict[...], Any, a class: not checked here
-            return True
-    return False
-
-
-def _type_text(annotation: Any) -> str:
-    """An annotation as text: ``'int | None'`` for the string and for the type."""
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-
-
-def _split(text: str, separator: str) -> list[str]:
-    """``text`` split at ``separator`` outside brackets, each part stripped."""
-    parts, depth, start = [], 0, 0
-    for index, char in enumerate(text):
-        depth += char == "["
-        depth -= char == "]"
-        if char == separator and depth == 0:
-            parts.append(text[start:index].strip())
-            start = index + 1
-    parts.append(text[start:].strip())
-    return parts

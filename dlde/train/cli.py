@@ -10,24 +10,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Sequence
 
 from dlde.data.registry import DATASETS, dataset_class
-from dlde.errors import UNSET, Refusal
+from dlde.errors import Refusal
 from dlde.kernels import NATIVE_FLAG
 from dlde.model.registry import HEADS, all_head_options, head_class
 
 from . import distributed
 from .config import CHOICES, PRESETS, TrainConfig, flatten
+from .flags import PROG, OneLineErrors, add_flag, spell_flag, type_name
 from .loop import TrainResult, train
+from .preset_data import DEFAULT_PRESET
 
-PROG = "python -m dlde.train"
 
-
-def _parser(preset: str = "digits") -> argparse.ArgumentParser:
+def _parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     """The CLI: every :class:`TrainConfig` field, head option and dataset option is a flag; ``--help``
     shows the defaults of ``preset``."""
-    parser = _OneLineErrors(
+    parser = OneLineErrors(
         prog=PROG, description="Train a detector (DLDENet, the sigmoid baseline, learned cosine prototypes or "
         "any registered head). Every flag overrides the preset; --help shows the defaults of the preset given "
         "with --preset.")
@@ -39,58 +39,25 @@ def _parser(preset: str = "digits") -> argparse.ArgumentParser:
     choices = {**CHOICES, "model": tuple(sorted(HEADS)), "dataset": tuple(sorted(DATASETS))}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in ("head_options", "dataset_options"):
-            _add_flag(parser, f.name, _type_name(f.type), f"preset {preset}: {getattr(base, f.name)}",
+            add_flag(parser, f.name, type_name(f.type), f"preset {preset}: {getattr(base, f.name)}",
                       choices.get(f.name))
     group = parser.add_argument_group("head options", "options of the heads (--model); a head takes those it has")
     for name, default in all_head_options().items():
         owners = [head for head in sorted(HEADS) if name in _option_types(head)]
         value = base.head_options.get(name, f"the head's default ({default})")
-        _add_flag(group, name, _option_types(owners[0])[name],
+        add_flag(group, name, _option_types(owners[0])[name],
                   f"option of {', '.join(owners)}; preset {preset}: {value}")
     group = parser.add_argument_group("dataset options", "options of the datasets (--dataset)")
     for dataset in DATASETS:
         for option in dataclasses.fields(dataset_class(dataset)):
             value = base.dataset_options.get(option.name, f"the dataset's default ({option.default})")
-            _add_flag(group, option.name, _type_name(option.type), f"option of {dataset}; preset {preset}: {value}")
+            add_flag(group, option.name, type_name(option.type), f"option of {dataset}; preset {preset}: {value}")
     return parser
 
 
 def _option_types(head: str) -> dict[str, str]:
     """Option name -> type name of head ``head``'s ``Options``."""
-    return {f.name: _type_name(f.type) for f in dataclasses.fields(head_class(head).Options)}
-
-
-def _type_name(annotation: Any) -> str:
-    """``'float'`` for ``float`` and for the string ``'float'`` (modules with postponed annotations)."""
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-
-
-def _add_flag(parser, name: str, type_name: str, shown: str, choices: Sequence[Any] | None = None) -> None:
-    """``--name`` (underscores as dashes) parsing a value of the type named ``type_name``."""
-    flag = "--" + name.replace("_", "-")
-    if type_name == "bool":
-        parser.add_argument(flag, dest=name, type=_bool, default=None, metavar="BOOL", help=shown)
-    elif "tuple" in type_name:
-        kind = float if "float" in type_name else str if "str" in type_name else int
-        parser.add_argument(flag, dest=name, type=kind, nargs="+", default=None, help=shown)
-    else:
-        kind = {"int": int, "float": float}.get(type_name.split(" |")[0], str)
-        parser.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=shown)
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage block, no traceback)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag with its choices)\n")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    return {f.name: type_name(f.type) for f in dataclasses.fields(head_class(head).Options)}
 
 
 def arguments(config: TrainConfig, preset: str) -> list[str]:
@@ -122,24 +89,11 @@ def arguments(config: TrainConfig, preset: str) -> list[str]:
     return words
 
 
-def spell_flag(name: str, value: Any = UNSET) -> str:
-    """A config key as the flag that sets it (:class:`dlde.errors.Refusal` spelled for the command
-    line): ``--glyphs-classes``, ``--allow-changed lr``, ``--resume true``."""
-    flag = "--" + name.replace("_", "-")
-    if value is UNSET:
-        return flag
-    if isinstance(value, bool):
-        return f"{flag} {'true' if value else 'false'}"
-    if isinstance(value, (tuple, list)):
-        return " ".join([flag, *map(str, value)])
-    return f"{flag} {value}"
-
-
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     """``python -m dlde.train``: bad values and refused runs end with a one-line error (exit 2) that
     names the flags to change (:func:`spell_flag`)."""
     preset_parser = argparse.ArgumentParser(add_help=False)
-    preset_parser.add_argument("--preset", choices=sorted(PRESETS), default="digits")
+    preset_parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     preset_args, _ = preset_parser.parse_known_args(argv)
     parser = _parser(preset_args.preset)
     args = vars(parser.parse_args(argv))

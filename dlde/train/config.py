@@ -26,6 +26,7 @@ from dlde.model.registry import all_head_options, head_option_names
 
 from .checks import check_config
 from .distributed import DEFAULT_TIMEOUT_S
+from .preset_data import PRESET_DATA
 
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("adamw", "sgd")
@@ -212,21 +213,23 @@ def flatten(config: Any) -> dict[str, Any]:
             **(values.get("dataset_options") or {}), **(values.get("head_options") or {})}
 
 
+def _data(preset: str) -> dict[str, Any]:
+    """The ``dataset`` and ``dataset_options`` of ``preset`` (:data:`dlde.train.preset_data.PRESET_DATA`)."""
+    dataset, options = PRESET_DATA[preset]
+    return {"dataset": dataset, "dataset_options": dict(options)}
+
+
 #: Named presets. ``digits`` is the default of the paper figures: tuned to reach a high AP on
 #: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
 PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(
-        run_dir="runs/digits", dataset_options={
-            "digits_canvas_size": 64, "digits_size": (12, 24), "digits_per_image": (1, 3), "digits_train_images": 2000,
-            "digits_val_images": 400}, min_size=64, max_size=64,
+        run_dir="runs/digits", **_data("digits"), min_size=64, max_size=64,
         fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2, group_norm=True,
         anchor_sizes=(12.0, 24.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), anchor_ratios=(1.0,),
         head_options={"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.003}, epochs=16,
         batch_size=16, lr=2e-3, weight_decay=1e-4, box_loss="giou", eval_every=4),
     "tiny": TrainConfig(
-        run_dir="runs/tiny", dataset_options={
-            "digits_canvas_size": 64, "digits_size": (16, 24), "digits_per_image": (1, 2), "digits_train_images": 32,
-            "digits_val_images": 16, "digits_classes": (0, 1, 2)}, min_size=64, max_size=64, fpn_levels=(3, 4),
+        run_dir="runs/tiny", **_data("tiny"), min_size=64, max_size=64, fpn_levels=(3, 4),
         pyramid_channels=16, head_channels=16, head_convs=1, group_norm=True,
         anchor_sizes=(16.0, 32.0),
         anchor_scales=(1.0,), anchor_ratios=(1.0,), head_options={"embedding_size": 8}, epochs=2, batch_size=8,
@@ -241,8 +244,7 @@ def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: 
     2146dee, docs/changes.md): ``w`` barely moves in these short schedules (7.0 -> 7.0-7.4 at 1,000
     classes), so its start is the head's temperature."""
     return dataclasses.replace(
-        PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", dataset="glyphs",
-        dataset_options={**PRESETS["digits"].dataset_options, "glyphs_classes": classes},
+        PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", **_data(f"glyphs-{classes}"),
         min_size=GlyphsConfig.canvas_size, max_size=GlyphsConfig.canvas_size,
         head_options={**PRESETS["digits"].head_options, "embedding_size": embedding_size, "init_weight": init_weight},
         epochs=epochs, eval_every=epochs)

@@ -22,7 +22,7 @@ Training is :mod:`dlde.train` (``from dlde.train import TrainConfig, train``; ``
 dlde.train``): the root does not import it, because that would load :mod:`dlde.kernels` before
 ``python -m dlde.kernels`` runs it as a script (Python warns about exactly that).
 """
-import importlib
+from dlde.lazy import public_names
 
 __all__ = [
     "RetinaNet", "build_detector", "load_detector", "DLDENetWithTrackedMeans",
@@ -33,26 +33,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """A public name of :data:`__all__`, imported from the module that defines it on first use (PEP
-    562) and kept as an attribute. So ``import dlde``, which ``python -m dlde.train``
-    runs first, loads neither torch nor the model: the command takes the portable kernels and checks
-    its dataset before torch loads."""
-    modules = {
-        "CocoDetection": ".data.coco", "DigitsConfig": ".data.digits", "make_digits_dataset": ".data.digits",
-        "GlyphsConfig": ".data.glyphs", "make_glyphs_dataset": ".data.glyphs", "evaluate": ".evaluation",
-        "ResNetFPN": ".model.backbone", "build_detector": ".model.builders", "load_detector": ".model.builders",
-        "DLDENetWithTrackedMeans": ".model.compat", "RetinaNet": ".model.detector",
-        "DirectionalClassification": ".model.directional", "ClassificationHead": ".model.heads",
-        "SigmoidClassification": ".model.heads", "TrackedMeans": ".model.means",
-        "CosinePrototypeClassification": ".model.prototypes",
-    }  # public name -> the module that defines it
-    if name not in modules:
-        raise AttributeError(f"module 'dlde' has no attribute {name!r}")
-    value = getattr(importlib.import_module(modules[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+# Each public name is imported from the module that defines it when first used (dlde.lazy).
+__getattr__, __dir__ = public_names(__name__, {
+    "CocoDetection": ".data.coco", "DigitsConfig": ".data.digits", "make_digits_dataset": ".data.digits",
+    "GlyphsConfig": ".data.glyphs", "make_glyphs_dataset": ".data.glyphs", "evaluate": ".evaluation",
+    "ResNetFPN": ".model.backbone", "build_detector": ".model.builders", "load_detector": ".model.builders",
+    "DLDENetWithTrackedMeans": ".model.compat", "RetinaNet": ".model.detector",
+    "DirectionalClassification": ".model.directional", "ClassificationHead": ".model.heads",
+    "SigmoidClassification": ".model.heads", "TrackedMeans": ".model.means",
+    "CosinePrototypeClassification": ".model.prototypes",
+})

@@ -150,3 +150,7 @@ def test_the_root_exports_the_public_api_only():
     for package in (dlde, dlde.train):
         private = [name for name in vars(package) if name.startswith("_") and not name.startswith("__")]
         assert private == [], f"{package.__name__} re-exports private names"
+        assert set(package.__all__) <= set(dir(package))  # imported on first use (dlde.lazy), but listed
+        assert all(getattr(package, name) is not None for name in package.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        dlde.__getattr__("nothing")

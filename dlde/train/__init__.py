@@ -8,7 +8,7 @@ reproducibility helpers (:mod:`.reproducibility`), the command line (:mod:`.cli`
 e.g. :mod:`dlde.train.loop` for ``validation_loss`` and ``make_loader``. This package re-exports
 public names only; tests import a private one from the module that defines it.
 """
-import importlib
+from dlde.lazy import public_names
 
 __all__ = [
     "AMP_MODES", "CHOICES", "DATASETS", "NONFINITE", "NUMBER_NEUTRAL_FIELDS", "OPTIMIZERS", "PRESETS", "Run",
@@ -17,28 +17,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """A public name of :data:`__all__`, imported from the module that defines it on first use (PEP
-    562) and kept as an attribute. ``python -m dlde.train`` runs this package
-    first and must take the portable kernels and check its dataset (:mod:`.preflight`) before torch
-    loads."""
-    modules = {
-        "DATASETS": "dlde.data.registry",
-        **dict.fromkeys(("build_datasets", "build_model", "default_data_root", "lr_lambda"), ".builders"),
-        "main": ".cli",
-        **dict.fromkeys(("AMP_MODES", "CHOICES", "NONFINITE", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig"),
-                        ".config"),
-        **dict.fromkeys(("TrainResult", "initialize_means", "train"), ".loop"),
-        "environment": ".reproducibility",
-        **dict.fromkeys(("NUMBER_NEUTRAL_FIELDS", "Run", "RunFolder", "load_run"), ".runs"),
-        **dict.fromkeys(("evaluate_model", "validation_loss"), ".validation"),
-    }  # public name -> the module that defines it
-    if name not in modules:
-        raise AttributeError(f"module 'dlde.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(modules[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+# Each public name is imported from the module that defines it when first used (dlde.lazy).
+__getattr__, __dir__ = public_names(__name__, {
+    "DATASETS": "dlde.data.registry",
+    **dict.fromkeys(("build_datasets", "build_model", "default_data_root", "lr_lambda"), ".builders"),
+    "main": ".cli",
+    **dict.fromkeys(("AMP_MODES", "CHOICES", "NONFINITE", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig"),
+                    ".config"),
+    **dict.fromkeys(("TrainResult", "initialize_means", "train"), ".loop"),
+    "environment": ".reproducibility",
+    **dict.fromkeys(("NUMBER_NEUTRAL_FIELDS", "Run", "RunFolder", "load_run"), ".runs"),
+    **dict.fromkeys(("evaluate_model", "validation_loss"), ".validation"),
+})

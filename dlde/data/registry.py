@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from .coco_files import CocoOptions
 from .digits import DigitsOptions
 from .glyphs import GlyphsOptions
 
 __all__ = ["DATASETS", "DatasetFiles", "DatasetOptions", "all_dataset_options", "dataset_class",
-           "dataset_option_names"]
+           "dataset_option_names", "own_dataset_options"]
 
 
 class DatasetFiles(Protocol):
@@ -69,6 +69,12 @@ def dataset_class(name: str) -> type[DatasetOptions]:
 def dataset_option_names(name: str) -> list[str]:
     """The option names of dataset ``name``."""
     return [option.name for option in dataclasses.fields(dataset_class(name))]
+
+
+def own_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` (flat dataset options, as a training config holds them) that
+    dataset ``name`` declares."""
+    return {key: options[key] for key in dataset_option_names(name) if key in options}
 
 
 def all_dataset_options() -> dict[str, Any]:

@@ -164,5 +164,3 @@ def _check_run(config: Any) -> None:
         raise ConfigError("{allow_changed} names unknown fields {unknown}", allow_changed=Key("allow_changed"),
                           unknown=unknown)
 
-
-# ------------------------------------------------------------------------------ types

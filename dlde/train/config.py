@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from dlde.data.glyphs import GlyphsConfig
-from dlde.data.registry import DatasetOptions, all_dataset_options, dataset_class, dataset_option_names
+from dlde.data.registry import DatasetOptions, all_dataset_options, dataset_class, own_dataset_options
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
 from dlde.model.losses import BOX_LOSSES, CLASSIFICATION_LOSSES
@@ -138,8 +138,7 @@ class TrainConfig:
 
     def own_dataset_options(self, dataset: str | None = None) -> dict[str, Any]:
         """The entries of :attr:`dataset_options` that ``dataset`` (default: :attr:`dataset`) declares."""
-        names = dataset_option_names(self.dataset if dataset is None else dataset)
-        return {name: self.dataset_options[name] for name in names if name in self.dataset_options}
+        return own_dataset_options(self.dataset if dataset is None else dataset, self.dataset_options)
 
     def dataset_settings(self, dataset: str | None = None) -> DatasetOptions:
         """The options of ``dataset`` (default: :attr:`dataset`), unset ones at their defaults: what

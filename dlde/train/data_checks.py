@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dlde.data.registry import DATASETS, all_dataset_options, dataset_option_names
+from dlde.data.registry import DATASETS, all_dataset_options, own_dataset_options
 from dlde.errors import ConfigError, Key
 
 from .flags import type_name
@@ -33,7 +33,7 @@ def check_dataset_options(dataset: str, options: Mapping[str, Any]) -> None:
         raise ConfigError("dataset_options has {unknown}, an option of no registered dataset; dataset options: "
                           "{known}", unknown=unknown, known=sorted(all_dataset_options()))
     for name, options_class in DATASETS.items():
-        own = {key: options[key] for key in dataset_option_names(name) if key in options}
+        own = own_dataset_options(name, options)
         defaults = {f.name: f.default for f in dataclasses.fields(options_class)}
         if name != dataset and all(value == defaults[key] for key, value in own.items()):
             continue  # a dataset not trained on, at its defaults (old records hold every dataset's options)

@@ -256,7 +256,7 @@ def test_a_finished_run_is_reimprinted_without_changing_its_folder(tiny_run):
 
 
 @pytest.mark.slow
-def test_training_reimprints_at_the_end_and_writes_the_diagnostics_every_epoch(tmp_path):
+def test_training_reimprints_at_the_end_and_writes_the_diagnostics_every_epoch(tmp_path, capsys):
     config = TrainConfig.from_dict({**TINY, "epochs": 2, "run_dir": str(tmp_path / "run"),
                                     "data_root": str(tmp_path / "data"), "reimprint": "end",
                                     "means_lr_schedule": "seen", "means_lr": 0.03, "center_momentum": 0.9,
@@ -272,9 +272,12 @@ def test_training_reimprints_at_the_end_and_writes_the_diagnostics_every_epoch(t
     model = build_model(config, 3)
     model.load_state_dict(torch.load(result.run_dir / "checkpoint.pt", weights_only=True)["model"])
     torch.testing.assert_close(model.tracked_means.means, result.model.tracked_means.means)
-    with pytest.raises(ValueError, match="head has none"):
-        train(config.updated({"model": "retinanet", "run_dir": str(tmp_path / "sigmoid")}))
-    assert not (tmp_path / "sigmoid").exists()
+    # A head without tracked means trains under the same config (a preset's), re-imprinting nothing, and says so.
+    sigmoid = train(config.updated({"model": "retinanet", "run_dir": str(tmp_path / "sigmoid"), "epochs": 1,
+                                    "progress": True}))
+    assert "nothing to re-imprint" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (sigmoid.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and "reimprinted" not in rows[0] and "means_min_angle" not in rows[0]
 
 
 # ------------------------------------------------------------------------------------ sweep tables

@@ -114,6 +114,10 @@ def test_head_options_compare_as_the_head_receives_them(tmp_path):
     assert folder.config_changes({**config, "head_options": {"embedding_size": 8, "cosine_scale": 5.0}}) == {}
     assert run_identity({"model": "retinanet", "head_options": {"embedding_size": 8}})["prior"] == 0.01
     assert "embedding_size" not in run_identity({"model": "retinanet", "head_options": {"embedding_size": 8}})
+    # Re-imprinting acts on tracked means: part of a DLDENet run's identity, not of a sigmoid head's.
+    assert run_identity({"model": "dlde", "reimprint": "end"}) != run_identity({"model": "dlde", "reimprint": "off"})
+    assert run_identity({"model": "retinanet", "reimprint": "end", "reimprint_buckets": ["r"]}) == run_identity(
+        {"model": "retinanet", "reimprint": "off"})
 
 
 def test_claim_refuses_resumes_or_overwrites(tmp_path):

@@ -22,6 +22,8 @@ from dlde.pipeline.cli import main
 from dlde.pipeline.execute import NotebookFailed, run_pipeline
 from dlde.pipeline.plan import STEP_FILE, confined, make_plan
 from dlde.pipeline.progress import EpochProgress, Summary
+from dlde.pipeline.rename_runs import apply_moves, planned_moves
+from dlde.pipeline.rename_runs import main as rename_main
 from dlde.pipeline.reports import write_index
 from dlde.pipeline.run_config import train_config
 from dlde.pipeline.sweeps import SWEEP_LOCK, aggregate_sweeps, make_sweep_plan, run_key, run_sweeps
@@ -509,3 +511,47 @@ def test_a_lock_file_belongs_to_one_live_process(tmp_path):
     assert try_lock(lock) == {"pid": None, "host": None}
     os.utime(lock, (time.time() - 60, time.time() - 60))
     assert try_lock(lock) is None and json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+# ---------------------------------------------------------------------------- renaming after a preset change
+def test_runs_move_to_the_names_the_presets_give_them_now_and_nothing_is_replaced(tmp_path, capsys):
+    """A preset change renames runs: the folders swap names, a held one stays, an occupied target refuses."""
+    import dataclasses
+
+    from dlde.train.config import PRESETS
+
+    def made(name, **changes):
+        folder = tmp_path / "runs" / "sweeps" / "tiny" / name
+        folder.mkdir(parents=True)
+        config = dataclasses.asdict(PRESETS["tiny"].updated({"seed": 0, **changes}))
+        (folder / "config.json").write_text(json.dumps({"config": config}))
+        (folder / "notes.txt").write_text(name)  # the user's file travels with the run
+        return folder
+
+    # Trained when the preset had 3 epochs: the plain run is now "epochs=3", and a run that set 2 is plain.
+    made("seed=0", epochs=3)
+    made("epochs=2,seed=0", epochs=2)
+    moves, held = planned_moves(tmp_path / "runs")
+    assert PRESETS["tiny"].epochs == 2 and held == []
+    assert {(a.name, b.name) for a, b in moves} == {("seed=0", "epochs=3,seed=0"), ("epochs=2,seed=0", "seed=0")}
+    assert rename_main([str(tmp_path / "runs")]) == 0 and "2 folder(s) to move" in capsys.readouterr().out
+    assert (tmp_path / "runs/sweeps/tiny/seed=0/notes.txt").read_text() == "seed=0"  # a dry run moves nothing
+    assert rename_main([str(tmp_path / "runs"), "--apply"]) == 0
+    sweeps = tmp_path / "runs" / "sweeps" / "tiny"
+    assert (sweeps / "epochs=3,seed=0/notes.txt").read_text() == "seed=0"
+    assert (sweeps / "seed=0/notes.txt").read_text() == "epochs=2,seed=0"
+    assert planned_moves(tmp_path / "runs") == ([], [])
+    # A folder a sweep is training is left alone; a move onto a folder that stays is refused, moving nothing.
+    made("lr=0.5,seed=0", lr=0.1)
+    (sweeps / "lr=0.5,seed=0" / SWEEP_LOCK).write_text("{}")
+    assert planned_moves(tmp_path / "runs") == ([], [sweeps / "lr=0.5,seed=0"])
+    (sweeps / "lr=0.5,seed=0" / SWEEP_LOCK).unlink()
+    made("lr=0.3,seed=0", lr=0.1)
+    moves, _ = planned_moves(tmp_path / "runs")
+    with pytest.raises(FileExistsError, match="more than one run folder"):
+        apply_moves(moves)
+    (sweeps / "lr=0.3,seed=0").rename(sweeps / "lr=0.1,seed=0")
+    moves, _ = planned_moves(tmp_path / "runs")
+    with pytest.raises(FileExistsError, match="nothing was moved"):
+        apply_moves(moves)
+    assert (sweeps / "lr=0.5,seed=0").is_dir() and (sweeps / "lr=0.1,seed=0").is_dir()

@@ -76,21 +76,34 @@ def test_the_heads_sweep_trains_three_heads_at_two_sizes_with_three_seeds(plan):
 
 def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_sweep(plan):
     heads, longtail, screen = plan.sweeps
-    plain = [f"C={c},{h}" for c in (100, 1000) for h in HEADS]
-    assert all(longtail.arms[arm] == heads.arms[arm] for arm in plain)  # trained once for both
+    preset_arms = [f"C={c},{h}" for c in (100, 1000) for h in HEADS]
+    assert all(longtail.arms[arm] == heads.arms[arm] for arm in preset_arms)  # trained once for both
     assert all(len(keys) == 3 for keys in longtail.arms.values()) and all(
         len(keys) == 1 for keys in screen.arms.values())
-    # The screen is seed 0 of the comparison's arms at C = 1,000 where they coincide.
-    assert screen.arms["dlde"] == heads.arms["C=1000,dlde"][:1]
-    assert screen.arms["retinanet"] == heads.arms["C=1000,retinanet"][:1]
+    # The glyphs-1000 preset is issue 25's best combination: centered, re-imprinted DLDENet, and the
+    # sampler and the loss for every head (re-imprinting is no part of the other heads' runs).
+    config = plan.runs[heads.arms["C=1000,dlde"][0]].config
+    assert (config["head_options"]["center_momentum"], config["repeat_threshold"], config["classification_loss"],
+            config["reimprint"]) == (0.9, 0.005, "efl", "end")
+    assert longtail.arms["C=1000,dlde,center,rfs,efl"][0] == "glyphs-1000/reimprint=off,threads=1,seed=0"
+    # The screen is seed 0 of the comparison's plain arms at C = 1,000: the preset with its levers off.
+    assert screen.arms["dlde"] == longtail.arms["C=1000,dlde,plain"][:1]
+    assert screen.arms["retinanet"] == longtail.arms["C=1000,retinanet,plain"][:1]
     assert screen.arms["dlde,center"] == longtail.arms["C=1000,dlde,center"][:1]
-    # One lever at a time from the glyphs-1000 preset: the run folder names what differs from it.
-    assert screen.arms["dlde,w=20"] == ["glyphs-1000/init_weight=20,threads=1,seed=0"]
-    assert screen.arms["retinanet,rfs"] == ["glyphs-1000/model=retinanet,repeat_threshold=0.005,threads=1,seed=0"]
+    plain = plan.runs[screen.arms["dlde"][0]].config
+    assert (plain["head_options"]["center_momentum"], plain["repeat_threshold"], plain["classification_loss"],
+            plain["reimprint"]) == (0.0, None, "focal", "off")
+    # One lever at a time from there: the run folder names what differs from the preset.
+    assert screen.arms["retinanet,rfs"] == ["glyphs-1000/classification_loss=focal,model=retinanet,threads=1,seed=0"]
+    assert screen.arms["dlde,center,reimprint=end"] == [
+        "glyphs-1000/classification_loss=focal,repeat_threshold=none,threads=1,seed=0"]
     for keys in screen.arms.values():
         config = plan.runs[keys[0]].config
         assert (config["dataset_options"]["glyphs_classes"], config["epochs"], config["seed"]) == (1000, 3, 0)
-    assert len(plan.runs) == 18 + (33 - 18) + (15 - 3)
+    # A second draw of the 100 classes has its own data folder.
+    config = plan.runs[longtail.arms["C=100,data_seed=1,retinanet"][0]].config
+    assert config["dataset_options"]["glyphs_seed"] == 1 and Path(config["data_root"]).name == "glyphs-100-seed1"
+    assert len(plan.runs) == 18 + (15 + 12 + 12) + (15 - 3)
 
 
 def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_others(tmp_path):
@@ -111,7 +124,7 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
-    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 48  # as the docs say
+    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 72  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):
@@ -399,7 +412,7 @@ def fake_sweeps(runs_dir: Path, data_dir: Path):
     heads, longtail, screen = plan.sweeps
     skipped = heads.arms["C=1000,prototypes"][2]
     keys = [k for keys in heads.arms.values() for k in keys if k != skipped]
-    keys += longtail.arms["C=1000,dlde,center"] + longtail.arms["C=1000,retinanet,rfs,efl"] + screen.arms["dlde,w=log"]
+    keys += longtail.arms["C=1000,dlde,center"] + longtail.arms["C=1000,retinanet,plain"] + screen.arms["dlde,w=log"]
     rng = np.random.default_rng(0)
     for key in keys:
         config = plan.runs[key].config
@@ -446,29 +459,28 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
         assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
     assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
     # The comparison: 17 runs shared with the heads sweep (the skipped one is its too) and two arms of its own.
-    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 33
-    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 33 - 17 - 6
+    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 57
+    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 57 - 17 - 6
     assert str(plan.run_dir(skipped)) in results["sweeps"]["vocabulary_longtail"]["missing"]
-    # The screen: seed 0 of dlde, retinanet (heads) and dlde,center (the comparison), and its own w=log run.
+    # The screen: seed 0 of the comparison's retinanet,plain and dlde,center, and its own w=log run.
     screen_runs = results["sweeps"]["vocabulary_screen"]
-    assert screen_runs["runs"] == 15 and len(screen_runs["missing"]) == 15 - 4
+    assert screen_runs["runs"] == 15 and len(screen_runs["missing"]) == 15 - 3
     heads = results["rows"]["vocabulary_heads"]
     assert [(r["head"], r["classes"], r["n"]) for r in heads] == [(h, c, 2 if (h, c) == ("prototypes", 1000) else 3)
                                                                   for c in (100, 1000) for h in HEADS]
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
     screen = results["rows"]["vocabulary_screen"]
-    assert [(r["arm"], r["head"], r["n"]) for r in screen] == [("dlde", "dlde", 1), ("dlde,center", "dlde", 1),
-                                                              ("retinanet", "retinanet", 1), ("dlde,w=log", "dlde", 1)]
+    assert [(r["arm"], r["head"], r["n"]) for r in screen] == [("dlde,center", "dlde", 1), ("retinanet", "retinanet", 1),
+                                                              ("dlde,w=log", "dlde", 1)]
     # What the tracked means did: the DLDENet arms of both sweeps with finished runs, in the sweeps' order.
-    assert list(results["tracking"]) == ["C=1000,dlde", "C=1000,dlde,center", "C=100,dlde", "dlde", "dlde,center",
-                                         "dlde,w=log"]
+    assert list(results["tracking"]) == ["C=1000,dlde", "C=1000,dlde,center", "C=100,dlde", "dlde,center", "dlde,w=log"]
     ends = results["tracking"]["C=1000,dlde,center"]
     assert (ends["seeds"], ends["images"], ends["min_angle"], ends["cos_start_f"]) == pytest.approx((3, 300, 75, 0.94))
     assert results["tracking"]["C=100,dlde"]["images"] == 1600  # 16 epochs of 100 fake images
     streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams
-    assert "vocabulary_screen: 4 of 15 runs finished" in streams
+    assert "vocabulary_screen: 3 of 15 runs finished" in streams
     # What the runs show, said from the rows when the notebook runs (nothing typed into its markdown).
     row = next(r for r in results["rows"]["vocabulary_longtail"] if r["arm"] == "C=1000,dlde,center")
     interval = f"AP {row['AP_mean']:.3f} [{row['AP_low']:.3f}, {row['AP_high']:.3f}]"

@@ -90,6 +90,7 @@ class DirectionalClassification(ClassificationHead):
     """
 
     name = "dlde"
+    tracks_means = True
 
     @dataclass(frozen=True)
     class Options:

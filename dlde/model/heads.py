@@ -110,6 +110,9 @@ class ClassificationHead(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: Whether the head keeps tracked class means (its ``tracked_means`` is not None): the trainer's
+    #: options that act on them (re-imprinting) are part of its runs' identity, inert for the others.
+    tracks_means: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Options:

@@ -19,6 +19,7 @@ import torch
 
 from dlde.data.glyphs import GlyphsConfig
 from dlde.data.registry import DatasetOptions, all_dataset_options, dataset_class, own_dataset_options
+from dlde.data.sampling import GLYPHS_REPEAT_THRESHOLD
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
 from dlde.model.losses import BOX_LOSSES, CLASSIFICATION_LOSSES
@@ -236,17 +237,23 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: float) -> TrainConfig:
+def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: float,
+                   **long_tail: Any) -> TrainConfig:
     """The ``digits`` preset's network and optimizer on the glyphs dataset of ``classes`` classes
     (default glyphs settings), one evaluation at the end, and DLDENet's embedding size and starting
     scale ``w`` for that vocabulary (measured by the retired ``vocabulary_levers`` sweep at commit
     2146dee, docs/changes.md): ``w`` barely moves in these short schedules (7.0 -> 7.0-7.4 at 1,000
-    classes), so its start is the head's temperature."""
+    classes), so its start is the head's temperature. ``long_tail``: the long-tail levers a preset
+    turns on (head options such as ``center_momentum`` go to ``head_options``, the others are fields:
+    ``repeat_threshold``, ``classification_loss``, ``reimprint``)."""
+    head_levers = {name: value for name, value in long_tail.items() if name in all_head_options()}
+    fields = {name: value for name, value in long_tail.items() if name not in head_levers}
     return dataclasses.replace(
         PRESETS["digits"], run_dir=f"runs/glyphs-{classes}", **_data(f"glyphs-{classes}"),
         min_size=GlyphsConfig.canvas_size, max_size=GlyphsConfig.canvas_size,
-        head_options={**PRESETS["digits"].head_options, "embedding_size": embedding_size, "init_weight": init_weight},
-        epochs=epochs, eval_every=epochs)
+        head_options={**PRESETS["digits"].head_options, "embedding_size": embedding_size, "init_weight": init_weight,
+                      **head_levers},
+        epochs=epochs, eval_every=epochs, **fields)
 
 
 #: Sized for one thread of this 2-core CPU (measured while other jobs held a load of ~2.5):
@@ -255,5 +262,12 @@ def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: 
 #: Embedding size and ``w``: at 100 classes 128-d and the original ``w`` 7 put DLDENet ahead of the
 #: sigmoid head; at 1,000 classes 32-d and 128-d with ``w`` 7 do not detect, 256-d and ``w`` 14
 #: detect best of the measured levers (issue 16; README "Large vocabularies").
+#: glyphs-1000 also takes the best combination of issue 25's long-tail levers (3 seeds,
+#: docs/large-vocabularies.md): centered tracking (momentum 0.9), repeat-factor sampling at the
+#: threshold chosen for the glyphs (:data:`dlde.data.sampling.GLYPHS_REPEAT_THRESHOLD`), the
+#: equalized focal loss, and re-imprinting the tracked means after the last epoch. The sampler and
+#: the loss serve every head; centering and re-imprinting act on heads with tracked means only.
 PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16, embedding_size=128, init_weight=7.0)
-PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3, embedding_size=256, init_weight=14.0)
+PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3, embedding_size=256, init_weight=14.0, center_momentum=0.9,
+                                        repeat_threshold=GLYPHS_REPEAT_THRESHOLD, classification_loss="efl",
+                                        reimprint="end")

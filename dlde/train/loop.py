@@ -208,10 +208,14 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
     train_set, val_set = _main_first(context, lambda: build_datasets(config), then_others=True)
     model = build_model(config, train_set.num_classes, train_set.class_names).to(device)
     if config.reimprint != "off" or config.reimprint_buckets is not None:
+        # Like the tracked means' head options, re-imprinting acts on the heads that track means: a
+        # preset that turns it on (glyphs-1000) trains the other heads with the same sampler and loss.
         if model.tracked_means is None:
-            raise ConfigError("{reimprint} sets tracked class means; the {model} head has none",
-                              reimprint=Key("reimprint", config.reimprint), model=Key("model", config.model))
-        bucket_mask(getattr(train_set, "frequencies", None), config.reimprint_buckets, train_set.num_classes)
+            if config.progress and context.is_main:
+                print(f"reimprint={config.reimprint}: the {config.model} head has no tracked means; "
+                      "nothing to re-imprint")
+        else:
+            bucket_mask(getattr(train_set, "frequencies", None), config.reimprint_buckets, train_set.num_classes)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     network: nn.Module = model

@@ -43,6 +43,9 @@ from .config import TrainConfig, flatten
 NUMBER_NEUTRAL_FIELDS: tuple[str, ...] = (
     "run_dir", "resume", "overwrite", "progress", "allow_changed", "device", "num_workers", "eval_batch_size",
     "dist_timeout_s", "data_root")
+#: TrainConfig fields that act on tracked class means only: inert, and no part of a run's identity,
+#: for a head without them (``ClassificationHead.tracks_means``), as another head's options are.
+TRACKED_MEANS_FIELDS: tuple[str, ...] = ("reimprint", "reimprint_buckets")
 
 
 @dataclass
@@ -92,8 +95,9 @@ def run_identity(config: Any) -> dict[str, Any]:
     dataset option names or nested ``head_options`` and ``dataset_options``), as one flat dict.
 
     The head's options are resolved against its ``Options`` defaults (an option left unset and
-    the same option set to its default are one run); options of other heads and the fields of
-    :data:`NUMBER_NEUTRAL_FIELDS` are left out. The options of every registered dataset are
+    the same option set to its default are one run); options of other heads, the fields of
+    :data:`NUMBER_NEUTRAL_FIELDS` and, for a head without tracked means, those of
+    :data:`TRACKED_MEANS_FIELDS` are left out. The options of every registered dataset are
     resolved against their defaults too, and kept: they were fields of the config, and a run's
     identity names its folder in the sweeps. ``amp`` recorded as a bool (older records) becomes
     its mode.
@@ -110,6 +114,8 @@ def run_identity(config: Any) -> dict[str, Any]:
         others = {f.name for other in HEADS.values() for f in fields(other.Options)} - set(own)
         flat = {key: value for key, value in flat.items() if key not in others}
         flat.update({name: flat.get(name, default) for name, default in own.items()})
+        if not head.tracks_means:
+            flat = {key: value for key, value in flat.items() if key not in TRACKED_MEANS_FIELDS}
     return flat
 
 

@@ -39,7 +39,8 @@ HEADS = ("dlde", "retinanet", "prototypes")
 #: The sweeps notebook 07 draws (its HEADS_SWEEP, TRACKING_SWEEP and SCREEN_SWEEP).
 VOCABULARY = ["vocabulary_heads", "vocabulary_longtail", "vocabulary_screen"]
 #: make vocabulary's sweeps
-MAKE_VOCABULARY = ["vocabulary_heads", "vocabulary_scale", "vocabulary_screen", "vocabulary_longtail"]
+MAKE_VOCABULARY = ["vocabulary_heads", "vocabulary_scale", "vocabulary_embedding", "vocabulary_screen",
+                   "vocabulary_longtail"]
 
 
 def makefile_list(name):
@@ -124,7 +125,7 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
-    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 72  # as the docs say
+    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 78  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):

@@ -264,6 +264,7 @@ def test_training_reimprints_at_the_end_and_writes_the_diagnostics_every_epoch(t
     result = train(config)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "reimprinted" not in rows[0] and rows[1]["reimprinted"] > 0
+    assert 0 < rows[1]["reimprint_s"] < rows[1]["train_time_s"] and "reimprint_s" not in rows[0]
     for row in rows:
         for key in ("mean_embedding_norm", "means_min_angle", "means_median_angle", "means_cos_to_start",
                     "w_mean", "w_min", "w_max"):

@@ -351,14 +351,17 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 def _means_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """After an epoch's training, for heads with tracked means: re-imprint them where the config asks
-    (:func:`dlde.train.reimprint.reimprint`), then the diagnostics of the epoch's metrics row: how
+    (:func:`dlde.train.reimprint.reimprint`; its wall time ``reimprint_s`` is part of the epoch's
+    ``train_time_s``), then the diagnostics of the epoch's metrics row: how
     spread out the means are and how far they moved from their start
     (:func:`dlde.model.means.means_diagnostics`), the length of the mean tracked embedding
     (``mean_embedding_norm``, near 1 when they all point one way) and the scale ``w``."""
     config, model, means = run.config, run.model, run.model.tracked_means
     row: dict[str, Any] = {}
     if config.reimprint == "epoch" or (config.reimprint == "end" and epoch == config.epochs):
+        started = time.perf_counter()
         row.update(reimprint(model, run.train_set, config, run.device, run.context, buckets=config.reimprint_buckets))
+        row["reimprint_s"] = time.perf_counter() - started  # wall time, within the epoch's train_time_s
     row["mean_embedding_norm"] = mean_embedding_norm(means.stat_raw_sum, int(means.stat_counts.sum()))
     start = torch.from_numpy(run.means_history[0]) if run.means_history else means.means
     row.update(means_diagnostics(means.means, start, getattr(run.train_set, "frequencies", None)))

@@ -471,8 +471,8 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
                                                                   for c in (100, 1000) for h in HEADS]
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
     screen = results["rows"]["vocabulary_screen"]
-    assert [(r["arm"], r["head"], r["n"]) for r in screen] == [("dlde,center", "dlde", 1), ("retinanet", "retinanet", 1),
-                                                              ("dlde,w=log", "dlde", 1)]
+    assert [(r["arm"], r["head"], r["n"]) for r in screen] == [
+        ("dlde,center", "dlde", 1), ("retinanet", "retinanet", 1), ("dlde,w=log", "dlde", 1)]
     # What the tracked means did: the DLDENet arms of both sweeps with finished runs, in the sweeps' order.
     assert list(results["tracking"]) == ["C=1000,dlde", "C=1000,dlde,center", "C=100,dlde", "dlde,center", "dlde,w=log"]
     ends = results["tracking"]["C=1000,dlde,center"]

@@ -148,6 +148,7 @@ PRESET_DATA = {
     "tiny": ({"digits_canvas_size": 64, "digits_size": [16, 24], "digits_per_image": [1, 2], "digits_train_images": 32,
               "digits_val_images": 16, "digits_classes": [0, 1, 2]}, "digits-5a89871087e8"),
     "glyphs-100": (DIGITS_PRESET | {"glyphs_classes": 100}, "glyphs-ef742bb12d1c"),
+    "glyphs-300": (DIGITS_PRESET | {"glyphs_classes": 300}, "glyphs-6b949825ac12"),
     "glyphs-1000": (DIGITS_PRESET | {"glyphs_classes": 1000}, "glyphs-56ee8811c465"),
 }
 DEFAULTS = {"digits_seed": 0, "digits_canvas_size": 128, "digits_size": [20, 40], "digits_per_image": [1, 3],

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["GLYPHS_REPEAT_THRESHOLD", "epoch_copies", "epoch_order", "image_labels", "repeat_factors"]
+__all__ = ["GLYPHS_REPEAT_THRESHOLDS", "epoch_copies", "epoch_order", "image_labels", "repeat_factors"]
 
-#: The threshold ``t`` chosen for ``glyphs-1000`` (``--repeat-threshold 0.005``); ``glyphs-100`` takes 0.05.
+#: The threshold ``t`` chosen for the glyphs of each number of classes (``--repeat-threshold``):
+#: ``glyphs-1000`` 0.005, ``glyphs-300`` 0.0165, ``glyphs-100`` 0.05.
 #:
 #: Since ``r(c) = sqrt(t N / n_c)`` for a class in ``n_c`` of ``N`` images, ``t N`` is the image
 #: count below which a class is repeated. LVIS's ``t = 0.001`` on its ~100k images repeats the
@@ -30,32 +31,36 @@ __all__ = ["GLYPHS_REPEAT_THRESHOLD", "epoch_copies", "epoch_order", "image_labe
 #: epoch's growth ``mean r_i``, and each bucket's mean *exposure* (how many times per epoch the
 #: images of a class are seen, over their number):
 #:
-#: ===========  =====  =====  ======  =======================  =============
-#: preset       t      t N    growth  exposure rare/com./freq.  rare : freq.
-#: ===========  =====  =====  ======  =======================  =============
-#: glyphs-1000  0.001  4.4    1.04    1.45 / 1.02 / 1.04       1.40
-#: glyphs-1000  0.003  13     1.18    2.39 / 1.10 / 1.18       2.03
-#: glyphs-1000  0.005  22     1.38    3.09 / 1.27 / 1.38       2.24
-#: glyphs-1000  0.01   44     1.93    4.37 / 1.77 / 1.92       2.28
-#: glyphs-1000  0.03   133    3.33    7.57 / 3.06 / 3.33       2.28
-#: glyphs-100   0.001  0.4    1.00    1.00 / 1.00 / 1.00       1.00
-#: glyphs-100   0.01   4.3    1.03    1.37 / 1.02 / 1.03       1.32
-#: glyphs-100   0.03   13     1.19    2.28 / 1.10 / 1.19       1.92
-#: glyphs-100   0.05   22     1.39    2.95 / 1.26 / 1.38       2.13
-#: glyphs-100   0.1    43     1.94    4.17 / 1.76 / 1.94       2.15
-#: ===========  =====  =====  ======  =======================  =============
+#: ===========  ======  =====  ======  =======================  =============
+#: preset       t       t N    growth  exposure rare/com./freq.  rare : freq.
+#: ===========  ======  =====  ======  =======================  =============
+#: glyphs-1000  0.001   4.4    1.04    1.45 / 1.02 / 1.04       1.40
+#: glyphs-1000  0.003   13     1.18    2.39 / 1.10 / 1.18       2.03
+#: glyphs-1000  0.005   22     1.38    3.09 / 1.27 / 1.38       2.24
+#: glyphs-1000  0.01    44     1.93    4.37 / 1.77 / 1.92       2.28
+#: glyphs-1000  0.03    133    3.33    7.57 / 3.06 / 3.33       2.28
+#: glyphs-300   0.01    13     1.19    2.46 / 1.10 / 1.19       2.07
+#: glyphs-300   0.0165  22     1.38    3.16 / 1.26 / 1.38       2.29
+#: glyphs-300   0.02    27     1.49    3.48 / 1.37 / 1.49       2.33
+#: glyphs-100   0.001   0.4    1.00    1.00 / 1.00 / 1.00       1.00
+#: glyphs-100   0.01    4.3    1.03    1.37 / 1.02 / 1.03       1.32
+#: glyphs-100   0.03    13     1.19    2.28 / 1.10 / 1.19       1.92
+#: glyphs-100   0.05    22     1.39    2.95 / 1.26 / 1.38       2.13
+#: glyphs-100   0.1     43     1.94    4.17 / 1.76 / 1.94       2.15
+#: ===========  ======  =====  ======  =======================  =============
 #:
 #: What changes what a detector learns at a fixed budget of steps is the exposure of the rare
 #: classes relative to the frequent ones. It saturates once every canvas holds a class below
 #: ``t N`` (``t N`` about 30 here): beyond, every factor grows by the same ``sqrt(t)`` and a larger
 #: ``t`` only lengthens the epoch, as more epochs would. ``t N`` of about 22 images, the knee,
 #: gives 98 % of the largest rebalancing (rare classes seen 2.2 times as often as frequent
-#: ones) for 1.38 times the images per epoch on both sets: ``t = 0.005`` on ``glyphs-1000``,
+#: ones) for 1.38 times the images per epoch on each set: ``t = 0.005`` on ``glyphs-1000``,
+#: ``t = 0.0165`` on ``glyphs-300`` (1,333 canvases),
 #: ``t = 0.05`` on ``glyphs-100`` (``t = 0.001``, LVIS's value, hardly repeats anything on sets
 #: this small). Common classes are seen a little less than frequent ones at every ``t`` (0.92 of
 #: it): the canvases of rare classes hold frequent classes more often than the average canvas does
 #: (78 % of their other glyphs against 72 % on ``glyphs-1000``).
-GLYPHS_REPEAT_THRESHOLD = 0.005
+GLYPHS_REPEAT_THRESHOLDS: dict[int, float] = {100: 0.05, 300: 0.0165, 1000: 0.005}
 
 
 def image_labels(dataset) -> tuple[np.ndarray, np.ndarray]:

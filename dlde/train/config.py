@@ -19,7 +19,7 @@ import torch
 
 from dlde.data.glyphs import GlyphsConfig
 from dlde.data.registry import DatasetOptions, all_dataset_options, dataset_class, own_dataset_options
-from dlde.data.sampling import GLYPHS_REPEAT_THRESHOLD
+from dlde.data.sampling import GLYPHS_REPEAT_THRESHOLDS
 from dlde.model.anchors import DEFAULT_THRESHOLDS
 from dlde.model.detector import DEFAULT_FEATURES, RetinaNet
 from dlde.model.losses import BOX_LOSSES, CLASSIFICATION_LOSSES
@@ -264,10 +264,15 @@ def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: 
 #: detect best of the measured levers (issue 16; README "Large vocabularies").
 #: glyphs-1000 also takes the best combination of issue 25's long-tail levers (3 seeds,
 #: docs/large-vocabularies.md): centered tracking (momentum 0.9), repeat-factor sampling at the
-#: threshold chosen for the glyphs (:data:`dlde.data.sampling.GLYPHS_REPEAT_THRESHOLD`), the
+#: threshold chosen for the glyphs (:data:`dlde.data.sampling.GLYPHS_REPEAT_THRESHOLDS`), the
 #: equalized focal loss, and re-imprinting the tracked means after the last epoch. The sampler and
 #: the loss serve every head; centering and re-imprinting act on heads with tracked means only.
+#: glyphs-300 (1,333 canvases) is the check between the two: glyphs-1000's network, ``w`` and
+#: levers, not tuned at 300 classes, and 6 epochs (500 steps, between glyphs-100's 431 and
+#: glyphs-1000's 832).
+_LONG_TAIL = {"center_momentum": 0.9, "classification_loss": "efl", "reimprint": "end"}
 PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16, embedding_size=128, init_weight=7.0)
-PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3, embedding_size=256, init_weight=14.0, center_momentum=0.9,
-                                        repeat_threshold=GLYPHS_REPEAT_THRESHOLD, classification_loss="efl",
-                                        reimprint="end")
+PRESETS["glyphs-300"] = _glyphs_preset(300, epochs=6, embedding_size=256, init_weight=14.0, **_LONG_TAIL,
+                                       repeat_threshold=GLYPHS_REPEAT_THRESHOLDS[300])
+PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3, embedding_size=256, init_weight=14.0, **_LONG_TAIL,
+                                        repeat_threshold=GLYPHS_REPEAT_THRESHOLDS[1000])

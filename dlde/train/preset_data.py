@@ -24,5 +24,6 @@ PRESET_DATA: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": ("digits", {"digits_canvas_size": 64, "digits_size": (16, 24), "digits_per_image": (1, 2),
                         "digits_train_images": 32, "digits_val_images": 16, "digits_classes": (0, 1, 2)}),
     "glyphs-100": ("glyphs", {**_DIGITS, "glyphs_classes": 100}),
+    "glyphs-300": ("glyphs", {**_DIGITS, "glyphs_classes": 300}),
     "glyphs-1000": ("glyphs", {**_DIGITS, "glyphs_classes": 1000}),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -388,3 +389,19 @@ def test_the_reimprint_command_prints_before_and_after_and_never_overwrites(tiny
     with pytest.raises(SystemExit):
         main([str(result.run_dir), "--out", str(out)])  # the file exists: refused, kept
     assert json.loads(out.read_text())["before"] == numbers["before"]
+
+
+# ------------------------------------------------------------------------------------ equal time
+def test_equal_time_gives_each_head_the_reference_heads_seconds_less_its_reimprinting():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "equal_time.py"
+    spec = importlib.util.spec_from_file_location("equal_time", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [{"head": "retinanet", "step_s": 0.6, "reimprint_s": None, "steps": 1149, "epochs": 3},
+            {"head": "dlde", "step_s": 0.5, "reimprint_s": 47.0, "steps": 1149, "epochs": 3}]
+    table = module.budget_table(rows, "retinanet")
+    # 1149 steps at 0.6 s are 689.4 s; DLDENet: (689.4 - 47) / 0.5 = 1285 steps, 3.35 epochs of 383.
+    assert "| dlde | 0.500 | 0.83 | 47.0 | 1149 in 3 | 1285 | 3.35 |" in table
+    assert "| retinanet | 0.600 | 1.00 | – | 1149 in 3 | 1149 | 3.00 |" in table

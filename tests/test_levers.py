@@ -236,6 +236,26 @@ def test_without_centering_reimprinting_takes_the_mean_embedding_off_the_class_s
     torch.testing.assert_close(model.tracked_means.means[seen], F.normalize(expected[seen], dim=1), rtol=0, atol=1e-4)
 
 
+def test_refitting_after_reimprinting_fits_only_the_scale_and_bias_and_lowers_the_loss(tiny_run):
+    import copy
+
+    from dlde.train.reimprint import refit_scores
+
+    config, result = tiny_run
+    model = copy.deepcopy(result.model)
+    train_set, _ = build_datasets(config)
+    reimprint(model, train_set, config, "cpu")
+    model.train()  # refitting works in eval mode and gives the mode back
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    report = refit_scores(model, train_set, config, "cpu", steps=12)  # 2 images per batch of 8: 6 passes
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed == {"classification.weight", "classification.bias"}  # no mean, encoder or BatchNorm statistic
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert report["reimprint_refit"] == 12 and report["refit_loss_last"] < report["refit_loss_first"]
+    with pytest.raises(ValueError, match="not synchronized"):
+        refit_scores(model, train_set, config, "cpu", 1, context=type("Torchrun", (), {"distributed": True})())
+
+
 def test_reimprinting_chosen_buckets_only_and_refusing_buckets_without_frequencies(tiny_run):
     config, result = tiny_run
     train_set, _ = build_datasets(config)
@@ -259,13 +279,14 @@ def test_a_finished_run_is_reimprinted_without_changing_its_folder(tiny_run):
 @pytest.mark.slow
 def test_training_reimprints_at_the_end_and_writes_the_diagnostics_every_epoch(tmp_path, capsys):
     config = TrainConfig.from_dict({**TINY, "epochs": 2, "run_dir": str(tmp_path / "run"),
-                                    "data_root": str(tmp_path / "data"), "reimprint": "end",
+                                    "data_root": str(tmp_path / "data"), "reimprint": "end", "reimprint_refit": 3,
                                     "means_lr_schedule": "seen", "means_lr": 0.03, "center_momentum": 0.9,
                                     "weight_param": "log"}, preset="tiny")
     result = train(config)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "reimprinted" not in rows[0] and rows[1]["reimprinted"] > 0
     assert 0 < rows[1]["reimprint_s"] < rows[1]["train_time_s"] and "reimprint_s" not in rows[0]
+    assert rows[1]["reimprint_refit"] == 3 and "refit_loss_last" not in rows[0]
     for row in rows:
         for key in ("mean_embedding_norm", "means_min_angle", "means_median_angle", "means_cos_to_start",
                     "w_mean", "w_min", "w_max"):
@@ -342,7 +363,8 @@ def test_the_levers_options_are_refused_when_the_config_is_made():
     for bad, key in (({"center_momentum": 1.0}, "center_momentum"), ({"means_warmup": -1}, "means_warmup"),
                      ({"weight_param": "exp"}, "weight_param"), ({"reimprint": "sometimes"}, "reimprint"),
                      ({"reimprint_buckets": ["x"]}, "reimprint_buckets"),
-                     ({"reimprint_buckets": []}, "reimprint_buckets"),
+                     ({"reimprint_buckets": []}, "reimprint_buckets"), ({"reimprint_refit": -1}, "reimprint_refit"),
+                     ({"reimprint_refit": 5}, "reimprint_refit"),  # with nothing re-imprinted
                      ({"classification_loss": "ce"}, "classification_loss"), ({"efl_scale": 0.0}, "efl_scale")):
         with pytest.raises(ConfigError, match=key):
             TrainConfig.from_dict(bad, preset="tiny")
@@ -389,6 +411,8 @@ def test_the_reimprint_command_prints_before_and_after_and_never_overwrites(tiny
     with pytest.raises(SystemExit):
         main([str(result.run_dir), "--out", str(out)])  # the file exists: refused, kept
     assert json.loads(out.read_text())["before"] == numbers["before"]
+    refit = main([str(result.run_dir), "--refit", "2"])
+    assert refit["reimprint_refit"] == 2 and refit["before"] == numbers["before"]
 
 
 # ------------------------------------------------------------------------------------ equal time

@@ -34,8 +34,9 @@ from .data_checks import check_dataset_options, check_type
 AT_LEAST_ONE = ("min_size", "max_size", "pyramid_channels", "head_channels", "init_batches",
                 "epochs", "batch_size", "threads", "eval_every", "eval_batch_size", "max_train_batches")
 #: Counts that may be zero: hidden convolutions of a head tower (0: the output convolution alone),
-#: data-loading worker processes (0: load in the training process).
-AT_LEAST_ZERO = ("head_convs", "num_workers")
+#: data-loading worker processes (0: load in the training process), refitting steps after
+#: re-imprinting (0: none).
+AT_LEAST_ZERO = ("head_convs", "num_workers", "reimprint_refit")
 #: Numbers above zero (None, where the type allows it, means "off").
 POSITIVE = ("lr", "grad_clip", "dist_timeout_s", "repeat_threshold", "efl_scale")
 #: Numbers in an interval: ``(low, high, low included, high included)``.
@@ -77,6 +78,10 @@ def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
     if buckets is not None and (not buckets or not set(buckets) <= set(BUCKETS)):
         raise ConfigError("{name} must name frequency buckets among {allowed} (rare, common, frequent); got {got}",
                           name=Key("reimprint_buckets"), allowed=", ".join(BUCKETS), got=list(buckets))
+    if values["reimprint_refit"] and values["reimprint"] == "off":
+        raise ConfigError("{refit} fits the scale and bias again after re-imprinting, and {reimprint} re-imprints "
+                          "nothing", refit=Key("reimprint_refit", values["reimprint_refit"]),
+                          reimprint=Key("reimprint", "off"))
     _check_model(config)
     _check_head_options(config)
     check_dataset_options(config.dataset, config.dataset_options)

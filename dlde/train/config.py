@@ -86,6 +86,7 @@ class TrainConfig:
     init_batches: int | None = 25
     reimprint: str = "off"  # re-imprint the tracked means from the training set: "off", "end" or "epoch"
     reimprint_buckets: tuple[str, ...] | None = None  # only these frequency buckets ("r", "c", "f"); None: all
+    reimprint_refit: int = 0  # after re-imprinting, steps that fit the head's scale and bias again (0: none)
     object_iou: float = DEFAULT_THRESHOLDS["object"]
     background_iou: float = DEFAULT_THRESHOLDS["background"]
     box_loss: str = _DETECTOR["box_loss"].default

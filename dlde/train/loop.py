@@ -48,7 +48,7 @@ from .batches import EpochBatches, make_loader
 from .builders import build_datasets, build_model, build_optimizer, build_scheduler
 from .config import AMP_MODES, TrainConfig
 from .progress import Progress
-from .reimprint import bucket_mask, reimprint
+from .reimprint import bucket_mask, refit_scores, reimprint
 from .reproducibility import environment, rng_state, seed_everything, set_rng_state
 from .runs import RunFolder
 from .validation import evaluate_model, validation_loss
@@ -216,6 +216,10 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
                       "nothing to re-imprint")
         else:
             bucket_mask(getattr(train_set, "frequencies", None), config.reimprint_buckets, train_set.num_classes)
+            if config.reimprint_refit and context.distributed:
+                raise ConfigError("{refit} is not synchronized over processes yet: refit in one process "
+                                  "(python -m dlde.train.reimprint_cli RUN_DIR --refit N)",
+                                  refit=Key("reimprint_refit", config.reimprint_refit))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     network: nn.Module = model
@@ -351,7 +355,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 def _means_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """After an epoch's training, for heads with tracked means: re-imprint them where the config asks
-    (:func:`dlde.train.reimprint.reimprint`; its wall time ``reimprint_s`` is part of the epoch's
+    (:func:`dlde.train.reimprint.reimprint`, then :func:`~dlde.train.reimprint.refit_scores` with
+    ``reimprint_refit`` steps; their wall time ``reimprint_s`` is part of the epoch's
     ``train_time_s``), then the diagnostics of the epoch's metrics row: how
     spread out the means are and how far they moved from their start
     (:func:`dlde.model.means.means_diagnostics`), the length of the mean tracked embedding
@@ -361,6 +366,8 @@ def _means_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     if config.reimprint == "epoch" or (config.reimprint == "end" and epoch == config.epochs):
         started = time.perf_counter()
         row.update(reimprint(model, run.train_set, config, run.device, run.context, buckets=config.reimprint_buckets))
+        if config.reimprint_refit:
+            row.update(refit_scores(model, run.train_set, config, run.device, config.reimprint_refit, run.context))
         row["reimprint_s"] = time.perf_counter() - started  # wall time, within the epoch's train_time_s
     row["mean_embedding_norm"] = mean_embedding_norm(means.stat_raw_sum, int(means.stat_counts.sum()))
     start = torch.from_numpy(run.means_history[0]) if run.means_history else means.means

@@ -45,7 +45,7 @@ NUMBER_NEUTRAL_FIELDS: tuple[str, ...] = (
     "dist_timeout_s", "data_root")
 #: TrainConfig fields that act on tracked class means only: inert, and no part of a run's identity,
 #: for a head without them (``ClassificationHead.tracks_means``), as another head's options are.
-TRACKED_MEANS_FIELDS: tuple[str, ...] = ("reimprint", "reimprint_buckets")
+TRACKED_MEANS_FIELDS: tuple[str, ...] = ("reimprint", "reimprint_buckets", "reimprint_refit")
 
 
 @dataclass

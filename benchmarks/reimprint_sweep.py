@@ -36,14 +36,15 @@ from dlde.train.validation import evaluate_model
 METRICS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 
 
-def measured(run_dir: Path, buckets: tuple[str, ...] | None, cache: Path) -> dict[str, float]:
-    """The run's validation metrics with its means re-imprinted (``buckets``: None for all), cached."""
-    path = cache / f"{'all' if buckets is None else '-'.join(buckets)}.json"
+def measured(run_dir: Path, buckets: tuple[str, ...] | None, cache: Path, refit: int = 0) -> dict[str, float]:
+    """The run's validation metrics with its means re-imprinted (``buckets``: None for all) and, with
+    ``refit`` steps, the head's scale and bias fitted again; cached."""
+    path = cache / f"{'all' if buckets is None else '-'.join(buckets)}{f'-refit{refit}' if refit else ''}.json"
     if path.exists():
         return json.loads(path.read_text())
     run = load_run(run_dir)
     config = TrainConfig.from_dict(run.config).updated({"progress": False})
-    model, report = reimprint_run(run_dir, buckets=buckets)
+    model, report = reimprint_run(run_dir, buckets=buckets, refit=refit)
     metrics = evaluate_model(model, run.datasets()[1], config, "cpu")
     numbers = {**{key: float(metrics[key]) for key in METRICS if key in metrics}, **report}
     atomic_write_json(path, numbers)
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", required=True, help="arms of the sweep whose runs are re-imprinted")
     parser.add_argument("--buckets", nargs="+", default=["all"],
                         help="'all', or comma-separated frequency buckets (e.g. r,c): one choice each")
+    parser.add_argument("--refit", type=int, default=0, metavar="STEPS",
+                        help="then fit w and b again for this many steps (the trainer's reimprint_refit)")
     parser.add_argument("--cache", default="runs/reimprint")
     parser.add_argument("--table", default=None)
     args = parser.parse_args()
@@ -72,10 +75,11 @@ def main() -> None:
                      for k in finished]
         for choice in args.buckets:
             buckets = None if choice == "all" else tuple(choice.split(","))
-            label = f"{arm} + re-imprinted ({'all classes' if buckets is None else '+'.join(buckets)})"
+            label = (f"{arm} + re-imprinted ({'all classes' if buckets is None else '+'.join(buckets)}"
+                     f"{f', w and b refit {args.refit} steps' if args.refit else ''})")
             rows[label] = []
             for key in finished:
-                numbers = measured(plan.run_dir(key), buckets, Path(args.cache) / key)
+                numbers = measured(plan.run_dir(key), buckets, Path(args.cache) / key, args.refit)
                 rows[label].append({k: numbers[k] for k in METRICS if k in numbers})
                 print(f"{key} {choice}: " + ", ".join(f"{k} {numbers[k]:.3f}" for k in METRICS if k in numbers),
                       flush=True)

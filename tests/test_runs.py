@@ -118,6 +118,11 @@ def test_head_options_compare_as_the_head_receives_them(tmp_path):
     assert run_identity({"model": "dlde", "reimprint": "end"}) != run_identity({"model": "dlde", "reimprint": "off"})
     assert run_identity({"model": "retinanet", "reimprint": "end", "reimprint_buckets": ["r"]}) == run_identity(
         {"model": "retinanet", "reimprint": "off"})
+    # The refit after re-imprinting: part of the run when something is re-imprinted, nothing otherwise.
+    assert run_identity({"model": "dlde", "reimprint": "end", "reimprint_refit": 150}) != run_identity(
+        {"model": "dlde", "reimprint": "end"})
+    assert run_identity({"model": "dlde", "reimprint": "off", "reimprint_refit": 150}) == run_identity(
+        {"model": "dlde", "reimprint": "off"})
 
 
 def test_claim_refuses_resumes_or_overwrites(tmp_path):

@@ -85,7 +85,7 @@ def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_swe
     # sampler and the loss for every head (re-imprinting is no part of the other heads' runs).
     config = plan.runs[heads.arms["C=1000,dlde"][0]].config
     assert (config["head_options"]["center_momentum"], config["repeat_threshold"], config["classification_loss"],
-            config["reimprint"]) == (0.9, 0.005, "efl", "end")
+            config["reimprint"], config["reimprint_refit"]) == (0.9, 0.005, "efl", "end", 150)
     assert longtail.arms["C=1000,dlde,center,rfs,efl"][0] == "glyphs-1000/reimprint=off,threads=1,seed=0"
     # The screen is seed 0 of the comparison's plain arms at C = 1,000: the preset with its levers off.
     assert screen.arms["dlde"] == longtail.arms["C=1000,dlde,plain"][:1]
@@ -97,7 +97,7 @@ def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_swe
     # One lever at a time from there: the run folder names what differs from the preset.
     assert screen.arms["retinanet,rfs"] == ["glyphs-1000/classification_loss=focal,model=retinanet,threads=1,seed=0"]
     assert screen.arms["dlde,center,reimprint=end"] == [
-        "glyphs-1000/classification_loss=focal,repeat_threshold=none,threads=1,seed=0"]
+        "glyphs-1000/classification_loss=focal,reimprint_refit=0,repeat_threshold=none,threads=1,seed=0"]
     for keys in screen.arms.values():
         config = plan.runs[keys[0]].config
         assert (config["dataset_options"]["glyphs_classes"], config["epochs"], config["seed"]) == (1000, 3, 0)

@@ -78,10 +78,6 @@ def check_config(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
     if buckets is not None and (not buckets or not set(buckets) <= set(BUCKETS)):
         raise ConfigError("{name} must name frequency buckets among {allowed} (rare, common, frequent); got {got}",
                           name=Key("reimprint_buckets"), allowed=", ".join(BUCKETS), got=list(buckets))
-    if values["reimprint_refit"] and values["reimprint"] == "off":
-        raise ConfigError("{refit} fits the scale and bias again after re-imprinting, and {reimprint} re-imprints "
-                          "nothing", refit=Key("reimprint_refit", values["reimprint_refit"]),
-                          reimprint=Key("reimprint", "off"))
     _check_model(config)
     _check_head_options(config)
     check_dataset_options(config.dataset, config.dataset_options)

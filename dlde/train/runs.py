@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +46,10 @@ NUMBER_NEUTRAL_FIELDS: tuple[str, ...] = (
 #: TrainConfig fields that act on tracked class means only: inert, and no part of a run's identity,
 #: for a head without them (``ClassificationHead.tracks_means``), as another head's options are.
 TRACKED_MEANS_FIELDS: tuple[str, ...] = ("reimprint", "reimprint_buckets", "reimprint_refit")
+#: The defaults of the config's own fields (not its head and dataset options, resolved apart),
+#: which a record written before a field existed ran with.
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)
+                   if f.default is not MISSING and f.name not in NUMBER_NEUTRAL_FIELDS}
 
 
 @dataclass
@@ -99,11 +103,15 @@ def run_identity(config: Any) -> dict[str, Any]:
     :data:`NUMBER_NEUTRAL_FIELDS` and, for a head without tracked means, those of
     :data:`TRACKED_MEANS_FIELDS` are left out. The options of every registered dataset are
     resolved against their defaults too, and kept: they were fields of the config, and a run's
-    identity names its folder in the sweeps. ``amp`` recorded as a bool (older records) becomes
-    its mode.
+    identity names its folder in the sweeps. So are the config's own fields: a record written
+    before a field existed ran with the field's default (a field is added with the default that
+    keeps the old behaviour), so a preset that sets it otherwise names another run. ``amp``
+    recorded as a bool (older records) becomes its mode.
     """
     flat = {key: list(value) if isinstance(value, tuple) else value
             for key, value in flatten(config).items() if key not in NUMBER_NEUTRAL_FIELDS}
+    for name, default in _FIELD_DEFAULTS.items():
+        flat.setdefault(name, list(default) if isinstance(default, tuple) else default)
     for name, default in all_dataset_options().items():
         flat.setdefault(name, list(default) if isinstance(default, tuple) else default)
     if isinstance(flat.get("amp"), bool):  # recorded when amp was a bool (True meant CUDA float16)
@@ -116,6 +124,8 @@ def run_identity(config: Any) -> dict[str, Any]:
         flat.update({name: flat.get(name, default) for name, default in own.items()})
         if not head.tracks_means:
             flat = {key: value for key, value in flat.items() if key not in TRACKED_MEANS_FIELDS}
+    if flat.get("reimprint", "off") == "off":  # the refit follows a re-imprinting: without one it does nothing
+        flat.pop("reimprint_refit", None)
     return flat
 
 
@@ -202,7 +212,7 @@ class RunFolder:
 
     def config_changes(self, config: Any, record: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
         """``{field: (saved, new)}`` for every field of :func:`run_identity` whose saved value
-        differs from ``config``'s (a field the saved record lacks is not a change); ``record`` as in
+        differs from ``config``'s (a field the saved record lacks had its default); ``record`` as in
         :meth:`saved_config`.
 
         Raises:

@@ -14,8 +14,9 @@ from helpers import SMALL, batch_annotations, tiny_model
 
 from dlde import DLDENetWithTrackedMeans, RetinaNet
 from dlde.data.coco import CocoDetection
+from dlde.model.growth import classifier_parameters
 from dlde.model.inputs import MAX_ABS_PIXEL
-from dlde.model.modes import snapshot_buffers
+from dlde.model.modes import snapshot_buffers, training_only
 from dlde.model.tracking import track_batch
 
 
@@ -87,6 +88,29 @@ def test_snapshot_buffers_undoes_a_step_the_trainer_refuses():
     assert not torch.equal(model.fpn.stem[1].running_var, before["fpn.stem.1.running_var"])
     restore()  # what the trainer does with a non-finite loss, before raising or skipping
     _assert_buffers_equal(model, before)
+
+
+def test_training_only_frees_the_chosen_parameters_and_restores_every_flag_after_an_error():
+    model = tiny_model(DLDENetWithTrackedMeans, fpn_levels=[3, 4])
+    model.fpn.stem[0].weight.requires_grad_(False)  # a flag of the caller's that must come back as it was
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    chosen = {id(p) for p in classifier_parameters(model)}
+    assert 0 < len(chosen) < len(flags)
+    with pytest.raises(RuntimeError, match="inside"):
+        with training_only(model, classifier_parameters(model)) as trainable:
+            assert {id(p) for p in trainable} == chosen
+            assert {id(p) for p in model.parameters() if p.requires_grad} == chosen
+            raise RuntimeError("inside")
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+def test_the_classification_loss_alone_equals_the_full_losses_classification_term():
+    model = tiny_model(DLDENetWithTrackedMeans, fpn_levels=[3, 4]).train()
+    output = model(torch.randn(2, 3, 64, 64), batch_annotations())
+    full = model.loss(*output, batch_annotations(), assignment=output.assignment)
+    anchors, _, classifications = output
+    alone = model.loss(anchors, None, classifications, batch_annotations(), assignment=output.assignment)
+    assert alone.keys() == {"classification"} and torch.equal(alone["classification"], full["classification"])
 
 
 def test_the_checks_only_read_valid_inputs():

@@ -339,7 +339,7 @@ class RetinaNet(nn.Module):
             return anchors.detach(), regressions.detach(), classifications.detach()
         return self.postprocess(images, anchors, regressions, classifications)
 
-    def loss(self, anchors: Tensor, regressions: Tensor, classifications: Tensor, annotations: Tensor, *,
+    def loss(self, anchors: Tensor, regressions: Tensor | None, classifications: Tensor, annotations: Tensor, *,
              assignment: Assignment | None = None, positives_reducer=None) -> dict[str, Tensor]:
         """Focal and box losses of a training-mode output (see :func:`dlde.model.losses.detection_loss`).
 
@@ -347,7 +347,8 @@ class RetinaNet(nn.Module):
         its anchor matching (the trainer does); without it the anchors are matched here, without
         the degenerate boxes the forward drops (the image size is that of the forward that made
         ``anchors``). With ``classification_loss='efl'`` the backward of the classification loss
-        adds the step's per-class gradient magnitudes to ``model.equalized_focal``.
+        adds the step's per-class gradient magnitudes to ``model.equalized_focal``. Without
+        ``regressions`` (None): the classification loss alone.
         """
         return detection_loss(anchors, regressions, classifications, annotations, assignment=assignment,
                               positives_reducer=positives_reducer, image_size=self.anchors.image_size(anchors),

@@ -260,7 +260,7 @@ def row_tiles(rows: int, columns: int, elements: int | None = None) -> list[slic
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor, annotations: Tensor, *,
+def detection_loss(anchors: Tensor, regressions: Tensor | None, classifications: Tensor, annotations: Tensor, *,
                    thresholds: Mapping[str, float] | None = None, box_coder: BoxCoder | None = None,
                    alpha: float = 0.25, gamma: float = 2.0, box_loss: str = "smooth_l1",
                    allow_low_quality_matches: bool = True, assignment: Assignment | None = None,
@@ -271,7 +271,9 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
 
     Args:
         anchors: ``(B, A, 4)`` or ``(A, 4)`` anchors, x1, y1, x2, y2 in pixels.
-        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.model.boxes.BoxCoder`).
+        regressions: ``(B, A, 4)`` predicted deltas (see :class:`dlde.model.boxes.BoxCoder`); None
+            for the classification loss alone (what trains only the scores: the refit after
+            re-imprinting).
         classifications: ``(B, A, C)`` class probabilities.
         annotations: ``(B, M, 5)`` x1, y1, x2, y2, label, padded with label -1.
         thresholds: IoU thresholds ``{'object', 'background'}``; anchors in between are ignored.
@@ -294,7 +296,7 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
     Returns:
         ``{'classification': focal loss over non-ignored anchors, 'bbox_regression': box loss over
         positives}``, both summed and divided by the number of positive anchors (at least 1), so an
-        image without objects gives a zero box loss.
+        image without objects gives a zero box loss; without ``regressions``, the first alone.
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"unknown box_loss {box_loss!r}; options: {', '.join(BOX_LOSSES)}")
@@ -324,16 +326,22 @@ def detection_loss(anchors: Tensor, regressions: Tensor, classifications: Tensor
         focusing["gradient_sums"] = equalized.accumulate
     cls = focal_loss_sum(classifications.float().reshape(batch * num_anchors, classes), valid.reshape(-1),
                          flat_positives, alpha=alpha, **focusing) / positives
+    if regressions is None:
+        return {"classification": cls}
+    return {"classification": cls, "bbox_regression": _box_loss_sum(anchors, regressions, assignment, box_coder,
+                                                                    box_loss) / positives}
 
+
+def _box_loss_sum(anchors: Tensor, regressions: Tensor, assignment: Assignment, box_coder: BoxCoder,
+                  box_loss: str) -> Tensor:
+    """The box loss of :func:`detection_loss` summed over the positive anchors (``anchors`` ``(A, 4)``)."""
+    objects = assignment.objects_mask
     deltas = regressions[objects].float()  # (N, 4)
-    matched_anchors = anchors[None].expand(batch, -1, -1)[objects]
+    matched_anchors = anchors[None].expand(len(objects), -1, -1)[objects]
     matched_boxes = assignment.assigned_annotations[..., :4][objects]
     if box_loss == "giou":
-        box = generalized_box_iou_loss(box_coder.decode(matched_anchors, deltas), matched_boxes, reduction="sum")
-    else:
-        target_deltas = box_coder.encode(matched_anchors, matched_boxes)
-        if box_loss == "l1":
-            box = F.l1_loss(deltas, target_deltas, reduction="sum")
-        else:
-            box = F.smooth_l1_loss(deltas, target_deltas, beta=1 / 9, reduction="sum")
-    return {"classification": cls, "bbox_regression": box / positives}
+        return generalized_box_iou_loss(box_coder.decode(matched_anchors, deltas), matched_boxes, reduction="sum")
+    target_deltas = box_coder.encode(matched_anchors, matched_boxes)
+    if box_loss == "l1":
+        return F.l1_loss(deltas, target_deltas, reduction="sum")
+    return F.smooth_l1_loss(deltas, target_deltas, beta=1 / 9, reduction="sum")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -67,3 +67,20 @@ def buffers_kept_only_on_success(model: nn.Module, *, enabled: bool = True) -> I
         if restore is not None:
             restore()
         raise
+
+
+@contextmanager
+def training_only(model: nn.Module, parameters: Iterable[nn.Parameter]) -> Iterator[list[nn.Parameter]]:
+    """Inside the block only ``parameters`` of ``model`` require gradients (what few-shot fine-tuning
+    and the refit after re-imprinting train); every parameter's flag is restored on exit, also after
+    an exception. Yields the parameters as a list (for the optimizer)."""
+    trainable = list(parameters)
+    chosen = {id(p) for p in trainable}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in chosen)
+        yield trainable
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dlde.data.long_tail import BUCKETS
 from dlde.model.growth import classifier_parameters
-from dlde.model.modes import evaluating
+from dlde.model.modes import evaluating, training_only
 from dlde.model.tracking import matched_embeddings
 
 from . import distributed
@@ -137,41 +137,32 @@ def refit_scores(model: nn.Module, dataset, config: TrainConfig, device: torch.d
     """
     if context is not None and context.distributed:
         raise ValueError("reimprint_refit is not synchronized over processes yet; refit in one process")
-    trainable = classifier_parameters(model)
-    mine = {id(p) for p in trainable}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    optimizer = torch.optim.AdamW(trainable, lr=REFIT_LR, weight_decay=0.0)
     losses: list[float] = []
     progress = Progress(config.progress, steps, "refit w, b")
-    with evaluating(model):
-        try:
-            for p, _ in flags:
-                p.requires_grad_(id(p) in mine)
-            while len(losses) < steps:  # passes over the training set, each in its own seeded order
-                order = config.epochs + 1 + len(losses)  # an order of its own, after the training's epochs
-                for images, annotations in make_loader(dataset, config, shuffle=True, epoch=order):
-                    losses.append(_refit_step(model, optimizer, images.to(device), annotations.to(device)))
-                    progress.step()
-                    if len(losses) == steps:
-                        break
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+    with evaluating(model), training_only(model, classifier_parameters(model)) as trainable:
+        optimizer = torch.optim.AdamW(trainable, lr=REFIT_LR, weight_decay=0.0)
+        while len(losses) < steps:  # passes over the training set, each in its own seeded order
+            order = config.epochs + 1 + len(losses)  # an order of its own, after the training's epochs
+            for images, annotations in make_loader(dataset, config, shuffle=True, epoch=order):
+                losses.append(_refit_step(model, optimizer, images.to(device), annotations.to(device)))
+                progress.step()
+                if len(losses) == steps:
+                    break
     progress.close()
     return {"reimprint_refit": len(losses), "refit_loss_first": losses[0] if losses else None,
             "refit_loss_last": sum(losses[-10:]) / len(losses[-10:]) if losses else None}
 
 
 def _refit_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, annotations: Tensor) -> float:
-    """One step of :func:`refit_scores`: the frozen network's features, then the head's scores with gradient."""
+    """One step of :func:`refit_scores`: the frozen network's features, then the head's scores with
+    gradient and their classification loss (the box head is not run)."""
     with torch.no_grad():
         images = model.check_images(images)
         feature_maps = model.fpn(images)
         anchors = model.anchors(images)
-        regressions = model.regression(feature_maps).float()
         assignment = model.assign(anchors, annotations)
     classifications = model.classification(feature_maps)  # eval mode: scores, no tracking
-    loss = model.loss(anchors, regressions, classifications, annotations, assignment=assignment)["classification"]
+    loss = model.loss(anchors, None, classifications, annotations, assignment=assignment)["classification"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -22,7 +22,7 @@ from dlde.data.coco import CocoDetection
 from dlde.data.transforms import collate
 from dlde.evaluation import DEFAULT_PAIR_THRESHOLD, coco_metrics, to_original
 from dlde.model.growth import add_classes, classifier_parameters, imprint
-from dlde.model.modes import evaluating
+from dlde.model.modes import evaluating, training_only
 from dlde.train import TrainConfig, build_datasets, default_data_root
 
 from .methods import DEFAULT_FINE_TUNE, DRAWS, METHODS, NOVEL_CLASSES, SEED_STRIDE, SHOTS, FineTune
@@ -165,12 +165,6 @@ def fine_tune(model: nn.Module, images: Tensor, annotations: Tensor, settings: F
         settings: steps, learning rate and batch size.
         seed: seed of the batch draws.
     """
-    trainable = list(classifier_parameters(model))
-    ids = {id(p) for p in trainable}
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in ids)
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     device = device_of(model)
     images, annotations = images.to(device), annotations.to(device)
@@ -179,18 +173,18 @@ def fine_tune(model: nn.Module, images: Tensor, annotations: Tensor, settings: F
     for module in (model.fpn, model.regression):
         module.eval()
     try:
-        for _ in range(settings.steps):
-            pick = torch.randint(len(images), (min(settings.batch_size, len(images)),), generator=generator)
-            batch, targets = images[pick.to(device)], annotations[pick.to(device)]
-            output = model(batch, targets)
-            losses = model.loss(*output, targets, assignment=output.assignment)
-            optimizer.zero_grad(set_to_none=True)
-            losses["classification"].backward()
-            optimizer.step()
+        with training_only(model, classifier_parameters(model)) as trainable:
+            optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
+            for _ in range(settings.steps):
+                pick = torch.randint(len(images), (min(settings.batch_size, len(images)),), generator=generator)
+                batch, targets = images[pick.to(device)], annotations[pick.to(device)]
+                output = model(batch, targets)
+                losses = model.loss(*output, targets, assignment=output.assignment)
+                optimizer.zero_grad(set_to_none=True)
+                losses["classification"].backward()
+                optimizer.step()
     finally:
         model.eval()
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
     return {"steps": settings.steps, "seconds": time.perf_counter() - started}
 
 

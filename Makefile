@@ -42,7 +42,7 @@ figures: $(STAMP)
 
 # The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs of one thread each,
 # about 75 min when run twice at once, one per core, the two sharing the runs); make vocabulary the
-# large-vocabulary sweeps on glyphs (90 runs, about 17 h of one thread; run it twice at once too),
+# large-vocabulary sweeps on glyphs (96 runs, about 18 h of one thread; run it twice at once too),
 # then notebook 07 on them into figures/vocabulary/ (make figures draws 07 on the reduced sweep
 # vocabulary_figures).
 ABLATIONS := means_lr starting_means means_update embedding_size headline

@@ -104,7 +104,14 @@ def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_swe
     # A second draw of the 100 classes has its own data folder.
     config = plan.runs[longtail.arms["C=100,data_seed=1,retinanet"][0]].config
     assert config["dataset_options"]["glyphs_seed"] == 1 and Path(config["data_root"]).name == "glyphs-100-seed1"
-    assert len(plan.runs) == 18 + (15 + 12 + 12 + 12) + (15 - 3)
+    # The glyphs-100 preset re-imprints and refits (DLDENet only); its plain DLDENet on both draws beside it.
+    config = plan.runs[heads.arms["C=100,dlde"][0]].config
+    assert (config["reimprint"], config["reimprint_refit"], config["head_options"].get("center_momentum", 0.0),
+            config["repeat_threshold"], config["classification_loss"]) == ("end", 150, 0.0, None, "focal")
+    assert longtail.arms["C=100,dlde,plain"][0] == "glyphs-100/reimprint=off,threads=1,seed=0"
+    assert longtail.arms["C=100,data_seed=1,dlde,plain"][0] == "glyphs-100/glyphs_seed=1,reimprint=off,threads=1,seed=0"
+    assert heads.arms["C=100,retinanet"][0] == "glyphs-100/model=retinanet,threads=1,seed=0"  # re-imprints nothing
+    assert len(plan.runs) == 18 + (15 + 12 + 12 + 12) + 6 + (15 - 3)
 
 
 def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_others(tmp_path):
@@ -125,7 +132,7 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
-    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 90  # as the docs say
+    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 96  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):
@@ -460,8 +467,8 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
         assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
     assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
     # The comparison: 17 runs shared with the heads sweep (the skipped one is its too) and two arms of its own.
-    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 69
-    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 69 - 17 - 6
+    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 75
+    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 75 - 17 - 6
     assert str(plan.run_dir(skipped)) in results["sweeps"]["vocabulary_longtail"]["missing"]
     # The screen: seed 0 of the comparison's retinanet,plain and dlde,center, and its own w=log run.
     screen_runs = results["sweeps"]["vocabulary_screen"]

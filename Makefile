@@ -42,11 +42,11 @@ figures: $(STAMP)
 
 # The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs of one thread each,
 # about 75 min when run twice at once, one per core, the two sharing the runs); make vocabulary the
-# large-vocabulary sweeps on glyphs (96 runs, about 18 h of one thread; run it twice at once too),
+# large-vocabulary sweeps on glyphs (105 runs, about 24 h of one thread; run it twice at once too),
 # then notebook 07 on them into figures/vocabulary/ (make figures draws 07 on the reduced sweep
 # vocabulary_figures).
 ABLATIONS := means_lr starting_means means_update embedding_size headline
-VOCABULARY := vocabulary_heads vocabulary_scale vocabulary_embedding vocabulary_screen vocabulary_longtail
+VOCABULARY := vocabulary_heads vocabulary_scale vocabulary_embedding vocabulary_screen vocabulary_longtail vocabulary_budget
 
 ablations: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml --sweeps $(ABLATIONS)

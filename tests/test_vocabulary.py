@@ -40,7 +40,7 @@ HEADS = ("dlde", "retinanet", "prototypes")
 VOCABULARY = ["vocabulary_heads", "vocabulary_longtail", "vocabulary_screen"]
 #: make vocabulary's sweeps
 MAKE_VOCABULARY = ["vocabulary_heads", "vocabulary_scale", "vocabulary_embedding", "vocabulary_screen",
-                   "vocabulary_longtail"]
+                   "vocabulary_longtail", "vocabulary_budget"]
 
 
 def makefile_list(name):
@@ -132,7 +132,7 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
-    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 96  # as the docs say
+    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 105  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):
@@ -154,6 +154,23 @@ def test_the_scale_sweep_at_c_100_shares_its_w_7_arm_with_the_heads_sweep(plan, 
     heads = plan.sweeps[0]
     assert scale.arms["C=100,w=7"] == heads.arms["C=100,dlde"]
     assert scale.arms["C=100,w=14"] == [f"glyphs-100/init_weight=14,threads=1,seed={s}" for s in range(3)]
+
+
+def test_the_budget_sweep_gives_dlde_the_sigmoid_heads_time_and_both_twice_the_schedule(plan, tmp_path):
+    budget = make_sweep_plan(FIGURES_YAML, ["vocabulary_budget"], runs_dir=tmp_path)
+    arms = budget.sweeps[0].arms
+    heads = plan.sweeps[0]
+    assert arms["C=1000,retinanet,equal_time"] == heads.arms["C=1000,retinanet"]  # its preset arm: trained once
+    equal = budget.runs[arms["C=1000,dlde,equal_time"][0]].config
+    preset = plan.runs[heads.arms["C=1000,dlde"][0]].config
+    # Equal time: fewer steps per epoch, everything else the preset's (its levers, its 3 epochs).
+    assert equal["max_train_batches"] == 369 and preset["max_train_batches"] is None
+    assert {k: v for k, v in equal.items() if k not in ("max_train_batches", "run_dir")} == {
+        k: v for k, v in preset.items() if k not in ("max_train_batches", "run_dir")}
+    for head in ("dlde", "retinanet"):
+        longer = budget.runs[arms[f"C=1000,{head},6_epochs"][0]].config
+        assert (longer["model"], longer["epochs"], longer["eval_every"]) == (head, 6, 3)
+    assert all(len(keys) == 3 for keys in arms.values())
 
 
 def test_tiny_vocabulary_sweeps_still_plan(tmp_path):

@@ -33,9 +33,11 @@ import pytest
 import torch
 from helpers import free_port
 
-from dlde.train import TrainConfig, build_model, distributed, train
+from dlde.model.growth import classifier_parameters
+from dlde.train import TrainConfig, build_datasets, build_model, distributed, train
 from dlde.train.batches import global_batches, steps_per_epoch
 from dlde.train.distributed import DistributedContext, GlobalBatchNorm2d, context_from_environment, shard_batches
+from dlde.train.reimprint import refit_scores
 from dlde.train.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +244,51 @@ def test_means_are_equal_on_every_rank_after_every_step_and_match_one_process(tm
     # (the update of the stem's weights over the 3 steps, to 1 % of its largest element).
     assert one["update"].abs().max() > 0
     torch.testing.assert_close(two["update"], one["update"], rtol=0, atol=1e-2 * float(one["update"].abs().max()))
+
+
+def _refit_worker(rank, world, port, folder, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = TrainConfig.from_dict({"data_root": str(folder / "data"), "batch_size": 8 // world, "progress": False},
+                                   preset="tiny")
+    train_set, _ = build_datasets(config)
+    model = build_model(config, train_set.num_classes)
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    report = refit_scores(model, train_set, config, "cpu", 3, DistributedContext(rank=rank, world_size=world))
+    head = torch.cat([p.detach().flatten() for p in classifier_parameters(model)])
+    if world > 1:
+        gathered = [torch.empty_like(head) for _ in range(world)]
+        torch.distributed.all_gather(gathered, head)
+        assert all(torch.equal(g, head) for g in gathered), "w and b differ between ranks after the refit"
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        torch.save({"head": head, "losses": torch.tensor([report["refit_loss_first"], report["refit_loss_last"]])},
+                   out)
+
+
+@pytest.mark.slow
+def test_the_refit_after_reimprinting_takes_the_one_process_steps_on_every_rank(tmp_path):
+    """Two processes refitting w and b on their shards of the global batch of 8 take the steps one
+    process takes on the whole batch (the normalizer over all positives, the gradients averaged)."""
+    config = TrainConfig.from_dict({"data_root": str(tmp_path / "data"), "progress": False}, preset="tiny")
+    train_set, _ = build_datasets(config)  # generated once, read by every process
+    torch.manual_seed(0)
+    torch.save(build_model(config, train_set.num_classes).state_dict(), tmp_path / "model.pt")
+    threads = torch.get_num_threads()
+    try:
+        _refit_worker(0, 1, 0, tmp_path, tmp_path / "one.pt")
+    finally:
+        torch.set_num_threads(threads)
+    torch.multiprocessing.spawn(_refit_worker, args=(2, free_port(), tmp_path, tmp_path / "two.pt"), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    start = build_model(config, train_set.num_classes)
+    start.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    start = torch.cat([p.detach().flatten() for p in classifier_parameters(start)])
+    assert not torch.equal(one["head"], start)  # the refit moved w and b
+    torch.testing.assert_close(two["head"], one["head"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(two["losses"], one["losses"], rtol=1e-5, atol=0)
 
 
 # ------------------------------------------------------------------------------------ units

@@ -252,8 +252,6 @@ def test_refitting_after_reimprinting_fits_only_the_scale_and_bias_and_lowers_th
     assert changed == {"classification.weight", "classification.bias"}  # no mean, encoder or BatchNorm statistic
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert report["reimprint_refit"] == 12 and report["refit_loss_last"] < report["refit_loss_first"]
-    with pytest.raises(ValueError, match="not synchronized"):
-        refit_scores(model, train_set, config, "cpu", 1, context=type("Torchrun", (), {"distributed": True})())
 
 
 def test_reimprinting_chosen_buckets_only_and_refusing_buckets_without_frequencies(tiny_run):

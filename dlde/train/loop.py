@@ -216,10 +216,6 @@ def _setup(config: TrainConfig, context: distributed.DistributedContext, device:
                       "nothing to re-imprint")
         else:
             bucket_mask(getattr(train_set, "frequencies", None), config.reimprint_buckets, train_set.num_classes)
-            if config.reimprint_refit and context.distributed:
-                raise ConfigError("{refit} is not synchronized over processes yet: refit in one process "
-                                  "(python -m dlde.train.reimprint_cli RUN_DIR --refit N)",
-                                  refit=Key("reimprint_refit", config.reimprint_refit))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     network: nn.Module = model

@@ -128,23 +128,26 @@ def refit_scores(model: nn.Module, dataset, config: TrainConfig, device: torch.d
     with the config's classification loss; everything else is frozen and in eval mode (BatchNorm
     statistics, tracked means and the encoder stay as they are). In place.
 
+    Under torchrun (``context``) each process reads its shard of every global batch (``batch_size``
+    images per process, as in training); the loss is normalized by the batch's positives over all
+    processes and the gradients of ``w`` and ``b`` are averaged over them before each step, so every
+    process takes the step one process would take on the whole batch.
+
     Returns:
         ``reimprint_refit``: the steps taken; ``refit_loss_first`` and ``refit_loss_last``: the
-        classification loss of the first batch and the mean of the last ten.
-
-    Raises:
-        ValueError: under torchrun (the steps are not synchronized over processes yet).
+        classification loss of the first batch and the mean of the last ten (over all processes).
     """
-    if context is not None and context.distributed:
-        raise ValueError("reimprint_refit is not synchronized over processes yet; refit in one process")
+    context = context or distributed.DistributedContext()
     losses: list[float] = []
-    progress = Progress(config.progress, steps, "refit w, b")
+    progress = Progress(config.progress and context.is_main, steps, "refit w, b")
     with evaluating(model), training_only(model, classifier_parameters(model)) as trainable:
         optimizer = torch.optim.AdamW(trainable, lr=REFIT_LR, weight_decay=0.0)
         while len(losses) < steps:  # passes over the training set, each in its own seeded order
             order = config.epochs + 1 + len(losses)  # an order of its own, after the training's epochs
-            for images, annotations in make_loader(dataset, config, shuffle=True, epoch=order):
-                losses.append(_refit_step(model, optimizer, images.to(device), annotations.to(device)))
+            for images, annotations in make_loader(dataset, config, shuffle=True, epoch=order, context=context,
+                                                   batch_size=config.batch_size * context.world_size):
+                losses.append(_refit_step(model, optimizer, trainable, images.to(device), annotations.to(device),
+                                          context.distributed))
                 progress.step()
                 if len(losses) == steps:
                     break
@@ -153,20 +156,28 @@ def refit_scores(model: nn.Module, dataset, config: TrainConfig, device: torch.d
             "refit_loss_last": sum(losses[-10:]) / len(losses[-10:]) if losses else None}
 
 
-def _refit_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, annotations: Tensor) -> float:
+def _refit_step(model: nn.Module, optimizer: torch.optim.Optimizer, trainable: Sequence[nn.Parameter],
+                images: Tensor, annotations: Tensor, shared: bool) -> float:
     """One step of :func:`refit_scores`: the frozen network's features, then the head's scores with
-    gradient and their classification loss (the box head is not run)."""
+    gradient and their classification loss (the box head is not run); ``shared``: this process holds
+    a shard of the batch (the normalizer and the gradients then come from all processes)."""
     with torch.no_grad():
         images = model.check_images(images)
         feature_maps = model.fpn(images)
         anchors = model.anchors(images)
         assignment = model.assign(anchors, annotations)
     classifications = model.classification(feature_maps)  # eval mode: scores, no tracking
-    loss = model.loss(anchors, None, classifications, annotations, assignment=assignment)["classification"]
+    loss = model.loss(anchors, None, classifications, annotations, assignment=assignment,
+                      positives_reducer=distributed.loss_normalizer if shared else None)["classification"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if shared:  # what DDP does for the trained parameters: the mean of the processes' gradients
+        for parameter in trainable:
+            if parameter.grad is not None:
+                parameter.grad = distributed.mean_over_processes(parameter.grad)
     optimizer.step()
-    return float(loss.detach())
+    loss = loss.detach()
+    return float(distributed.mean_over_processes(loss) if shared else loss)
 
 
 def reimprint_run(run_dir: str | Path, *, buckets: Sequence[str] | None = None, refit: int = 0,

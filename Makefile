@@ -40,8 +40,8 @@ figures: $(STAMP)
 	$(PY) -m dlde.pipeline --config figures.yaml
 	$(PY) -m dlde.pipeline.readme
 
-# The sweeps of figures.yaml: make ablations runs the digits ablations (48 runs of one thread each,
-# about 75 min when run twice at once, one per core, the two sharing the runs); make vocabulary the
+# The sweeps of figures.yaml: make ablations runs the digits ablations (53 runs of one thread each,
+# about 95 min when run twice at once, one per core, the two sharing the runs); make vocabulary the
 # large-vocabulary sweeps on glyphs (105 runs, about 24 h of one thread; run it twice at once too),
 # then notebook 07 on them into figures/vocabulary/ (make figures draws 07 on the reduced sweep
 # vocabulary_figures).

@@ -17,7 +17,8 @@ from dlde.train.config import flatten
 
 def test_flat_head_option_names_are_routed_into_head_options():
     config = TrainConfig.from_dict({"means_lr": 0.01, "prior": 0.05, "epochs": 3}, preset="digits")
-    assert config.head_options == {"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.01, "prior": 0.05}
+    assert config.head_options == {"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.01,
+                                   "center_momentum": 0.9, "prior": 0.05}
     assert config.epochs == 3 and PRESETS["digits"].head_options["means_lr"] == 0.003  # the preset is untouched
     nested = TrainConfig.from_dict({"head_options": {"means_lr": 0.01, "prior": 0.05}, "epochs": 3}, preset="digits")
     assert nested == config
@@ -25,7 +26,8 @@ def test_flat_head_option_names_are_routed_into_head_options():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # config.json round trip
     assert flatten(config)["means_lr"] == 0.01 and "head_options" not in flatten(config)
     # The head built takes the options it declares; the others wait for a head that has them.
-    assert config.own_head_options() == {"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.01}
+    assert config.own_head_options() == {"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.01,
+                                         "center_momentum": 0.9}
     assert dataclasses.replace(config, model="retinanet").own_head_options() == {"prior": 0.05}
 
 

@@ -177,6 +177,10 @@ def test_the_repository_sweeps_share_the_default_arm_across_sweeps(tmp_path):
     assert default == by_name["means_update"].arms["means_update=batch"]
     retinanet = [f"digits/model=retinanet,threads=1,seed={s}" for s in range(5)]  # 16 epochs: the preset's
     assert by_name["headline"].arms["retinanet"] == retinanet
+    # The digits preset centers DLDENet's embeddings; the headline keeps DLDENet without the center beside it.
+    assert plan.runs["digits/threads=1,seed=0"].config["head_options"]["center_momentum"] == 0.9
+    assert by_name["headline"].arms["dlde,uncentered"] == [f"digits/center_momentum=0,threads=1,seed={s}"
+                                                           for s in range(5)]
     assert len(plan.runs) == len({k for s in plan.sweeps for keys in s.arms.values() for k in keys})
     run = plan.runs["digits/epochs=4,means_lr=0.01,threads=1,seed=1"]
     assert run.config["head_options"]["means_lr"] == 0.01 and run.config["seed"] == 1 and run.config["epochs"] == 4

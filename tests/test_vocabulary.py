@@ -123,7 +123,7 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
     read = [name for entry in load_config(FIGURES_YAML)["notebooks"] for name in entry.get("sweeps", [])]
     assert read == ["vocabulary_figures"]
     assert sorted(ablations + MAKE_VOCABULARY + read) == sorted(s.name for s in declared)
-    assert len(make_sweep_plan(FIGURES_YAML, ablations, runs_dir=tmp_path).runs) == 48  # as before the glyphs
+    assert len(make_sweep_plan(FIGURES_YAML, ablations, runs_dir=tmp_path).runs) == 53  # with the uncentered DLDENet
     makefile = (REPO / "Makefile").read_text()
     assert "--sweeps $(ABLATIONS)" in makefile and "--sweeps $(VOCABULARY)" in makefile
     # make vocabulary then draws 07 on its full sweeps (the notebook's defaults) into figures/vocabulary/.

@@ -221,6 +221,13 @@ def _data(preset: str) -> dict[str, Any]:
     return {"dataset": dataset, "dataset_options": dict(options)}
 
 
+#: DLDENet's running center of the matched embeddings (issue 25), the ``digits`` preset's since it was
+#: measured there, not worse: on the headline's 5 seeds (16 epochs) AP 0.875 [0.870, 0.881] against
+#: 0.872 [0.868, 0.876] without it (paired difference +0.003 [-0.002, 0.009]) and a lower validation
+#: loss on every seed (0.126 against 0.133). The head's own default stays 0 (the original module's
+#: tracking, docs/differences.md).
+_CENTERED = {"center_momentum": 0.9}
+
 #: Named presets. ``digits`` is the default of the paper figures: tuned to reach a high AP on
 #: the embedded digits within minutes on a 2-core CPU (see benchmarks/digits_quality.py).
 PRESETS: dict[str, TrainConfig] = {
@@ -228,7 +235,7 @@ PRESETS: dict[str, TrainConfig] = {
         run_dir="runs/digits", **_data("digits"), min_size=64, max_size=64,
         fpn_levels=(3, 4), pyramid_channels=64, head_channels=64, head_convs=2, group_norm=True,
         anchor_sizes=(12.0, 24.0), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), anchor_ratios=(1.0,),
-        head_options={"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.003}, epochs=16,
+        head_options={"embedding_size": 32, "means_init": "orthogonal", "means_lr": 0.003, **_CENTERED}, epochs=16,
         batch_size=16, lr=2e-3, weight_decay=1e-4, box_loss="giou", eval_every=4),
     "tiny": TrainConfig(
         run_dir="runs/tiny", **_data("tiny"), min_size=64, max_size=64, fpn_levels=(3, 4),
@@ -274,14 +281,16 @@ def _glyphs_preset(classes: int, epochs: int, embedding_size: int, init_weight: 
 #: re-imprinting and the refit act on heads with tracked means only.
 #: glyphs-300 (1,333 canvases) is the check between the two: glyphs-1000's network, ``w`` and
 #: levers, not tuned at 300 classes, and 6 epochs (500 steps, between glyphs-100's 431 and
-#: glyphs-1000's 832). glyphs-100 takes re-imprinting and the refit only: at 100 classes
+#: glyphs-1000's 832). glyphs-100 takes re-imprinting and the refit only (not even the digits'
+#: centering: re-imprinted after centered training its APr was 0.097 against 0.116): at 100 classes
 #: centering, RFS and EFL leave DLDENet where it was and make its re-imprinting worse, while
 #: re-imprinting with the refit lifts it on both draws of the classes (3 seeds each: AP 0.300 ->
 #: 0.323, APr 0.050 -> 0.110; second draw 0.334 -> 0.352, 0.058 -> 0.108; the refit takes the
 #: training loss of the re-imprinted model 0.18-0.31 -> 0.02-0.03 at an unchanged AP).
 _REIMPRINT = {"reimprint": "end", "reimprint_refit": 150}
-_LONG_TAIL = {"center_momentum": 0.9, "classification_loss": "efl", **_REIMPRINT}
-PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16, embedding_size=128, init_weight=7.0, **_REIMPRINT)
+_LONG_TAIL = {**_CENTERED, "classification_loss": "efl", **_REIMPRINT}
+PRESETS["glyphs-100"] = _glyphs_preset(100, epochs=16, embedding_size=128, init_weight=7.0, center_momentum=0.0,
+                                       **_REIMPRINT)
 PRESETS["glyphs-300"] = _glyphs_preset(300, epochs=6, embedding_size=256, init_weight=14.0, **_LONG_TAIL,
                                        repeat_threshold=GLYPHS_REPEAT_THRESHOLDS[300])
 PRESETS["glyphs-1000"] = _glyphs_preset(1000, epochs=3, embedding_size=256, init_weight=14.0, **_LONG_TAIL,

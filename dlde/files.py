@@ -180,6 +180,13 @@ def try_lock(path: str | os.PathLike) -> dict[str, Any] | None:
     return _holder(path) or {"pid": None, "host": None}
 
 
+def lock_holder(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The live holder ``{"pid", "host"}`` of the lock file ``path``, or None when it is free (absent,
+    or left by a process that died on this host). Reads only: the lock is neither taken nor removed."""
+    holder = _holder(Path(path))
+    return holder if holder is not None and _alive(holder) else None
+
+
 def release_lock(path: str | os.PathLike) -> None:
     """Remove the lock file ``path`` if this process holds it."""
     path = Path(path)

@@ -4,6 +4,7 @@ runs show said in words, and notebook 07 on a hand-made sweep folder."""
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -512,6 +513,36 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
     assert f"C=1000,dlde,center (3 seeds): {interval}" in streams
     assert "dlde,w=log (1 seed, 300 images): cosine of a mean to its start rare 1.000" in streams
     assert "no finished run with a checkpoint" in streams  # fake runs have no model to draw
+
+
+def test_status_says_where_each_run_stands_and_trains_nothing(tmp_path, capsys):
+    from dlde.files import try_lock
+    from dlde.pipeline.cli import main
+    from dlde.pipeline.sweeps import SWEEP_LOCK
+
+    plan, skipped = fake_sweeps(tmp_path / "runs", tmp_path / "data")
+    heads = plan.sweeps[0]
+    partial = RunFolder(plan.run_dir(heads.arms["C=100,dlde"][1]))  # epoch 1 of 16, a checkpoint to resume from
+    partial.metrics_file.write_text(partial.metrics_file.read_text().splitlines()[0] + "\n")
+    partial.checkpoint_file.write_bytes(b"")
+    assert try_lock(partial.path / SWEEP_LOCK) is None  # this process trains it
+    changed = RunFolder(plan.run_dir(heads.arms["C=100,retinanet"][0]))  # another configuration in its folder
+    record = json.loads(changed.config_file.read_text())
+    changed.config_file.write_text(json.dumps({**record, "config": {**record["config"], "lr": 0.5}}))
+    args = ["--config", str(FIGURES_YAML), "--runs-dir", str(tmp_path / "runs"), "--sweeps", *VOCABULARY, "--status"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary_heads: 15 of 18 runs complete" in out
+    assert f"  {heads.arms['C=100,dlde'][1]}: epoch 1 of 16, training (pid {os.getpid()} on " in out
+    assert f"  {heads.arms['C=100,retinanet'][0]}: holds another configuration" in out
+    assert f"  {skipped}: not started" in out
+    assert "training ..." not in out and not plan.run_dir(skipped).exists()  # nothing trained, no folder made
+    done = [key for key in plan.runs if RunFolder(plan.run_dir(key)).is_complete(plan.runs[key].config)]
+    assert len(done) == 15 + 3 + 3 + 1  # the heads' and two more arms of the comparison (screen arms among them)
+    # Epochs left: every run not complete, less the partial run's first epoch; the other configuration's none.
+    epochs = sum(plan.runs[key].epochs for key in plan.runs if key not in done) - 1 - 16
+    assert f"all: {len(done)} of {len(plan.runs)} distinct runs complete; {epochs} epochs left to train" in out
+    assert main(args + ["--tables-only"]) == 2
 
 
 def test_tables_only_writes_the_sweep_tables_from_the_finished_runs_and_trains_nothing(tmp_path, capsys):

@@ -7,6 +7,7 @@ notebooks on them, run sweeps.
                             [--runs-dir DIR] [--figures-dir DIR] [--log-output]
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] [--force] [--fail-fast] [--tiny]
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] --tables-only
+    python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] --status
     python -m dlde.pipeline --config figures.yaml --sweeps [NAME ...] --executor local|slurm [--slurm-* ...]
     python -m dlde.pipeline --config figures.yaml --notebook NAME [-p PARAMETER VALUE ...] [--tiny]
 
@@ -55,7 +56,7 @@ from .execute import KERNEL_THREADS, NotebookFailed, kernel_threads, run_noteboo
 from .executors import EXECUTORS, LOG_FOLDER, JobOptions, make_executor
 from .plan import make_plan, notebook_values
 from .progress import Summary, echo_line
-from .sweeps import aggregate_sweeps, make_sweep_plan, run_sweeps, train_step_sweeps
+from .sweeps import aggregate_sweeps, make_sweep_plan, print_status, run_sweeps, train_step_sweeps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --sweeps: retrain runs that are already complete, and replace a run folder "
                              "holding another configuration (refused without it)")
     parser.add_argument("--fail-fast", action="store_true", help="with --sweeps: stop at the first failed run")
+    parser.add_argument("--status", action="store_true",
+                        help="with --sweeps: train nothing; print how many runs of each sweep are complete and "
+                             "where the others stand (epoch reached, being trained, not started)")
     parser.add_argument("--tables-only", action="store_true",
                         help="with --sweeps: train nothing; write the tables and figures from the runs finished so far")
     parser.add_argument("--tiny", action="store_true",
@@ -123,6 +127,11 @@ def _sweeps(args: argparse.Namespace, summary: Summary) -> int:
     executor = make_executor(args.executor, plan.figures, _slurm_flags(args))
     if executor is None and any(value is not None for value in _slurm_flags(args).values()):
         raise ValueError("the --slurm-* flags apply to --executor local or slurm")
+    if args.status:
+        if args.tables_only or args.force or args.fail_fast or executor is not None:
+            raise ValueError("--status trains nothing: not with --tables-only, --force, --fail-fast or --executor")
+        print_status(plan, echo_line)
+        return 0
     if args.tables_only:
         if args.force or args.fail_fast or executor is not None:
             raise ValueError("--tables-only trains nothing: not with --force, --fail-fast or --executor")

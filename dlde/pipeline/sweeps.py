@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlde.files import release_lock, try_lock
+from dlde.files import lock_holder, release_lock, try_lock
 from dlde.kernels import setting as kernel_setting
 from dlde.reports.sweeps import write_sweep
 from dlde.train import PRESETS, RunFolder
@@ -329,6 +329,37 @@ def aggregate_sweeps(plan: SweepPlan, echo: Callable[[str], None]) -> None:
                               display_root=plan.figures.root)
         echo(f"sweep {sweep.name}: {plan.display(written['md'])}, {plan.display(written['png'])}")
     write_sweep_index(plan.figures)
+
+
+def run_status(plan: SweepPlan, key: str) -> str:
+    """Where run ``key`` of the plan stands, in words: ``complete``, ``epoch K of N`` (a checkpoint
+    to resume from), ``not started``, or ``holds another configuration``; ``, training (pid P on
+    HOST)`` when a sweep process holds its lock. Reads the folder only."""
+    run, folder = plan.runs[key], RunFolder(plan.run_dir(key))
+    state = folder.state(run.config)
+    words = {"complete": "complete", "new": "not started",
+             "changed": "holds another configuration (rename_runs, or --force to replace it)"}.get(
+        state, f"epoch {folder.finished_epochs()} of {run.epochs}")
+    holder = lock_holder(folder.path / SWEEP_LOCK)
+    return words + (f", training (pid {holder['pid']} on {holder['host']})" if holder else "")
+
+
+def print_status(plan: SweepPlan, echo: Callable[[str], None]) -> int:
+    """``--status``: per sweep, how many of its runs are complete and where the others stand (one
+    line each); then the distinct runs of all the sweeps and the epochs left. Trains nothing;
+    returns the number of runs not complete."""
+    status = {key: run_status(plan, key) for key in plan.runs}
+    for sweep in plan.sweeps:
+        keys = list(dict.fromkeys(key for keys in sweep.arms.values() for key in keys))
+        left = [key for key in keys if status[key] != "complete"]
+        echo(f"{sweep.name}: {len(keys) - len(left)} of {len(keys)} runs complete")
+        for key in left:
+            echo(f"  {key}: {status[key]}")
+    left = [key for key, words in status.items() if words != "complete"]
+    epochs = sum(plan.runs[key].epochs - min(RunFolder(plan.run_dir(key)).finished_epochs(), plan.runs[key].epochs)
+                 for key in left if not status[key].startswith("holds"))
+    echo(f"all: {len(plan.runs) - len(left)} of {len(plan.runs)} distinct runs complete; {epochs} epochs left to train")
+    return len(left)
 
 
 @dataclass(frozen=True)

@@ -331,17 +331,21 @@ def aggregate_sweeps(plan: SweepPlan, echo: Callable[[str], None]) -> None:
     write_sweep_index(plan.figures)
 
 
-def run_status(plan: SweepPlan, key: str) -> str:
-    """Where run ``key`` of the plan stands, in words: ``complete``, ``epoch K of N`` (a checkpoint
-    to resume from), ``not started``, or ``holds another configuration``; ``, training (pid P on
-    HOST)`` when a sweep process holds its lock. Reads the folder only."""
+def run_status(plan: SweepPlan, key: str) -> tuple[str, int, str]:
+    """Where run ``key`` of the plan stands: its folder's state (:meth:`RunFolder.state`), the epochs
+    it still has to train (none for a folder holding another configuration) and, in words,
+    ``complete``, ``epoch K of N`` (a checkpoint to resume from), ``not started`` or ``holds another
+    configuration``, with ``, training (pid P on HOST)`` when a sweep process holds its lock. Reads
+    the folder only."""
     run, folder = plan.runs[key], RunFolder(plan.run_dir(key))
     state = folder.state(run.config)
+    done = min(folder.finished_epochs(), run.epochs)
     words = {"complete": "complete", "new": "not started",
              "changed": "holds another configuration (rename_runs, or --force to replace it)"}.get(
-        state, f"epoch {folder.finished_epochs()} of {run.epochs}")
+        state, f"epoch {done} of {run.epochs}")
     holder = lock_holder(folder.path / SWEEP_LOCK)
-    return words + (f", training (pid {holder['pid']} on {holder['host']})" if holder else "")
+    words += f", training (pid {holder['pid']} on {holder['host']})" if holder else ""
+    return state, 0 if state == "changed" else run.epochs - done, words
 
 
 def print_status(plan: SweepPlan, echo: Callable[[str], None]) -> int:
@@ -349,15 +353,14 @@ def print_status(plan: SweepPlan, echo: Callable[[str], None]) -> int:
     line each); then the distinct runs of all the sweeps and the epochs left. Trains nothing;
     returns the number of runs not complete."""
     status = {key: run_status(plan, key) for key in plan.runs}
+    left = {key for key, (state, _, _) in status.items() if state != "complete"}
     for sweep in plan.sweeps:
         keys = list(dict.fromkeys(key for keys in sweep.arms.values() for key in keys))
-        left = [key for key in keys if status[key] != "complete"]
-        echo(f"{sweep.name}: {len(keys) - len(left)} of {len(keys)} runs complete")
-        for key in left:
-            echo(f"  {key}: {status[key]}")
-    left = [key for key, words in status.items() if words != "complete"]
-    epochs = sum(plan.runs[key].epochs - min(RunFolder(plan.run_dir(key)).finished_epochs(), plan.runs[key].epochs)
-                 for key in left if not status[key].startswith("holds"))
+        echo(f"{sweep.name}: {sum(key not in left for key in keys)} of {len(keys)} runs complete")
+        for key in keys:
+            if key in left:
+                echo(f"  {key}: {status[key][2]}")
+    epochs = sum(status[key][1] for key in left)
     echo(f"all: {len(plan.runs) - len(left)} of {len(plan.runs)} distinct runs complete; {epochs} epochs left to train")
     return len(left)
 

@@ -127,10 +127,26 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
     assert len(make_sweep_plan(FIGURES_YAML, ablations, runs_dir=tmp_path).runs) == 53  # with the uncentered DLDENet
     makefile = (REPO / "Makefile").read_text()
     assert "--sweeps $(ABLATIONS)" in makefile and "--sweeps $(VOCABULARY)" in makefile
-    # make vocabulary then draws 07 on its full sweeps (the notebook's defaults) into figures/vocabulary/.
-    recipe = re.search(r"^vocabulary: .*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1).splitlines()
-    assert recipe[0].endswith("--sweeps $(VOCABULARY)") and recipe[1].endswith(
+    # make vocabulary then measures re-imprinting on longtail arms trained without it, diagnoses seed 0 of
+    # each head, and draws 07 on its full sweeps (the notebook's defaults) into figures/vocabulary/.
+    recipe = re.search(r"^vocabulary: .*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+    commands = [" ".join(line.split()) for line in recipe.replace("\\\n", " ").splitlines()]
+    assert commands[0].endswith("--sweeps $(VOCABULARY)")
+    assert commands[1].endswith("benchmarks/reimprint_sweep.py --config figures.yaml --sweep vocabulary_longtail "
+                                "--arms $(REIMPRINTED) --table figures/ablations/vocabulary_reimprint.md")
+    assert commands[2].endswith("benchmarks/vocabulary_diagnosis.py $(DIAGNOSED) --images 100 "
+                                "--table figures/benchmarks/vocabulary_diagnosis.md")
+    assert commands[3].endswith(
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
+    variables = {name: value.replace("\\\n", " ").split() for name, value in
+                 re.findall(r"^(\w+) := ((?:.*\\\n)*.*)$", makefile, re.MULTILINE)}
+    longtail = make_sweep_plan(FIGURES_YAML, ["vocabulary_longtail"], runs_dir=tmp_path).sweeps[0].arms
+    assert variables["REIMPRINTED"] and set(variables["REIMPRINTED"]) <= set(longtail)
+    vocabulary = make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=REPO / "runs")
+    run_dirs = {vocabulary.run_dir(key).relative_to(REPO).as_posix() for key in vocabulary.runs}
+    diagnosed = [path.replace("$(G100)", variables["G100"][0]).replace("$(G1000)", variables["G1000"][0])
+                 for path in variables["DIAGNOSED"]]
+    assert len(diagnosed) == 8 and set(diagnosed) <= run_dirs  # runs make vocabulary trains
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
     assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 105  # as the docs say

@@ -92,10 +92,13 @@ def sweep_markdown(name: str, rows: Sequence[Mapping[str, Any]], *, collapse: bo
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """The rows of :func:`~dlde.analysis.sweep_stats.summarize_arms` as CSV (full precision; blank for
-    NaN), the metrics of :func:`~dlde.analysis.sweep_stats.tabulated`."""
+    NaN): the metrics of :func:`~dlde.analysis.sweep_stats.tabulated` and the diagnostics of
+    :func:`diagnostics_table` that any row has, so both tables of ``<sweep>.md`` come back from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["arm", "n"] + [f"{m}_{k}" for m in tabulated(rows) for k in ("mean", "sd", "low", "high")]
+    diagnostics = [m for m in DIAGNOSTIC_METRICS if any(f"{m}_mean" in row for row in rows)]  # the second table's
+    columns = ["arm", "n"] + [f"{m}_{k}" for m in (*tabulated(rows), *diagnostics)
+                              for k in ("mean", "sd", "low", "high")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)

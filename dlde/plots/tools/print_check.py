@@ -57,9 +57,18 @@ from PIL import Image
 
 from dlde.analysis.sweep_stats import collapse_curves, summarize_arms
 from dlde.protocols.fewshot import FewShotSummary
+from dlde.protocols.mechanism import probability_curves, track_stream
 from dlde.protocols.openset import PooledModel, PooledOpenSet, PooledScore
 
-from .. import detection_plots, embedding_plots, fewshot_plots, metric_plots, sweep_plots, vocabulary_plots
+from .. import (
+    detection_plots,
+    embedding_plots,
+    fewshot_plots,
+    mechanism_plots,
+    metric_plots,
+    sweep_plots,
+    vocabulary_plots,
+)
 from ..interactive import MeansExplorer
 from ..plotting import BUCKET_COLORS, MARKERS, MIN_TEXT_PT, OKABE_ITO, PRINT_WIDTHS, WIDTH, class_colors, save_figure
 
@@ -295,6 +304,11 @@ class Sample(NamedTuple):
 #: File-name pattern (full match on the path relative to the figures folder, without suffix) ->
 #: :class:`Sample`. First match wins.
 SAMPLES: dict[str, Sample] = {
+    r"mechanism_probability": Sample("mechanism_probability", "plot_probability_curves", lambda: (
+        mechanism_plots.plot_probability_curves(probability_curves([(5.0, -0.5), (10.0, -0.5), (20.0, -0.5)])))),
+    r"mechanism_tracking": Sample("mechanism_tracking", "plot_stream_tracking", lambda: (
+        mechanism_plots.plot_stream_tracking({f"means_lr {lr:g}": track_stream(lr, batches=20)
+                                              for lr in (0.003, 0.1)}))),
     r"(sigmoid_)?train_curves": Sample("train_curves", "plot_training_curves", _training_curves),
     r"(sigmoid_)?per_class_ap": Sample("per_class_ap", "plot_per_class_ap", _per_class_ap),
     r"(sigmoid_)?reliability": Sample("reliability", "plot_reliability", lambda: metric_plots.plot_reliability(

@@ -45,8 +45,9 @@ MAKE_VOCABULARY = ["vocabulary_heads", "vocabulary_scale", "vocabulary_embedding
 
 
 def makefile_list(name):
-    """The sweep names of a ``NAME := a b c`` line of the Makefile."""
-    return re.search(rf"^{name} := (.*)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
+    """The words of a ``NAME := a b c`` line of the Makefile, continued over lines ending in a backslash."""
+    value = re.search(rf"^{name} := ((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1)
+    return value.replace("\\\n", " ").split()
 
 
 # ---------------------------------------------------------------------------------- the plan
@@ -138,18 +139,16 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
                                 "--table figures/benchmarks/vocabulary_diagnosis.md")
     assert commands[3].endswith(
         "--config figures.yaml --notebook 07_vocabulary.ipynb -p FIGURES_DIR figures/vocabulary")
-    variables = {name: value.replace("\\\n", " ").split() for name, value in
-                 re.findall(r"^(\w+) := ((?:.*\\\n)*.*)$", makefile, re.MULTILINE)}
-    longtail = make_sweep_plan(FIGURES_YAML, ["vocabulary_longtail"], runs_dir=tmp_path).sweeps[0].arms
-    assert variables["REIMPRINTED"] and set(variables["REIMPRINTED"]) <= set(longtail)
     vocabulary = make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=REPO / "runs")
+    longtail = next(s for s in vocabulary.sweeps if s.name == "vocabulary_longtail").arms
+    assert makefile_list("REIMPRINTED") and set(makefile_list("REIMPRINTED")) <= set(longtail)
     run_dirs = {vocabulary.run_dir(key).relative_to(REPO).as_posix() for key in vocabulary.runs}
-    diagnosed = [path.replace("$(G100)", variables["G100"][0]).replace("$(G1000)", variables["G1000"][0])
-                 for path in variables["DIAGNOSED"]]
+    folders = {"$(G100)": makefile_list("G100")[0], "$(G1000)": makefile_list("G1000")[0]}
+    diagnosed = [re.sub(r"\$\(G1000?\)", lambda m: folders[m.group(0)], path) for path in makefile_list("DIAGNOSED")]
     assert len(diagnosed) == 8 and set(diagnosed) <= run_dirs  # runs make vocabulary trains
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
-    assert len(make_sweep_plan(FIGURES_YAML, MAKE_VOCABULARY, runs_dir=tmp_path).runs) == 105  # as the docs say
+    assert len(vocabulary.runs) == 105  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):

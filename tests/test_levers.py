@@ -328,6 +328,23 @@ def test_sweep_tables_add_what_the_means_did_when_the_runs_recorded_it(tmp_path)
     assert diagnostics_table(summarize_arms({"a": [{"AP": 0.5}]})) is None  # older runs: one table, as before
 
 
+def test_the_csv_and_the_table_show_the_same_diagnostics(tmp_path):
+    import csv
+
+    from dlde.analysis.sweep_stats import summarize_arms
+    from dlde.reports.sweeps import diagnostics_table, shown_diagnostics, write_csv
+
+    nan = float("nan")
+    seeds = [{"AP": 0.2, "w": 14.0, "cos_start_r": nan}, {"AP": 0.3, "w": 15.0, "cos_start_r": nan}]
+    rows = summarize_arms({"dlde": seeds, "retinanet": [{"AP": 0.4}]})
+    assert "cos_start_r_mean" in rows[0]  # recorded, but no arm has a number for it
+    assert shown_diagnostics(rows) == ["w"]
+    with write_csv(rows, tmp_path / "s.csv").open() as handle:
+        columns = next(csv.reader(handle))
+    assert [c for c in columns if c.startswith(("w_", "cos_start"))] == ["w_mean", "w_sd", "w_low", "w_high"]
+    assert "cos to start" not in diagnostics_table(rows)
+
+
 # ------------------------------------------------------------------------------------ anchor terms
 def test_anchor_terms_shift_and_scale_each_anchor_s_logits_as_owl_vit_does():
     model = head(anchor_terms=True, init_weight=14.0)

@@ -34,7 +34,7 @@ from dlde.tables import code_value, interval_cell, markdown_table, write_table_f
 from dlde.train.runs import RunFolder
 
 __all__ = ["ABLATIONS_FOLDER", "SWEEP_RECORD_SUFFIX", "diagnostics_table", "index_lines", "sweep_markdown",
-           "sweep_table", "write_csv", "write_sweep"]
+           "shown_diagnostics", "sweep_table", "write_csv", "write_sweep"]
 
 ABLATIONS_FOLDER = "ablations"  # under figures_dir: the written sweeps
 SWEEP_RECORD_SUFFIX = ".json"  # <out_dir>/<sweep>.json: what made the table (read by figures/index.md)
@@ -45,11 +45,17 @@ def _digits(metric: str) -> int:
     return 0 if metric == "images" else 1 if metric in ("min_angle_deg", "kappa", "epoch_time_s", "w") else 3
 
 
+def shown_diagnostics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The :data:`DIAGNOSTIC_METRICS` that some arm of ``rows`` has a number for: the columns of
+    :func:`diagnostics_table` and the diagnostics columns of :func:`write_csv` (one rule for both, so the
+    table comes back from the CSV)."""
+    return [m for m in DIAGNOSTIC_METRICS if any(math.isfinite(r.get(f"{m}_mean", math.nan)) for r in rows)]
+
 
 def diagnostics_table(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    """The :data:`DIAGNOSTIC_METRICS` of ``rows`` (those any arm has) as a markdown table like
-    :func:`sweep_table`'s; None when no arm has any."""
-    metrics = [m for m in DIAGNOSTIC_METRICS if any(math.isfinite(r.get(f"{m}_mean", math.nan)) for r in rows)]
+    """The :func:`shown_diagnostics` of ``rows`` as a markdown table like :func:`sweep_table`'s; None when
+    no arm has any."""
+    metrics = shown_diagnostics(rows)
     if not metrics:
         return None
     header = ["arm", "seeds"] + [f"{DIAGNOSTIC_METRICS[m]} mean ± sd [{100 * CONFIDENCE:g} % CI]" for m in metrics]
@@ -93,11 +99,10 @@ def sweep_markdown(name: str, rows: Sequence[Mapping[str, Any]], *, collapse: bo
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """The rows of :func:`~dlde.analysis.sweep_stats.summarize_arms` as CSV (full precision; blank for
     NaN): the metrics of :func:`~dlde.analysis.sweep_stats.tabulated` and the diagnostics of
-    :func:`diagnostics_table` that any row has, so both tables of ``<sweep>.md`` come back from it."""
+    :func:`shown_diagnostics`, so both tables of ``<sweep>.md`` come back from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    diagnostics = [m for m in DIAGNOSTIC_METRICS if any(f"{m}_mean" in row for row in rows)]  # the second table's
-    columns = ["arm", "n"] + [f"{m}_{k}" for m in (*tabulated(rows), *diagnostics)
+    columns = ["arm", "n"] + [f"{m}_{k}" for m in (*tabulated(rows), *shown_diagnostics(rows))
                               for k in ("mean", "sd", "low", "high")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

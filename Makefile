@@ -42,19 +42,20 @@ figures: $(STAMP)
 
 # The sweeps of figures.yaml: make ablations runs the digits ablations (53 runs of one thread each,
 # about 95 min when run twice at once, one per core, the two sharing the runs); make vocabulary the
-# large-vocabulary sweeps on glyphs (105 runs, about 24 h of one thread; run it twice at once too),
+# large-vocabulary sweeps on glyphs (122 runs, about 28 h of one thread; run it twice at once too),
 # then re-imprinting measured on the finished runs of the arms trained without it, what seed 0 of
 # each head learned, and notebook 07 on them into figures/vocabulary/ (make figures draws 07 on the
 # reduced sweep vocabulary_figures).
 ABLATIONS := means_lr starting_means means_update embedding_size headline
 VOCABULARY := vocabulary_heads vocabulary_scale vocabulary_embedding vocabulary_screen vocabulary_longtail vocabulary_budget
-REIMPRINTED := C=1000,dlde,plain C=1000,dlde,center C=1000,dlde,center,rfs,efl C=300,dlde,plain C=100,dlde,plain \
-	C=100,dlde,center C=100,dlde,center,rfs,efl C=100,data_seed=1,dlde,plain C=100,data_seed=1,dlde,center,rfs,efl
+REIMPRINTED := C=1000,dlde,plain C=1000,dlde,center C=1000,dlde,center,rfs C=1000,dlde,center,rfs,efl C=300,dlde,plain \
+	C=100,dlde,plain C=100,dlde,center C=100,dlde,center,rfs,efl C=100,data_seed=1,dlde,plain \
+	C=100,data_seed=1,dlde,center,rfs,efl
 G100 := runs/sweeps/glyphs-100
 G1000 := runs/sweeps/glyphs-1000
 DIAGNOSED := $(G100)/threads=1,seed=0 $(G100)/model=retinanet,threads=1,seed=0 $(G100)/model=prototypes,threads=1,seed=0 \
-	$(G1000)/center_momentum=0,classification_loss=focal,reimprint=off,repeat_threshold=none,threads=1,seed=0 \
-	$(G1000)/threads=1,seed=0 $(G1000)/classification_loss=focal,model=retinanet,repeat_threshold=none,threads=1,seed=0 \
+	$(G1000)/center_momentum=0,reimprint=off,repeat_threshold=none,threads=1,seed=0 \
+	$(G1000)/threads=1,seed=0 $(G1000)/model=retinanet,repeat_threshold=none,threads=1,seed=0 \
 	$(G1000)/model=retinanet,threads=1,seed=0 $(G1000)/model=prototypes,threads=1,seed=0
 
 ablations: $(STAMP)

@@ -84,11 +84,17 @@ def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_swe
     assert all(len(keys) == 3 for keys in longtail.arms.values()) and all(
         len(keys) == 1 for keys in screen.arms.values())
     # The glyphs-1000 preset is issue 25's best combination: centered, re-imprinted DLDENet, and the
-    # sampler and the loss for every head (re-imprinting is no part of the other heads' runs).
+    # sampler for every head (re-imprinting is no part of the other heads' runs), with the plain focal
+    # loss; each head's preset with the equalized focal loss (the presets of the 8280800 tables) beside it.
     config = plan.runs[heads.arms["C=1000,dlde"][0]].config
     assert (config["head_options"]["center_momentum"], config["repeat_threshold"], config["classification_loss"],
-            config["reimprint"], config["reimprint_refit"]) == (0.9, 0.005, "efl", "end", 150)
-    assert longtail.arms["C=1000,dlde,center,rfs,efl"][0] == "glyphs-1000/reimprint=off,threads=1,seed=0"
+            config["reimprint"], config["reimprint_refit"]) == (0.9, 0.005, "focal", "end", 150)
+    assert longtail.arms["C=1000,dlde,center,rfs"][0] == "glyphs-1000/reimprint=off,threads=1,seed=0"
+    assert longtail.arms["C=1000,dlde,center,rfs,efl"][0] == (
+        "glyphs-1000/classification_loss=efl,reimprint=off,threads=1,seed=0")
+    for head in HEADS:
+        preset, efl = (plan.runs[longtail.arms[arm][0]].config for arm in (f"C=1000,{head}", f"C=1000,{head},efl"))
+        assert efl["classification_loss"] == "efl" and {**efl, "classification_loss": "focal"} == preset
     # The screen is seed 0 of the comparison's plain arms at C = 1,000: the preset with its levers off.
     assert screen.arms["dlde"] == longtail.arms["C=1000,dlde,plain"][:1]
     assert screen.arms["retinanet"] == longtail.arms["C=1000,retinanet,plain"][:1]
@@ -96,10 +102,11 @@ def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_swe
     plain = plan.runs[screen.arms["dlde"][0]].config
     assert (plain["head_options"]["center_momentum"], plain["repeat_threshold"], plain["classification_loss"],
             plain["reimprint"]) == (0.0, None, "focal", "off")
-    # One lever at a time from there: the run folder names what differs from the preset.
-    assert screen.arms["retinanet,rfs"] == ["glyphs-1000/classification_loss=focal,model=retinanet,threads=1,seed=0"]
+    # One lever at a time from there: the run folder names what differs from the preset (the sigmoid
+    # head with the sampler is its preset, the run of the heads sweep).
+    assert screen.arms["retinanet,rfs"] == heads.arms["C=1000,retinanet"][:1]
     assert screen.arms["dlde,center,reimprint=end"] == [
-        "glyphs-1000/classification_loss=focal,reimprint_refit=0,repeat_threshold=none,threads=1,seed=0"]
+        "glyphs-1000/reimprint_refit=0,repeat_threshold=none,threads=1,seed=0"]
     for keys in screen.arms.values():
         config = plan.runs[keys[0]].config
         assert (config["dataset_options"]["glyphs_classes"], config["epochs"], config["seed"]) == (1000, 3, 0)
@@ -113,7 +120,7 @@ def test_the_comparison_and_the_screen_share_their_plain_arms_with_the_heads_swe
     assert longtail.arms["C=100,dlde,plain"][0] == "glyphs-100/reimprint=off,threads=1,seed=0"
     assert longtail.arms["C=100,data_seed=1,dlde,plain"][0] == "glyphs-100/glyphs_seed=1,reimprint=off,threads=1,seed=0"
     assert heads.arms["C=100,retinanet"][0] == "glyphs-100/model=retinanet,threads=1,seed=0"  # re-imprints nothing
-    assert len(plan.runs) == 18 + (15 + 12 + 12 + 12) + 6 + (15 - 3)
+    assert len(plan.runs) == 18 + (15 + 12 + 12 + 12) + 6 + 18 + (15 - 4)
 
 
 def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_others(tmp_path):
@@ -148,7 +155,7 @@ def test_make_vocabulary_runs_the_vocabulary_sweeps_and_make_ablations_the_other
     assert len(diagnosed) == 8 and set(diagnosed) <= run_dirs  # runs make vocabulary trains
     defaults = notebook_defaults("07_vocabulary.ipynb")
     assert [defaults["HEADS_SWEEP"], defaults["TRACKING_SWEEP"], defaults["SCREEN_SWEEP"]] == VOCABULARY
-    assert len(vocabulary.runs) == 105  # as the docs say
+    assert len(vocabulary.runs) == 122  # as the docs say
 
 
 def test_the_figures_sweep_of_07_is_the_heads_sweep_at_c_100_seed_0_in_the_same_folders(tmp_path):
@@ -500,19 +507,21 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
         assert (figures_dir / f"{name}.png").stat().st_size > 0 and (figures_dir / f"{name}.pdf").stat().st_size > 0
     assert results["sweeps"]["vocabulary_heads"] == {"runs": 18, "missing": [str(plan.run_dir(skipped))]}
     # The comparison: 17 runs shared with the heads sweep (the skipped one is its too) and two arms of its own.
-    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 75
-    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 75 - 17 - 6
+    assert results["sweeps"]["vocabulary_longtail"]["runs"] == 93
+    assert len(results["sweeps"]["vocabulary_longtail"]["missing"]) == 93 - 17 - 6
     assert str(plan.run_dir(skipped)) in results["sweeps"]["vocabulary_longtail"]["missing"]
-    # The screen: seed 0 of the comparison's retinanet,plain and dlde,center, and its own w=log run.
+    # The screen: seed 0 of the comparison's retinanet,plain and dlde,center, of the sigmoid head's preset
+    # (its retinanet,rfs), and its own w=log run.
     screen_runs = results["sweeps"]["vocabulary_screen"]
-    assert screen_runs["runs"] == 15 and len(screen_runs["missing"]) == 15 - 3
+    assert screen_runs["runs"] == 15 and len(screen_runs["missing"]) == 15 - 4
     heads = results["rows"]["vocabulary_heads"]
     assert [(r["head"], r["classes"], r["n"]) for r in heads] == [(h, c, 2 if (h, c) == ("prototypes", 1000) else 3)
                                                                   for c in (100, 1000) for h in HEADS]
     assert all(0.1 <= r["APr_mean"] <= 0.5 for r in heads) and heads[0]["epoch_time_s_mean"] == pytest.approx(10.0)
     screen = results["rows"]["vocabulary_screen"]
     assert [(r["arm"], r["head"], r["n"]) for r in screen] == [
-        ("dlde,center", "dlde", 1), ("retinanet", "retinanet", 1), ("dlde,w=log", "dlde", 1)]
+        ("dlde,center", "dlde", 1), ("retinanet", "retinanet", 1), ("dlde,w=log", "dlde", 1),
+        ("retinanet,rfs", "retinanet", 1)]
     # What the tracked means did: the DLDENet arms of both sweeps with finished runs, in the sweeps' order.
     assert list(results["tracking"]) == ["C=1000,dlde", "C=1000,dlde,center", "C=100,dlde", "dlde,center", "dlde,w=log"]
     ends = results["tracking"]["C=1000,dlde,center"]
@@ -521,7 +530,7 @@ def test_07_vocabulary_draws_from_a_hand_made_sweep_and_names_the_missing_runs(t
     streams = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
     assert "vocabulary_heads: 17 of 18 runs finished" in streams and f"missing: {skipped}" in streams
-    assert "vocabulary_screen: 3 of 15 runs finished" in streams
+    assert "vocabulary_screen: 4 of 15 runs finished" in streams
     # What the runs show, said from the rows when the notebook runs (nothing typed into its markdown).
     row = next(r for r in results["rows"]["vocabulary_longtail"] if r["arm"] == "C=1000,dlde,center")
     interval = f"AP {row['AP_mean']:.3f} [{row['AP_low']:.3f}, {row['AP_high']:.3f}]"

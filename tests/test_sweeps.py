@@ -549,6 +549,13 @@ def test_runs_move_to_the_names_the_presets_give_them_now_and_nothing_is_replace
     made("lr=0.5,seed=0", lr=0.1)
     (sweeps / "lr=0.5,seed=0" / SWEEP_LOCK).write_text("{}")
     assert planned_moves(tmp_path / "runs") == ([], [sweeps / "lr=0.5,seed=0"])
+    (sweeps / "lr=0.5,seed=0" / SWEEP_LOCK).write_text("")  # being written by its taker: held too
+    assert planned_moves(tmp_path / "runs") == ([], [sweeps / "lr=0.5,seed=0"])
+    # The lock of a sweep that died on this host holds nothing: that run moves.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (sweeps / "lr=0.5,seed=0" / SWEEP_LOCK).write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname()}))
+    assert planned_moves(tmp_path / "runs") == ([(sweeps / "lr=0.5,seed=0", sweeps / "lr=0.1,seed=0")], [])
     (sweeps / "lr=0.5,seed=0" / SWEEP_LOCK).unlink()
     made("lr=0.3,seed=0", lr=0.1)
     moves, _ = planned_moves(tmp_path / "runs")

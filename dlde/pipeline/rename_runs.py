@@ -8,15 +8,18 @@ would replace it). This command reads each run's saved configuration under
 ``<RUNS_DIR>/sweeps/<preset>/`` and moves the folder to its current name, so the finished runs are
 found again instead of trained again. Without ``--apply`` it only prints the moves. It never
 replaces a folder (a move onto an existing one is refused before anything moves) and leaves alone a
-folder a sweep process is training (its ``sweep.lock`` is there).
+folder a sweep process is training (its ``sweep.lock`` names a live process, or is being written); a
+lock left by a process that died on this host is no hold (the next sweep takes it over too).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from dlde.files import lock_holder
 from dlde.train.config import PRESETS
 from dlde.train.runs import RunFolder
 
@@ -36,11 +39,23 @@ def planned_moves(runs_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[P
             target = None if config is None else sweeps / run_key(config, preset.name)
             if target is None or target == folder:
                 continue
-            if (folder / SWEEP_LOCK).exists():
+            if _held(folder / SWEEP_LOCK):
                 held.append(folder)
             else:
                 moves.append((folder, target))
     return moves, held
+
+
+def _held(lock: Path) -> bool:
+    """Whether a sweep process holds the run folder of the lock file ``lock``: the lock names a live
+    process (or one of another host), or cannot be read yet (its taker is writing it)."""
+    try:
+        json.loads(lock.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return lock_holder(lock) is not None
 
 
 def apply_moves(moves: Sequence[tuple[Path, Path]]) -> None:

@@ -142,6 +142,8 @@ def _alive(holder: dict[str, Any]) -> bool:
 
 #: A lock file without a readable holder is taken over only after this many seconds.
 _TORN_GRACE_S = 10.0
+#: The holder of a lock file that its taker is writing this instant.
+_WRITING = {"pid": None, "host": None}
 
 
 def _age(path: Path) -> float:
@@ -167,24 +169,27 @@ def try_lock(path: str | os.PathLike) -> dict[str, Any] | None:
         try:
             handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _MODE)
         except FileExistsError:
-            holder = _holder(path)
-            if holder is None and _age(path) < _TORN_GRACE_S:
-                return {"pid": None, "host": None}  # being written by its taker this instant
-            if holder is not None and (holder == mine or _alive(holder)):
+            holder = lock_holder(path)
+            if holder is not None:
                 return None if holder == mine else holder
-            path.unlink(missing_ok=True)  # a dead process's (or a torn) lock
+            path.unlink(missing_ok=True)  # a dead process's (or a stale torn) lock
             continue
         with os.fdopen(handle, "w") as file:
             file.write(json.dumps(mine))
         return None
-    return _holder(path) or {"pid": None, "host": None}
+    return _holder(path) or dict(_WRITING)
 
 
 def lock_holder(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The live holder ``{"pid", "host"}`` of the lock file ``path``, or None when it is free (absent,
-    or left by a process that died on this host). Reads only: the lock is neither taken nor removed."""
-    holder = _holder(Path(path))
-    return holder if holder is not None and _alive(holder) else None
+    """The live holder ``{"pid", "host"}`` of the lock file ``path``, or None when it is free: absent,
+    left by a process that died on this host, or unreadable for longer than :data:`_TORN_GRACE_S`. A
+    lock younger than that which cannot be read yet is being written by its taker: it is held, by
+    ``{"pid": None, "host": None}``. Reads only: the lock is neither taken nor removed."""
+    path = Path(path)
+    holder = _holder(path)
+    if holder is None:
+        return dict(_WRITING) if _age(path) < _TORN_GRACE_S else None
+    return holder if _alive(holder) else None
 
 
 def release_lock(path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from dlde.analysis.stats import t_interval, t_quantile
 from dlde.analysis.sweep_stats import final_kappa, min_angle_deg, run_summary, summarize_arms
-from dlde.files import release_lock, try_lock
+from dlde.files import lock_holder, release_lock, try_lock
 from dlde.pipeline import execute
 from dlde.pipeline import sweeps as sweeps_module
 from dlde.pipeline.cli import main
@@ -512,9 +512,13 @@ def test_a_lock_file_belongs_to_one_live_process(tmp_path):
     lock.write_text(json.dumps({"pid": 1, "host": "another-host"}))
     assert try_lock(lock)["host"] == "another-host"  # another host's process cannot be checked: kept
     lock.write_text("")  # torn by a taker this instant: kept; taken over once stale
-    assert try_lock(lock) == {"pid": None, "host": None}
+    assert try_lock(lock) == {"pid": None, "host": None} == lock_holder(lock)
     os.utime(lock, (time.time() - 60, time.time() - 60))
+    assert lock_holder(lock) is None and lock.exists()  # reading frees nothing
     assert try_lock(lock) is None and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert lock_holder(lock) == {"pid": os.getpid(), "host": socket.gethostname()}
+    release_lock(lock)
+    assert lock_holder(lock) is None
 
 
 # ---------------------------------------------------------------------------- renaming after a preset change

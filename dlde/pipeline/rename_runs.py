@@ -14,7 +14,6 @@ lock left by a process that died on this host is no hold (the next sweep takes i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -39,23 +38,11 @@ def planned_moves(runs_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[P
             target = None if config is None else sweeps / run_key(config, preset.name)
             if target is None or target == folder:
                 continue
-            if _held(folder / SWEEP_LOCK):
+            if lock_holder(folder / SWEEP_LOCK) is not None:
                 held.append(folder)
             else:
                 moves.append((folder, target))
     return moves, held
-
-
-def _held(lock: Path) -> bool:
-    """Whether a sweep process holds the run folder of the lock file ``lock``: the lock names a live
-    process (or one of another host), or cannot be read yet (its taker is writing it)."""
-    try:
-        json.loads(lock.read_text())
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        return True
-    return lock_holder(lock) is not None
 
 
 def apply_moves(moves: Sequence[tuple[Path, Path]]) -> None:

@@ -335,8 +335,8 @@ def run_status(plan: SweepPlan, key: str) -> tuple[str, int, str]:
     """Where run ``key`` of the plan stands: its folder's state (:meth:`RunFolder.state`), the epochs
     it still has to train (none for a folder holding another configuration) and, in words,
     ``complete``, ``epoch K of N`` (a checkpoint to resume from), ``not started`` or ``holds another
-    configuration``, with ``, training (pid P on HOST)`` when a sweep process holds its lock. Reads
-    the folder only."""
+    configuration``, with ``, training (pid P on HOST)`` when a sweep process holds its lock (``, being
+    taken`` while one writes it). Reads the folder only."""
     run, folder = plan.runs[key], RunFolder(plan.run_dir(key))
     state = folder.state(run.config)
     done = min(folder.finished_epochs(), run.epochs)
@@ -344,7 +344,8 @@ def run_status(plan: SweepPlan, key: str) -> tuple[str, int, str]:
              "changed": "holds another configuration (rename_runs, or --force to replace it)"}.get(
         state, f"epoch {done} of {run.epochs}")
     holder = lock_holder(folder.path / SWEEP_LOCK)
-    words += f", training (pid {holder['pid']} on {holder['host']})" if holder else ""
+    if holder:
+        words += ", being taken" if holder["pid"] is None else f", training (pid {holder['pid']} on {holder['host']})"
     return state, 0 if state == "changed" else run.epochs - done, words
 
 

@@ -20,6 +20,11 @@ _pin_kernels()
 import pytest  # noqa: E402 - after the pin
 import torch  # noqa: E402 - after the pin
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the tests in several processes (pytest-xdist): one torch thread each, or
+    # their threads would compete for the same cores. The processes a test starts set their own.
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -10,6 +10,9 @@ project root, not the kernel's ``notebooks/`` folder), nothing is written to ``f
 the epoch slider of ``03_embeddings`` changes its figure. A screenshot of each executed
 notebook lands in the test's temporary folder (printed with ``-s``).
 
+The tests run in file order in one process (``make test``: ``--dist loadfile``): the other notebooks
+read the run ``test_01_train_in_lab`` trains, and the Lab and the browser start once.
+
 Needs Debian's Chromium at ``/usr/bin/chromium`` (``make chromium`` installs it).
 """
 import json
